@@ -1,0 +1,18 @@
+//! Generated gRPC code. `payment.v1` is the API internal services call; `channel.v1` is the
+//! contract between the core and each channel adapter process. Nothing generated is committed.
+#![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+pub mod payment {
+    pub mod v1 {
+        tonic::include_proto!("payment.v1");
+    }
+}
+
+pub mod channel {
+    pub mod v1 {
+        tonic::include_proto!("channel.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every proto above, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("payplatform_descriptor");

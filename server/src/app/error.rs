@@ -1,0 +1,83 @@
+//! The use-case error: every way a call can fail, before it is mapped to a gRPC status in
+//! `grpc/status.rs`.
+use std::fmt;
+
+use crate::domain::{FieldError, IllegalTransition};
+use crate::locks::LockError;
+use crate::storage::StorageError;
+use crate::storage::idempotency::IdempotencyError;
+
+#[derive(thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid argument: {0}")]
+    Invalid(#[from] FieldError),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("idempotency key was already used with different parameters")]
+    IdempotencyMismatch,
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    #[error("order {0} is busy; retry")]
+    Busy(String),
+    /// A newer lock holder wrote the row first: this call's lock had expired under it.
+    #[error("order {0} was changed by a newer lock holder; this write was refused")]
+    Fenced(String),
+    /// The row changed between read and write (optimistic lock).
+    #[error("order {0} changed concurrently; retry")]
+    Conflict(String),
+    #[error("dependency unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl fmt::Debug for ServiceError {
+    /// Prints the whole cause chain, for logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{self}")?;
+        let mut cur = std::error::Error::source(self);
+        while let Some(c) = cur {
+            writeln!(f, "caused by: {c}")?;
+            cur = c.source();
+        }
+        Ok(())
+    }
+}
+
+impl From<StorageError> for ServiceError {
+    fn from(e: StorageError) -> Self {
+        if e.is_transient() {
+            ServiceError::Unavailable(e.to_string())
+        } else {
+            ServiceError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<diesel::result::Error> for ServiceError {
+    fn from(e: diesel::result::Error) -> Self {
+        StorageError::from(e).into()
+    }
+}
+
+impl From<IdempotencyError> for ServiceError {
+    fn from(e: IdempotencyError) -> Self {
+        match e {
+            IdempotencyError::Mismatch => ServiceError::IdempotencyMismatch,
+            IdempotencyError::Storage(s) => s.into(),
+        }
+    }
+}
+
+impl From<LockError> for ServiceError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Busy(r) => ServiceError::Busy(r),
+            LockError::Redis(r) => ServiceError::Unavailable(format!("redis: {r}")),
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Use cases: each one validates nothing (the edge did), takes the locks it needs, and makes its
+//! change in one Postgres transaction together with the idempotency record.
+pub mod error;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use diesel::Connection;
+
+pub use error::ServiceError;
+
+use crate::domain::{AppId, NewOrder, OrderEvent, OrderId, OrderLimits};
+use crate::locks::{LockGuard, Locks};
+use crate::metrics::Metrics;
+use crate::storage::Db;
+use crate::storage::idempotency::{self, Claimed, KeyClaim};
+use crate::storage::orders::{self, ListFilter, NewOrderRow, OrderRow, Transition, WriteRefused};
+use crate::storage::StorageError;
+
+/// The result of a state-changing call made with an idempotency key.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    Done(T),
+    /// The encoded response of the first call with this key.
+    Replayed(Vec<u8>),
+}
+
+/// An idempotency claim plus how to encode the response that will be stored under it.
+pub struct IdemWrite {
+    pub claim: KeyClaim,
+    pub encode: fn(&OrderRow) -> Result<Vec<u8>, StorageError>,
+}
+
+#[derive(Clone)]
+pub struct App {
+    pub db: Db,
+    pub locks: Locks,
+    pub limits: OrderLimits,
+    pub idempotency_retention: Duration,
+    pub metrics: Metrics,
+}
+
+impl App {
+    /// Creates the order, or returns the app's existing order with the same merchant_order_no.
+    ///
+    /// # Errors
+    /// `AlreadyExists` when that existing order has a different amount, currency or subject: a
+    /// resubmission must describe the same order, or the caller would believe in an amount that is
+    /// not the one on record.
+    pub async fn create_order(
+        &self,
+        app: AppId,
+        new: NewOrder,
+        idem: Option<IdemWrite>,
+    ) -> Result<Outcome<OrderRow>, ServiceError> {
+        let retention = self.idempotency_retention;
+        let now = Utc::now();
+        let expires_at = now
+            + chrono::Duration::from_std(new.expires_in)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let metadata = serde_json::to_value(&new.metadata).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let outcome = self
+            .db
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    if let Some(i) = &idem
+                        && let Claimed::Replay(bytes) = idempotency::claim(conn, &i.claim, retention)?
+                    {
+                        return Ok(Outcome::Replayed(bytes));
+                    }
+                    let row = NewOrderRow {
+                        id: OrderId::new().as_uuid(),
+                        app_id: app.as_str(),
+                        merchant_order_no: new.merchant_order_no.as_str(),
+                        amount_minor: new.amount.minor(),
+                        currency: new.amount.currency().code(),
+                        subject: new.subject.as_str(),
+                        metadata,
+                        status: crate::domain::OrderStatus::Pending.as_str(),
+                        expires_at,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    let order = match orders::insert(conn, &row)? {
+                        Some(o) => o,
+                        None => {
+                            let existing = orders::find_by_merchant_order_no(conn, &app, row.merchant_order_no)?
+                                .ok_or_else(|| ServiceError::Internal("conflicting order vanished".into()))?;
+                            same_order(&existing, &row)?;
+                            existing
+                        }
+                    };
+                    if let Some(i) = &idem {
+                        idempotency::store_response(conn, &i.claim, &(i.encode)(&order)?)?;
+                    }
+                    Ok::<_, ServiceError>(Outcome::Done(order))
+                })
+            })
+            .await?;
+        if let Outcome::Done(o) = &outcome
+            && o.version == 0
+        {
+            self.metrics.order_transitions.with_label_values(&["", "PENDING"]).inc();
+        }
+        Ok(outcome)
+    }
+
+    pub async fn get_order(&self, app: AppId, id: OrderId) -> Result<OrderRow, ServiceError> {
+        self.db
+            .run(move |conn| orders::find(conn, &app, id))
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))
+    }
+
+    pub async fn get_order_by_merchant_no(&self, app: AppId, no: String) -> Result<OrderRow, ServiceError> {
+        self.db
+            .run({
+                let no = no.clone();
+                move |conn| orders::find_by_merchant_order_no(conn, &app, &no)
+            })
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(format!("order with merchant_order_no {no}")))
+    }
+
+    pub async fn list_orders(&self, app: AppId, filter: ListFilter) -> Result<Vec<OrderRow>, ServiceError> {
+        Ok(self.db.run(move |conn| orders::list(conn, &app, &filter)).await?)
+    }
+
+    /// Closes an unpaid order under its lock.
+    pub async fn close_order(
+        &self,
+        app: AppId,
+        id: OrderId,
+        idem: Option<IdemWrite>,
+    ) -> Result<Outcome<OrderRow>, ServiceError> {
+        let guard = self.lock_order(id).await?;
+        let result = self
+            .apply_event(app, id, OrderEvent::Closed, "closed by caller", &guard, idem)
+            .await;
+        self.unlock(guard).await;
+        result
+    }
+
+    /// Takes the order's lock; every change to an order happens while holding it.
+    pub async fn lock_order(&self, id: OrderId) -> Result<LockGuard, ServiceError> {
+        match self.locks.acquire(&format!("order:{id}")).await {
+            Ok(g) => {
+                self.metrics.lock_acquisitions.with_label_values(&["acquired"]).inc();
+                Ok(g)
+            }
+            Err(e) => {
+                let outcome = match e {
+                    crate::locks::LockError::Busy(_) => "busy",
+                    crate::locks::LockError::Redis(_) => "error",
+                };
+                self.metrics.lock_acquisitions.with_label_values(&[outcome]).inc();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Releases a lock. A failure here is logged, not returned: the work is committed, and the
+    /// lock expires at its TTL anyway.
+    pub async fn unlock(&self, guard: LockGuard) {
+        if let Err(e) = self.locks.release(guard).await {
+            tracing::warn!(error = %e, "releasing an order lock failed; it will expire");
+        }
+    }
+
+    /// Applies `event` to the order through the state machine, as the holder of `guard`, in one
+    /// transaction with the idempotency record.
+    ///
+    /// # Errors
+    /// `IllegalTransition` (refused by the state machine), `Fenced` (a newer lock holder wrote
+    /// first), `Conflict` (the row changed under us), `NotFound`.
+    pub async fn apply_event(
+        &self,
+        app: AppId,
+        id: OrderId,
+        event: OrderEvent,
+        reason: &'static str,
+        guard: &LockGuard,
+        idem: Option<IdemWrite>,
+    ) -> Result<Outcome<OrderRow>, ServiceError> {
+        let retention = self.idempotency_retention;
+        let fence = guard.fence();
+        let result = self
+            .db
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    if let Some(i) = &idem
+                        && let Claimed::Replay(bytes) = idempotency::claim(conn, &i.claim, retention)?
+                    {
+                        return Ok(Outcome::Replayed(bytes));
+                    }
+                    let current = orders::find(conn, &app, id)?
+                        .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
+                    let from = current.status()?;
+                    let to = from.apply(event)?;
+                    let t = Transition {
+                        id,
+                        from,
+                        to,
+                        expected_version: current.version,
+                        fence,
+                        reason,
+                        at: Utc::now(),
+                    };
+                    let updated = match orders::transition(conn, &t)? {
+                        Ok(row) => row,
+                        Err(WriteRefused::StaleFence { .. }) => return Err(ServiceError::Fenced(id.to_string())),
+                        Err(WriteRefused::Conflict { .. }) => return Err(ServiceError::Conflict(id.to_string())),
+                        Err(WriteRefused::Missing) => return Err(ServiceError::NotFound(format!("order {id}"))),
+                    };
+                    if let Some(i) = &idem {
+                        idempotency::store_response(conn, &i.claim, &(i.encode)(&updated)?)?;
+                    }
+                    Ok::<_, ServiceError>(Outcome::Done((from, updated)))
+                })
+            })
+            .await;
+        match result {
+            Ok(Outcome::Done((from, row))) => {
+                self.metrics
+                    .order_transitions
+                    .with_label_values(&[from.as_str(), row.status.as_str()])
+                    .inc();
+                Ok(Outcome::Done(row))
+            }
+            Ok(Outcome::Replayed(b)) => Ok(Outcome::Replayed(b)),
+            Err(ServiceError::Fenced(id)) => {
+                self.metrics.fence_rejections.inc();
+                Err(ServiceError::Fenced(id))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes idempotency keys past their retention, in batches, until none is left.
+    pub async fn purge_idempotency_keys(&self) -> Result<usize, ServiceError> {
+        let retention = self.idempotency_retention;
+        let mut total = 0;
+        loop {
+            let n = self
+                .db
+                .run(move |conn| idempotency::purge_expired(conn, retention, 1000))
+                .await?;
+            total += n;
+            self.metrics.idempotency_keys_purged.inc_by(n as u64);
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// A resubmitted CreateOrder must describe the order on record.
+fn same_order(existing: &OrderRow, new: &NewOrderRow<'_>) -> Result<(), ServiceError> {
+    let differs = if existing.amount_minor != new.amount_minor {
+        Some("amount.amount_minor")
+    } else if existing.currency != new.currency {
+        Some("amount.currency")
+    } else if existing.subject != new.subject {
+        Some("subject")
+    } else {
+        None
+    };
+    match differs {
+        None => Ok(()),
+        Some(field) => Err(ServiceError::AlreadyExists(format!(
+            "merchant_order_no {} already names order {} with a different {field}",
+            existing.merchant_order_no, existing.id
+        ))),
+    }
+}

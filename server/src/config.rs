@@ -1,0 +1,200 @@
+//! `payd` settings: defaults that work on a developer machine, overridden by an optional TOML
+//! file (`PAYD_CONFIG=/path/payd.toml`) and then by `PAYD_*` environment variables.
+//! Validated once at start; an error names the bad key.
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::OrderLimits;
+
+/// A string that never prints (connection URLs carry passwords).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Every setting, with its environment variable in the doc line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `PAYD_LISTEN`: gRPC listen address.
+    pub listen: SocketAddr,
+    /// `PAYD_METRICS_LISTEN`: Prometheus `/metrics` and `/healthz` HTTP address.
+    pub metrics_listen: SocketAddr,
+    /// `PAYD_DATABASE_URL`: Postgres URL (libpq syntax). Its database must exist.
+    pub database_url: Secret,
+    /// `PAYD_DATABASE_POOL_SIZE`: connections per process.
+    pub database_pool_size: u32,
+    /// `PAYD_DATABASE_CONNECT_TIMEOUT_MS`: how long a request waits for a pooled connection.
+    pub database_connect_timeout_ms: u64,
+    /// `PAYD_REDIS_URL`.
+    pub redis_url: Secret,
+    /// `PAYD_REDIS_KEY_PREFIX`: prepended to every Redis key, so deployments (and tests) can share
+    /// one Redis.
+    pub redis_key_prefix: String,
+    /// `PAYD_LOCK_TTL_MS`: per-order lock lifetime; a holder paused longer loses it, and the fence
+    /// refuses its late writes.
+    pub lock_ttl_ms: u64,
+    /// `PAYD_LOCK_WAIT_MS`: how long a call waits for a busy order lock before `ABORTED`.
+    pub lock_wait_ms: u64,
+    /// `PAYD_IDEMPOTENCY_RETENTION_SECS`: how long idempotency keys are remembered (≥ 24 h).
+    pub idempotency_retention_secs: u64,
+    /// `PAYD_MAX_AMOUNT_MINOR`: the largest order amount accepted, in minor units.
+    pub max_amount_minor: i64,
+    /// `PAYD_DEFAULT_EXPIRY_SECS`, `PAYD_MIN_EXPIRY_SECS`, `PAYD_MAX_EXPIRY_SECS`.
+    pub default_expiry_secs: u64,
+    pub min_expiry_secs: u64,
+    pub max_expiry_secs: u64,
+    /// `PAYD_SHUTDOWN_GRACE_MS`: after SIGTERM, how long in-flight calls get to finish.
+    pub shutdown_grace_ms: u64,
+    /// `PAYD_LOG_FORMAT`: `json` (default) or `text`.
+    pub log_format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let limits = OrderLimits::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            database_url: Secret::new("postgres://postgres@127.0.0.1:5432/payments"),
+            database_pool_size: 16,
+            database_connect_timeout_ms: 5_000,
+            redis_url: Secret::new("redis://127.0.0.1:6379"),
+            redis_key_prefix: "payd:".to_owned(),
+            lock_ttl_ms: 10_000,
+            lock_wait_ms: 2_000,
+            idempotency_retention_secs: 24 * 3600,
+            max_amount_minor: limits.max_amount_minor,
+            default_expiry_secs: limits.default_expiry.as_secs(),
+            min_expiry_secs: limits.min_expiry.as_secs(),
+            max_expiry_secs: limits.max_expiry.as_secs(),
+            shutdown_grace_ms: 20_000,
+            log_format: "json".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration key {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Defaults, then the file named by `PAYD_CONFIG` (if any), then `PAYD_*` variables.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Settings::default()));
+        if let Ok(path) = std::env::var("PAYD_CONFIG") {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        let s: Settings = fig
+            .merge(Env::prefixed("PAYD_").ignore(&["CONFIG"]))
+            .extract()
+            .map_err(Box::new)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key whose value cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.database_pool_size == 0 {
+            return bad("database_pool_size", "must be at least 1");
+        }
+        if self.lock_ttl_ms < 100 {
+            return bad("lock_ttl_ms", "must be at least 100");
+        }
+        if self.idempotency_retention_secs < 24 * 3600 {
+            return bad("idempotency_retention_secs", "must be at least 86400 (24 h)");
+        }
+        if self.max_amount_minor <= 0 {
+            return bad("max_amount_minor", "must be positive");
+        }
+        if !(self.min_expiry_secs <= self.default_expiry_secs
+            && self.default_expiry_secs <= self.max_expiry_secs)
+        {
+            return bad(
+                "default_expiry_secs",
+                "must lie within min_expiry_secs..=max_expiry_secs",
+            );
+        }
+        if !matches!(self.log_format.as_str(), "json" | "text") {
+            return bad("log_format", "must be json or text");
+        }
+        Ok(())
+    }
+
+    pub fn order_limits(&self) -> OrderLimits {
+        OrderLimits {
+            max_amount_minor: self.max_amount_minor,
+            default_expiry: Duration::from_secs(self.default_expiry_secs),
+            min_expiry: Duration::from_secs(self.min_expiry_secs),
+            max_expiry: Duration::from_secs(self.max_expiry_secs),
+        }
+    }
+
+    pub fn lock_ttl(&self) -> Duration {
+        Duration::from_millis(self.lock_ttl_ms)
+    }
+
+    pub fn lock_wait(&self) -> Duration {
+        Duration::from_millis(self.lock_wait_ms)
+    }
+
+    pub fn idempotency_retention(&self) -> Duration {
+        Duration::from_secs(self.idempotency_retention_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Settings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_short_idempotency_retention_is_refused_by_name() {
+        let s = Settings {
+            idempotency_retention_secs: 60,
+            ..Settings::default()
+        };
+        let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("idempotency_retention_secs"), "{e}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::default();
+        assert!(!format!("{s:?}").contains("postgres://"));
+    }
+}

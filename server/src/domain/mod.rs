@@ -1,0 +1,11 @@
+//! Pure domain: money, ids, the order state machine and validated requests. No IO, no diesel, no
+//! tonic: everything here is checked by plain unit tests.
+pub mod ids;
+pub mod money;
+pub mod order;
+pub mod validation;
+
+pub use ids::{AppId, IdempotencyKey, MerchantOrderNo, OrderId};
+pub use money::{Currency, Money};
+pub use order::{IllegalTransition, OrderEvent, OrderStatus};
+pub use validation::{FieldError, NewOrder, OrderLimits, Subject};

@@ -1,0 +1,90 @@
+//! Rows to API messages and back; the page-token format.
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use payproto::payment::v1 as pb;
+use uuid::Uuid;
+
+use crate::domain::{FieldError, OrderStatus};
+use crate::storage::StorageError;
+use crate::storage::orders::OrderRow;
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// # Errors
+/// A [`FieldError`] naming `field` when the timestamp is outside what chrono can represent.
+pub fn from_timestamp(field: &'static str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>, FieldError> {
+    let nanos = u32::try_from(t.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .ok_or_else(|| FieldError::new(field, "nanos must be in 0..1e9"))?;
+    DateTime::from_timestamp(t.seconds, nanos).ok_or_else(|| FieldError::new(field, "out of range"))
+}
+
+pub fn status_to_pb(s: OrderStatus) -> pb::OrderStatus {
+    match s {
+        OrderStatus::Pending => pb::OrderStatus::Pending,
+        OrderStatus::Paying => pb::OrderStatus::Paying,
+        OrderStatus::Paid => pb::OrderStatus::Paid,
+        OrderStatus::PartiallyRefunded => pb::OrderStatus::PartiallyRefunded,
+        OrderStatus::Refunded => pb::OrderStatus::Refunded,
+        OrderStatus::Closed => pb::OrderStatus::Closed,
+    }
+}
+
+pub fn status_from_pb(field: &'static str, v: i32) -> Result<OrderStatus, FieldError> {
+    match pb::OrderStatus::try_from(v) {
+        Ok(pb::OrderStatus::Pending) => Ok(OrderStatus::Pending),
+        Ok(pb::OrderStatus::Paying) => Ok(OrderStatus::Paying),
+        Ok(pb::OrderStatus::Paid) => Ok(OrderStatus::Paid),
+        Ok(pb::OrderStatus::PartiallyRefunded) => Ok(OrderStatus::PartiallyRefunded),
+        Ok(pb::OrderStatus::Refunded) => Ok(OrderStatus::Refunded),
+        Ok(pb::OrderStatus::Closed) => Ok(OrderStatus::Closed),
+        Ok(pb::OrderStatus::Unspecified) | Err(_) => {
+            Err(FieldError::new(field, format!("{v} is not an order status")))
+        }
+    }
+}
+
+pub fn order_to_pb(row: &OrderRow) -> Result<pb::Order, StorageError> {
+    Ok(pb::Order {
+        order_id: row.id.hyphenated().to_string(),
+        app_id: row.app_id.clone(),
+        merchant_order_no: row.merchant_order_no.clone(),
+        amount: Some(pb::Money {
+            amount_minor: row.amount_minor,
+            currency: row.currency.clone(),
+        }),
+        subject: row.subject.clone(),
+        metadata: row.metadata_map(),
+        status: status_to_pb(row.status()?) as i32,
+        paid_minor: row.paid_minor,
+        refunded_minor: row.refunded_minor,
+        version: row.version,
+        expires_at: Some(timestamp(row.expires_at)),
+        created_at: Some(timestamp(row.created_at)),
+        updated_at: Some(timestamp(row.updated_at)),
+        closed_at: row.closed_at.map(timestamp),
+    })
+}
+
+/// Opaque keyset cursor: the (created_at, id) of the last order of a page.
+pub fn encode_page_token(row: &OrderRow) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", row.created_at.timestamp_micros(), row.id.simple()))
+}
+
+pub fn decode_page_token(token: &str) -> Result<(DateTime<Utc>, Uuid), FieldError> {
+    let bad = || FieldError::new("page_token", "is not a token this server issued");
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
+    let micros: i64 = micros.parse().map_err(|_| bad())?;
+    let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    let id = Uuid::try_parse(id).map_err(|_| bad())?;
+    Ok((at, id))
+}

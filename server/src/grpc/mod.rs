@@ -1,0 +1,41 @@
+//! gRPC wiring: one router used by production and tests alike.
+pub mod convert;
+pub mod payment;
+pub mod status;
+
+use std::time::Duration;
+
+use payproto::payment::v1::payment_service_server::PaymentServiceServer;
+use tonic::transport::server::Router;
+use tonic_health::server::HealthReporter;
+
+use crate::app::App;
+
+/// Per-call deadline enforced by the server, whatever the client asked.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the router: health, reflection (v1 and v1alpha, so grpcurl 1.8 and grpcurl-rs both
+/// discover the API) and the payment service.
+///
+/// # Errors
+/// When the embedded descriptor sets do not parse (a build problem).
+pub async fn build_grpc_router(app: App) -> Result<(Router, HealthReporter), tonic_reflection::server::Error> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<PaymentServiceServer<payment::PaymentApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(payproto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(payproto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let router = tonic::transport::Server::builder()
+        // Bound every call, so a stuck dependency cannot pin a request forever.
+        .timeout(REQUEST_TIMEOUT)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PaymentServiceServer::new(payment::PaymentApi::new(app)));
+    Ok((router, reporter))
+}

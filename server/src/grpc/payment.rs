@@ -1,0 +1,249 @@
+//! `payment.v1.PaymentService`: parses requests into domain values at the edge, calls the use
+//! cases, and counts every outcome.
+use prost::Message;
+use payproto::payment::v1 as pb;
+use payproto::payment::v1::payment_service_server::PaymentService;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+
+use super::convert::{decode_page_token, encode_page_token, from_timestamp, order_to_pb, status_from_pb};
+use super::status::rejection_reason;
+use crate::app::{App, IdemWrite, Outcome, ServiceError};
+use crate::domain::validation::RawNewOrder;
+use crate::domain::{AppId, FieldError, IdempotencyKey, MerchantOrderNo, NewOrder, OrderId};
+use crate::storage::StorageError;
+use crate::storage::idempotency::KeyClaim;
+use crate::storage::orders::{ListFilter, OrderRow};
+
+/// Metadata key naming the calling app.
+pub const APP_ID_HEADER: &str = "x-app-id";
+const DEFAULT_PAGE_SIZE: i32 = 50;
+const MAX_PAGE_SIZE: i32 = 200;
+
+pub struct PaymentApi {
+    app: App,
+}
+
+impl PaymentApi {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+
+    /// Counts the outcome of `method` and turns the error into its status.
+    fn finish<T>(&self, method: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
+        let r = r.map_err(Status::from);
+        let code = match &r {
+            Ok(_) => tonic::Code::Ok,
+            Err(s) => s.code(),
+        };
+        let m = &self.app.metrics;
+        m.grpc_requests.with_label_values(&[method, code_label(code)]).inc();
+        if let Some(reason) = rejection_reason(code) {
+            m.rejected_requests.with_label_values(&[method, reason]).inc();
+        }
+        r.map(Response::new)
+    }
+
+    fn replayed(&self, method: &str) {
+        self.app.metrics.idempotent_replays.with_label_values(&[method]).inc();
+    }
+}
+
+fn code_label(c: tonic::Code) -> &'static str {
+    c.description()
+}
+
+fn app_id<T>(req: &Request<T>) -> Result<AppId, ServiceError> {
+    let raw = req
+        .metadata()
+        .get(APP_ID_HEADER)
+        .ok_or_else(|| ServiceError::Unauthenticated(format!("{APP_ID_HEADER} metadata is required")))?
+        .to_str()
+        .map_err(|_| ServiceError::Unauthenticated(format!("{APP_ID_HEADER} must be ASCII")))?;
+    AppId::parse(APP_ID_HEADER, raw).map_err(|e| ServiceError::Unauthenticated(e.to_string()))
+}
+
+/// Builds the idempotency claim for a request whose key field is `key`: the fingerprint is the
+/// SHA-256 of the request encoded with the key cleared (map fields encode in key order).
+fn idem_claim<M: Message + Clone>(
+    app: &AppId,
+    method: &'static str,
+    key: &str,
+    req: &M,
+    clear: impl FnOnce(&mut M),
+    encode: fn(&OrderRow) -> Result<Vec<u8>, StorageError>,
+) -> Result<Option<IdemWrite>, ServiceError> {
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let key = IdempotencyKey::parse("idempotency_key", key)?;
+    let mut stripped = req.clone();
+    clear(&mut stripped);
+    let fingerprint: [u8; 32] = Sha256::digest(stripped.encode_to_vec()).into();
+    Ok(Some(IdemWrite {
+        claim: KeyClaim {
+            app: app.clone(),
+            key,
+            method,
+            fingerprint,
+        },
+        encode,
+    }))
+}
+
+fn encode_create(row: &OrderRow) -> Result<Vec<u8>, StorageError> {
+    Ok(pb::CreateOrderResponse {
+        order: Some(order_to_pb(row)?),
+    }
+    .encode_to_vec())
+}
+
+fn encode_close(row: &OrderRow) -> Result<Vec<u8>, StorageError> {
+    Ok(pb::CloseOrderResponse {
+        order: Some(order_to_pb(row)?),
+    }
+    .encode_to_vec())
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ServiceError> {
+    M::decode(bytes).map_err(|e| ServiceError::Internal(format!("stored response does not decode: {e}")))
+}
+
+fn pb_order(row: &OrderRow) -> Result<pb::Order, ServiceError> {
+    Ok(order_to_pb(row)?)
+}
+
+impl PaymentApi {
+    async fn create_order(&self, req: Request<pb::CreateOrderRequest>) -> Result<pb::CreateOrderResponse, ServiceError> {
+        const METHOD: &str = "/payment.v1.PaymentService/CreateOrder";
+        let app = app_id(&req)?;
+        let body = req.into_inner();
+        let new = NewOrder::parse(
+            RawNewOrder {
+                merchant_order_no: &body.merchant_order_no,
+                amount: body.amount.as_ref().map(|m| (m.amount_minor, m.currency.as_str())),
+                subject: &body.subject,
+                expires_in_seconds: body.expires_in_seconds,
+                metadata: &body.metadata,
+            },
+            &self.app.limits,
+        )?;
+        let idem = idem_claim(&app, METHOD, &body.idempotency_key, &body, |r| r.idempotency_key.clear(), encode_create)?;
+        match self.app.create_order(app, new, idem).await? {
+            Outcome::Done(row) => Ok(pb::CreateOrderResponse {
+                order: Some(pb_order(&row)?),
+            }),
+            Outcome::Replayed(bytes) => {
+                self.replayed("CreateOrder");
+                decode(&bytes)
+            }
+        }
+    }
+
+    async fn get_order(&self, req: Request<pb::GetOrderRequest>) -> Result<pb::GetOrderResponse, ServiceError> {
+        let app = app_id(&req)?;
+        let row = match req.into_inner().lookup {
+            Some(pb::get_order_request::Lookup::OrderId(id)) => {
+                self.app.get_order(app, OrderId::parse("order_id", &id)?).await?
+            }
+            Some(pb::get_order_request::Lookup::MerchantOrderNo(no)) => {
+                let no = MerchantOrderNo::parse("merchant_order_no", &no)?;
+                self.app.get_order_by_merchant_no(app, no.as_str().to_owned()).await?
+            }
+            None => {
+                return Err(FieldError::new("lookup", "one of order_id or merchant_order_no is required").into());
+            }
+        };
+        Ok(pb::GetOrderResponse {
+            order: Some(pb_order(&row)?),
+        })
+    }
+
+    async fn list_orders(&self, req: Request<pb::ListOrdersRequest>) -> Result<pb::ListOrdersResponse, ServiceError> {
+        let app = app_id(&req)?;
+        let body = req.into_inner();
+        let page_size = match body.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            n => {
+                return Err(FieldError::new("page_size", format!("must be 0..={MAX_PAGE_SIZE}, got {n}")).into());
+            }
+        };
+        let statuses = body
+            .statuses
+            .iter()
+            .map(|s| status_from_pb("statuses", *s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let created_from = body.created_from.as_ref().map(|t| from_timestamp("created_from", t)).transpose()?;
+        let created_to = body.created_to.as_ref().map(|t| from_timestamp("created_to", t)).transpose()?;
+        if let (Some(f), Some(t)) = (created_from, created_to)
+            && f > t
+        {
+            return Err(FieldError::new("created_from", "must not be after created_to").into());
+        }
+        let after = if body.page_token.is_empty() {
+            None
+        } else {
+            Some(decode_page_token(&body.page_token)?)
+        };
+        // One row more than the page tells whether another page exists.
+        let filter = ListFilter {
+            statuses,
+            created_from,
+            created_to,
+            after,
+            limit: i64::from(page_size) + 1,
+        };
+        let mut rows = self.app.list_orders(app, filter).await?;
+        let more = rows.len() > usize::try_from(page_size).unwrap_or(usize::MAX);
+        rows.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+        let next_page_token = match (more, rows.last()) {
+            (true, Some(last)) => encode_page_token(last),
+            _ => String::new(),
+        };
+        Ok(pb::ListOrdersResponse {
+            orders: rows.iter().map(pb_order).collect::<Result<_, _>>()?,
+            next_page_token,
+        })
+    }
+
+    async fn close_order(&self, req: Request<pb::CloseOrderRequest>) -> Result<pb::CloseOrderResponse, ServiceError> {
+        const METHOD: &str = "/payment.v1.PaymentService/CloseOrder";
+        let app = app_id(&req)?;
+        let body = req.into_inner();
+        let id = OrderId::parse("order_id", &body.order_id)?;
+        let idem = idem_claim(&app, METHOD, &body.idempotency_key, &body, |r| r.idempotency_key.clear(), encode_close)?;
+        match self.app.close_order(app, id, idem).await? {
+            Outcome::Done(row) => Ok(pb::CloseOrderResponse {
+                order: Some(pb_order(&row)?),
+            }),
+            Outcome::Replayed(bytes) => {
+                self.replayed("CloseOrder");
+                decode(&bytes)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl PaymentService for PaymentApi {
+    async fn create_order(&self, req: Request<pb::CreateOrderRequest>) -> Result<Response<pb::CreateOrderResponse>, Status> {
+        let r = PaymentApi::create_order(self, req).await;
+        self.finish("CreateOrder", r)
+    }
+
+    async fn get_order(&self, req: Request<pb::GetOrderRequest>) -> Result<Response<pb::GetOrderResponse>, Status> {
+        let r = PaymentApi::get_order(self, req).await;
+        self.finish("GetOrder", r)
+    }
+
+    async fn list_orders(&self, req: Request<pb::ListOrdersRequest>) -> Result<Response<pb::ListOrdersResponse>, Status> {
+        let r = PaymentApi::list_orders(self, req).await;
+        self.finish("ListOrders", r)
+    }
+
+    async fn close_order(&self, req: Request<pb::CloseOrderRequest>) -> Result<Response<pb::CloseOrderResponse>, Status> {
+        let r = PaymentApi::close_order(self, req).await;
+        self.finish("CloseOrder", r)
+    }
+}

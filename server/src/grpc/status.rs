@@ -1,0 +1,64 @@
+//! The one mapping from [`ServiceError`] to a gRPC status.
+//!
+//! | error                               | code                |
+//! |-------------------------------------|---------------------|
+//! | `Invalid` (field named)             | INVALID_ARGUMENT    |
+//! | `Unauthenticated`                   | UNAUTHENTICATED     |
+//! | `NotFound`                          | NOT_FOUND           |
+//! | `AlreadyExists`, `IdempotencyMismatch` | ALREADY_EXISTS   |
+//! | `IllegalTransition` (state named)   | FAILED_PRECONDITION |
+//! | `Busy`, `Fenced`, `Conflict`        | ABORTED             |
+//! | `Unavailable`                       | UNAVAILABLE         |
+//! | `Internal`                          | INTERNAL, opaque; the chain is logged |
+use tonic::{Code, Status};
+
+use crate::app::ServiceError;
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(f) => Status::invalid_argument(f.to_string()),
+            ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
+            ServiceError::NotFound(what) => Status::not_found(format!("{what} not found")),
+            ServiceError::AlreadyExists(m) => Status::already_exists(m),
+            ServiceError::IdempotencyMismatch => Status::already_exists(
+                "idempotency_key: already used with different parameters or on another method",
+            ),
+            ServiceError::IllegalTransition(t) => Status::failed_precondition(t.to_string()),
+            e @ (ServiceError::Busy(_) | ServiceError::Fenced(_) | ServiceError::Conflict(_)) => {
+                Status::aborted(e.to_string())
+            }
+            ServiceError::Unavailable(m) => {
+                tracing::warn!(error = %m, "dependency unavailable");
+                Status::unavailable("a dependency is unavailable; retry with backoff")
+            }
+            ServiceError::Internal(m) => {
+                tracing::error!(error = %m, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// Label for `payd_rejected_requests_total`: the client-side refusals, which change nothing.
+pub fn rejection_reason(code: Code) -> Option<&'static str> {
+    match code {
+        Code::InvalidArgument => Some("invalid_argument"),
+        Code::Unauthenticated => Some("unauthenticated"),
+        Code::NotFound => Some("not_found"),
+        Code::AlreadyExists => Some("already_exists"),
+        Code::FailedPrecondition => Some("failed_precondition"),
+        Code::Aborted => Some("aborted"),
+        Code::PermissionDenied => Some("permission_denied"),
+        Code::ResourceExhausted => Some("resource_exhausted"),
+        Code::Ok
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::DeadlineExceeded
+        | Code::OutOfRange
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::Unavailable
+        | Code::DataLoss => None,
+    }
+}

@@ -1,0 +1,21 @@
+//! # payd
+//!
+//! The core of the payment platform: it owns orders (and, later, payment attempts and refunds)
+//! and the truth about them.
+//!
+//! # Layout
+//! - [`domain`]: pure types and the order state machine (no IO).
+//! - [`app`]: use cases; each change is one Postgres transaction with its idempotency record.
+//! - [`storage`]: diesel schema, pool and repositories (Postgres is the source of truth).
+//! - [`locks`]: Redis per-order locks with fencing tokens checked by Postgres writes.
+//! - [`grpc`]: the tonic services and the one error-to-status mapping.
+//! - [`config`], [`telemetry`], [`metrics`], [`startup`]: process wiring.
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod locks;
+pub mod metrics;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,169 @@
+//! Builds the application from settings and runs it until a shutdown signal.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::routing::get;
+use payproto::payment::v1::payment_service_server::PaymentServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::app::App;
+use crate::config::Settings;
+use crate::grpc::{build_grpc_router, payment::PaymentApi};
+use crate::locks::Locks;
+use crate::metrics::Metrics;
+use crate::storage::Db;
+
+/// How often expired idempotency keys are purged.
+const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+pub struct Application {
+    grpc: TcpListener,
+    http: TcpListener,
+    app: App,
+    grace: Duration,
+}
+
+impl Application {
+    /// Connects (lazily) to Postgres and Redis and binds both listeners. Port 0 picks a free port,
+    /// which tests read back from [`Application::grpc_addr`].
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let db = Db::connect_lazy(
+            settings.database_url.expose(),
+            settings.database_pool_size,
+            Duration::from_millis(settings.database_connect_timeout_ms),
+        )?;
+        let client = redis::Client::open(settings.redis_url.expose()).context("redis_url")?;
+        let redis_cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2);
+        let redis = redis::aio::ConnectionManager::new_lazy_with_config(client, redis_cfg).context("redis")?;
+        let locks = Locks::new(
+            redis,
+            settings.redis_key_prefix.clone(),
+            settings.lock_ttl(),
+            settings.lock_wait(),
+        );
+        let app = App {
+            db,
+            locks,
+            limits: settings.order_limits(),
+            idempotency_retention: settings.idempotency_retention(),
+            metrics: Metrics::new()?,
+        };
+        let grpc = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding listen {}", settings.listen))?;
+        let http = TcpListener::bind(settings.metrics_listen)
+            .await
+            .with_context(|| format!("binding metrics_listen {}", settings.metrics_listen))?;
+        Ok(Self {
+            grpc,
+            http,
+            app,
+            grace: Duration::from_millis(settings.shutdown_grace_ms),
+        })
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops accepting, lets in-flight
+    /// calls finish (up to the grace period) and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (router, health) = build_grpc_router(self.app.clone()).await?;
+
+        let metrics = self.app.metrics.clone();
+        let http_app = axum::Router::new()
+            .route("/metrics", get(move || std::future::ready(metrics.render())))
+            .route("/healthz", get(|| std::future::ready("ok")));
+        let mut http_stop = stop_rx.clone();
+        let http = tokio::spawn(
+            axum::serve(self.http, http_app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                })
+                .into_future(),
+        );
+
+        let purger = tokio::spawn(purge_loop(self.app.clone(), stop_rx.clone()));
+
+        let mut grpc_stop = stop_rx.clone();
+        let grpc_signal = async move {
+            let _ = grpc_stop.wait_for(|s| *s).await;
+        };
+        let grpc = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), grpc_signal));
+
+        shutdown.await;
+        tracing::info!("shutting down: no new calls, finishing in-flight ones");
+        health.set_not_serving::<PaymentServiceServer<PaymentApi>>().await;
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(self.grace, async {
+            let g = grpc.await;
+            let _ = http.await;
+            let _ = purger.await;
+            g
+        })
+        .await;
+        match drained {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(e.into()),
+            Ok(Err(join)) => Err(join.into()),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "in-flight calls did not finish within the grace period");
+                Ok(())
+            }
+        }
+    }
+}
+
+async fn purge_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {
+                match app.purge_idempotency_keys().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "expired idempotency keys purged"),
+                    Err(e) => tracing::warn!(error = ?e, "idempotency purge failed; will retry"),
+                }
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

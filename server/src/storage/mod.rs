@@ -1,0 +1,118 @@
+//! Postgres access: the connection pool, migrations, and one repository module per aggregate.
+//! Repository functions take `&mut PgConnection` so that a use case can compose several of them
+//! inside one transaction.
+pub mod idempotency;
+pub mod orders;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+/// Every migration under the repository's `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No connection could be had in time: the database is down or saturated.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Query(#[from] DieselError),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl StorageError {
+    /// Whether the failure says nothing about the data (connection lost), so a retry may work.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Unavailable(_) => true,
+            StorageError::Query(DieselError::DatabaseError(kind, _)) => matches!(
+                kind,
+                DatabaseErrorKind::ClosedConnection
+                    | DatabaseErrorKind::UnableToSendCommand
+                    | DatabaseErrorKind::SerializationFailure
+            ),
+            StorageError::Query(_) | StorageError::Corrupt(_) | StorageError::Migration(_) => {
+                false
+            }
+        }
+    }
+}
+
+/// The pool plus the one way to use it from async code.
+#[derive(Clone)]
+pub struct Db {
+    pool: PgPool,
+}
+
+impl Db {
+    /// Builds the pool without connecting eagerly, so `payd` starts while Postgres is still coming
+    /// up; requests fail with UNAVAILABLE until it answers.
+    pub fn connect_lazy(url: &str, size: u32, timeout: Duration) -> Result<Self, StorageError> {
+        let pool = Pool::builder()
+            .max_size(size)
+            .min_idle(Some(0))
+            .connection_timeout(timeout)
+            .test_on_check_out(false)
+            .build_unchecked(ConnectionManager::new(url));
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn conn(&self) -> Result<PooledConnection<ConnectionManager<PgConnection>>, StorageError> {
+        self.pool
+            .get()
+            .map_err(|e| StorageError::Unavailable(e.to_string()))
+    }
+
+    /// Runs blocking diesel code on the blocking pool. Everything that touches Postgres goes
+    /// through here, so no async worker thread ever blocks on the database.
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StorageError> + Send + 'static,
+    {
+        let db = self.clone();
+        match tokio::task::spawn_blocking(move || {
+            let mut conn = db.conn()?;
+            f(&mut conn)
+        })
+        .await
+        {
+            Ok(r) => r,
+            Err(join) => Err(StorageError::Corrupt(format!("database task failed: {join}")).into()),
+        }
+    }
+
+    /// Applies pending migrations; safe to run from several processes at once.
+    pub async fn migrate(&self) -> Result<usize, StorageError> {
+        self.run(|conn| run_migrations(conn)).await
+    }
+}
+
+/// Applies pending migrations under a Postgres advisory lock, so replicas starting together do not
+/// race each other through the same DDL.
+pub fn run_migrations(conn: &mut PgConnection) -> Result<usize, StorageError> {
+    use diesel::RunQueryDsl;
+    const LOCK: i64 = 0x7061_7964_6d69_67; // "paydmig"
+    diesel::sql_query(format!("SELECT pg_advisory_lock({LOCK})")).execute(conn)?;
+    let result = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|v| v.len())
+        .map_err(|e| StorageError::Migration(e.to_string()));
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({LOCK})")).execute(conn)?;
+    result
+}

@@ -1,0 +1,245 @@
+//! Orders and their transition history. Writes are intents turned into conditional UPDATEs: zero
+//! rows matched means another writer won, and the caller is told which guard refused.
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::StorageError;
+use super::schema::{order_transitions, orders};
+use crate::domain::{AppId, Currency, Money, OrderId, OrderStatus};
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub app_id: String,
+    pub merchant_order_no: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub subject: String,
+    pub metadata: serde_json::Value,
+    pub status: String,
+    pub paid_minor: i64,
+    pub refunded_minor: i64,
+    pub version: i64,
+    pub fence: i64,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+impl OrderRow {
+    /// # Errors
+    /// [`StorageError::Corrupt`] if the CHECKed column holds something the code does not know.
+    pub fn status(&self) -> Result<OrderStatus, StorageError> {
+        self.status
+            .parse()
+            .map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
+    }
+
+    pub fn order_id(&self) -> OrderId {
+        OrderId::from_uuid(self.id)
+    }
+
+    pub fn amount(&self) -> Result<Money, StorageError> {
+        let c: Currency = self
+            .currency
+            .parse()
+            .map_err(|e: crate::domain::money::UnsupportedCurrency| StorageError::Corrupt(e.to_string()))?;
+        Money::new(self.amount_minor, c).map_err(|e| StorageError::Corrupt(e.to_string()))
+    }
+
+    pub fn metadata_map(&self) -> BTreeMap<String, String> {
+        serde_json::from_value(self.metadata.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = orders)]
+pub struct NewOrderRow<'a> {
+    pub id: Uuid,
+    pub app_id: &'a str,
+    pub merchant_order_no: &'a str,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+    pub subject: &'a str,
+    pub metadata: serde_json::Value,
+    pub status: &'a str,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Inserts the order unless the app already has one with this merchant_order_no.
+///
+/// Returns `None` on that conflict. Concurrent inserts of one number serialize on the unique index:
+/// the losers wait for the winner's commit and then see its row.
+pub fn insert(conn: &mut PgConnection, row: &NewOrderRow<'_>) -> Result<Option<OrderRow>, StorageError> {
+    let inserted = diesel::insert_into(orders::table)
+        .values(row)
+        .on_conflict((orders::app_id, orders::merchant_order_no))
+        .do_nothing()
+        .returning(OrderRow::as_returning())
+        .get_result(conn)
+        .optional()?;
+    if let Some(o) = &inserted {
+        record_transition(conn, o.id, o.version, None, OrderStatus::Pending, "created")?;
+    }
+    Ok(inserted)
+}
+
+pub fn find(conn: &mut PgConnection, app: &AppId, id: OrderId) -> Result<Option<OrderRow>, StorageError> {
+    Ok(orders::table
+        .filter(orders::id.eq(id.as_uuid()))
+        .filter(orders::app_id.eq(app.as_str()))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_by_merchant_order_no(
+    conn: &mut PgConnection,
+    app: &AppId,
+    merchant_order_no: &str,
+) -> Result<Option<OrderRow>, StorageError> {
+    Ok(orders::table
+        .filter(orders::app_id.eq(app.as_str()))
+        .filter(orders::merchant_order_no.eq(merchant_order_no))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// A status change the state machine has already approved, with the guards the write must pass.
+#[derive(Debug, Clone)]
+pub struct Transition<'a> {
+    pub id: OrderId,
+    pub from: OrderStatus,
+    pub to: OrderStatus,
+    /// The version the caller read; the write fails if anyone changed the row since.
+    pub expected_version: i64,
+    /// The caller's lock fencing token; the write fails if a newer lock holder has written.
+    pub fence: i64,
+    pub reason: &'a str,
+    pub at: DateTime<Utc>,
+}
+
+/// Why a guarded write matched no row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteRefused {
+    /// A newer lock holder (higher fence) has written the row: this caller's lock had expired.
+    StaleFence { ours: i64, current: i64 },
+    /// Someone changed the row since it was read (status or version differs).
+    Conflict { status: OrderStatus, version: i64 },
+    Missing,
+}
+
+/// Applies `t` if and only if the row is still in `t.from` at `t.expected_version` and no newer
+/// fence has written it, and records the transition. Call it inside the caller's transaction.
+pub fn transition(conn: &mut PgConnection, t: &Transition<'_>) -> Result<Result<OrderRow, WriteRefused>, StorageError> {
+    {
+        let closed_at = (t.to == OrderStatus::Closed).then_some(t.at);
+        let updated = diesel::update(
+            orders::table
+                .filter(orders::id.eq(t.id.as_uuid()))
+                .filter(orders::status.eq(t.from.as_str()))
+                .filter(orders::version.eq(t.expected_version))
+                .filter(orders::fence.le(t.fence)),
+        )
+        .set((
+            orders::status.eq(t.to.as_str()),
+            orders::version.eq(orders::version + 1),
+            orders::fence.eq(t.fence),
+            orders::updated_at.eq(t.at),
+            orders::closed_at.eq(closed_at),
+        ))
+        .returning(OrderRow::as_returning())
+        .get_result(conn)
+        .optional()?;
+        match updated {
+            Some(row) => {
+                record_transition(conn, row.id, row.version, Some(t.from), t.to, t.reason)?;
+                Ok(Ok(row))
+            }
+            None => {
+                let current = orders::table
+                    .filter(orders::id.eq(t.id.as_uuid()))
+                    .select(OrderRow::as_select())
+                    .first(conn)
+                    .optional()?;
+                Ok(Err(match current {
+                    None => WriteRefused::Missing,
+                    Some(c) if c.fence > t.fence => WriteRefused::StaleFence {
+                        ours: t.fence,
+                        current: c.fence,
+                    },
+                    Some(c) => WriteRefused::Conflict {
+                        status: c.status()?,
+                        version: c.version,
+                    },
+                }))
+            }
+        }
+    }
+}
+
+fn record_transition(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    version: i64,
+    from: Option<OrderStatus>,
+    to: OrderStatus,
+    reason: &str,
+) -> Result<(), StorageError> {
+    diesel::insert_into(order_transitions::table)
+        .values((
+            order_transitions::order_id.eq(order_id),
+            order_transitions::version.eq(version),
+            order_transitions::from_status.eq(from.map(OrderStatus::as_str)),
+            order_transitions::to_status.eq(to.as_str()),
+            order_transitions::reason.eq(reason),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Filters of ListOrders; `after` is the (created_at, id) of the last row of the previous page.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub statuses: Vec<OrderStatus>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// Newest first; keyset pagination on (created_at, id), which the `orders_app_created` index serves.
+pub fn list(conn: &mut PgConnection, app: &AppId, f: &ListFilter) -> Result<Vec<OrderRow>, StorageError> {
+    let mut q = orders::table
+        .filter(orders::app_id.eq(app.as_str()))
+        .select(OrderRow::as_select())
+        .into_boxed();
+    if !f.statuses.is_empty() {
+        q = q.filter(orders::status.eq_any(f.statuses.iter().map(|s| s.as_str())));
+    }
+    if let Some(from) = f.created_from {
+        q = q.filter(orders::created_at.ge(from));
+    }
+    if let Some(to) = f.created_to {
+        q = q.filter(orders::created_at.lt(to));
+    }
+    if let Some((at, id)) = f.after {
+        q = q.filter(
+            orders::created_at
+                .lt(at)
+                .or(orders::created_at.eq(at).and(orders::id.lt(id))),
+        );
+    }
+    Ok(q
+        .order((orders::created_at.desc(), orders::id.desc()))
+        .limit(f.limit)
+        .load(conn)?)
+}

@@ -1,0 +1,8 @@
+//! In-process API tests: each test gets its own database, Redis prefix and server on port 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+mod idempotency;
+mod locks;
+mod orders;
+mod validation;

@@ -1,0 +1,204 @@
+//! Test support shared by the in-process API tests (`server/tests`) and the cross-process tests
+//! here (`tests/tests`): a fresh Postgres database and a Redis key prefix per test, removed on drop,
+//! and real `payd` processes.
+//!
+//! Environment: `TEST_DATABASE_URL` (server URL without a database; default
+//! `postgres://postgres@127.0.0.1:5432`), `TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A database created for one test and dropped (with its connections) when this value drops.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates an empty database; the caller (payd, or `payd::storage::run_migrations`) migrates it.
+    pub fn create() -> Self {
+        let name = format!("payd_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::establish(&format!("{}/postgres", server_url()))
+            .expect("connect to Postgres (is it running? see README)");
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .expect("create test database");
+        let url = format!("{}/{name}", server_url());
+        Self { name, url }
+    }
+
+    pub fn connect(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("connect to test database")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&format!("{}/postgres", server_url())) {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut admin);
+        }
+    }
+}
+
+/// A Redis key prefix for one test; every key under it is deleted on drop.
+pub struct RedisNamespace {
+    pub prefix: String,
+}
+
+impl RedisNamespace {
+    pub fn new() -> Self {
+        Self {
+            prefix: format!("test:{}:", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let client = redis::Client::open(redis_url()).expect("redis url");
+        let mut conn = client.get_connection().expect("connect to Redis (is it running? see README)");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.prefix))
+            .query(&mut conn)
+            .unwrap_or_default();
+        keys
+    }
+}
+
+impl Default for RedisNamespace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RedisNamespace {
+    fn drop(&mut self) {
+        let keys = self.keys();
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(client) = redis::Client::open(redis_url())
+            && let Ok(mut conn) = client.get_connection()
+        {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
+/// A free loopback port (bound then released; good enough for tests on one machine).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Path of a workspace binary, built by `cargo build --workspace --bins` before the tests run
+/// (the README's test command does this).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `payd` process, killed on drop.
+pub struct Payd {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl Payd {
+    /// Starts `payd` on fresh ports against `db` and the Redis `ns`, and waits until it serves.
+    pub fn start(db: &TestDb, ns: &RedisNamespace, extra_env: &[(&str, &str)]) -> Self {
+        let grpc = free_addr();
+        let metrics = free_addr();
+        Self::start_on(db, ns, grpc, metrics, extra_env)
+    }
+
+    pub fn start_on(
+        db: &TestDb,
+        ns: &RedisNamespace,
+        grpc: SocketAddr,
+        metrics: SocketAddr,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Command::new(binary("payd"));
+        cmd.env("PAYD_LISTEN", grpc.to_string())
+            .env("PAYD_METRICS_LISTEN", metrics.to_string())
+            .env("PAYD_DATABASE_URL", &db.url)
+            .env("PAYD_REDIS_URL", redis_url())
+            .env("PAYD_REDIS_KEY_PREFIX", &ns.prefix)
+            .env("PAYD_DATABASE_POOL_SIZE", "8")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn payd");
+        let p = Self { child, grpc, metrics };
+        p.wait_ready(Duration::from_secs(30));
+        p
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.metrics).is_ok() && std::net::TcpStream::connect(self.grpc).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("payd did not start listening on {} within {within:?}", self.grpc);
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        kill(pid, Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "payd did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Payd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
