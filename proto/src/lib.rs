@@ -15,4 +15,5 @@ pub mod channel {
 }
 
 /// Encoded `FileDescriptorSet` of every proto above, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("payplatform_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("payplatform_descriptor");

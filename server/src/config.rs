@@ -132,7 +132,10 @@ impl Settings {
             return bad("lock_ttl_ms", "must be at least 100");
         }
         if self.idempotency_retention_secs < 24 * 3600 {
-            return bad("idempotency_retention_secs", "must be at least 86400 (24 h)");
+            return bad(
+                "idempotency_retention_secs",
+                "must be at least 86400 (24 h)",
+            );
         }
         if self.max_amount_minor <= 0 {
             return bad("max_amount_minor", "must be positive");
@@ -188,7 +191,11 @@ mod tests {
             idempotency_retention_secs: 60,
             ..Settings::default()
         };
-        let e = s.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        let e = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("idempotency_retention_secs"), "{e}");
     }
 

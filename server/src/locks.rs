@@ -79,7 +79,12 @@ struct Inner {
 }
 
 impl Locks {
-    pub fn new(redis: ConnectionManager, prefix: impl Into<String>, ttl: Duration, wait: Duration) -> Self {
+    pub fn new(
+        redis: ConnectionManager,
+        prefix: impl Into<String>,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 redis,
@@ -102,7 +107,11 @@ impl Locks {
         self.acquire_with_ttl(resource, self.inner.ttl).await
     }
 
-    pub async fn acquire_with_ttl(&self, resource: &str, ttl: Duration) -> Result<LockGuard, LockError> {
+    pub async fn acquire_with_ttl(
+        &self,
+        resource: &str,
+        ttl: Duration,
+    ) -> Result<LockGuard, LockError> {
         let key = format!("{}lock:{resource}", self.inner.prefix);
         let fence_key = format!("{}fence:{resource}", self.inner.prefix);
         let mut raw = [0u8; 16];

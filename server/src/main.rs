@@ -6,7 +6,10 @@ use payd::storage::Db;
 use payd::telemetry;
 
 #[derive(Parser)]
-#[command(name = "payd", about = "Payment platform core: orders, payments, refunds over gRPC")]
+#[command(
+    name = "payd",
+    about = "Payment platform core: orders, payments, refunds over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -25,7 +28,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load()?;
     telemetry::init(&settings.log_format);
-    let db = Db::connect_lazy(settings.database_url.expose(), 2, std::time::Duration::from_secs(10))?;
+    let db = Db::connect_lazy(
+        settings.database_url.expose(),
+        2,
+        std::time::Duration::from_secs(10),
+    )?;
     let applied = db.migrate().await?;
     tracing::info!(applied, "migrations up to date");
     match cli.command.unwrap_or(Command::Serve) {

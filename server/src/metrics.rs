@@ -25,24 +25,37 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let vec = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let grpc_requests = vec("payd_grpc_requests_total", "Finished gRPC calls.", &["method", "code"])?;
+        let vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let grpc_requests = vec(
+            "payd_grpc_requests_total",
+            "Finished gRPC calls.",
+            &["method", "code"],
+        )?;
         let rejected_requests = vec(
             "payd_rejected_requests_total",
             "Requests refused without any change (invalid, unauthenticated, refused transition…).",
             &["method", "reason"],
         )?;
-        let order_transitions = vec("payd_order_transitions_total", "Order status changes.", &["from", "to"])?;
+        let order_transitions = vec(
+            "payd_order_transitions_total",
+            "Order status changes.",
+            &["from", "to"],
+        )?;
         let idempotent_replays = vec(
             "payd_idempotent_replays_total",
             "Responses replayed for a repeated idempotency key.",
             &["method"],
         )?;
-        let lock_acquisitions = vec("payd_lock_acquisitions_total", "Order lock acquisitions.", &["outcome"])?;
+        let lock_acquisitions = vec(
+            "payd_lock_acquisitions_total",
+            "Order lock acquisitions.",
+            &["outcome"],
+        )?;
         let fence_rejections = IntCounter::new(
             "payd_fence_rejections_total",
             "Writes refused because a newer lock holder had already written the row.",

@@ -40,7 +40,8 @@ impl Application {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2);
-        let redis = redis::aio::ConnectionManager::new_lazy_with_config(client, redis_cfg).context("redis")?;
+        let redis = redis::aio::ConnectionManager::new_lazy_with_config(client, redis_cfg)
+            .context("redis")?;
         let locks = Locks::new(
             redis,
             settings.redis_key_prefix.clone(),
@@ -82,13 +83,19 @@ impl Application {
 
     /// Serves until `shutdown` resolves; then reports NOT_SERVING, stops accepting, lets in-flight
     /// calls finish (up to the grace period) and returns.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let (router, health) = build_grpc_router(self.app.clone()).await?;
 
         let metrics = self.app.metrics.clone();
         let http_app = axum::Router::new()
-            .route("/metrics", get(move || std::future::ready(metrics.render())))
+            .route(
+                "/metrics",
+                get(move || std::future::ready(metrics.render())),
+            )
             .route("/healthz", get(|| std::future::ready("ok")));
         let mut http_stop = stop_rx.clone();
         let http = tokio::spawn(
@@ -105,11 +112,15 @@ impl Application {
         let grpc_signal = async move {
             let _ = grpc_stop.wait_for(|s| *s).await;
         };
-        let grpc = tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), grpc_signal));
+        let grpc = tokio::spawn(
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), grpc_signal),
+        );
 
         shutdown.await;
         tracing::info!("shutting down: no new calls, finishing in-flight ones");
-        health.set_not_serving::<PaymentServiceServer<PaymentApi>>().await;
+        health
+            .set_not_serving::<PaymentServiceServer<PaymentApi>>()
+            .await;
         let _ = stop_tx.send(true);
         let drained = tokio::time::timeout(self.grace, async {
             let g = grpc.await;

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 
 pub fn server_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
 pub fn redis_url() -> String {
@@ -48,7 +49,11 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = PgConnection::establish(&format!("{}/postgres", server_url())) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut admin);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin);
         }
     }
 }
@@ -67,7 +72,9 @@ impl RedisNamespace {
 
     pub fn keys(&self) -> Vec<String> {
         let client = redis::Client::open(redis_url()).expect("redis url");
-        let mut conn = client.get_connection().expect("connect to Redis (is it running? see README)");
+        let mut conn = client
+            .get_connection()
+            .expect("connect to Redis (is it running? see README)");
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{}*", self.prefix))
             .query(&mut conn)
@@ -153,7 +160,11 @@ impl Payd {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn payd");
-        let p = Self { child, grpc, metrics };
+        let p = Self {
+            child,
+            grpc,
+            metrics,
+        };
         p.wait_ready(Duration::from_secs(30));
         p
     }
@@ -165,12 +176,17 @@ impl Payd {
     fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(self.metrics).is_ok() && std::net::TcpStream::connect(self.grpc).is_ok() {
+            if std::net::TcpStream::connect(self.metrics).is_ok()
+                && std::net::TcpStream::connect(self.grpc).is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("payd did not start listening on {} within {within:?}", self.grpc);
+        panic!(
+            "payd did not start listening on {} within {within:?}",
+            self.grpc
+        );
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -13,9 +13,9 @@ use crate::domain::{AppId, NewOrder, OrderEvent, OrderId, OrderLimits};
 use crate::locks::{LockGuard, Locks};
 use crate::metrics::Metrics;
 use crate::storage::Db;
+use crate::storage::StorageError;
 use crate::storage::idempotency::{self, Claimed, KeyClaim};
 use crate::storage::orders::{self, ListFilter, NewOrderRow, OrderRow, Transition, WriteRefused};
-use crate::storage::StorageError;
 
 /// The result of a state-changing call made with an idempotency key.
 #[derive(Debug)]
@@ -58,13 +58,15 @@ impl App {
         let expires_at = now
             + chrono::Duration::from_std(new.expires_in)
                 .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let metadata = serde_json::to_value(&new.metadata).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let metadata = serde_json::to_value(&new.metadata)
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let outcome = self
             .db
             .run(move |conn| {
                 conn.transaction(|conn| {
                     if let Some(i) = &idem
-                        && let Claimed::Replay(bytes) = idempotency::claim(conn, &i.claim, retention)?
+                        && let Claimed::Replay(bytes) =
+                            idempotency::claim(conn, &i.claim, retention)?
                     {
                         return Ok(Outcome::Replayed(bytes));
                     }
@@ -84,8 +86,14 @@ impl App {
                     let order = match orders::insert(conn, &row)? {
                         Some(o) => o,
                         None => {
-                            let existing = orders::find_by_merchant_order_no(conn, &app, row.merchant_order_no)?
-                                .ok_or_else(|| ServiceError::Internal("conflicting order vanished".into()))?;
+                            let existing = orders::find_by_merchant_order_no(
+                                conn,
+                                &app,
+                                row.merchant_order_no,
+                            )?
+                            .ok_or_else(|| {
+                                ServiceError::Internal("conflicting order vanished".into())
+                            })?;
                             same_order(&existing, &row)?;
                             existing
                         }
@@ -100,7 +108,10 @@ impl App {
         if let Outcome::Done(o) = &outcome
             && o.version == 0
         {
-            self.metrics.order_transitions.with_label_values(&["", "PENDING"]).inc();
+            self.metrics
+                .order_transitions
+                .with_label_values(&["", "PENDING"])
+                .inc();
         }
         Ok(outcome)
     }
@@ -112,7 +123,11 @@ impl App {
             .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))
     }
 
-    pub async fn get_order_by_merchant_no(&self, app: AppId, no: String) -> Result<OrderRow, ServiceError> {
+    pub async fn get_order_by_merchant_no(
+        &self,
+        app: AppId,
+        no: String,
+    ) -> Result<OrderRow, ServiceError> {
         self.db
             .run({
                 let no = no.clone();
@@ -122,8 +137,15 @@ impl App {
             .ok_or_else(|| ServiceError::NotFound(format!("order with merchant_order_no {no}")))
     }
 
-    pub async fn list_orders(&self, app: AppId, filter: ListFilter) -> Result<Vec<OrderRow>, ServiceError> {
-        Ok(self.db.run(move |conn| orders::list(conn, &app, &filter)).await?)
+    pub async fn list_orders(
+        &self,
+        app: AppId,
+        filter: ListFilter,
+    ) -> Result<Vec<OrderRow>, ServiceError> {
+        Ok(self
+            .db
+            .run(move |conn| orders::list(conn, &app, &filter))
+            .await?)
     }
 
     /// Closes an unpaid order under its lock.
@@ -135,7 +157,14 @@ impl App {
     ) -> Result<Outcome<OrderRow>, ServiceError> {
         let guard = self.lock_order(id).await?;
         let result = self
-            .apply_event(app, id, OrderEvent::Closed, "closed by caller", &guard, idem)
+            .apply_event(
+                app,
+                id,
+                OrderEvent::Closed,
+                "closed by caller",
+                &guard,
+                idem,
+            )
             .await;
         self.unlock(guard).await;
         result
@@ -145,7 +174,10 @@ impl App {
     pub async fn lock_order(&self, id: OrderId) -> Result<LockGuard, ServiceError> {
         match self.locks.acquire(&format!("order:{id}")).await {
             Ok(g) => {
-                self.metrics.lock_acquisitions.with_label_values(&["acquired"]).inc();
+                self.metrics
+                    .lock_acquisitions
+                    .with_label_values(&["acquired"])
+                    .inc();
                 Ok(g)
             }
             Err(e) => {
@@ -153,7 +185,10 @@ impl App {
                     crate::locks::LockError::Busy(_) => "busy",
                     crate::locks::LockError::Redis(_) => "error",
                 };
-                self.metrics.lock_acquisitions.with_label_values(&[outcome]).inc();
+                self.metrics
+                    .lock_acquisitions
+                    .with_label_values(&[outcome])
+                    .inc();
                 Err(e.into())
             }
         }
@@ -189,7 +224,8 @@ impl App {
             .run(move |conn| {
                 conn.transaction(|conn| {
                     if let Some(i) = &idem
-                        && let Claimed::Replay(bytes) = idempotency::claim(conn, &i.claim, retention)?
+                        && let Claimed::Replay(bytes) =
+                            idempotency::claim(conn, &i.claim, retention)?
                     {
                         return Ok(Outcome::Replayed(bytes));
                     }
@@ -208,9 +244,15 @@ impl App {
                     };
                     let updated = match orders::transition(conn, &t)? {
                         Ok(row) => row,
-                        Err(WriteRefused::StaleFence { .. }) => return Err(ServiceError::Fenced(id.to_string())),
-                        Err(WriteRefused::Conflict { .. }) => return Err(ServiceError::Conflict(id.to_string())),
-                        Err(WriteRefused::Missing) => return Err(ServiceError::NotFound(format!("order {id}"))),
+                        Err(WriteRefused::StaleFence { .. }) => {
+                            return Err(ServiceError::Fenced(id.to_string()));
+                        }
+                        Err(WriteRefused::Conflict { .. }) => {
+                            return Err(ServiceError::Conflict(id.to_string()));
+                        }
+                        Err(WriteRefused::Missing) => {
+                            return Err(ServiceError::NotFound(format!("order {id}")));
+                        }
                     };
                     if let Some(i) = &idem {
                         idempotency::store_response(conn, &i.claim, &(i.encode)(&updated)?)?;

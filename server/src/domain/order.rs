@@ -159,14 +159,22 @@ mod tests {
             (S::Closed, E::PaymentSucceeded, S::Paid),
             (S::Pending, E::Closed, S::Closed),
             (S::Paying, E::Closed, S::Closed),
-            (S::Paid, E::RefundSucceeded { fully: false }, S::PartiallyRefunded),
+            (
+                S::Paid,
+                E::RefundSucceeded { fully: false },
+                S::PartiallyRefunded,
+            ),
             (S::Paid, E::RefundSucceeded { fully: true }, S::Refunded),
             (
                 S::PartiallyRefunded,
                 E::RefundSucceeded { fully: false },
                 S::PartiallyRefunded,
             ),
-            (S::PartiallyRefunded, E::RefundSucceeded { fully: true }, S::Refunded),
+            (
+                S::PartiallyRefunded,
+                E::RefundSucceeded { fully: true },
+                S::Refunded,
+            ),
         ];
         table
             .iter()

@@ -83,7 +83,9 @@ pub const METADATA_KEY_MAX: usize = 40;
 pub const METADATA_VALUE_MAX: usize = 256;
 
 /// Validates caller metadata: a small map of short, printable keys and values.
-pub fn parse_metadata(m: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, FieldError> {
+pub fn parse_metadata(
+    m: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, FieldError> {
     if m.len() > METADATA_MAX_ENTRIES {
         return Err(FieldError::new(
             "metadata",
@@ -93,21 +95,20 @@ pub fn parse_metadata(m: &BTreeMap<String, String>) -> Result<BTreeMap<String, S
     for (k, v) in m {
         let key_ok = !k.is_empty()
             && k.len() <= METADATA_KEY_MAX
-            && k
-                .chars()
+            && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !key_ok {
             return Err(FieldError::new(
                 "metadata",
-                format!(
-                    "key {k:?} must be 1..={METADATA_KEY_MAX} characters of [A-Za-z0-9_.-]"
-                ),
+                format!("key {k:?} must be 1..={METADATA_KEY_MAX} characters of [A-Za-z0-9_.-]"),
             ));
         }
         if v.chars().count() > METADATA_VALUE_MAX || v.chars().any(char::is_control) {
             return Err(FieldError::new(
                 format!("metadata[{k}]"),
-                format!("value must be at most {METADATA_VALUE_MAX} characters without control characters"),
+                format!(
+                    "value must be at most {METADATA_VALUE_MAX} characters without control characters"
+                ),
             ));
         }
     }
@@ -157,7 +158,9 @@ impl NewOrder {
         }
         let currency: Currency = code
             .parse()
-            .map_err(|e: super::money::UnsupportedCurrency| FieldError::new("amount.currency", e.to_string()))?;
+            .map_err(|e: super::money::UnsupportedCurrency| {
+                FieldError::new("amount.currency", e.to_string())
+            })?;
         let amount = Money::new(minor, currency)
             .map_err(|e| FieldError::new("amount.amount_minor", e.to_string()))?;
         let subject = Subject::parse(raw.subject)?;
@@ -223,14 +226,62 @@ mod tests {
         let m = BTreeMap::new();
         let l = OrderLimits::default();
         let cases: Vec<(RawNewOrder<'_>, &str)> = vec![
-            (RawNewOrder { amount: Some((0, "CNY")), ..raw(&m) }, "amount.amount_minor"),
-            (RawNewOrder { amount: Some((i64::MAX, "CNY")), ..raw(&m) }, "amount.amount_minor"),
-            (RawNewOrder { amount: Some((1, "cny")), ..raw(&m) }, "amount.currency"),
-            (RawNewOrder { amount: None, ..raw(&m) }, "amount"),
-            (RawNewOrder { subject: "\u{7}", ..raw(&m) }, "subject"),
-            (RawNewOrder { expires_in_seconds: 59, ..raw(&m) }, "expires_in_seconds"),
-            (RawNewOrder { expires_in_seconds: -5, ..raw(&m) }, "expires_in_seconds"),
-            (RawNewOrder { merchant_order_no: "a b c d", ..raw(&m) }, "merchant_order_no"),
+            (
+                RawNewOrder {
+                    amount: Some((0, "CNY")),
+                    ..raw(&m)
+                },
+                "amount.amount_minor",
+            ),
+            (
+                RawNewOrder {
+                    amount: Some((i64::MAX, "CNY")),
+                    ..raw(&m)
+                },
+                "amount.amount_minor",
+            ),
+            (
+                RawNewOrder {
+                    amount: Some((1, "cny")),
+                    ..raw(&m)
+                },
+                "amount.currency",
+            ),
+            (
+                RawNewOrder {
+                    amount: None,
+                    ..raw(&m)
+                },
+                "amount",
+            ),
+            (
+                RawNewOrder {
+                    subject: "\u{7}",
+                    ..raw(&m)
+                },
+                "subject",
+            ),
+            (
+                RawNewOrder {
+                    expires_in_seconds: 59,
+                    ..raw(&m)
+                },
+                "expires_in_seconds",
+            ),
+            (
+                RawNewOrder {
+                    expires_in_seconds: -5,
+                    ..raw(&m)
+                },
+                "expires_in_seconds",
+            ),
+            (
+                RawNewOrder {
+                    merchant_order_no: "a b c d",
+                    ..raw(&m)
+                },
+                "merchant_order_no",
+            ),
         ];
         for (r, field) in cases {
             match NewOrder::parse(r, &l) {

@@ -18,7 +18,10 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
 
 /// # Errors
 /// A [`FieldError`] naming `field` when the timestamp is outside what chrono can represent.
-pub fn from_timestamp(field: &'static str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>, FieldError> {
+pub fn from_timestamp(
+    field: &'static str,
+    t: &prost_types::Timestamp,
+) -> Result<DateTime<Utc>, FieldError> {
     let nanos = u32::try_from(t.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)
@@ -45,9 +48,10 @@ pub fn status_from_pb(field: &'static str, v: i32) -> Result<OrderStatus, FieldE
         Ok(pb::OrderStatus::PartiallyRefunded) => Ok(OrderStatus::PartiallyRefunded),
         Ok(pb::OrderStatus::Refunded) => Ok(OrderStatus::Refunded),
         Ok(pb::OrderStatus::Closed) => Ok(OrderStatus::Closed),
-        Ok(pb::OrderStatus::Unspecified) | Err(_) => {
-            Err(FieldError::new(field, format!("{v} is not an order status")))
-        }
+        Ok(pb::OrderStatus::Unspecified) | Err(_) => Err(FieldError::new(
+            field,
+            format!("{v} is not an order status"),
+        )),
     }
 }
 
@@ -75,7 +79,11 @@ pub fn order_to_pb(row: &OrderRow) -> Result<pb::Order, StorageError> {
 
 /// Opaque keyset cursor: the (created_at, id) of the last order of a page.
 pub fn encode_page_token(row: &OrderRow) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}:{}", row.created_at.timestamp_micros(), row.id.simple()))
+    URL_SAFE_NO_PAD.encode(format!(
+        "{}:{}",
+        row.created_at.timestamp_micros(),
+        row.id.simple()
+    ))
 }
 
 pub fn decode_page_token(token: &str) -> Result<(DateTime<Utc>, Uuid), FieldError> {

@@ -19,9 +19,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 ///
 /// # Errors
 /// When the embedded descriptor sets do not parse (a build problem).
-pub async fn build_grpc_router(app: App) -> Result<(Router, HealthReporter), tonic_reflection::server::Error> {
+pub async fn build_grpc_router(
+    app: App,
+) -> Result<(Router, HealthReporter), tonic_reflection::server::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<PaymentServiceServer<payment::PaymentApi>>().await;
+    reporter
+        .set_serving::<PaymentServiceServer<payment::PaymentApi>>()
+        .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(payproto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

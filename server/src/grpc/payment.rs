@@ -1,12 +1,14 @@
 //! `payment.v1.PaymentService`: parses requests into domain values at the edge, calls the use
 //! cases, and counts every outcome.
-use prost::Message;
 use payproto::payment::v1 as pb;
 use payproto::payment::v1::payment_service_server::PaymentService;
+use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
-use super::convert::{decode_page_token, encode_page_token, from_timestamp, order_to_pb, status_from_pb};
+use super::convert::{
+    decode_page_token, encode_page_token, from_timestamp, order_to_pb, status_from_pb,
+};
 use super::status::rejection_reason;
 use crate::app::{App, IdemWrite, Outcome, ServiceError};
 use crate::domain::validation::RawNewOrder;
@@ -37,15 +39,23 @@ impl PaymentApi {
             Err(s) => s.code(),
         };
         let m = &self.app.metrics;
-        m.grpc_requests.with_label_values(&[method, code_label(code)]).inc();
+        m.grpc_requests
+            .with_label_values(&[method, code_label(code)])
+            .inc();
         if let Some(reason) = rejection_reason(code) {
-            m.rejected_requests.with_label_values(&[method, reason]).inc();
+            m.rejected_requests
+                .with_label_values(&[method, reason])
+                .inc();
         }
         r.map(Response::new)
     }
 
     fn replayed(&self, method: &str) {
-        self.app.metrics.idempotent_replays.with_label_values(&[method]).inc();
+        self.app
+            .metrics
+            .idempotent_replays
+            .with_label_values(&[method])
+            .inc();
     }
 }
 
@@ -57,7 +67,9 @@ fn app_id<T>(req: &Request<T>) -> Result<AppId, ServiceError> {
     let raw = req
         .metadata()
         .get(APP_ID_HEADER)
-        .ok_or_else(|| ServiceError::Unauthenticated(format!("{APP_ID_HEADER} metadata is required")))?
+        .ok_or_else(|| {
+            ServiceError::Unauthenticated(format!("{APP_ID_HEADER} metadata is required"))
+        })?
         .to_str()
         .map_err(|_| ServiceError::Unauthenticated(format!("{APP_ID_HEADER} must be ASCII")))?;
     AppId::parse(APP_ID_HEADER, raw).map_err(|e| ServiceError::Unauthenticated(e.to_string()))
@@ -106,7 +118,8 @@ fn encode_close(row: &OrderRow) -> Result<Vec<u8>, StorageError> {
 }
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ServiceError> {
-    M::decode(bytes).map_err(|e| ServiceError::Internal(format!("stored response does not decode: {e}")))
+    M::decode(bytes)
+        .map_err(|e| ServiceError::Internal(format!("stored response does not decode: {e}")))
 }
 
 fn pb_order(row: &OrderRow) -> Result<pb::Order, ServiceError> {
@@ -114,21 +127,34 @@ fn pb_order(row: &OrderRow) -> Result<pb::Order, ServiceError> {
 }
 
 impl PaymentApi {
-    async fn create_order(&self, req: Request<pb::CreateOrderRequest>) -> Result<pb::CreateOrderResponse, ServiceError> {
+    async fn create_order(
+        &self,
+        req: Request<pb::CreateOrderRequest>,
+    ) -> Result<pb::CreateOrderResponse, ServiceError> {
         const METHOD: &str = "/payment.v1.PaymentService/CreateOrder";
         let app = app_id(&req)?;
         let body = req.into_inner();
         let new = NewOrder::parse(
             RawNewOrder {
                 merchant_order_no: &body.merchant_order_no,
-                amount: body.amount.as_ref().map(|m| (m.amount_minor, m.currency.as_str())),
+                amount: body
+                    .amount
+                    .as_ref()
+                    .map(|m| (m.amount_minor, m.currency.as_str())),
                 subject: &body.subject,
                 expires_in_seconds: body.expires_in_seconds,
                 metadata: &body.metadata,
             },
             &self.app.limits,
         )?;
-        let idem = idem_claim(&app, METHOD, &body.idempotency_key, &body, |r| r.idempotency_key.clear(), encode_create)?;
+        let idem = idem_claim(
+            &app,
+            METHOD,
+            &body.idempotency_key,
+            &body,
+            |r| r.idempotency_key.clear(),
+            encode_create,
+        )?;
         match self.app.create_order(app, new, idem).await? {
             Outcome::Done(row) => Ok(pb::CreateOrderResponse {
                 order: Some(pb_order(&row)?),
@@ -140,18 +166,29 @@ impl PaymentApi {
         }
     }
 
-    async fn get_order(&self, req: Request<pb::GetOrderRequest>) -> Result<pb::GetOrderResponse, ServiceError> {
+    async fn get_order(
+        &self,
+        req: Request<pb::GetOrderRequest>,
+    ) -> Result<pb::GetOrderResponse, ServiceError> {
         let app = app_id(&req)?;
         let row = match req.into_inner().lookup {
             Some(pb::get_order_request::Lookup::OrderId(id)) => {
-                self.app.get_order(app, OrderId::parse("order_id", &id)?).await?
+                self.app
+                    .get_order(app, OrderId::parse("order_id", &id)?)
+                    .await?
             }
             Some(pb::get_order_request::Lookup::MerchantOrderNo(no)) => {
                 let no = MerchantOrderNo::parse("merchant_order_no", &no)?;
-                self.app.get_order_by_merchant_no(app, no.as_str().to_owned()).await?
+                self.app
+                    .get_order_by_merchant_no(app, no.as_str().to_owned())
+                    .await?
             }
             None => {
-                return Err(FieldError::new("lookup", "one of order_id or merchant_order_no is required").into());
+                return Err(FieldError::new(
+                    "lookup",
+                    "one of order_id or merchant_order_no is required",
+                )
+                .into());
             }
         };
         Ok(pb::GetOrderResponse {
@@ -159,14 +196,21 @@ impl PaymentApi {
         })
     }
 
-    async fn list_orders(&self, req: Request<pb::ListOrdersRequest>) -> Result<pb::ListOrdersResponse, ServiceError> {
+    async fn list_orders(
+        &self,
+        req: Request<pb::ListOrdersRequest>,
+    ) -> Result<pb::ListOrdersResponse, ServiceError> {
         let app = app_id(&req)?;
         let body = req.into_inner();
         let page_size = match body.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
             n => {
-                return Err(FieldError::new("page_size", format!("must be 0..={MAX_PAGE_SIZE}, got {n}")).into());
+                return Err(FieldError::new(
+                    "page_size",
+                    format!("must be 0..={MAX_PAGE_SIZE}, got {n}"),
+                )
+                .into());
             }
         };
         let statuses = body
@@ -174,8 +218,16 @@ impl PaymentApi {
             .iter()
             .map(|s| status_from_pb("statuses", *s))
             .collect::<Result<Vec<_>, _>>()?;
-        let created_from = body.created_from.as_ref().map(|t| from_timestamp("created_from", t)).transpose()?;
-        let created_to = body.created_to.as_ref().map(|t| from_timestamp("created_to", t)).transpose()?;
+        let created_from = body
+            .created_from
+            .as_ref()
+            .map(|t| from_timestamp("created_from", t))
+            .transpose()?;
+        let created_to = body
+            .created_to
+            .as_ref()
+            .map(|t| from_timestamp("created_to", t))
+            .transpose()?;
         if let (Some(f), Some(t)) = (created_from, created_to)
             && f > t
         {
@@ -207,12 +259,22 @@ impl PaymentApi {
         })
     }
 
-    async fn close_order(&self, req: Request<pb::CloseOrderRequest>) -> Result<pb::CloseOrderResponse, ServiceError> {
+    async fn close_order(
+        &self,
+        req: Request<pb::CloseOrderRequest>,
+    ) -> Result<pb::CloseOrderResponse, ServiceError> {
         const METHOD: &str = "/payment.v1.PaymentService/CloseOrder";
         let app = app_id(&req)?;
         let body = req.into_inner();
         let id = OrderId::parse("order_id", &body.order_id)?;
-        let idem = idem_claim(&app, METHOD, &body.idempotency_key, &body, |r| r.idempotency_key.clear(), encode_close)?;
+        let idem = idem_claim(
+            &app,
+            METHOD,
+            &body.idempotency_key,
+            &body,
+            |r| r.idempotency_key.clear(),
+            encode_close,
+        )?;
         match self.app.close_order(app, id, idem).await? {
             Outcome::Done(row) => Ok(pb::CloseOrderResponse {
                 order: Some(pb_order(&row)?),
@@ -227,22 +289,34 @@ impl PaymentApi {
 
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
-    async fn create_order(&self, req: Request<pb::CreateOrderRequest>) -> Result<Response<pb::CreateOrderResponse>, Status> {
+    async fn create_order(
+        &self,
+        req: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::CreateOrderResponse>, Status> {
         let r = PaymentApi::create_order(self, req).await;
         self.finish("CreateOrder", r)
     }
 
-    async fn get_order(&self, req: Request<pb::GetOrderRequest>) -> Result<Response<pb::GetOrderResponse>, Status> {
+    async fn get_order(
+        &self,
+        req: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let r = PaymentApi::get_order(self, req).await;
         self.finish("GetOrder", r)
     }
 
-    async fn list_orders(&self, req: Request<pb::ListOrdersRequest>) -> Result<Response<pb::ListOrdersResponse>, Status> {
+    async fn list_orders(
+        &self,
+        req: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let r = PaymentApi::list_orders(self, req).await;
         self.finish("ListOrders", r)
     }
 
-    async fn close_order(&self, req: Request<pb::CloseOrderRequest>) -> Result<Response<pb::CloseOrderResponse>, Status> {
+    async fn close_order(
+        &self,
+        req: Request<pb::CloseOrderRequest>,
+    ) -> Result<Response<pb::CloseOrderResponse>, Status> {
         let r = PaymentApi::close_order(self, req).await;
         self.finish("CloseOrder", r)
     }

@@ -51,7 +51,11 @@ fn interval(d: Duration) -> diesel::pg::data_types::PgInterval {
 
 /// Claims `claim.key` inside the caller's transaction. One round trip when the key is new: an
 /// expired row is taken over by the same upsert.
-pub fn claim(conn: &mut PgConnection, claim: &KeyClaim, retention: Duration) -> Result<Claimed, IdempotencyError> {
+pub fn claim(
+    conn: &mut PgConnection,
+    claim: &KeyClaim,
+    retention: Duration,
+) -> Result<Claimed, IdempotencyError> {
     let fresh = diesel::sql_query(
         "INSERT INTO idempotency_keys (app_id, idem_key, method, fingerprint, response, created_at) \
          VALUES ($1, $2, $3, $4, NULL, now()) \
@@ -68,26 +72,31 @@ pub fn claim(conn: &mut PgConnection, claim: &KeyClaim, retention: Duration) -> 
     if fresh == 1 {
         return Ok(Claimed::Fresh);
     }
-    let (method, fingerprint, response): (String, Vec<u8>, Option<Vec<u8>>) = idempotency_keys::table
-        .filter(idempotency_keys::app_id.eq(claim.app.as_str()))
-        .filter(idempotency_keys::idem_key.eq(claim.key.as_str()))
-        .select((
-            idempotency_keys::method,
-            idempotency_keys::fingerprint,
-            idempotency_keys::response,
-        ))
-        .first(conn)?;
+    let (method, fingerprint, response): (String, Vec<u8>, Option<Vec<u8>>) =
+        idempotency_keys::table
+            .filter(idempotency_keys::app_id.eq(claim.app.as_str()))
+            .filter(idempotency_keys::idem_key.eq(claim.key.as_str()))
+            .select((
+                idempotency_keys::method,
+                idempotency_keys::fingerprint,
+                idempotency_keys::response,
+            ))
+            .first(conn)?;
     if method != claim.method || fingerprint != claim.fingerprint {
         return Err(IdempotencyError::Mismatch);
     }
     // A committed row always has its response: it is stored in the transaction that claimed it.
-    response
-        .map(Claimed::Replay)
-        .ok_or_else(|| StorageError::Corrupt("idempotency key committed without a response".into()).into())
+    response.map(Claimed::Replay).ok_or_else(|| {
+        StorageError::Corrupt("idempotency key committed without a response".into()).into()
+    })
 }
 
 /// Stores the response of a [`Claimed::Fresh`] request, in the same transaction.
-pub fn store_response(conn: &mut PgConnection, claim: &KeyClaim, response: &[u8]) -> Result<(), StorageError> {
+pub fn store_response(
+    conn: &mut PgConnection,
+    claim: &KeyClaim,
+    response: &[u8],
+) -> Result<(), StorageError> {
     diesel::update(
         idempotency_keys::table
             .filter(idempotency_keys::app_id.eq(claim.app.as_str()))
@@ -100,7 +109,11 @@ pub fn store_response(conn: &mut PgConnection, claim: &KeyClaim, response: &[u8]
 
 /// Deletes up to `batch` keys older than `retention`; returns how many went. Batched so a large
 /// backlog never holds long locks.
-pub fn purge_expired(conn: &mut PgConnection, retention: Duration, batch: i64) -> Result<usize, StorageError> {
+pub fn purge_expired(
+    conn: &mut PgConnection,
+    retention: Duration,
+    batch: i64,
+) -> Result<usize, StorageError> {
     Ok(diesel::sql_query(
         "DELETE FROM idempotency_keys WHERE ctid IN \
            (SELECT ctid FROM idempotency_keys WHERE created_at < now() - $1 LIMIT $2)",

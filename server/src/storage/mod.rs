@@ -41,9 +41,7 @@ impl StorageError {
                     | DatabaseErrorKind::UnableToSendCommand
                     | DatabaseErrorKind::SerializationFailure
             ),
-            StorageError::Query(_) | StorageError::Corrupt(_) | StorageError::Migration(_) => {
-                false
-            }
+            StorageError::Query(_) | StorageError::Corrupt(_) | StorageError::Migration(_) => false,
         }
     }
 }

@@ -45,10 +45,12 @@ impl OrderRow {
     }
 
     pub fn amount(&self) -> Result<Money, StorageError> {
-        let c: Currency = self
-            .currency
-            .parse()
-            .map_err(|e: crate::domain::money::UnsupportedCurrency| StorageError::Corrupt(e.to_string()))?;
+        let c: Currency =
+            self.currency
+                .parse()
+                .map_err(|e: crate::domain::money::UnsupportedCurrency| {
+                    StorageError::Corrupt(e.to_string())
+                })?;
         Money::new(self.amount_minor, c).map_err(|e| StorageError::Corrupt(e.to_string()))
     }
 
@@ -77,7 +79,10 @@ pub struct NewOrderRow<'a> {
 ///
 /// Returns `None` on that conflict. Concurrent inserts of one number serialize on the unique index:
 /// the losers wait for the winner's commit and then see its row.
-pub fn insert(conn: &mut PgConnection, row: &NewOrderRow<'_>) -> Result<Option<OrderRow>, StorageError> {
+pub fn insert(
+    conn: &mut PgConnection,
+    row: &NewOrderRow<'_>,
+) -> Result<Option<OrderRow>, StorageError> {
     let inserted = diesel::insert_into(orders::table)
         .values(row)
         .on_conflict((orders::app_id, orders::merchant_order_no))
@@ -91,7 +96,11 @@ pub fn insert(conn: &mut PgConnection, row: &NewOrderRow<'_>) -> Result<Option<O
     Ok(inserted)
 }
 
-pub fn find(conn: &mut PgConnection, app: &AppId, id: OrderId) -> Result<Option<OrderRow>, StorageError> {
+pub fn find(
+    conn: &mut PgConnection,
+    app: &AppId,
+    id: OrderId,
+) -> Result<Option<OrderRow>, StorageError> {
     Ok(orders::table
         .filter(orders::id.eq(id.as_uuid()))
         .filter(orders::app_id.eq(app.as_str()))
@@ -131,15 +140,24 @@ pub struct Transition<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteRefused {
     /// A newer lock holder (higher fence) has written the row: this caller's lock had expired.
-    StaleFence { ours: i64, current: i64 },
+    StaleFence {
+        ours: i64,
+        current: i64,
+    },
     /// Someone changed the row since it was read (status or version differs).
-    Conflict { status: OrderStatus, version: i64 },
+    Conflict {
+        status: OrderStatus,
+        version: i64,
+    },
     Missing,
 }
 
 /// Applies `t` if and only if the row is still in `t.from` at `t.expected_version` and no newer
 /// fence has written it, and records the transition. Call it inside the caller's transaction.
-pub fn transition(conn: &mut PgConnection, t: &Transition<'_>) -> Result<Result<OrderRow, WriteRefused>, StorageError> {
+pub fn transition(
+    conn: &mut PgConnection,
+    t: &Transition<'_>,
+) -> Result<Result<OrderRow, WriteRefused>, StorageError> {
     {
         let closed_at = (t.to == OrderStatus::Closed).then_some(t.at);
         let updated = diesel::update(
@@ -217,7 +235,11 @@ pub struct ListFilter {
 }
 
 /// Newest first; keyset pagination on (created_at, id), which the `orders_app_created` index serves.
-pub fn list(conn: &mut PgConnection, app: &AppId, f: &ListFilter) -> Result<Vec<OrderRow>, StorageError> {
+pub fn list(
+    conn: &mut PgConnection,
+    app: &AppId,
+    f: &ListFilter,
+) -> Result<Vec<OrderRow>, StorageError> {
     let mut q = orders::table
         .filter(orders::app_id.eq(app.as_str()))
         .select(OrderRow::as_select())
@@ -238,8 +260,7 @@ pub fn list(conn: &mut PgConnection, app: &AppId, f: &ListFilter) -> Result<Vec<
                 .or(orders::created_at.eq(at).and(orders::id.lt(id))),
         );
     }
-    Ok(q
-        .order((orders::created_at.desc(), orders::id.desc()))
+    Ok(q.order((orders::created_at.desc(), orders::id.desc()))
         .limit(f.limit)
         .load(conn)?)
 }

@@ -52,7 +52,9 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let server = tokio::spawn(application.run_until_stopped(async {
         let _ = rx.await;
     }));
-    let client = PaymentServiceClient::connect(format!("http://{grpc_addr}")).await.expect("connect");
+    let client = PaymentServiceClient::connect(format!("http://{grpc_addr}"))
+        .await
+        .expect("connect");
     TestApp {
         client,
         app,
@@ -109,8 +111,12 @@ impl TestApp {
 
     pub async fn metrics_text(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.metrics_addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out

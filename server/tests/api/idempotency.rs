@@ -14,23 +14,46 @@ fn keyed(no: &str, amount: i64, key: &str) -> pb::CreateOrderRequest {
 #[tokio::test]
 async fn the_same_key_and_parameters_replay_the_first_response() {
     let mut app = spawn_app().await;
-    let first = app.client.create_order(req(keyed("IDEM-0001", 100, "k-1"))).await.unwrap().into_inner();
-    let second = app.client.create_order(req(keyed("IDEM-0001", 100, "k-1"))).await.unwrap().into_inner();
+    let first = app
+        .client
+        .create_order(req(keyed("IDEM-0001", 100, "k-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = app
+        .client
+        .create_order(req(keyed("IDEM-0001", 100, "k-1")))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first, second);
     assert_eq!(app.count("SELECT count(*) AS n FROM orders"), 1);
     let m = app.metrics_text().await;
-    assert!(m.contains("payd_idempotent_replays_total{method=\"CreateOrder\"} 1"), "{m}");
+    assert!(
+        m.contains("payd_idempotent_replays_total{method=\"CreateOrder\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
 async fn the_same_key_with_other_parameters_is_refused_and_changes_nothing() {
     let mut app = spawn_app().await;
-    app.client.create_order(req(keyed("IDEM-0002", 100, "k-2"))).await.unwrap();
+    app.client
+        .create_order(req(keyed("IDEM-0002", 100, "k-2")))
+        .await
+        .unwrap();
     let before = app.snapshot();
-    for other in [keyed("IDEM-0002", 101, "k-2"), keyed("IDEM-9999", 100, "k-2")] {
+    for other in [
+        keyed("IDEM-0002", 101, "k-2"),
+        keyed("IDEM-9999", 100, "k-2"),
+    ] {
         let err = app.client.create_order(req(other)).await.unwrap_err();
         assert_eq!(err.code(), Code::AlreadyExists);
-        assert!(err.message().contains("idempotency_key"), "{}", err.message());
+        assert!(
+            err.message().contains("idempotency_key"),
+            "{}",
+            err.message()
+        );
     }
     assert_eq!(app.snapshot(), before);
 }
@@ -65,8 +88,18 @@ async fn a_replayed_close_returns_the_first_answer_instead_of_a_refusal() {
         order_id: order.order_id.clone(),
         idempotency_key: "close-1".into(),
     };
-    let first = app.client.close_order(req(close.clone())).await.unwrap().into_inner();
-    let again = app.client.close_order(req(close)).await.unwrap().into_inner();
+    let first = app
+        .client
+        .close_order(req(close.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = app
+        .client
+        .close_order(req(close))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(first, again);
     // Without the key, the state machine answers.
     let err = app
@@ -96,7 +129,11 @@ async fn a_refused_call_does_not_consume_its_key() {
         idempotency_key: "close-2".into(),
     };
     for _ in 0..2 {
-        let err = app.client.close_order(req(close.clone())).await.unwrap_err();
+        let err = app
+            .client
+            .close_order(req(close.clone()))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition);
     }
     assert_eq!(app.count("SELECT count(*) AS n FROM idempotency_keys"), 0);
@@ -109,7 +146,9 @@ async fn concurrent_calls_with_one_key_create_one_order_and_get_one_answer() {
     for _ in 0..50 {
         let mut c = app.client.clone();
         tasks.push(tokio::spawn(async move {
-            c.create_order(req(keyed("IDEM-0006", 700, "k-6"))).await.map(|r| r.into_inner())
+            c.create_order(req(keyed("IDEM-0006", 700, "k-6")))
+                .await
+                .map(|r| r.into_inner())
         }));
     }
     let mut replies = Vec::new();
@@ -124,19 +163,31 @@ async fn concurrent_calls_with_one_key_create_one_order_and_get_one_answer() {
 #[tokio::test]
 async fn keys_past_their_retention_are_purged_and_may_be_reused() {
     let mut app = spawn_app().await;
-    app.client.create_order(req(keyed("IDEM-0007", 100, "old"))).await.unwrap();
-    app.client.create_order(req(keyed("IDEM-0008", 100, "recent"))).await.unwrap();
+    app.client
+        .create_order(req(keyed("IDEM-0007", 100, "old")))
+        .await
+        .unwrap();
+    app.client
+        .create_order(req(keyed("IDEM-0008", 100, "recent")))
+        .await
+        .unwrap();
     // Age one key past the default 24 h retention.
     diesel::sql_query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE idem_key = 'old'")
         .execute(&mut app.conn())
         .unwrap();
     // An expired key is free again, even before the purge runs.
-    app.client.create_order(req(keyed("IDEM-0009", 300, "old"))).await.unwrap();
+    app.client
+        .create_order(req(keyed("IDEM-0009", 300, "old")))
+        .await
+        .unwrap();
     diesel::sql_query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE idem_key = 'old'")
         .execute(&mut app.conn())
         .unwrap();
     let purged = app.app.purge_idempotency_keys().await.unwrap();
     assert_eq!(purged, 1);
-    assert_eq!(app.count("SELECT count(*) AS n FROM idempotency_keys WHERE idem_key = 'recent'"), 1);
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM idempotency_keys WHERE idem_key = 'recent'"),
+        1
+    );
     assert_eq!(app.count("SELECT count(*) AS n FROM idempotency_keys"), 1);
 }

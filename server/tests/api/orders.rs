@@ -20,7 +20,9 @@ async fn create_get_list_and_close_an_order() {
     let by_id = app
         .client
         .get_order(req(pb::GetOrderRequest {
-            lookup: Some(pb::get_order_request::Lookup::OrderId(order.order_id.clone())),
+            lookup: Some(pb::get_order_request::Lookup::OrderId(
+                order.order_id.clone(),
+            )),
         }))
         .await
         .unwrap()
@@ -31,7 +33,9 @@ async fn create_get_list_and_close_an_order() {
     let by_no = app
         .client
         .get_order(req(pb::GetOrderRequest {
-            lookup: Some(pb::get_order_request::Lookup::MerchantOrderNo("ORDER-0001".into())),
+            lookup: Some(pb::get_order_request::Lookup::MerchantOrderNo(
+                "ORDER-0001".into(),
+            )),
         }))
         .await
         .unwrap()
@@ -83,7 +87,11 @@ async fn a_resubmitted_order_returns_the_first_and_a_different_one_is_refused() 
     let first = create_order(&mut app, "ORDER-0003", 500).await;
     let again = create_order(&mut app, "ORDER-0003", 500).await;
     assert_eq!(first, again);
-    let err = app.client.create_order(req(create("ORDER-0003", 501))).await.unwrap_err();
+    let err = app
+        .client
+        .create_order(req(create("ORDER-0003", 501)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains("amount"), "{}", err.message());
     assert_eq!(app.count("SELECT count(*) AS n FROM orders"), 1);
@@ -98,7 +106,9 @@ async fn orders_are_scoped_to_their_app() {
         .get_order(req_as(
             "other-app",
             pb::GetOrderRequest {
-                lookup: Some(pb::get_order_request::Lookup::OrderId(order.order_id.clone())),
+                lookup: Some(pb::get_order_request::Lookup::OrderId(
+                    order.order_id.clone(),
+                )),
             },
         ))
         .await
@@ -121,7 +131,11 @@ async fn list_orders_filters_by_status_and_time_and_pages_without_gaps() {
     let mut app = spawn_app().await;
     let mut ids = Vec::new();
     for i in 0..7 {
-        ids.push(create_order(&mut app, &format!("LIST-{i:04}"), 100 + i).await.order_id);
+        ids.push(
+            create_order(&mut app, &format!("LIST-{i:04}"), 100 + i)
+                .await
+                .order_id,
+        );
     }
     for id in &ids[..3] {
         app.client
@@ -166,7 +180,12 @@ async fn list_orders_filters_by_status_and_time_and_pages_without_gaps() {
         .unwrap()
         .into_inner();
     assert_eq!(closed.orders.len(), 3);
-    assert!(closed.orders.iter().all(|o| o.status == pb::OrderStatus::Closed as i32));
+    assert!(
+        closed
+            .orders
+            .iter()
+            .all(|o| o.status == pb::OrderStatus::Closed as i32)
+    );
 
     let future = prost_types::Timestamp {
         seconds: chrono::Utc::now().timestamp() + 3600,
@@ -200,8 +219,14 @@ async fn drive_to(app: &TestApp, id: OrderId, target: OrderStatus) {
         OrderStatus::Pending => &[],
         OrderStatus::Paying => &[OrderEvent::PaymentStarted],
         OrderStatus::Paid => &[OrderEvent::PaymentSucceeded],
-        OrderStatus::PartiallyRefunded => &[OrderEvent::PaymentSucceeded, OrderEvent::RefundSucceeded { fully: false }],
-        OrderStatus::Refunded => &[OrderEvent::PaymentSucceeded, OrderEvent::RefundSucceeded { fully: true }],
+        OrderStatus::PartiallyRefunded => &[
+            OrderEvent::PaymentSucceeded,
+            OrderEvent::RefundSucceeded { fully: false },
+        ],
+        OrderStatus::Refunded => &[
+            OrderEvent::PaymentSucceeded,
+            OrderEvent::RefundSucceeded { fully: true },
+        ],
         OrderStatus::Closed => &[OrderEvent::Closed],
     };
     for e in path {
@@ -245,7 +270,11 @@ async fn every_transition_the_state_machine_refuses_is_refused_in_postgres_and_c
                 Err(ServiceError::IllegalTransition(t)) => assert_eq!(t.from, state),
                 other => panic!("{state} + {event}: {other:?}"),
             }
-            assert_eq!(app.snapshot(), before, "{state} + {event} changed something");
+            assert_eq!(
+                app.snapshot(),
+                before,
+                "{state} + {event} changed something"
+            );
             refused += 1;
         }
         // Through the API too: CloseOrder is refused wherever the machine refuses closing.
@@ -280,9 +309,11 @@ async fn a_restarted_server_keeps_every_order() {
     let server = tokio::spawn(application.run_until_stopped(async {
         let _ = rx.await;
     }));
-    let mut client = payproto::payment::v1::payment_service_client::PaymentServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut client = payproto::payment::v1::payment_service_client::PaymentServiceClient::connect(
+        format!("http://{addr}"),
+    )
+    .await
+    .unwrap();
     for o in [&a, &b] {
         let got = client
             .get_order(req(pb::GetOrderRequest {
@@ -311,10 +342,19 @@ async fn closing_an_order_takes_and_releases_its_lock() {
         .await
         .unwrap();
     let keys = app.redis.keys();
-    assert!(!keys.iter().any(|k| k.contains(":lock:")), "lock left behind: {keys:?}");
-    assert!(keys.iter().any(|k| k.contains(":fence:")), "fence counter missing: {keys:?}");
+    assert!(
+        !keys.iter().any(|k| k.contains(":lock:")),
+        "lock left behind: {keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.contains(":fence:")),
+        "fence counter missing: {keys:?}"
+    );
     let metrics = app.metrics_text().await;
-    assert!(metrics.contains("payd_lock_acquisitions_total{outcome=\"acquired\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("payd_lock_acquisitions_total{outcome=\"acquired\"} 1"),
+        "{metrics}"
+    );
     assert!(matches!(
         app.app.get_order(AppId::parse("t", APP).unwrap(), order.order_id.parse().unwrap()).await,
         Ok(row) if row.status == "CLOSED"
