@@ -65,7 +65,7 @@ macro_rules! string_id {
             /// A [`FieldError`] naming `field` when the length or a character is out of bounds.
             pub fn parse(field: &'static str, s: &str) -> Result<Self, FieldError> {
                 let len = s.chars().count();
-                if len < $min || len > $max {
+                if !($min..=$max).contains(&len) {
                     return Err(FieldError::new(
                         field,
                         format!("must be {}..={} characters, got {}", $min, $max, len),

@@ -37,7 +37,7 @@ pub struct OrderLimits {
 impl Default for OrderLimits {
     fn default() -> Self {
         Self {
-            max_amount_minor: 100_000_000_00,
+            max_amount_minor: 10_000_000_000,
             default_expiry: Duration::from_secs(30 * 60),
             min_expiry: Duration::from_secs(60),
             max_expiry: Duration::from_secs(7 * 24 * 3600),

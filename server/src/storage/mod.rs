@@ -97,7 +97,7 @@ impl Db {
 
     /// Applies pending migrations; safe to run from several processes at once.
     pub async fn migrate(&self) -> Result<usize, StorageError> {
-        self.run(|conn| run_migrations(conn)).await
+        self.run(run_migrations).await
     }
 }
 
@@ -105,7 +105,7 @@ impl Db {
 /// race each other through the same DDL.
 pub fn run_migrations(conn: &mut PgConnection) -> Result<usize, StorageError> {
     use diesel::RunQueryDsl;
-    const LOCK: i64 = 0x7061_7964_6d69_67; // "paydmig"
+    const LOCK: i64 = 0x0070_6179_646d_6967; // "paydmig"
     diesel::sql_query(format!("SELECT pg_advisory_lock({LOCK})")).execute(conn)?;
     let result = conn
         .run_pending_migrations(MIGRATIONS)

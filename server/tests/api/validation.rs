@@ -110,7 +110,7 @@ fn bad_inputs() -> Vec<(&'static str, Call, Code, &'static str)> {
         ),
         (
             "amount over the maximum",
-            with(|r| r.amount = money(100_000_000_01, "CNY")),
+            with(|r| r.amount = money(10_000_000_001, "CNY")),
             Code::InvalidArgument,
             "amount.amount_minor",
         ),
