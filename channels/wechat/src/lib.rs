@@ -1,0 +1,14 @@
+//! WeChat Pay API v3 adapter: the protocol modules (the process comes with the adapter kit).
+//!
+//! # Layout
+//! - [`signature`]: request signing (`WECHATPAY2-SHA256-RSA2048` Authorization header), verification of
+//!   responses and notifications against platform keys keyed by serial, `AEAD_AES_256_GCM` decryption
+//!   of notification resources and downloaded certificates, and the JSAPI `paySign` parameters.
+//! - [`wire`]: serde types for the JSON bodies (prepay, query, close, refund, refund query, trade bill,
+//!   notification envelope and decrypted resources). Amounts are integer fen throughout.
+//! - [`status`]: exhaustive mapping of `trade_state` / refund `status` to the few outcomes the core
+//!   understands; only an explicit success or failure is final.
+
+pub mod signature;
+pub mod status;
+pub mod wire;
