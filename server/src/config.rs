@@ -67,6 +67,15 @@ pub struct Settings {
     pub shutdown_grace_ms: u64,
     /// `PAYD_LOG_FORMAT`: `json` (default) or `text`.
     pub log_format: String,
+    /// `PAYD_CHANNEL_WECHAT_ENDPOINT`, `PAYD_CHANNEL_ALIPAY_ENDPOINT`,
+    /// `PAYD_CHANNEL_UNIONPAY_ENDPOINT`: gRPC endpoints of the adapter processes. A channel
+    /// without an endpoint is disabled (Pay answers FAILED_PRECONDITION).
+    pub channel_wechat_endpoint: Option<String>,
+    pub channel_alipay_endpoint: Option<String>,
+    pub channel_unionpay_endpoint: Option<String>,
+    /// `PAYD_CHANNEL_TIMEOUT_MS`: deadline of one call to an adapter (which has its own, shorter,
+    /// deadline towards the platform).
+    pub channel_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -89,6 +98,10 @@ impl Default for Settings {
             max_expiry_secs: limits.max_expiry.as_secs(),
             shutdown_grace_ms: 20_000,
             log_format: "json".to_owned(),
+            channel_wechat_endpoint: None,
+            channel_alipay_endpoint: None,
+            channel_unionpay_endpoint: None,
+            channel_timeout_ms: 15_000,
         }
     }
 }

@@ -20,6 +20,14 @@ pub struct Metrics {
     pub fence_rejections: IntCounter,
     /// Idempotency keys purged after their retention.
     pub idempotency_keys_purged: IntCounter,
+    /// Channel results by channel, kind and what the core did with them.
+    pub channel_events: IntCounterVec,
+    /// Second successful payments of already paid orders: customers charged twice.
+    pub duplicate_payments: IntCounterVec,
+    /// Channel results whose amount or currency differs from the attempt's.
+    pub amount_mismatches: IntCounterVec,
+    /// Pay calls that reused an open attempt instead of calling the channel.
+    pub attempts_reused: IntCounterVec,
 }
 
 impl Metrics {
@@ -66,6 +74,26 @@ impl Metrics {
             "Idempotency keys deleted after their retention.",
         )?;
         registry.register(Box::new(idempotency_keys_purged.clone()))?;
+        let channel_events = vec(
+            "payd_channel_events_total",
+            "Channel results by channel, kind and outcome (APPLIED, REPEATED, DUPLICATE_PAYMENT…).",
+            &["channel", "kind", "outcome"],
+        )?;
+        let duplicate_payments = vec(
+            "payment_duplicate_payments_total",
+            "Already paid orders paid again (customer charged twice; refunded automatically).",
+            &["channel"],
+        )?;
+        let amount_mismatches = vec(
+            "payd_channel_amount_mismatches_total",
+            "Channel results whose amount or currency differs from the attempt.",
+            &["channel"],
+        )?;
+        let attempts_reused = vec(
+            "payd_attempts_reused_total",
+            "Pay calls answered from an already open attempt (no channel call).",
+            &["channel"],
+        )?;
         Ok(Self {
             registry,
             grpc_requests,
@@ -75,6 +103,10 @@ impl Metrics {
             lock_acquisitions,
             fence_rejections,
             idempotency_keys_purged,
+            channel_events,
+            duplicate_payments,
+            amount_mismatches,
+            attempts_reused,
         })
     }
 

@@ -9,8 +9,13 @@ use payproto::payment::v1::payment_service_server::PaymentServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use std::sync::Arc;
+
 use crate::app::App;
+use crate::app::channels::ChannelClients;
 use crate::config::Settings;
+use crate::domain::Channel;
+use crate::domain::snowflake::Snowflake;
 use crate::grpc::{build_grpc_router, payment::PaymentApi};
 use crate::locks::Locks;
 use crate::metrics::Metrics;
@@ -48,12 +53,33 @@ impl Application {
             settings.lock_ttl(),
             settings.lock_wait(),
         );
+        let channels = ChannelClients::new(
+            &[
+                (Channel::Wechat, settings.channel_wechat_endpoint.clone()),
+                (Channel::Alipay, settings.channel_alipay_endpoint.clone()),
+                (
+                    Channel::Unionpay,
+                    settings.channel_unionpay_endpoint.clone(),
+                ),
+            ],
+            Duration::from_millis(settings.channel_timeout_ms),
+        )
+        .context("channel endpoints")?;
+        let url = settings.database_url.expose().to_owned();
+        let (lease, worker) =
+            tokio::task::spawn_blocking(move || crate::storage::lease_worker_id(&url))
+                .await?
+                .context("leasing a snowflake worker id")?;
+        tracing::info!(worker, "snowflake worker id leased");
         let app = App {
             db,
             locks,
             limits: settings.order_limits(),
             idempotency_retention: settings.idempotency_retention(),
             metrics: Metrics::new()?,
+            channels,
+            ids: Arc::new(Snowflake::new(worker)),
+            worker_lease: Arc::new(std::sync::Mutex::new(lease)),
         };
         let grpc = TcpListener::bind(settings.listen)
             .await

@@ -81,7 +81,16 @@ impl Forwarder {
             match r {
                 Ok(first) => return Ok(first),
                 // Only transient failures are worth a retry inside one callback.
-                Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted | tonic::Code::Unknown | tonic::Code::Cancelled) => {
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Aborted
+                            | tonic::Code::Unknown
+                            | tonic::Code::Cancelled
+                    ) =>
+                {
                     let now = tokio::time::Instant::now();
                     if now + backoff >= deadline {
                         return Err(s);
@@ -163,14 +172,20 @@ async fn handle<A: Adapter>(State(s): State<Arc<Shared<A>>>, req: Request) -> Re
 }
 
 fn count_rejection(m: &Metrics, reason: &str) {
-    m.callbacks.with_label_values(&[m.channel(), "rejected"]).inc();
-    m.callback_rejections.with_label_values(&[m.channel(), reason]).inc();
+    m.callbacks
+        .with_label_values(&[m.channel(), "rejected"])
+        .inc();
+    m.callback_rejections
+        .with_label_values(&[m.channel(), reason])
+        .inc();
 }
 
 fn to_response(r: Reply) -> Response {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (status, r.body).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(r.content_type));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(r.content_type),
+    );
     resp
 }

@@ -64,7 +64,10 @@ impl<A> AdapterService<A> {
 
 #[tonic::async_trait]
 impl<A: Adapter> ChannelAdapter for AdapterService<A> {
-    async fn prepay(&self, req: Request<pb::PrepayRequest>) -> Result<Response<pb::PrepayResponse>, Status> {
+    async fn prepay(
+        &self,
+        req: Request<pb::PrepayRequest>,
+    ) -> Result<Response<pb::PrepayResponse>, Status> {
         let r = self.adapter.prepay(req.into_inner()).await;
         self.count("prepay", r)
     }
@@ -77,7 +80,9 @@ impl<A: Adapter> ChannelAdapter for AdapterService<A> {
             .adapter
             .query_payment(req.into_inner())
             .await
-            .map(|result| pb::QueryPaymentResponse { result: Some(result) });
+            .map(|result| pb::QueryPaymentResponse {
+                result: Some(result),
+            });
         self.count("query_payment", r)
     }
 
@@ -89,16 +94,23 @@ impl<A: Adapter> ChannelAdapter for AdapterService<A> {
             .adapter
             .close_payment(req.into_inner())
             .await
-            .map(|result| pb::ClosePaymentResponse { result: Some(result) });
+            .map(|result| pb::ClosePaymentResponse {
+                result: Some(result),
+            });
         self.count("close_payment", r)
     }
 
-    async fn refund(&self, req: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
+    async fn refund(
+        &self,
+        req: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
         let r = self
             .adapter
             .refund(req.into_inner())
             .await
-            .map(|result| pb::RefundResponse { result: Some(result) });
+            .map(|result| pb::RefundResponse {
+                result: Some(result),
+            });
         self.count("refund", r)
     }
 
@@ -110,7 +122,9 @@ impl<A: Adapter> ChannelAdapter for AdapterService<A> {
             .adapter
             .query_refund(req.into_inner())
             .await
-            .map(|result| pb::QueryRefundResponse { result: Some(result) });
+            .map(|result| pb::QueryRefundResponse {
+                result: Some(result),
+            });
         self.count("query_refund", r)
     }
 

@@ -141,11 +141,23 @@ pub struct Reply {
 pub trait Adapter: Send + Sync + 'static {
     fn channel(&self) -> pb::Channel;
     async fn prepay(&self, req: pb::PrepayRequest) -> Result<pb::PrepayResponse, ChannelError>;
-    async fn query_payment(&self, req: pb::QueryPaymentRequest) -> Result<pb::PaymentResult, ChannelError>;
-    async fn close_payment(&self, req: pb::ClosePaymentRequest) -> Result<pb::PaymentResult, ChannelError>;
+    async fn query_payment(
+        &self,
+        req: pb::QueryPaymentRequest,
+    ) -> Result<pb::PaymentResult, ChannelError>;
+    async fn close_payment(
+        &self,
+        req: pb::ClosePaymentRequest,
+    ) -> Result<pb::PaymentResult, ChannelError>;
     async fn refund(&self, req: pb::RefundRequest) -> Result<pb::RefundResult, ChannelError>;
-    async fn query_refund(&self, req: pb::QueryRefundRequest) -> Result<pb::RefundResult, ChannelError>;
-    async fn fetch_statement(&self, req: pb::FetchStatementRequest) -> Result<Vec<pb::StatementLine>, ChannelError>;
+    async fn query_refund(
+        &self,
+        req: pb::QueryRefundRequest,
+    ) -> Result<pb::RefundResult, ChannelError>;
+    async fn fetch_statement(
+        &self,
+        req: pb::FetchStatementRequest,
+    ) -> Result<Vec<pb::StatementLine>, ChannelError>;
     /// Verifies a platform callback (signature, key id, time window, decryption) and parses it.
     ///
     /// # Errors
@@ -184,7 +196,9 @@ impl Listeners {
                 .with_context(|| format!("binding ADAPTER_GRPC_LISTEN {}", s.grpc_listen))?,
             callbacks: tokio::net::TcpListener::bind(s.callback_listen)
                 .await
-                .with_context(|| format!("binding ADAPTER_CALLBACK_LISTEN {}", s.callback_listen))?,
+                .with_context(|| {
+                    format!("binding ADAPTER_CALLBACK_LISTEN {}", s.callback_listen)
+                })?,
             metrics: tokio::net::TcpListener::bind(s.metrics_listen)
                 .await
                 .with_context(|| format!("binding ADAPTER_METRICS_LISTEN {}", s.metrics_listen))?,
@@ -213,7 +227,10 @@ impl Listeners {
         );
         let m = metrics.clone();
         let metrics_router = axum::Router::new()
-            .route("/metrics", axum::routing::get(move || std::future::ready(m.render())))
+            .route(
+                "/metrics",
+                axum::routing::get(move || std::future::ready(m.render())),
+            )
             .route("/healthz", axum::routing::get(|| std::future::ready("ok")));
         let mh = tokio::spawn(
             axum::serve(self.metrics, metrics_router)
@@ -227,9 +244,9 @@ impl Listeners {
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health)
-                .add_service(pb::channel_adapter_server::ChannelAdapterServer::new(grpc::AdapterService::new(
-                    adapter, metrics,
-                )))
+                .add_service(pb::channel_adapter_server::ChannelAdapterServer::new(
+                    grpc::AdapterService::new(adapter, metrics),
+                ))
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(self.grpc),
                     stopped(stop_rx.clone()),

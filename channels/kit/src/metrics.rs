@@ -18,11 +18,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(channel: pb::Channel) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let reg = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
-            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let reg =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
         Ok(Self {
             channel: channel_label(channel),
             callbacks: reg(

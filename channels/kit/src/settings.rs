@@ -100,11 +100,21 @@ pub struct KitSettings {
 
 impl KitSettings {
     /// Reads `ADAPTER_*` with defaults for the given default ports.
-    pub fn from_env(grpc_port: u16, callback_port: u16, metrics_port: u16) -> Result<Self, SettingError> {
+    pub fn from_env(
+        grpc_port: u16,
+        callback_port: u16,
+        metrics_port: u16,
+    ) -> Result<Self, SettingError> {
         Ok(Self {
             grpc_listen: parse_addr("ADAPTER_GRPC_LISTEN", &format!("127.0.0.1:{grpc_port}"))?,
-            callback_listen: parse_addr("ADAPTER_CALLBACK_LISTEN", &format!("127.0.0.1:{callback_port}"))?,
-            metrics_listen: parse_addr("ADAPTER_METRICS_LISTEN", &format!("127.0.0.1:{metrics_port}"))?,
+            callback_listen: parse_addr(
+                "ADAPTER_CALLBACK_LISTEN",
+                &format!("127.0.0.1:{callback_port}"),
+            )?,
+            metrics_listen: parse_addr(
+                "ADAPTER_METRICS_LISTEN",
+                &format!("127.0.0.1:{metrics_port}"),
+            )?,
             core_endpoint: var_or("ADAPTER_CORE_ENDPOINT", "http://127.0.0.1:50051"),
             forward_budget: parse_ms("ADAPTER_FORWARD_BUDGET_MS", 3_000)?,
             platform_timeout: parse_ms("ADAPTER_PLATFORM_TIMEOUT_MS", 10_000)?,

@@ -21,6 +21,8 @@ pub enum ServiceError {
     IdempotencyMismatch,
     #[error(transparent)]
     IllegalTransition(#[from] IllegalTransition),
+    #[error("order expired at {0}; create a new order")]
+    Expired(String),
     #[error("order {0} is busy; retry")]
     Busy(String),
     /// A newer lock holder wrote the row first: this call's lock had expired under it.
@@ -31,6 +33,17 @@ pub enum ServiceError {
     Conflict(String),
     #[error("dependency unavailable: {0}")]
     Unavailable(String),
+    /// The channel gave a final refusal (its own code in the message).
+    #[error("the channel refused: {0}")]
+    ChannelRefused(String),
+    /// The channel could not be reached or did not answer in time: the outcome is unknown.
+    #[error("channel {0} unavailable: {1}")]
+    ChannelUnavailable(String, String),
+    #[error("channel {0} is not enabled on this server")]
+    ChannelDisabled(String),
+    /// An adapter reported an event it has no right to report.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -1,6 +1,9 @@
 //! Use cases: each one validates nothing (the edge did), takes the locks it needs, and makes its
 //! change in one Postgres transaction together with the idempotency record.
+pub mod channels;
 pub mod error;
+pub mod pay;
+pub mod results;
 
 use std::time::Duration;
 
@@ -26,9 +29,9 @@ pub enum Outcome<T> {
 }
 
 /// An idempotency claim plus how to encode the response that will be stored under it.
-pub struct IdemWrite {
+pub struct IdemWrite<T = OrderRow> {
     pub claim: KeyClaim,
-    pub encode: fn(&OrderRow) -> Result<Vec<u8>, StorageError>,
+    pub encode: fn(&T) -> Result<Vec<u8>, StorageError>,
 }
 
 #[derive(Clone)]
@@ -38,6 +41,11 @@ pub struct App {
     pub limits: OrderLimits,
     pub idempotency_retention: Duration,
     pub metrics: Metrics,
+    pub channels: channels::ChannelClients,
+    /// Mints `out_trade_no`s with this process's leased worker id.
+    pub ids: std::sync::Arc<crate::domain::snowflake::Snowflake>,
+    /// Holds the worker-id lease (a Postgres session advisory lock) for the process's life.
+    pub worker_lease: std::sync::Arc<std::sync::Mutex<diesel::PgConnection>>,
 }
 
 impl App {
@@ -241,6 +249,7 @@ impl App {
                         fence,
                         reason,
                         at: Utc::now(),
+                        paid_minor: current.paid_minor,
                     };
                     let updated = match orders::transition(conn, &t)? {
                         Ok(row) => row,

@@ -1,10 +1,13 @@
 //! Pure domain: money, ids, the order state machine and validated requests. No IO, no diesel, no
 //! tonic: everything here is checked by plain unit tests.
+pub mod attempt;
 pub mod ids;
 pub mod money;
 pub mod order;
+pub mod snowflake;
 pub mod validation;
 
+pub use attempt::{AttemptEvent, AttemptStatus, Channel, PayMethod, TradeState};
 pub use ids::{AppId, IdempotencyKey, MerchantOrderNo, OrderId};
 pub use money::{Currency, Money};
 pub use order::{IllegalTransition, OrderEvent, OrderStatus};

@@ -5,9 +5,11 @@ use chrono::{DateTime, Utc};
 use payproto::payment::v1 as pb;
 use uuid::Uuid;
 
-use crate::domain::{FieldError, OrderStatus};
+use crate::domain::{AttemptStatus, Channel, FieldError, OrderStatus, PayMethod};
 use crate::storage::StorageError;
+use crate::storage::attempts::AttemptRow;
 use crate::storage::orders::OrderRow;
+use payproto::channel::v1 as cpb;
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -95,4 +97,56 @@ pub fn decode_page_token(token: &str) -> Result<(DateTime<Utc>, Uuid), FieldErro
     let at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
     let id = Uuid::try_parse(id).map_err(|_| bad())?;
     Ok((at, id))
+}
+
+pub fn channel_from_pb(v: i32) -> Result<Channel, FieldError> {
+    match cpb::Channel::try_from(v) {
+        Ok(cpb::Channel::Wechat) => Ok(Channel::Wechat),
+        Ok(cpb::Channel::Alipay) => Ok(Channel::Alipay),
+        Ok(cpb::Channel::Unionpay) => Ok(Channel::Unionpay),
+        Ok(cpb::Channel::Unspecified) | Err(_) => {
+            Err(FieldError::new("channel", format!("{v} is not a channel")))
+        }
+    }
+}
+
+pub fn method_from_pb(v: i32) -> Result<PayMethod, FieldError> {
+    match cpb::PayMethod::try_from(v) {
+        Ok(cpb::PayMethod::WechatJsapi) => Ok(PayMethod::WechatJsapi),
+        Ok(cpb::PayMethod::WechatNative) => Ok(PayMethod::WechatNative),
+        Ok(cpb::PayMethod::AlipayQr) => Ok(PayMethod::AlipayQr),
+        Ok(cpb::PayMethod::AlipayPage) => Ok(PayMethod::AlipayPage),
+        Ok(cpb::PayMethod::AlipayApp) => Ok(PayMethod::AlipayApp),
+        Ok(cpb::PayMethod::UnionpayFront) => Ok(PayMethod::UnionpayFront),
+        Ok(cpb::PayMethod::Unspecified) | Err(_) => Err(FieldError::new(
+            "method",
+            format!("{v} is not a pay method"),
+        )),
+    }
+}
+
+fn attempt_status_to_pb(s: AttemptStatus) -> pb::AttemptStatus {
+    match s {
+        AttemptStatus::Init => pb::AttemptStatus::Init,
+        AttemptStatus::Paying => pb::AttemptStatus::Paying,
+        AttemptStatus::Succeeded => pb::AttemptStatus::Succeeded,
+        AttemptStatus::Failed => pb::AttemptStatus::Failed,
+        AttemptStatus::Closed => pb::AttemptStatus::Closed,
+    }
+}
+
+pub fn attempt_to_pb(a: &AttemptRow) -> Result<pb::PaymentAttempt, StorageError> {
+    Ok(pb::PaymentAttempt {
+        attempt_id: a.id.hyphenated().to_string(),
+        order_id: a.order_id.hyphenated().to_string(),
+        out_trade_no: a.out_trade_no.clone(),
+        channel: crate::app::pay::channel_to_pb(a.channel()?) as i32,
+        method: crate::app::pay::method_to_pb(a.method()?) as i32,
+        status: attempt_status_to_pb(a.status()?) as i32,
+        amount: Some(pb::Money {
+            amount_minor: a.amount_minor,
+            currency: a.currency.trim().to_owned(),
+        }),
+        created_at: Some(timestamp(a.created_at)),
+    })
 }

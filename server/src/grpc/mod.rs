@@ -1,10 +1,12 @@
 //! gRPC wiring: one router used by production and tests alike.
 pub mod convert;
+pub mod events;
 pub mod payment;
 pub mod status;
 
 use std::time::Duration;
 
+use payproto::channel::v1::channel_events_server::ChannelEventsServer;
 use payproto::payment::v1::payment_service_server::PaymentServiceServer;
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
@@ -40,6 +42,9 @@ pub async fn build_grpc_router(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PaymentServiceServer::new(payment::PaymentApi::new(app)));
+        .add_service(PaymentServiceServer::new(payment::PaymentApi::new(
+            app.clone(),
+        )))
+        .add_service(ChannelEventsServer::new(events::EventsApi::new(app)));
     Ok((router, reporter))
 }

@@ -7,9 +7,11 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    decode_page_token, encode_page_token, from_timestamp, order_to_pb, status_from_pb,
+    attempt_to_pb, channel_from_pb, decode_page_token, encode_page_token, from_timestamp,
+    method_from_pb, order_to_pb, status_from_pb,
 };
 use super::status::rejection_reason;
+use crate::app::pay::{PayCommand, PayOutcome};
 use crate::app::{App, IdemWrite, Outcome, ServiceError};
 use crate::domain::validation::RawNewOrder;
 use crate::domain::{AppId, FieldError, IdempotencyKey, MerchantOrderNo, NewOrder, OrderId};
@@ -77,14 +79,14 @@ fn app_id<T>(req: &Request<T>) -> Result<AppId, ServiceError> {
 
 /// Builds the idempotency claim for a request whose key field is `key`: the fingerprint is the
 /// SHA-256 of the request encoded with the key cleared (map fields encode in key order).
-fn idem_claim<M: Message + Clone>(
+fn idem_claim<M: Message + Clone, T>(
     app: &AppId,
     method: &'static str,
     key: &str,
     req: &M,
     clear: impl FnOnce(&mut M),
-    encode: fn(&OrderRow) -> Result<Vec<u8>, StorageError>,
-) -> Result<Option<IdemWrite>, ServiceError> {
+    encode: fn(&T) -> Result<Vec<u8>, StorageError>,
+) -> Result<Option<IdemWrite<T>>, ServiceError> {
     if key.is_empty() {
         return Ok(None);
     }
@@ -287,6 +289,85 @@ impl PaymentApi {
     }
 }
 
+fn encode_pay(o: &PayOutcome) -> Result<Vec<u8>, StorageError> {
+    Ok(pay_response(o)?.encode_to_vec())
+}
+
+fn pay_response(o: &PayOutcome) -> Result<pb::PayResponse, StorageError> {
+    Ok(pb::PayResponse {
+        order: Some(order_to_pb(&o.order)?),
+        attempt: Some(attempt_to_pb(&o.attempt)?),
+        pay_params: o.pay_params.clone(),
+    })
+}
+
+/// Parses a Pay at the edge: the method must belong to the channel, and a payer id is required
+/// exactly where the method needs one.
+fn parse_pay(body: &pb::PayRequest) -> Result<PayCommand, FieldError> {
+    let order_id = OrderId::parse("order_id", &body.order_id)?;
+    let channel = channel_from_pb(body.channel)?;
+    let method = method_from_pb(body.method)?;
+    if method.channel() != channel {
+        return Err(FieldError::new(
+            "method",
+            format!(
+                "{} does not belong to channel {}",
+                method.as_str(),
+                channel.as_str()
+            ),
+        ));
+    }
+    let payer = body.payer.clone().unwrap_or_default();
+    if method.needs_payer_id() && payer.payer_id.is_empty() {
+        return Err(FieldError::new(
+            "payer.payer_id",
+            format!("is required for {}", method.as_str()),
+        ));
+    }
+    if payer.payer_id.len() > 128 || !payer.payer_id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(FieldError::new(
+            "payer.payer_id",
+            "must be at most 128 printable ASCII characters",
+        ));
+    }
+    if !payer.client_ip.is_empty() && payer.client_ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(FieldError::new(
+            "payer.client_ip",
+            "must be an IPv4 or IPv6 address",
+        ));
+    }
+    Ok(PayCommand {
+        order_id,
+        method,
+        payer_id: payer.payer_id,
+        client_ip: payer.client_ip,
+    })
+}
+
+impl PaymentApi {
+    async fn pay(&self, req: Request<pb::PayRequest>) -> Result<pb::PayResponse, ServiceError> {
+        const METHOD: &str = "/payment.v1.PaymentService/Pay";
+        let app = app_id(&req)?;
+        let body = req.into_inner();
+        let cmd = parse_pay(&body)?;
+        let idem = idem_claim(
+            &app,
+            METHOD,
+            &body.idempotency_key,
+            &body,
+            |r| r.idempotency_key.clear(),
+            encode_pay,
+        )?;
+        match self.app.pay(app, cmd, idem).await? {
+            Outcome::Done(o) => Ok(pay_response(&o)?),
+            Outcome::Replayed(bytes) => {
+                self.replayed("Pay");
+                decode(&bytes)
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
     async fn create_order(
@@ -319,5 +400,10 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::CloseOrderResponse>, Status> {
         let r = PaymentApi::close_order(self, req).await;
         self.finish("CloseOrder", r)
+    }
+
+    async fn pay(&self, req: Request<pb::PayRequest>) -> Result<Response<pb::PayResponse>, Status> {
+        let r = PaymentApi::pay(self, req).await;
+        self.finish("Pay", r)
     }
 }

@@ -8,7 +8,9 @@
 //! | `AlreadyExists`, `IdempotencyMismatch` | ALREADY_EXISTS   |
 //! | `IllegalTransition` (state named)   | FAILED_PRECONDITION |
 //! | `Busy`, `Fenced`, `Conflict`        | ABORTED             |
-//! | `Unavailable`                       | UNAVAILABLE         |
+//! | `ChannelRefused`, `ChannelDisabled` | FAILED_PRECONDITION |
+//! | `PermissionDenied`                  | PERMISSION_DENIED   |
+//! | `Unavailable`, `ChannelUnavailable` | UNAVAILABLE         |
 //! | `Internal`                          | INTERNAL, opaque; the chain is logged |
 use tonic::{Code, Status};
 
@@ -27,6 +29,16 @@ impl From<ServiceError> for Status {
             ServiceError::IllegalTransition(t) => Status::failed_precondition(t.to_string()),
             e @ (ServiceError::Busy(_) | ServiceError::Fenced(_) | ServiceError::Conflict(_)) => {
                 Status::aborted(e.to_string())
+            }
+            e @ (ServiceError::ChannelRefused(_)
+            | ServiceError::ChannelDisabled(_)
+            | ServiceError::Expired(_)) => Status::failed_precondition(e.to_string()),
+            ServiceError::PermissionDenied(m) => Status::permission_denied(m),
+            ServiceError::ChannelUnavailable(channel, m) => {
+                tracing::warn!(%channel, error = %m, "channel unavailable");
+                Status::unavailable(format!(
+                    "channel {channel} unavailable; the outcome is unknown, retry: the same attempt will be reused"
+                ))
             }
             ServiceError::Unavailable(m) => {
                 tracing::warn!(error = %m, "dependency unavailable");

@@ -91,6 +91,34 @@ pub fn claim(
     })
 }
 
+/// Looks a key up without claiming it: the stored response when the same request was already
+/// answered. For calls whose work spans several transactions (Pay), which claim at the end.
+pub fn lookup(
+    conn: &mut PgConnection,
+    claim: &KeyClaim,
+    retention: Duration,
+) -> Result<Option<Vec<u8>>, IdempotencyError> {
+    let row: Option<(String, Vec<u8>, Option<Vec<u8>>)> = idempotency_keys::table
+        .filter(idempotency_keys::app_id.eq(claim.app.as_str()))
+        .filter(idempotency_keys::idem_key.eq(claim.key.as_str()))
+        .filter(idempotency_keys::created_at.gt(chrono::Utc::now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX)))
+        .select((
+            idempotency_keys::method,
+            idempotency_keys::fingerprint,
+            idempotency_keys::response,
+        ))
+        .first(conn)
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((method, fp, _)) if method != claim.method || fp != claim.fingerprint => {
+            Err(IdempotencyError::Mismatch)
+        }
+        Some((_, _, response)) => Ok(response),
+    }
+}
+
 /// Stores the response of a [`Claimed::Fresh`] request, in the same transaction.
 pub fn store_response(
     conn: &mut PgConnection,

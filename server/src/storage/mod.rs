@@ -1,6 +1,8 @@
 //! Postgres access: the connection pool, migrations, and one repository module per aggregate.
 //! Repository functions take `&mut PgConnection` so that a use case can compose several of them
 //! inside one transaction.
+pub mod attempts;
+pub mod events;
 pub mod idempotency;
 pub mod orders;
 pub mod schema;
@@ -113,4 +115,34 @@ pub fn run_migrations(conn: &mut PgConnection) -> Result<usize, StorageError> {
         .map_err(|e| StorageError::Migration(e.to_string()));
     diesel::sql_query(format!("SELECT pg_advisory_unlock({LOCK})")).execute(conn)?;
     result
+}
+
+/// Leases a snowflake worker id: the first free one of 0..=1023, held as a session advisory lock
+/// by a dedicated connection for as long as the returned connection lives. A crashed process's
+/// lease ends with its connection, so ids are reused only when their holder is gone.
+///
+/// # Errors
+/// When Postgres is unreachable or all 1024 ids are taken.
+pub fn lease_worker_id(url: &str) -> Result<(PgConnection, u16), StorageError> {
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Got {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        ok: bool,
+    }
+    const NAMESPACE: i32 = 0x5346_4c4b; // "SFLK"
+    let mut conn =
+        PgConnection::establish(url).map_err(|e| StorageError::Unavailable(e.to_string()))?;
+    for id in 0..=1023u16 {
+        let got: Got = diesel::sql_query("SELECT pg_try_advisory_lock($1, $2) AS ok")
+            .bind::<diesel::sql_types::Integer, _>(NAMESPACE)
+            .bind::<diesel::sql_types::Integer, _>(i32::from(id))
+            .get_result(&mut conn)?;
+        if got.ok {
+            return Ok((conn, id));
+        }
+    }
+    Err(StorageError::Unavailable(
+        "all 1024 snowflake worker ids are leased".into(),
+    ))
 }

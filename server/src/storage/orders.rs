@@ -109,6 +109,20 @@ pub fn find(
         .optional()?)
 }
 
+/// Reads the order and locks its row until the transaction ends. Writers that do not hold the
+/// Redis lock (channel results) serialize here; they lock the order row before any attempt row.
+pub fn find_for_update(
+    conn: &mut PgConnection,
+    id: OrderId,
+) -> Result<Option<OrderRow>, StorageError> {
+    Ok(orders::table
+        .filter(orders::id.eq(id.as_uuid()))
+        .select(OrderRow::as_select())
+        .for_update()
+        .first(conn)
+        .optional()?)
+}
+
 pub fn find_by_merchant_order_no(
     conn: &mut PgConnection,
     app: &AppId,
@@ -134,6 +148,8 @@ pub struct Transition<'a> {
     pub fence: i64,
     pub reason: &'a str,
     pub at: DateTime<Utc>,
+    /// `paid_minor` after the change (the current value for transitions that do not pay).
+    pub paid_minor: i64,
 }
 
 /// Why a guarded write matched no row.
@@ -173,6 +189,7 @@ pub fn transition(
             orders::fence.eq(t.fence),
             orders::updated_at.eq(t.at),
             orders::closed_at.eq(closed_at),
+            orders::paid_minor.eq(t.paid_minor),
         ))
         .returning(OrderRow::as_returning())
         .get_result(conn)

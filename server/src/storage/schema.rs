@@ -43,5 +43,61 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    payment_attempts (id) {
+        id -> Uuid,
+        order_id -> Uuid,
+        out_trade_no -> Text,
+        channel -> Text,
+        method -> Text,
+        amount_minor -> Int8,
+        currency -> Bpchar,
+        status -> Text,
+        payer_digest -> Bytea,
+        pay_params -> Nullable<Jsonb>,
+        channel_prepay_id -> Nullable<Text>,
+        channel_trade_no -> Nullable<Text>,
+        paid_minor -> Nullable<Int8>,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        succeeded_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    channel_events (id) {
+        id -> Int8,
+        channel -> Text,
+        event_id -> Text,
+        kind -> Text,
+        out_trade_no -> Text,
+        state -> Text,
+        outcome -> Text,
+        payload -> Jsonb,
+        received_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    duplicate_payments (id) {
+        id -> Uuid,
+        order_id -> Uuid,
+        attempt_id -> Uuid,
+        amount_minor -> Int8,
+        currency -> Bpchar,
+        status -> Text,
+        detected_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(order_transitions -> orders (order_id));
-diesel::allow_tables_to_appear_in_same_query!(orders, order_transitions, idempotency_keys);
+diesel::joinable!(payment_attempts -> orders (order_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    orders,
+    order_transitions,
+    idempotency_keys,
+    payment_attempts,
+    channel_events,
+    duplicate_payments
+);

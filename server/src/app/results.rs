@@ -1,0 +1,283 @@
+//! The one idempotent transition for channel results: callbacks (through ChannelEvents) and the
+//! answers of active calls (close, query) all go through [`App::apply_payment_result`].
+//!
+//! In one transaction: record the event in the inbox (unique per channel event), check amount and
+//! currency against the attempt, move the attempt and the order through their state machines, and
+//! record a duplicate payment when a second attempt of an already paid order succeeds.
+use chrono::{DateTime, Utc};
+use diesel::Connection;
+use diesel::PgConnection;
+
+use super::{App, ServiceError};
+use crate::domain::{
+    AttemptEvent, AttemptStatus, Channel, OrderEvent, OrderId, OrderStatus, TradeState,
+};
+use crate::storage::attempts::{self, AttemptChange};
+use crate::storage::events::{self, NewEvent};
+use crate::storage::orders::{self, Transition, WriteRefused};
+
+/// A channel's statement about one trade.
+#[derive(Debug, Clone)]
+pub struct PaymentResult {
+    pub channel: Channel,
+    /// Unique per channel; stable across redeliveries of the same notification.
+    pub event_id: String,
+    pub out_trade_no: String,
+    pub state: TradeState,
+    pub channel_trade_no: Option<String>,
+    /// (minor units, currency) the channel says were paid.
+    pub paid: Option<(i64, String)>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub channel_status: String,
+}
+
+/// What the core did with a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultOutcome {
+    /// A repeat of an event already recorded: nothing was written.
+    Repeated,
+    Applied,
+    /// Recorded; no state changed (pending, unknown, or already in that state).
+    NoChange,
+    /// A second successful attempt on a paid order: recorded for refund, alert fires.
+    DuplicatePayment,
+    /// The channel's amount or currency differs from the attempt's: nothing moved, a person looks.
+    AmountMismatch,
+    /// No attempt has this out_trade_no.
+    UnknownAttempt,
+}
+
+impl ResultOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultOutcome::Repeated => "REPEATED",
+            ResultOutcome::Applied => "APPLIED",
+            ResultOutcome::NoChange => "NO_CHANGE",
+            ResultOutcome::DuplicatePayment => "DUPLICATE_PAYMENT",
+            ResultOutcome::AmountMismatch => "AMOUNT_MISMATCH",
+            ResultOutcome::UnknownAttempt => "UNKNOWN_ATTEMPT",
+        }
+    }
+}
+
+impl App {
+    /// Applies a channel's payment result exactly once per (channel, event id).
+    ///
+    /// # Errors
+    /// `PermissionDenied` when the attempt belongs to another channel; storage errors.
+    pub async fn apply_payment_result(
+        &self,
+        r: PaymentResult,
+    ) -> Result<ResultOutcome, ServiceError> {
+        let channel = r.channel;
+        let outcome = self
+            .db
+            .run(move |conn| {
+                // A repeat costs one index read: no lock, no write.
+                if events::seen(conn, channel.as_str(), &r.event_id)? {
+                    return Ok(ResultOutcome::Repeated);
+                }
+                match conn.transaction(|conn| apply_in_tx(conn, &r)) {
+                    // Another delivery of this very event committed first.
+                    Err(ServiceError::Conflict(_))
+                        if events::seen(conn, channel.as_str(), &r.event_id)? =>
+                    {
+                        Ok(ResultOutcome::Repeated)
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        let m = &self.metrics;
+        m.channel_events
+            .with_label_values(&[channel.as_str(), "PAYMENT", outcome.as_str()])
+            .inc();
+        match outcome {
+            ResultOutcome::DuplicatePayment => {
+                m.duplicate_payments
+                    .with_label_values(&[channel.as_str()])
+                    .inc();
+                tracing::error!(%channel, "duplicate payment detected: an already paid order was paid again");
+            }
+            ResultOutcome::AmountMismatch => {
+                m.amount_mismatches
+                    .with_label_values(&[channel.as_str()])
+                    .inc();
+                tracing::error!(%channel, "channel reported an amount that differs from the attempt");
+            }
+            ResultOutcome::UnknownAttempt => {
+                tracing::error!(%channel, "channel reported a trade no attempt knows");
+            }
+            ResultOutcome::Repeated | ResultOutcome::Applied | ResultOutcome::NoChange => {}
+        }
+        Ok(outcome)
+    }
+}
+
+fn apply_in_tx(conn: &mut PgConnection, r: &PaymentResult) -> Result<ResultOutcome, ServiceError> {
+    let outcome = decide_and_apply(conn, r)?;
+    let payload = serde_json::json!({
+        "out_trade_no": r.out_trade_no,
+        "state": r.state.as_str(),
+        "channel_trade_no": r.channel_trade_no,
+        "paid_minor": r.paid.as_ref().map(|p| p.0),
+        "paid_currency": r.paid.as_ref().map(|p| p.1.clone()),
+        "paid_at": r.paid_at,
+        "channel_status": r.channel_status,
+    });
+    let first = events::record(
+        conn,
+        &NewEvent {
+            channel: r.channel.as_str(),
+            event_id: &r.event_id,
+            kind: "PAYMENT",
+            out_trade_no: &r.out_trade_no,
+            state: r.state.as_str(),
+            outcome: outcome.as_str(),
+            payload,
+        },
+    )?;
+    if !first {
+        // A concurrent delivery of the same event won the race: undo ours.
+        return Err(ServiceError::Conflict(format!(
+            "event {} recorded concurrently",
+            r.event_id
+        )));
+    }
+    Ok(outcome)
+}
+
+fn decide_and_apply(
+    conn: &mut PgConnection,
+    r: &PaymentResult,
+) -> Result<ResultOutcome, ServiceError> {
+    let Some(peek) = attempts::find_by_out_trade_no(conn, &r.out_trade_no)? else {
+        return Ok(ResultOutcome::UnknownAttempt);
+    };
+    if peek.channel()? != r.channel {
+        return Err(ServiceError::PermissionDenied(format!(
+            "{} may not report attempts of channel {}",
+            r.channel, peek.channel
+        )));
+    }
+    // Lock order, then attempt: the same order every writer uses.
+    let order_id = OrderId::from_uuid(peek.order_id);
+    let order = orders::find_for_update(conn, order_id)?
+        .ok_or_else(|| ServiceError::Internal("attempt without order".into()))?;
+    let attempt = attempts::find_by_out_trade_no_for_update(conn, &r.out_trade_no)?
+        .ok_or_else(|| ServiceError::Internal("attempt vanished".into()))?;
+    let a_status = attempt.status()?;
+    let o_status = order.status()?;
+    let now = Utc::now();
+    match r.state {
+        TradeState::Succeeded => {
+            let Some((paid_minor, paid_currency)) = &r.paid else {
+                return Ok(ResultOutcome::AmountMismatch);
+            };
+            if *paid_minor != attempt.amount_minor
+                || paid_currency.trim() != attempt.currency.trim()
+            {
+                return Ok(ResultOutcome::AmountMismatch);
+            }
+            if a_status == AttemptStatus::Succeeded {
+                return Ok(ResultOutcome::NoChange);
+            }
+            let next = a_status
+                .apply(AttemptEvent::Succeeded)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            attempts::transition(
+                conn,
+                attempt.id,
+                a_status,
+                next,
+                AttemptChange {
+                    channel_trade_no: r.channel_trade_no.clone(),
+                    paid_minor: Some(*paid_minor),
+                    succeeded_at: Some(r.paid_at.unwrap_or(now)),
+                    ..AttemptChange::default()
+                },
+            )?
+            .ok_or_else(|| ServiceError::Conflict(r.out_trade_no.clone()))?;
+            match o_status.apply(OrderEvent::PaymentSucceeded) {
+                Ok(to) => {
+                    let reason = if o_status == OrderStatus::Closed {
+                        "late payment on a closed order"
+                    } else {
+                        "paid"
+                    };
+                    transition_unlocked(conn, &order, o_status, to, reason, *paid_minor)?;
+                    Ok(ResultOutcome::Applied)
+                }
+                Err(_) => {
+                    events::record_duplicate(
+                        conn,
+                        order.id,
+                        attempt.id,
+                        *paid_minor,
+                        &attempt.currency,
+                    )?;
+                    Ok(ResultOutcome::DuplicatePayment)
+                }
+            }
+        }
+        TradeState::Failed | TradeState::Closed => {
+            if !a_status.is_open() {
+                return Ok(ResultOutcome::NoChange);
+            }
+            let event = if r.state == TradeState::Failed {
+                AttemptEvent::Failed
+            } else {
+                AttemptEvent::Closed
+            };
+            let next = a_status
+                .apply(event)
+                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+            attempts::transition(conn, attempt.id, a_status, next, AttemptChange::default())?
+                .ok_or_else(|| ServiceError::Conflict(r.out_trade_no.clone()))?;
+            // The order's only open attempt ended unpaid: the payer may try again.
+            if o_status == OrderStatus::Paying {
+                let to = o_status.apply(OrderEvent::PaymentAbandoned)?;
+                transition_unlocked(
+                    conn,
+                    &order,
+                    o_status,
+                    to,
+                    "payment attempt ended unpaid",
+                    order.paid_minor,
+                )?;
+            }
+            Ok(ResultOutcome::Applied)
+        }
+        TradeState::Pending | TradeState::Unknown | TradeState::NotFound => {
+            Ok(ResultOutcome::NoChange)
+        }
+    }
+}
+
+/// An order transition by a writer that holds the order's row lock but not its Redis lock: it
+/// keeps the current fence (it does not claim one).
+fn transition_unlocked(
+    conn: &mut PgConnection,
+    order: &orders::OrderRow,
+    from: OrderStatus,
+    to: OrderStatus,
+    reason: &str,
+    paid_minor: i64,
+) -> Result<orders::OrderRow, ServiceError> {
+    let t = Transition {
+        id: OrderId::from_uuid(order.id),
+        from,
+        to,
+        expected_version: order.version,
+        fence: order.fence,
+        reason,
+        at: Utc::now(),
+        paid_minor,
+    };
+    match orders::transition(conn, &t)? {
+        Ok(row) => Ok(row),
+        Err(
+            WriteRefused::StaleFence { .. } | WriteRefused::Conflict { .. } | WriteRefused::Missing,
+        ) => Err(ServiceError::Conflict(order.id.to_string())),
+    }
+}

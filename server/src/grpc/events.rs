@@ -1,0 +1,90 @@
+//! `channel.v1.ChannelEvents`: what adapters report. Each report is recorded once (unique per
+//! channel event) and applied in the same transaction; the OK goes back only after the commit,
+//! so an adapter acknowledges its platform only once the result is durable.
+use payproto::channel::v1 as cpb;
+use payproto::channel::v1::channel_events_server::ChannelEvents;
+use tonic::{Request, Response, Status};
+
+use super::convert::channel_from_pb;
+use super::status::rejection_reason;
+use crate::app::pay::result_from_pb;
+use crate::app::results::ResultOutcome;
+use crate::app::{App, ServiceError};
+use crate::domain::FieldError;
+
+pub struct EventsApi {
+    app: App,
+}
+
+impl EventsApi {
+    pub fn new(app: App) -> Self {
+        Self { app }
+    }
+
+    fn finish<T>(&self, method: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
+        let r = r.map_err(Status::from);
+        let code = r.as_ref().err().map_or(tonic::Code::Ok, Status::code);
+        let m = &self.app.metrics;
+        m.grpc_requests
+            .with_label_values(&[method, code.description()])
+            .inc();
+        if let Some(reason) = rejection_reason(code) {
+            m.rejected_requests
+                .with_label_values(&[method, reason])
+                .inc();
+        }
+        r.map(Response::new)
+    }
+
+    async fn report_payment(
+        &self,
+        body: cpb::ReportPaymentRequest,
+    ) -> Result<cpb::ReportAck, ServiceError> {
+        let channel = channel_from_pb(body.channel)?;
+        let event_id = body.channel_event_id;
+        if event_id.is_empty() || event_id.len() > 128 {
+            return Err(FieldError::new("channel_event_id", "must be 1..=128 characters").into());
+        }
+        let result = body
+            .result
+            .ok_or_else(|| FieldError::new("result", "is required"))?;
+        if result.out_trade_no.is_empty() || result.out_trade_no.len() > 64 {
+            return Err(FieldError::new("result.out_trade_no", "must be 1..=64 characters").into());
+        }
+        if result.state == cpb::TradeState::Succeeded as i32 && result.paid.is_none() {
+            return Err(
+                FieldError::new("result.paid", "is required for a successful payment").into(),
+            );
+        }
+        let outcome = self
+            .app
+            .apply_payment_result(result_from_pb(channel, event_id, result))
+            .await?;
+        Ok(cpb::ReportAck {
+            first_time: outcome != ResultOutcome::Repeated,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl ChannelEvents for EventsApi {
+    async fn report_payment(
+        &self,
+        req: Request<cpb::ReportPaymentRequest>,
+    ) -> Result<Response<cpb::ReportAck>, Status> {
+        let r = EventsApi::report_payment(self, req.into_inner()).await;
+        self.finish("ReportPayment", r)
+    }
+
+    /// Refund results arrive with the refunds capability; until then a report is refused so the
+    /// adapter keeps asking the platform to retry rather than acknowledging something unrecorded.
+    async fn report_refund(
+        &self,
+        _req: Request<cpb::ReportRefundRequest>,
+    ) -> Result<Response<cpb::ReportAck>, Status> {
+        let r: Result<cpb::ReportAck, ServiceError> = Err(ServiceError::Unavailable(
+            "refund results are not accepted by this version of payd".into(),
+        ));
+        self.finish("ReportRefund", r)
+    }
+}

@@ -1,0 +1,183 @@
+//! Payment attempts. Status changes are conditional on the status that was read, like orders.
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::StorageError;
+use super::schema::payment_attempts;
+use crate::domain::{AttemptStatus, Channel, OrderId, PayMethod};
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = payment_attempts, check_for_backend(diesel::pg::Pg))]
+pub struct AttemptRow {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub out_trade_no: String,
+    pub channel: String,
+    pub method: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: String,
+    pub payer_digest: Vec<u8>,
+    pub pay_params: Option<serde_json::Value>,
+    pub channel_prepay_id: Option<String>,
+    pub channel_trade_no: Option<String>,
+    pub paid_minor: Option<i64>,
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub succeeded_at: Option<DateTime<Utc>>,
+}
+
+impl AttemptRow {
+    pub fn status(&self) -> Result<AttemptStatus, StorageError> {
+        self.status
+            .parse()
+            .map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
+    }
+
+    pub fn channel(&self) -> Result<Channel, StorageError> {
+        self.channel
+            .parse()
+            .map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
+    }
+
+    pub fn method(&self) -> Result<PayMethod, StorageError> {
+        self.method
+            .parse()
+            .map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = payment_attempts)]
+pub struct NewAttemptRow<'a> {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub out_trade_no: &'a str,
+    pub channel: &'a str,
+    pub method: &'a str,
+    pub amount_minor: i64,
+    pub currency: &'a str,
+    pub status: &'a str,
+    pub payer_digest: &'a [u8],
+}
+
+/// Inserts a new INIT attempt. `Ok(None)` when the order already has an open attempt (the partial
+/// unique index refused it): another caller got there first.
+pub fn insert(
+    conn: &mut PgConnection,
+    row: &NewAttemptRow<'_>,
+) -> Result<Option<AttemptRow>, StorageError> {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match diesel::insert_into(payment_attempts::table)
+        .values(row)
+        .returning(AttemptRow::as_returning())
+        .get_result(conn)
+    {
+        Ok(a) => Ok(Some(a)),
+        Err(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
+            if info.constraint_name() == Some("payment_attempts_one_open_per_order") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The order's open attempt (INIT or PAYING), if any.
+pub fn find_open(
+    conn: &mut PgConnection,
+    order: OrderId,
+) -> Result<Option<AttemptRow>, StorageError> {
+    Ok(payment_attempts::table
+        .filter(payment_attempts::order_id.eq(order.as_uuid()))
+        .filter(payment_attempts::status.eq_any(["INIT", "PAYING"]))
+        .select(AttemptRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<AttemptRow>, StorageError> {
+    Ok(payment_attempts::table
+        .find(id)
+        .select(AttemptRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Locks the attempt row (after its order's row: see `orders::find_for_update`).
+pub fn find_by_out_trade_no_for_update(
+    conn: &mut PgConnection,
+    out_trade_no: &str,
+) -> Result<Option<AttemptRow>, StorageError> {
+    Ok(payment_attempts::table
+        .filter(payment_attempts::out_trade_no.eq(out_trade_no))
+        .select(AttemptRow::as_select())
+        .for_update()
+        .first(conn)
+        .optional()?)
+}
+
+pub fn find_by_out_trade_no(
+    conn: &mut PgConnection,
+    out_trade_no: &str,
+) -> Result<Option<AttemptRow>, StorageError> {
+    Ok(payment_attempts::table
+        .filter(payment_attempts::out_trade_no.eq(out_trade_no))
+        .select(AttemptRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// A status change approved by the attempt state machine, plus what the channel told us.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptChange {
+    pub pay_params: Option<serde_json::Value>,
+    pub channel_prepay_id: Option<String>,
+    pub channel_trade_no: Option<String>,
+    pub paid_minor: Option<i64>,
+    pub succeeded_at: Option<DateTime<Utc>>,
+}
+
+/// Moves the attempt from `from` to `to` if it is still in `from`; `None` if someone else moved
+/// it first. Fields left `None` in `change` keep their value.
+pub fn transition(
+    conn: &mut PgConnection,
+    id: Uuid,
+    from: AttemptStatus,
+    to: AttemptStatus,
+    change: AttemptChange,
+) -> Result<Option<AttemptRow>, StorageError> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{Int8, Jsonb, Nullable, Text, Timestamptz};
+    let updated = diesel::update(
+        payment_attempts::table
+            .filter(payment_attempts::id.eq(id))
+            .filter(payment_attempts::status.eq(from.as_str())),
+    )
+    .set((
+        payment_attempts::status.eq(to.as_str()),
+        payment_attempts::version.eq(payment_attempts::version + 1),
+        payment_attempts::updated_at.eq(Utc::now()),
+        payment_attempts::pay_params.eq(diesel::dsl::sql::<Nullable<Jsonb>>("coalesce(")
+            .bind::<Nullable<Jsonb>, _>(change.pay_params)
+            .sql(", pay_params)")),
+        payment_attempts::channel_prepay_id.eq(sql::<Nullable<Text>>("coalesce(")
+            .bind::<Nullable<Text>, _>(change.channel_prepay_id)
+            .sql(", channel_prepay_id)")),
+        payment_attempts::channel_trade_no.eq(sql::<Nullable<Text>>("coalesce(")
+            .bind::<Nullable<Text>, _>(change.channel_trade_no)
+            .sql(", channel_trade_no)")),
+        payment_attempts::paid_minor.eq(sql::<Nullable<Int8>>("coalesce(")
+            .bind::<Nullable<Int8>, _>(change.paid_minor)
+            .sql(", paid_minor)")),
+        payment_attempts::succeeded_at.eq(sql::<Nullable<Timestamptz>>("coalesce(")
+            .bind::<Nullable<Timestamptz>, _>(change.succeeded_at)
+            .sql(", succeeded_at)")),
+    ))
+    .returning(AttemptRow::as_returning())
+    .get_result(conn)
+    .optional()?;
+    Ok(updated)
+}
