@@ -15,6 +15,7 @@ pub struct TestApp {
     pub client: PaymentServiceClient<Channel>,
     pub app: App,
     pub metrics_addr: std::net::SocketAddr,
+    pub grpc_addr: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     // Dropped last: the server must stop before its database goes.
@@ -59,6 +60,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         client,
         app,
         metrics_addr,
+        grpc_addr,
         stop: Some(tx),
         server: Some(server),
         redis,
