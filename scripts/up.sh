@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Brings the platform up on this machine and walks an order through it:
-# Postgres and Redis (started if down), the `payments` database, payd with migrations applied,
-# then a CreateOrder → GetOrder → ListOrders → CloseOrder round with payctl.
-# Processes keep running in the background; `bash scripts/down.sh` stops them.
+# Brings the whole platform up on this machine and pays one order through each channel:
+#   Postgres and Redis (started if down), the `payments` database with migrations applied,
+#   three sandboxes (WeChat Pay, Alipay, UnionPay stand-ins, fresh keys from `sandbox keygen`),
+#   payd, and the three adapters pointed at the sandboxes by base URL and key files only;
+#   then per channel: CreateOrder → Pay → the sandbox's payer pays → callback → PAID.
+# Processes keep running in the background (logs and pids in .run/); `bash scripts/down.sh` stops them.
 # Usage: bash scripts/up.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,34 +21,77 @@ psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'p
 log "building"
 cargo build --workspace --bins --quiet
 BIN=target/debug
+KEYS=$RUN/keys
+
+start() { # name, then the command; logs to .run/NAME.log
+    local name=$1; shift
+    nohup "$@" >>"$RUN/$name.log" 2>&1 &
+    echo $! >"$RUN/$name.pid"
+}
+wait_http() { # url, what
+    for _ in $(seq 1 200); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    log "$2 did not come up (see $RUN/*.log)"; exit 1
+}
+
+[ -f "$KEYS/wechat/merchant_key.pem" ] || { log "generating sandbox and merchant keys in $KEYS"; "$BIN/sandbox" keygen --dir "$KEYS"; }
+
+log "starting the sandboxes: WeChat :8091, Alipay :8092, UnionPay :8093"
+start sandbox-wechat   "$BIN/sandbox" wechat   --listen 127.0.0.1:8091 --keys-dir "$KEYS"
+start sandbox-alipay   "$BIN/sandbox" alipay   --listen 127.0.0.1:8092 --keys-dir "$KEYS"
+start sandbox-unionpay "$BIN/sandbox" unionpay --listen 127.0.0.1:8093 --keys-dir "$KEYS"
+for port in 8091 8092 8093; do wait_http "http://127.0.0.1:$port/sandbox/health" "sandbox :$port"; done
 
 export PAYD_DATABASE_URL=${PAYD_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/payments}
-export PAYD_LISTEN=${PAYD_LISTEN:-127.0.0.1:50051}
-export PAYD_METRICS_LISTEN=${PAYD_METRICS_LISTEN:-127.0.0.1:9464}
-
+export PAYD_LISTEN=127.0.0.1:50051 PAYD_METRICS_LISTEN=127.0.0.1:9464
+export PAYD_CHANNEL_WECHAT_ENDPOINT=http://127.0.0.1:50061
+export PAYD_CHANNEL_ALIPAY_ENDPOINT=http://127.0.0.1:50062
+export PAYD_CHANNEL_UNIONPAY_ENDPOINT=http://127.0.0.1:50063
 log "applying migrations"
 "$BIN/payd" migrate 2>>"$RUN/payd.log"
+log "starting payd on $PAYD_LISTEN (metrics http://$PAYD_METRICS_LISTEN/metrics)"
+start payd "$BIN/payd" serve
+wait_http "http://$PAYD_METRICS_LISTEN/healthz" payd
 
-log "starting payd on $PAYD_LISTEN (logs: $RUN/payd.log, metrics: http://$PAYD_METRICS_LISTEN/metrics)"
-nohup "$BIN/payd" serve >>"$RUN/payd.log" 2>&1 &
-echo $! >"$RUN/payd.pid"
-for _ in $(seq 1 100); do
-    curl -fs "http://$PAYD_METRICS_LISTEN/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -fs "http://$PAYD_METRICS_LISTEN/healthz" >/dev/null || { log "payd did not start; see $RUN/payd.log"; exit 1; }
+export ADAPTER_CORE_ENDPOINT=http://$PAYD_LISTEN
+log "starting the adapters: wechat :50061, alipay :50062, unionpay :50063 (callbacks on :8081-8083)"
+WECHAT_API_BASE=http://127.0.0.1:8091 \
+WECHAT_MCHID_FILE=$KEYS/wechat/mchid.txt WECHAT_APPID_FILE=$KEYS/wechat/appid.txt \
+WECHAT_MERCHANT_KEY_FILE=$KEYS/wechat/merchant_key.pem WECHAT_MERCHANT_SERIAL_FILE=$KEYS/wechat/merchant_serial.txt \
+WECHAT_PLATFORM_PUBLIC_KEY_FILE=$KEYS/wechat/platform_public.pem WECHAT_PLATFORM_SERIAL_FILE=$KEYS/wechat/platform_serial.txt \
+WECHAT_APIV3_KEY_FILE=$KEYS/wechat/apiv3_key.txt ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8081 \
+    start wechat-adapter "$BIN/wechat-adapter"
+ALIPAY_GATEWAY=http://127.0.0.1:8092/gateway.do \
+ALIPAY_APP_ID_FILE=$KEYS/alipay/app_id.txt ALIPAY_APP_PRIVATE_KEY_FILE=$KEYS/alipay/app_private_key.pem \
+ALIPAY_PUBLIC_KEY_FILE=$KEYS/alipay/alipay_public_key.pem ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8082 \
+    start alipay-adapter "$BIN/alipay-adapter"
+UNIONPAY_GATEWAY_BASE=http://127.0.0.1:8093 \
+UNIONPAY_MER_ID_FILE=$KEYS/unionpay/mer_id.txt UNIONPAY_SIGN_KEY_FILE=$KEYS/unionpay/merchant_sign_key.pem \
+UNIONPAY_SIGN_CERT_ID_FILE=$KEYS/unionpay/merchant_cert_id.txt UNIONPAY_PLATFORM_CERT_FILE=$KEYS/unionpay/platform_sign_cert.pem \
+UNIONPAY_ACCEPT_TEST_CN=true ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8083 \
+    start unionpay-adapter "$BIN/unionpay-adapter"
+for port in 9561 9562 9563; do wait_http "http://127.0.0.1:$port/healthz" "adapter metrics :$port"; done
 
 export PAYCTL_ENDPOINT="http://$PAYD_LISTEN" PAYCTL_APP_ID=demo-shop
-NO="DEMO-$(date +%s)"
-log "CreateOrder $NO for 88.88 CNY"
-"$BIN/payctl" create-order --merchant-order-no "$NO" --amount 8888 --subject "Demo coffee" --idempotency-key "demo-$NO"
-log "the same CreateOrder again returns the same order"
-ID=$("$BIN/payctl" create-order --merchant-order-no "$NO" --amount 8888 --subject "Demo coffee" --idempotency-key "demo-$NO" | awk '{print $2}')
-echo "order id: $ID"
-log "GetOrder by merchant order number"
-"$BIN/payctl" get-order --merchant-order-no "$NO"
-log "ListOrders (PENDING)"
-"$BIN/payctl" list-orders --status PENDING --page-size 3
-log "CloseOrder"
-"$BIN/payctl" close-order --order-id "$ID"
-log "platform is up: payd $PAYD_LISTEN; stop it with: bash scripts/down.sh"
+pay_through() { # channel method sandbox-port
+    local channel=$1 method=$2 port=$3 no id out status
+    no="DEMO-$(echo "$channel" | tr a-z A-Z)-$(date +%s%N | cut -c1-13)"
+    log "$channel: CreateOrder $no for 88.88 CNY"
+    id=$("$BIN/payctl" create-order --merchant-order-no "$no" --amount 8888 --subject "Demo coffee" | awk '{print $2}')
+    log "$channel: Pay with $method"
+    out=$("$BIN/payctl" pay --order-id "$id" --channel "$channel" --method "$method" --client-ip 127.0.0.1)
+    echo "$out"
+    local trade; trade=$(echo "$out" | sed -n 's/.*out_trade_no=\([A-Za-z0-9]*\).*/\1/p')
+    log "$channel: the sandbox's payer pays $trade"
+    curl -fs -X POST -H 'content-type: application/json' -d '{"outcome":"success"}' \
+        "http://127.0.0.1:$port/sandbox/trades/$trade/pay" >/dev/null
+    for _ in $(seq 1 100); do
+        status=$("$BIN/payctl" get-order --order-id "$id")
+        case "$status" in *status=PAID*) echo "$status"; log "$channel: PAID"; return 0;; esac
+        sleep 0.2
+    done
+    echo "$status"; log "$channel: the order did not reach PAID; see $RUN/*.log"; return 1
+}
+pay_through wechat wechat_native 8091
+pay_through alipay alipay_qr 8092
+pay_through unionpay unionpay_front 8093
+log "platform is up: payd $PAYD_LISTEN, adapters :50061-50063, sandboxes :8091-8093; stop with: bash scripts/down.sh"

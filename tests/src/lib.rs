@@ -6,6 +6,8 @@
 //! `postgres://postgres@127.0.0.1:5432`), `TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod platform;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -62,6 +62,23 @@ enum Command {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+    /// Start paying an order: prints the attempt and what the payer's device needs.
+    Pay {
+        #[arg(long)]
+        order_id: String,
+        /// wechat, alipay or unionpay.
+        #[arg(long)]
+        channel: String,
+        /// wechat_native, wechat_jsapi, alipay_qr, alipay_page, alipay_app, unionpay_front.
+        #[arg(long)]
+        method: String,
+        #[arg(long, default_value = "")]
+        payer_id: String,
+        #[arg(long, default_value = "")]
+        client_ip: String,
+        #[arg(long, default_value = "")]
+        idempotency_key: String,
+    },
     /// Close an unpaid order.
     CloseOrder {
         #[arg(long)]
@@ -183,6 +200,42 @@ async fn main() -> anyhow::Result<()> {
                     }
                     if !r.next_page_token.is_empty() {
                         println!("next page: --page-token {}", r.next_page_token);
+                    }
+                })
+        }
+        Command::Pay {
+            order_id,
+            channel,
+            method,
+            payer_id,
+            client_ip,
+            idempotency_key,
+        } => {
+            use payproto::channel::v1 as cpb;
+            let channel = cpb::Channel::from_str_name(&format!("CHANNEL_{}", channel.to_uppercase()))
+                .with_context(|| format!("unknown channel {channel}"))?;
+            let method = cpb::PayMethod::from_str_name(&format!("PAY_METHOD_{}", method.to_uppercase()))
+                .with_context(|| format!("unknown method {method}"))?;
+            client
+                .pay(with_app(
+                    app,
+                    pb::PayRequest {
+                        order_id,
+                        channel: channel as i32,
+                        method: method as i32,
+                        payer: Some(pb::Payer { payer_id, client_ip }),
+                        idempotency_key,
+                    },
+                )?)
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    print_order(r.order);
+                    if let Some(a) = r.attempt {
+                        println!("attempt {}  out_trade_no={}", a.attempt_id, a.out_trade_no);
+                    }
+                    for (k, v) in r.pay_params {
+                        println!("  {k} = {v}");
                     }
                 })
         }

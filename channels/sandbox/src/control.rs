@@ -1,0 +1,235 @@
+//! The unsigned control API under `/sandbox/`: the test's (or demo's) hand on the payer, on
+//! fault injection and on the callback log. Plain JSON, same listener as the platform API.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::callbacks::{self, Notification, NotificationKind};
+use crate::ledger::{RefundState, Trade, TradeState, TransitionError};
+use crate::platform::{Faults, FaultsPatch, Platform, Tamper, lock};
+
+/// The control routes, to be merged into a platform's router.
+pub fn router(platform: Arc<dyn Platform>) -> Router {
+    Router::new()
+        .route("/sandbox/health", get(|| async { "ok" }))
+        .route("/sandbox/trades", get(list_trades))
+        .route("/sandbox/trades/{out_trade_no}", get(show_trade))
+        .route("/sandbox/trades/{out_trade_no}/pay", post(pay))
+        .route("/sandbox/trades/{out_trade_no}/notify", post(notify_once))
+        .route(
+            "/sandbox/faults",
+            get(show_faults).post(patch_faults).delete(reset_faults),
+        )
+        .route(
+            "/sandbox/callbacks",
+            get(list_callbacks).delete(clear_callbacks),
+        )
+        .with_state(platform)
+}
+
+/// A refund in the control API's JSON.
+#[derive(Debug, Serialize)]
+pub struct RefundView {
+    out_refund_no: String,
+    amount_minor: u64,
+    state: RefundState,
+    channel_refund_no: String,
+}
+
+/// A trade in the control API's JSON.
+#[derive(Debug, Serialize)]
+pub struct TradeView {
+    out_trade_no: String,
+    method: String,
+    state: TradeState,
+    amount_minor: u64,
+    currency: String,
+    subject: String,
+    channel_trade_no: String,
+    prepay_requests: u32,
+    notify_url: String,
+    created_at: String,
+    paid_at: Option<String>,
+    refunds: Vec<RefundView>,
+}
+
+impl From<&Trade> for TradeView {
+    fn from(t: &Trade) -> Self {
+        Self {
+            out_trade_no: t.out_trade_no.clone(),
+            method: t.method.clone(),
+            state: t.state,
+            amount_minor: t.amount_minor,
+            currency: t.currency.clone(),
+            subject: t.subject.clone(),
+            channel_trade_no: t.channel_trade_no.clone(),
+            prepay_requests: t.prepay_requests,
+            notify_url: t.notify_url.clone(),
+            created_at: t.created_at.to_rfc3339(),
+            paid_at: t.paid_at.map(|p| p.to_rfc3339()),
+            refunds: t
+                .refunds
+                .iter()
+                .map(|r| RefundView {
+                    out_refund_no: r.out_refund_no.clone(),
+                    amount_minor: r.amount_minor,
+                    state: r.state,
+                    channel_refund_no: r.channel_refund_no.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn list_trades(State(platform): State<Arc<dyn Platform>>) -> Json<Vec<TradeView>> {
+    let ledger = lock(&platform.core().ledger);
+    Json(ledger.trades().map(TradeView::from).collect())
+}
+
+async fn show_trade(
+    State(platform): State<Arc<dyn Platform>>,
+    Path(out_trade_no): Path<String>,
+) -> Response {
+    match lock(&platform.core().ledger).trade(&out_trade_no) {
+        Some(trade) => Json(TradeView::from(trade)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such trade"),
+    }
+}
+
+/// What the payer does.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    Success,
+    Fail,
+    Abandon,
+}
+
+#[derive(Debug, Deserialize)]
+struct PayBody {
+    outcome: Outcome,
+}
+
+async fn pay(
+    State(platform): State<Arc<dyn Platform>>,
+    Path(out_trade_no): Path<String>,
+    Json(body): Json<PayBody>,
+) -> Response {
+    let result = {
+        let mut ledger = lock(&platform.core().ledger);
+        match body.outcome {
+            Outcome::Success => ledger.settle(&out_trade_no, TradeState::Succeeded),
+            Outcome::Fail => ledger.settle(&out_trade_no, TradeState::Failed),
+            // The payer walks away: nothing changes, but the trade must exist and be open.
+            Outcome::Abandon => match ledger.trade(&out_trade_no) {
+                None => Err(TransitionError::NotFound),
+                Some(t) if t.state != TradeState::Pending => {
+                    Err(TransitionError::WrongState(t.state))
+                }
+                Some(t) => Ok(t.clone()),
+            },
+        }
+    };
+    match result {
+        Err(TransitionError::NotFound) => error(StatusCode::NOT_FOUND, "no such trade"),
+        Err(TransitionError::WrongState(state)) => error(
+            StatusCode::CONFLICT,
+            format!("trade is {state:?}, not PENDING"),
+        ),
+        Ok(trade) => {
+            if body.outcome == Outcome::Success {
+                schedule_payment_notification(&platform, &trade);
+            }
+            Json(TradeView::from(&trade)).into_response()
+        }
+    }
+}
+
+/// Schedules the payment-success callback of a freshly paid trade.
+pub fn schedule_payment_notification(platform: &Arc<dyn Platform>, trade: &Trade) {
+    let notify_id = platform.new_notify_id();
+    let build = {
+        let platform = Arc::clone(platform);
+        let trade = trade.clone();
+        let notify_id = notify_id.clone();
+        Arc::new(move || platform.payment_notification(&trade, &notify_id, Tamper::None))
+    };
+    callbacks::dispatch(
+        Arc::clone(platform),
+        Notification {
+            notify_id,
+            out_trade_no: trade.out_trade_no.clone(),
+            kind: NotificationKind::Payment,
+            build,
+        },
+    );
+}
+
+#[derive(Debug, Deserialize)]
+struct NotifyBody {
+    #[serde(default)]
+    tamper: Tamper,
+}
+
+async fn notify_once(
+    State(platform): State<Arc<dyn Platform>>,
+    Path(out_trade_no): Path<String>,
+    body: Option<Json<NotifyBody>>,
+) -> Response {
+    let tamper = body.map(|Json(b)| b.tamper).unwrap_or_default();
+    let Some(trade) = lock(&platform.core().ledger).trade(&out_trade_no).cloned() else {
+        return error(StatusCode::NOT_FOUND, "no such trade");
+    };
+    let request = match platform.payment_notification(&trade, &platform.new_notify_id(), tamper) {
+        Ok(request) => request,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match callbacks::send_once(&request).await {
+        Ok((status, body)) => {
+            Json(serde_json::json!({ "http_status": status, "body": body })).into_response()
+        }
+        Err(e) => {
+            Json(serde_json::json!({ "http_status": null, "body": "", "error": e })).into_response()
+        }
+    }
+}
+
+async fn show_faults(State(platform): State<Arc<dyn Platform>>) -> Json<Faults> {
+    Json(platform.core().faults())
+}
+
+async fn patch_faults(
+    State(platform): State<Arc<dyn Platform>>,
+    Json(patch): Json<FaultsPatch>,
+) -> Json<Faults> {
+    let mut faults = lock(&platform.core().faults);
+    faults.apply(patch);
+    Json(faults.clone())
+}
+
+async fn reset_faults(State(platform): State<Arc<dyn Platform>>) -> Json<Faults> {
+    let mut faults = lock(&platform.core().faults);
+    *faults = Faults::default();
+    Json(faults.clone())
+}
+
+async fn list_callbacks(
+    State(platform): State<Arc<dyn Platform>>,
+) -> Json<Vec<callbacks::DeliveryRecord>> {
+    Json(lock(&platform.core().deliveries).clone())
+}
+
+async fn clear_callbacks(State(platform): State<Arc<dyn Platform>>) -> StatusCode {
+    lock(&platform.core().deliveries).clear();
+    StatusCode::NO_CONTENT
+}

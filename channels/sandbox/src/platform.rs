@@ -1,0 +1,214 @@
+//! What every sandbox process shares: the [`Platform`] trait a platform server implements so the
+//! control API and callback delivery can drive it, and the [`Core`] state (ledger, fault
+//! settings, delivery log, time scale) it owns.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::callbacks::DeliveryRecord;
+use crate::http_client::{OutgoingRequest, Reply};
+use crate::ledger::{Ledger, Trade};
+
+/// How a one-off notification sent through the control API is deliberately broken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tamper {
+    /// Correct in every way.
+    #[default]
+    None,
+    /// A wrong signature.
+    Signature,
+    /// The body changed after signing (the amount).
+    Body,
+    /// Signed by a key the merchant does not know (WeChat: an unknown `Wechatpay-Serial`).
+    Serial,
+    /// WeChat only: correctly signed, but the timestamp is 10 minutes old.
+    StaleTimestamp,
+}
+
+/// Why a notification could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// This tampering makes no sense for the platform.
+    #[error("tamper {0:?} is not applicable to {1}")]
+    NotApplicable(Tamper, &'static str),
+    /// Signing or encryption failed.
+    #[error("{0}")]
+    Crypto(String),
+}
+
+/// A platform server, as seen by the control API and the callback deliverer.
+pub trait Platform: Send + Sync + 'static {
+    /// `wechat`, `alipay` or `unionpay`.
+    fn name(&self) -> &'static str;
+    /// The shared state.
+    fn core(&self) -> &Core;
+    /// Delays between consecutive attempts of one notification, before time scaling.
+    fn retry_schedule(&self) -> &'static [Duration];
+    /// Whether the merchant's reply acknowledges the notification, by the platform's rule.
+    fn is_acknowledged(&self, reply: &Reply) -> bool;
+    /// A fresh notification id (WeChat event `id`, Alipay `notify_id`), kept across retries.
+    fn new_notify_id(&self) -> String;
+    /// Builds (and signs afresh) the payment-success notification for `trade`.
+    ///
+    /// # Errors
+    /// [`BuildError`].
+    fn payment_notification(
+        &self,
+        trade: &Trade,
+        notify_id: &str,
+        tamper: Tamper,
+    ) -> Result<OutgoingRequest, BuildError>;
+}
+
+/// Callback delivery mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackMode {
+    /// Deliver (with retries).
+    #[default]
+    Deliver,
+    /// Drop every notification silently.
+    Lose,
+}
+
+/// Injected faults; see the README's "Fault modes".
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Faults {
+    /// Deliver or lose callbacks.
+    pub callback_mode: CallbackMode,
+    /// Each notification is sent this many times, concurrently (at least 1).
+    pub callback_copies: u32,
+    /// Wait before the first attempt, in milliseconds (not time-scaled).
+    pub callback_delay_ms: u64,
+    /// Hold notifications for a short window and release them newest first.
+    pub callback_reorder: bool,
+    /// Fraction of API calls answered with the platform's system error.
+    pub api_error_rate: f64,
+    /// Delay before every API answer, in milliseconds.
+    pub api_delay_ms: u64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self {
+            callback_mode: CallbackMode::Deliver,
+            callback_copies: 1,
+            callback_delay_ms: 0,
+            callback_reorder: false,
+            api_error_rate: 0.0,
+            api_delay_ms: 0,
+        }
+    }
+}
+
+/// A partial update of [`Faults`]: omitted fields stay as they are.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsPatch {
+    /// See [`Faults::callback_mode`].
+    pub callback_mode: Option<CallbackMode>,
+    /// See [`Faults::callback_copies`].
+    pub callback_copies: Option<u32>,
+    /// See [`Faults::callback_delay_ms`].
+    pub callback_delay_ms: Option<u64>,
+    /// See [`Faults::callback_reorder`].
+    pub callback_reorder: Option<bool>,
+    /// See [`Faults::api_error_rate`].
+    pub api_error_rate: Option<f64>,
+    /// See [`Faults::api_delay_ms`].
+    pub api_delay_ms: Option<u64>,
+}
+
+impl Faults {
+    /// Applies `patch`, clamping the rate to [0, 1] and copies to at least 1.
+    pub fn apply(&mut self, patch: FaultsPatch) {
+        if let Some(v) = patch.callback_mode {
+            self.callback_mode = v;
+        }
+        if let Some(v) = patch.callback_copies {
+            self.callback_copies = v.max(1);
+        }
+        if let Some(v) = patch.callback_delay_ms {
+            self.callback_delay_ms = v;
+        }
+        if let Some(v) = patch.callback_reorder {
+            self.callback_reorder = v;
+        }
+        if let Some(v) = patch.api_error_rate {
+            self.api_error_rate = if v.is_finite() {
+                v.clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+        }
+        if let Some(v) = patch.api_delay_ms {
+            self.api_delay_ms = v;
+        }
+    }
+}
+
+/// Locks a mutex, carrying on with the data if a panicking thread poisoned it (every update
+/// here is a single assignment or push, so the data is never half-written).
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// State shared by one platform process.
+#[derive(Debug)]
+pub struct Core {
+    /// Trades and refunds.
+    pub ledger: Mutex<Ledger>,
+    /// Injected faults.
+    pub faults: Mutex<Faults>,
+    /// Every callback attempt.
+    pub deliveries: Mutex<Vec<DeliveryRecord>>,
+    /// Notifications held back for reordering.
+    pub(crate) held: Mutex<Option<Vec<crate::callbacks::Notification>>>,
+    /// Multiplies every retry delay.
+    pub time_scale: f64,
+}
+
+impl Core {
+    /// Empty state with the given time scale (non-finite or negative values become 1.0).
+    pub fn new(time_scale: f64) -> Self {
+        let time_scale = if time_scale.is_finite() && time_scale >= 0.0 {
+            time_scale
+        } else {
+            1.0
+        };
+        Self {
+            ledger: Mutex::new(Ledger::new()),
+            faults: Mutex::new(Faults::default()),
+            deliveries: Mutex::new(Vec::new()),
+            held: Mutex::new(None),
+            time_scale,
+        }
+    }
+
+    /// A snapshot of the fault settings.
+    pub fn faults(&self) -> Faults {
+        lock(&self.faults).clone()
+    }
+
+    /// Rolls the dice for `api_error_rate`: `true` means answer with a system error.
+    pub fn inject_api_error(&self) -> bool {
+        let rate = lock(&self.faults).api_error_rate;
+        rate > 0.0 && rand::random::<f64>() < rate
+    }
+
+    /// Sleeps `api_delay_ms`, if set.
+    pub async fn delay_api_answer(&self) {
+        let delay = lock(&self.faults).api_delay_ms;
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+    }
+
+    /// `delay` multiplied by the time scale.
+    pub fn scaled(&self, delay: Duration) -> Duration {
+        Duration::from_secs_f64(delay.as_secs_f64() * self.time_scale)
+    }
+}

@@ -1,0 +1,833 @@
+//! The sandboxes over real HTTP on 127.0.0.1: this file plays the merchant (signing with the
+//! sandbox's own proto helpers) and a tiny callback receiver.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sandbox::alipay::proto as alipay;
+use sandbox::form::{self, Params};
+use sandbox::http_client::{self, OutgoingRequest, Reply};
+use sandbox::keys;
+use sandbox::serve::{self, Which};
+use sandbox::unionpay::proto as unionpay;
+use sandbox::wechat::proto as wechat;
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keys are generated once per test binary; each test gets its own server (and ledger).
+fn keys_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sandbox-e2e-{}", std::process::id()));
+        sandbox::keyfiles::generate_all(&dir).unwrap();
+        dir
+    })
+}
+
+fn read(platform: &str, file: &str) -> String {
+    std::fs::read_to_string(keys_dir().join(platform).join(file)).unwrap()
+}
+
+async fn start(which: Which) -> String {
+    let router = serve::build_router(which, keys_dir(), 0.001).unwrap();
+    let (listener, addr) = serve::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(serve::run(listener, router));
+    format!("http://{addr}")
+}
+
+async fn send(request: OutgoingRequest) -> Reply {
+    http_client::send(&request, TIMEOUT).await.unwrap()
+}
+
+async fn control(base: &str, method: &str, path: &str, body: Value) -> Value {
+    let mut request = OutgoingRequest::post(
+        format!("{base}{path}"),
+        "application/json",
+        body.to_string(),
+    );
+    request.method = method.to_owned();
+    let reply = send(request).await;
+    serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
+}
+
+async fn pay(base: &str, out_trade_no: &str) -> Value {
+    control(
+        base,
+        "POST",
+        &format!("/sandbox/trades/{out_trade_no}/pay"),
+        json!({"outcome": "success"}),
+    )
+    .await
+}
+
+/// What the receiver saw.
+#[derive(Clone, Debug)]
+struct Received {
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    seen: Arc<Mutex<Vec<Received>>>,
+    /// Statuses to answer with, in order; the last one repeats.
+    script: Arc<Mutex<Vec<u16>>>,
+    body: &'static str,
+}
+
+impl Receiver {
+    fn seen(&self) -> Vec<Received> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until `n` requests arrived.
+    async fn wait_for(&self, n: usize) -> Vec<Received> {
+        for _ in 0..400 {
+            let seen = self.seen();
+            if seen.len() >= n {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("expected {n} callbacks, got {}", self.seen().len());
+    }
+}
+
+async fn receive(
+    State(receiver): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    receiver.seen.lock().unwrap().push(Received {
+        headers,
+        body: body.to_vec(),
+    });
+    let status = {
+        let mut script = receiver.script.lock().unwrap();
+        if script.len() > 1 {
+            script.remove(0)
+        } else {
+            script.first().copied().unwrap_or(200)
+        }
+    };
+    (StatusCode::from_u16(status).unwrap(), receiver.body)
+}
+
+async fn start_receiver(script: Vec<u16>, body: &'static str) -> (String, Receiver) {
+    let receiver = Receiver {
+        seen: Arc::default(),
+        script: Arc::new(Mutex::new(script)),
+        body,
+    };
+    let app = axum::Router::new()
+        .route("/notify", post(receive))
+        .with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/notify", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, receiver)
+}
+
+async fn deliveries(base: &str) -> Vec<Value> {
+    let reply = send(OutgoingRequest {
+        method: "GET".into(),
+        url: format!("{base}/sandbox/callbacks"),
+        headers: vec![],
+        body: vec![],
+    })
+    .await;
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+// ---------------------------------------------------------------- WeChat merchant side
+
+struct WechatMerchant {
+    base: String,
+    mchid: String,
+    appid: String,
+    serial: String,
+    key: rsa::RsaPrivateKey,
+    platform_key: rsa::RsaPublicKey,
+    apiv3: wechat::ApiV3Key,
+}
+
+impl WechatMerchant {
+    async fn start() -> Self {
+        Self {
+            base: start(Which::Wechat).await,
+            mchid: read("wechat", "mchid.txt"),
+            appid: read("wechat", "appid.txt"),
+            serial: read("wechat", "merchant_serial.txt"),
+            key: keys::load_private_key_pem(&read("wechat", "merchant_key.pem")).unwrap(),
+            platform_key: keys::load_public_key_pem(&read("wechat", "platform_public.pem"))
+                .unwrap(),
+            apiv3: wechat::ApiV3Key::new(read("wechat", "apiv3_key.txt").as_bytes()).unwrap(),
+        }
+    }
+
+    async fn call(&self, method: &str, target: &str, body: &str) -> Reply {
+        let timestamp = chrono::Utc::now().timestamp();
+        let nonce = "5K8264ILTKCH16CQ2502SI8ZNMTM67VS";
+        let message = wechat::request_message(method, target, timestamp, nonce, body.as_bytes());
+        let auth = wechat::Authorization {
+            mchid: self.mchid.clone(),
+            nonce_str: nonce.into(),
+            timestamp,
+            serial_no: self.serial.clone(),
+            signature: keys::sign_sha256_rsa(&self.key, &message).unwrap(),
+        };
+        let reply = send(OutgoingRequest {
+            method: method.into(),
+            url: format!("{}{target}", self.base),
+            headers: vec![
+                ("Authorization".into(), auth.to_header_value()),
+                ("Content-Type".into(), "application/json".into()),
+                ("Accept".into(), "application/json".into()),
+            ],
+            body: body.as_bytes().to_vec(),
+        })
+        .await;
+        let headers = wechat::SignatureHeaders {
+            timestamp: reply
+                .header("Wechatpay-Timestamp")
+                .unwrap()
+                .parse()
+                .unwrap(),
+            nonce: reply.header("Wechatpay-Nonce").unwrap().into(),
+            signature: reply.header("Wechatpay-Signature").unwrap().into(),
+            serial: reply.header("Wechatpay-Serial").unwrap().into(),
+        };
+        wechat::verify_platform_signature(&self.platform_key, &headers, &reply.body).unwrap();
+        reply
+    }
+
+    fn native_body(&self, out_trade_no: &str, total: u64, notify_url: &str) -> String {
+        json!({
+            "appid": self.appid, "mchid": self.mchid, "description": "sandbox test",
+            "out_trade_no": out_trade_no, "notify_url": notify_url,
+            "amount": {"total": total, "currency": "CNY"},
+        })
+        .to_string()
+    }
+
+    async fn native(&self, out_trade_no: &str, total: u64, notify_url: &str) -> Reply {
+        self.call(
+            "POST",
+            "/v3/pay/transactions/native",
+            &self.native_body(out_trade_no, total, notify_url),
+        )
+        .await
+    }
+
+    /// Verifies and decrypts a callback the receiver got.
+    fn open_callback(&self, received: &Received) -> Value {
+        let header = |name: &str| {
+            received
+                .headers
+                .get(name)
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        let headers = wechat::SignatureHeaders {
+            timestamp: header("wechatpay-timestamp").parse().unwrap(),
+            nonce: header("wechatpay-nonce"),
+            signature: header("wechatpay-signature"),
+            serial: header("wechatpay-serial"),
+        };
+        assert_eq!(headers.serial, read("wechat", "platform_serial.txt"));
+        wechat::verify_platform_signature(&self.platform_key, &headers, &received.body).unwrap();
+        let envelope: wechat::NotificationEnvelope =
+            serde_json::from_slice(&received.body).unwrap();
+        serde_json::from_slice(&envelope.open(&self.apiv3).unwrap()).unwrap()
+    }
+}
+
+fn json_body(reply: &Reply) -> Value {
+    serde_json::from_slice(&reply.body).unwrap()
+}
+
+#[tokio::test]
+async fn wechat_native_prepay_then_query_round_trips_with_signed_answers() {
+    let m = WechatMerchant::start().await;
+    let reply = m.native("WX0001", 8888, "http://127.0.0.1:9/notify").await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        json_body(&reply)["code_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("weixin://wxpay/bizpayurl?pr=")
+    );
+    let target = format!("/v3/pay/transactions/out-trade-no/WX0001?mchid={}", m.mchid);
+    let query = json_body(&m.call("GET", &target, "").await);
+    assert_eq!(query["trade_state"], "NOTPAY");
+    assert_eq!(query["amount"]["total"], 8888);
+    let missing = m
+        .call(
+            "GET",
+            &format!("/v3/pay/transactions/out-trade-no/NOPE?mchid={}", m.mchid),
+            "",
+        )
+        .await;
+    assert_eq!(
+        (missing.status, json_body(&missing)["code"].clone()),
+        (404, json!("ORDER_NOT_EXIST"))
+    );
+    let close = m
+        .call(
+            "POST",
+            "/v3/pay/transactions/out-trade-no/WX0001/close",
+            &json!({"mchid": m.mchid}).to_string(),
+        )
+        .await;
+    assert_eq!(close.status, 204);
+    assert_eq!(
+        json_body(&m.call("GET", &target, "").await)["trade_state"],
+        "CLOSED"
+    );
+}
+
+#[tokio::test]
+async fn wechat_duplicate_prepay_returns_the_same_code_url_and_counts_two_requests() {
+    let m = WechatMerchant::start().await;
+    let first = json_body(&m.native("WX0002", 100, "http://127.0.0.1:9/n").await);
+    let second = json_body(&m.native("WX0002", 100, "http://127.0.0.1:9/n").await);
+    assert_eq!(first, second);
+    let trade = control(&m.base, "GET", "/sandbox/trades/WX0002", Value::Null).await;
+    assert_eq!(trade["prepay_requests"], 2);
+    let conflict = m.native("WX0002", 101, "http://127.0.0.1:9/n").await;
+    assert_eq!(
+        (conflict.status, json_body(&conflict)["code"].clone()),
+        (403, json!("OUT_TRADE_NO_USED"))
+    );
+}
+
+#[tokio::test]
+async fn wechat_bad_signature_is_refused_with_401_sign_error() {
+    let m = WechatMerchant::start().await;
+    let body = m.native_body("WX0003", 100, "http://127.0.0.1:9/n");
+    let timestamp = chrono::Utc::now().timestamp();
+    let message =
+        wechat::request_message("POST", "/v3/pay/transactions/native", timestamp, "N", b"{}");
+    let auth = wechat::Authorization {
+        mchid: m.mchid.clone(),
+        nonce_str: "N".into(),
+        timestamp,
+        serial_no: m.serial.clone(),
+        signature: keys::sign_sha256_rsa(&m.key, &message).unwrap(),
+    };
+    let reply = send(
+        OutgoingRequest::post(
+            format!("{}/v3/pay/transactions/native", m.base),
+            "application/json",
+            body,
+        )
+        .header("Authorization", auth.to_header_value()),
+    )
+    .await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(json_body(&reply)["code"], "SIGN_ERROR");
+}
+
+#[tokio::test]
+async fn wechat_payment_callback_is_signed_encrypted_and_delivered() {
+    let m = WechatMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "").await;
+    m.native("WX0004", 500, &url).await;
+    let paid = pay(&m.base, "WX0004").await;
+    assert_eq!(paid["state"], "SUCCEEDED");
+    let seen = receiver.wait_for(1).await;
+    let transaction = m.open_callback(&seen[0]);
+    assert_eq!(transaction["out_trade_no"], "WX0004");
+    assert_eq!(transaction["trade_state"], "SUCCESS");
+    assert_eq!(transaction["amount"]["total"], 500);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let log = deliveries(&m.base).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0]["delivered"], true);
+}
+
+#[tokio::test]
+async fn wechat_callback_answered_500_is_retried_on_the_scaled_schedule_then_delivered() {
+    let m = WechatMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![500, 500, 204], "").await;
+    m.native("WX0005", 500, &url).await;
+    pay(&m.base, "WX0005").await;
+    let seen = receiver.wait_for(3).await;
+    let ids: Vec<String> = seen
+        .iter()
+        .map(|r| m.open_callback(r)["out_trade_no"].to_string())
+        .collect();
+    assert!(ids.iter().all(|id| id == "\"WX0005\""));
+    let envelope_ids: Vec<Value> = seen
+        .iter()
+        .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["id"].clone())
+        .collect();
+    assert!(
+        envelope_ids.windows(2).all(|w| w[0] == w[1]),
+        "event id is stable across retries"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = deliveries(&m.base).await;
+    let summary: Vec<(u64, Value, bool)> = log
+        .iter()
+        .map(|d| {
+            (
+                d["attempt"].as_u64().unwrap(),
+                d["http_status"].clone(),
+                d["delivered"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (1, json!(500), false),
+            (2, json!(500), false),
+            (3, json!(204), true)
+        ]
+    );
+    assert_eq!(
+        receiver.seen().len(),
+        3,
+        "no attempt after the acknowledgement"
+    );
+}
+
+#[tokio::test]
+async fn wechat_lose_mode_delivers_nothing_and_copies_mode_delivers_three() {
+    let m = WechatMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "").await;
+    control(
+        &m.base,
+        "POST",
+        "/sandbox/faults",
+        json!({"callback_mode": "lose"}),
+    )
+    .await;
+    m.native("WX0006", 100, &url).await;
+    pay(&m.base, "WX0006").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(receiver.seen().is_empty());
+    let faults = control(
+        &m.base,
+        "POST",
+        "/sandbox/faults",
+        json!({"callback_mode": "deliver", "callback_copies": 3}),
+    )
+    .await;
+    assert_eq!(faults["callback_copies"], 3);
+    m.native("WX0007", 100, &url).await;
+    pay(&m.base, "WX0007").await;
+    let seen = receiver.wait_for(3).await;
+    assert_eq!(seen.len(), 3);
+    let reset = control(&m.base, "DELETE", "/sandbox/faults", Value::Null).await;
+    assert_eq!(reset["callback_copies"], 1);
+}
+
+#[tokio::test]
+async fn wechat_refund_over_the_paid_amount_is_refused_and_close_of_a_paid_trade_too() {
+    let m = WechatMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "").await;
+    m.native("WX0008", 1000, &url).await;
+    pay(&m.base, "WX0008").await;
+    receiver.wait_for(1).await;
+    let refund = |no: &str, amount: u64| {
+        json!({"out_trade_no": "WX0008", "out_refund_no": no, "notify_url": url,
+               "amount": {"refund": amount, "total": 1000, "currency": "CNY"}})
+        .to_string()
+    };
+    let first = m
+        .call("POST", "/v3/refund/domestic/refunds", &refund("R1", 600))
+        .await;
+    assert_eq!(first.status, 200);
+    let again = m
+        .call("POST", "/v3/refund/domestic/refunds", &refund("R1", 600))
+        .await;
+    assert_eq!(
+        json_body(&again)["refund_id"],
+        json_body(&first)["refund_id"]
+    );
+    let over = m
+        .call("POST", "/v3/refund/domestic/refunds", &refund("R2", 401))
+        .await;
+    assert_eq!(
+        (over.status, json_body(&over)["code"].clone()),
+        (400, json!("INVALID_REQUEST"))
+    );
+    let refund_callback = m.open_callback(&receiver.wait_for(2).await[1]);
+    assert_eq!(refund_callback["refund_status"], "SUCCESS");
+    let queried = m.call("GET", "/v3/refund/domestic/refunds/R1", "").await;
+    assert_eq!(json_body(&queried)["status"], "SUCCESS");
+    let close = m
+        .call(
+            "POST",
+            "/v3/pay/transactions/out-trade-no/WX0008/close",
+            &json!({"mchid": m.mchid}).to_string(),
+        )
+        .await;
+    assert_eq!(json_body(&close)["code"], "ORDERPAID");
+}
+
+#[tokio::test]
+async fn wechat_tampered_notify_reaches_the_receiver_once_and_reports_its_answer() {
+    let m = WechatMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![401], "").await;
+    m.native("WX0009", 100, &url).await;
+    let reply = control(
+        &m.base,
+        "POST",
+        "/sandbox/trades/WX0009/notify",
+        json!({"tamper": "signature"}),
+    )
+    .await;
+    assert_eq!(reply["http_status"], 401);
+    let seen = receiver.seen();
+    assert_eq!(seen.len(), 1);
+    let header = |name: &str| {
+        seen[0]
+            .headers
+            .get(name)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    let headers = wechat::SignatureHeaders {
+        timestamp: header("wechatpay-timestamp").parse().unwrap(),
+        nonce: header("wechatpay-nonce"),
+        signature: header("wechatpay-signature"),
+        serial: header("wechatpay-serial"),
+    };
+    assert!(wechat::verify_platform_signature(&m.platform_key, &headers, &seen[0].body).is_err());
+    let trade = control(&m.base, "GET", "/sandbox/trades/WX0009", Value::Null).await;
+    assert_eq!(trade["state"], "PENDING");
+}
+
+// ---------------------------------------------------------------- Alipay merchant side
+
+struct AlipayMerchant {
+    base: String,
+    app_id: String,
+    key: rsa::RsaPrivateKey,
+    alipay_key: rsa::RsaPublicKey,
+}
+
+impl AlipayMerchant {
+    async fn start() -> Self {
+        Self {
+            base: start(Which::Alipay).await,
+            app_id: read("alipay", "app_id.txt"),
+            key: keys::load_private_key_pem(&read("alipay", "app_private_key.pem")).unwrap(),
+            alipay_key: keys::load_public_key_pem(&read("alipay", "alipay_public_key.pem"))
+                .unwrap(),
+        }
+    }
+
+    fn signed_params(&self, method: &str, biz: &Value, notify_url: Option<&str>) -> Params {
+        let mut params = Params::new();
+        for (k, v) in [
+            ("app_id", self.app_id.as_str()),
+            ("method", method),
+            ("format", "JSON"),
+            ("charset", "utf-8"),
+            ("sign_type", "RSA2"),
+            ("timestamp", "2024-01-01 12:00:00"),
+            ("version", "1.0"),
+        ] {
+            params.insert(k.into(), v.into());
+        }
+        params.insert("biz_content".into(), biz.to_string());
+        if let Some(url) = notify_url {
+            params.insert("notify_url".into(), url.into());
+        }
+        let content = alipay::signing_content(&params, &["sign"]);
+        let sign = BASE64.encode(keys::sign_sha256_rsa(&self.key, content.as_bytes()).unwrap());
+        params.insert("sign".into(), sign);
+        params
+    }
+
+    /// Calls the gateway, verifies the signed node, returns it.
+    async fn call(&self, method: &str, biz: Value, notify_url: Option<&str>) -> Value {
+        let params = self.signed_params(method, &biz, notify_url);
+        self.post(&params).await
+    }
+
+    async fn post(&self, params: &Params) -> Value {
+        let body = form::encode(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let reply = send(OutgoingRequest::post(
+            format!("{}/gateway.do?charset=utf-8", self.base),
+            "application/x-www-form-urlencoded;charset=utf-8",
+            body,
+        ))
+        .await;
+        let (_, node) = alipay::verify_response_body(&self.alipay_key, &reply.text()).unwrap();
+        serde_json::from_str(&node).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn alipay_precreate_query_duplicate_and_bad_signature() {
+    let m = AlipayMerchant::start().await;
+    let biz = json!({"out_trade_no": "AP0001", "total_amount": "88.88", "subject": "s"});
+    let first = m
+        .call(
+            "alipay.trade.precreate",
+            biz.clone(),
+            Some("http://127.0.0.1:9/n"),
+        )
+        .await;
+    assert_eq!(first["code"], "10000");
+    let second = m
+        .call("alipay.trade.precreate", biz, Some("http://127.0.0.1:9/n"))
+        .await;
+    assert_eq!(first["qr_code"], second["qr_code"]);
+    let trade = control(&m.base, "GET", "/sandbox/trades/AP0001", Value::Null).await;
+    assert_eq!(
+        (
+            trade["prepay_requests"].clone(),
+            trade["amount_minor"].clone()
+        ),
+        (json!(2), json!(8888))
+    );
+    let query = m
+        .call(
+            "alipay.trade.query",
+            json!({"out_trade_no": "AP0001"}),
+            None,
+        )
+        .await;
+    assert_eq!(query["trade_status"], "WAIT_BUYER_PAY");
+    let missing = m
+        .call("alipay.trade.query", json!({"out_trade_no": "NOPE"}), None)
+        .await;
+    assert_eq!(missing["sub_code"], "ACQ.TRADE_NOT_EXIST");
+    let other = json!({"out_trade_no": "AP0001", "total_amount": "88.89", "subject": "s"});
+    let conflict = m
+        .call(
+            "alipay.trade.precreate",
+            other,
+            Some("http://127.0.0.1:9/n"),
+        )
+        .await;
+    assert_eq!(conflict["code"], "40004");
+    let mut forged = m.signed_params(
+        "alipay.trade.query",
+        &json!({"out_trade_no": "AP0001"}),
+        None,
+    );
+    forged.insert(
+        "biz_content".into(),
+        json!({"out_trade_no": "AP0002"}).to_string(),
+    );
+    let refused = m.post(&forged).await;
+    assert_eq!(refused["sub_code"], "isv.invalid-signature");
+}
+
+#[tokio::test]
+async fn alipay_payment_notify_is_verifiable_retried_until_success_and_refund_is_bounded() {
+    let m = AlipayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "fail").await;
+    let biz = json!({"out_trade_no": "AP0003", "total_amount": "10.00", "subject": "s"});
+    m.call("alipay.trade.precreate", biz, Some(&url)).await;
+    pay(&m.base, "AP0003").await;
+    // "fail" is not "success": Alipay retries (4 min × 0.001 = 240 ms).
+    let seen = receiver.wait_for(2).await;
+    let params = form::decode(&String::from_utf8_lossy(&seen[0].body)).unwrap();
+    alipay::verify_notify(&m.alipay_key, &params).unwrap();
+    assert_eq!(params["trade_status"], "TRADE_SUCCESS");
+    assert_eq!(params["total_amount"], "10.00");
+    let second = form::decode(&String::from_utf8_lossy(&seen[1].body)).unwrap();
+    assert_eq!(params["notify_id"], second["notify_id"]);
+    let query = m
+        .call(
+            "alipay.trade.query",
+            json!({"out_trade_no": "AP0003"}),
+            None,
+        )
+        .await;
+    assert_eq!(query["trade_status"], "TRADE_SUCCESS");
+    let refund = |no: &str, amount: &str| json!({"out_trade_no": "AP0003", "refund_amount": amount, "out_request_no": no});
+    let ok = m
+        .call("alipay.trade.refund", refund("RF1", "6.00"), None)
+        .await;
+    assert_eq!(
+        (ok["fund_change"].clone(), ok["refund_fee"].clone()),
+        (json!("Y"), json!("6.00"))
+    );
+    let over = m
+        .call("alipay.trade.refund", refund("RF2", "4.01"), None)
+        .await;
+    assert_eq!(over["sub_code"], "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL");
+    let queried = m
+        .call(
+            "alipay.trade.fastpay.refund.query",
+            json!({"out_trade_no": "AP0003", "out_request_no": "RF1"}),
+            None,
+        )
+        .await;
+    assert_eq!(queried["refund_status"], "REFUND_SUCCESS");
+    let close = m
+        .call(
+            "alipay.trade.close",
+            json!({"out_trade_no": "AP0003"}),
+            None,
+        )
+        .await;
+    assert_eq!(close["sub_code"], "ACQ.TRADE_STATUS_ERROR");
+}
+
+// ---------------------------------------------------------------- UnionPay merchant side
+
+struct UnionpayMerchant {
+    base: String,
+    mer_id: String,
+    cert_id: String,
+    key: rsa::RsaPrivateKey,
+}
+
+impl UnionpayMerchant {
+    async fn start() -> Self {
+        Self {
+            base: start(Which::Unionpay).await,
+            mer_id: read("unionpay", "mer_id.txt"),
+            cert_id: read("unionpay", "merchant_cert_id.txt"),
+            key: keys::load_private_key_pem(&read("unionpay", "merchant_sign_key.pem")).unwrap(),
+        }
+    }
+
+    fn sign(&self, pairs: &[(&str, &str)]) -> Params {
+        let mut fields = Params::new();
+        for (k, v) in [
+            ("version", "5.1.0"),
+            ("encoding", "utf-8"),
+            ("signMethod", "01"),
+            ("accessType", "0"),
+            ("currencyCode", "156"),
+        ] {
+            fields.insert(k.into(), v.into());
+        }
+        fields.insert("merId".into(), self.mer_id.clone());
+        fields.insert("certId".into(), self.cert_id.clone());
+        for (k, v) in pairs {
+            fields.insert((*k).into(), (*v).into());
+        }
+        let digest = unionpay::signing_digest(&fields);
+        let signature = keys::sign_sha256_rsa(&self.key, digest.as_bytes()).unwrap();
+        fields.insert("signature".into(), BASE64.encode(signature));
+        fields
+    }
+
+    async fn post(&self, path: &str, fields: &Params) -> Params {
+        let body = form::encode(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let reply = send(OutgoingRequest::post(
+            format!("{}{path}", self.base),
+            "application/x-www-form-urlencoded;charset=UTF-8",
+            body,
+        ))
+        .await;
+        let parsed = unionpay::parse_sync_response(&reply.text());
+        unionpay::verify_platform_message(&parsed, None).unwrap();
+        assert_eq!(
+            unionpay::normalise_pem(&parsed["signPubKeyCert"]),
+            unionpay::normalise_pem(&read("unionpay", "platform_sign_cert.pem"))
+        );
+        parsed
+    }
+
+    async fn consume(&self, order_id: &str, amount: &str, back_url: &str) -> Params {
+        let fields = self.sign(&[
+            ("txnType", "01"),
+            ("txnSubType", "01"),
+            ("bizType", "000201"),
+            ("channelType", "07"),
+            ("orderId", order_id),
+            ("txnTime", "20240101120000"),
+            ("txnAmt", amount),
+            ("backUrl", back_url),
+        ]);
+        self.post("/gateway/api/backTransReq.do", &fields).await
+    }
+
+    async fn query(&self, order_id: &str, txn_time: &str) -> Params {
+        let fields = self.sign(&[
+            ("txnType", "00"),
+            ("txnSubType", "00"),
+            ("bizType", "000000"),
+            ("orderId", order_id),
+            ("txnTime", txn_time),
+        ]);
+        self.post("/gateway/api/queryTrans.do", &fields).await
+    }
+}
+
+#[tokio::test]
+async fn unionpay_consume_query_notify_and_refund() {
+    let m = UnionpayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![500, 200], "ok").await;
+    let created = m.consume("UP00000001", "1999", &url).await;
+    assert_eq!(created["respCode"], "00");
+    let again = m.consume("UP00000001", "1999", &url).await;
+    assert_eq!(again["respCode"], "00");
+    let trade = control(&m.base, "GET", "/sandbox/trades/UP00000001", Value::Null).await;
+    assert_eq!(trade["prepay_requests"], 2);
+    let pending = m.query("UP00000001", "20240101120000").await;
+    assert_eq!(
+        (
+            pending["respCode"].as_str(),
+            pending["origRespCode"].as_str()
+        ),
+        ("00", "05")
+    );
+    assert_eq!(
+        m.query("UP00000009", "20240101120000").await["respCode"],
+        "34"
+    );
+    pay(&m.base, "UP00000001").await;
+    let seen = receiver.wait_for(2).await;
+    let notify = form::decode(&String::from_utf8_lossy(&seen[1].body)).unwrap();
+    unionpay::verify_platform_message(&notify, None).unwrap();
+    assert_eq!(
+        (notify["respCode"].as_str(), notify["txnAmt"].as_str()),
+        ("00", "1999")
+    );
+    let paid = m.query("UP00000001", "20240101120000").await;
+    assert_eq!(paid["origRespCode"], "00");
+    let refund = |order_id: &str, amount: &str| {
+        m.sign(&[
+            ("txnType", "04"),
+            ("txnSubType", "00"),
+            ("bizType", "000201"),
+            ("orderId", order_id),
+            ("origQryId", paid["queryId"].as_str()),
+            ("txnTime", "20240101130000"),
+            ("txnAmt", amount),
+            ("backUrl", url.as_str()),
+        ])
+    };
+    let ok = m
+        .post("/gateway/api/backTransReq.do", &refund("UPR0000001", "999"))
+        .await;
+    assert_eq!(ok["respCode"], "00");
+    let over = m
+        .post(
+            "/gateway/api/backTransReq.do",
+            &refund("UPR0000002", "1001"),
+        )
+        .await;
+    assert_ne!(over["respCode"], "00");
+    let mut forged = refund("UPR0000003", "1");
+    forged.insert("txnAmt".into(), "2".into());
+    let refused = m.post("/gateway/api/backTransReq.do", &forged).await;
+    assert_eq!(refused["respCode"], "11");
+}

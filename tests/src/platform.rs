@@ -1,0 +1,286 @@
+//! The whole platform as real processes: three sandboxes (fresh keys from `sandbox keygen`),
+//! three adapters pointed at them by base URL and key files only, and `payd` pointed at the
+//! adapters. For end-to-end tests.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Payd, RedisNamespace, TestDb, binary, free_addr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ch {
+    Wechat,
+    Alipay,
+    Unionpay,
+}
+
+impl Ch {
+    pub const ALL: [Ch; 3] = [Ch::Wechat, Ch::Alipay, Ch::Unionpay];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Ch::Wechat => "wechat",
+            Ch::Alipay => "alipay",
+            Ch::Unionpay => "unionpay",
+        }
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct AdapterAddrs {
+    pub grpc: SocketAddr,
+    pub callback: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+pub struct Platform {
+    pub payd: Payd,
+    pub adapters: HashMap<Ch, Proc>,
+    pub adapter_addrs: HashMap<Ch, AdapterAddrs>,
+    pub sandboxes: HashMap<Ch, Proc>,
+    pub sandbox_addrs: HashMap<Ch, SocketAddr>,
+    pub keys: PathBuf,
+    pub ns: RedisNamespace,
+    pub db: TestDb,
+    http: reqwest::Client,
+}
+
+fn wait_for(addr: SocketAddr, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    panic!("{what} did not listen on {addr}");
+}
+
+impl Platform {
+    /// Starts everything. `time_scale` multiplies the sandboxes' callback retry schedules.
+    pub fn start(time_scale: f64) -> Self {
+        let db = TestDb::create();
+        let ns = RedisNamespace::new();
+        let keys = std::env::temp_dir().join(format!("payplatform-keys-{}", uuid::Uuid::new_v4().simple()));
+        let status = Command::new(binary("sandbox"))
+            .args(["keygen", "--dir"])
+            .arg(&keys)
+            .status()
+            .expect("sandbox keygen");
+        assert!(status.success(), "sandbox keygen failed");
+
+        let mut sandboxes = HashMap::new();
+        let mut sandbox_addrs = HashMap::new();
+        for ch in Ch::ALL {
+            let addr = free_addr();
+            let child = Command::new(binary("sandbox"))
+                .arg(ch.name())
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--keys-dir")
+                .arg(&keys)
+                .arg("--time-scale")
+                .arg(time_scale.to_string())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn sandbox");
+            sandboxes.insert(ch, Proc { child, name: format!("sandbox {}", ch.name()) });
+            sandbox_addrs.insert(ch, addr);
+        }
+        let adapter_addrs: HashMap<Ch, AdapterAddrs> = Ch::ALL
+            .into_iter()
+            .map(|c| {
+                (
+                    c,
+                    AdapterAddrs {
+                        grpc: free_addr(),
+                        callback: free_addr(),
+                        metrics: free_addr(),
+                    },
+                )
+            })
+            .collect();
+        for ch in Ch::ALL {
+            wait_for(sandbox_addrs[&ch], "sandbox");
+        }
+        let ep = |c: Ch| format!("http://{}", adapter_addrs[&c].grpc);
+        let payd = Payd::start(
+            &db,
+            &ns,
+            &[
+                ("PAYD_CHANNEL_WECHAT_ENDPOINT", &ep(Ch::Wechat)),
+                ("PAYD_CHANNEL_ALIPAY_ENDPOINT", &ep(Ch::Alipay)),
+                ("PAYD_CHANNEL_UNIONPAY_ENDPOINT", &ep(Ch::Unionpay)),
+            ],
+        );
+        let mut p = Self {
+            payd,
+            adapters: HashMap::new(),
+            adapter_addrs,
+            sandboxes,
+            sandbox_addrs,
+            keys,
+            ns,
+            db,
+            http: reqwest::Client::new(),
+        };
+        for ch in Ch::ALL {
+            p.start_adapter(ch);
+        }
+        p
+    }
+
+    /// The environment that points adapter `ch` at its sandbox: base URL and key files only.
+    pub fn adapter_env(&self, ch: Ch) -> Vec<(String, String)> {
+        let k = |f: &str| self.keys.join(ch.name()).join(f).display().to_string();
+        let base = format!("http://{}", self.sandbox_addrs[&ch]);
+        let a = &self.adapter_addrs[&ch];
+        let mut env = vec![
+            ("ADAPTER_GRPC_LISTEN".to_owned(), a.grpc.to_string()),
+            ("ADAPTER_CALLBACK_LISTEN".to_owned(), a.callback.to_string()),
+            ("ADAPTER_METRICS_LISTEN".to_owned(), a.metrics.to_string()),
+            ("ADAPTER_CORE_ENDPOINT".to_owned(), self.payd.endpoint()),
+            ("ADAPTER_PUBLIC_CALLBACK_BASE".to_owned(), format!("http://{}", a.callback)),
+            ("ADAPTER_PLATFORM_TIMEOUT_MS".to_owned(), "3000".to_owned()),
+        ];
+        let files: &[(&str, &str)] = match ch {
+            Ch::Wechat => &[
+                ("WECHAT_MCHID_FILE", "mchid.txt"),
+                ("WECHAT_APPID_FILE", "appid.txt"),
+                ("WECHAT_MERCHANT_KEY_FILE", "merchant_key.pem"),
+                ("WECHAT_MERCHANT_SERIAL_FILE", "merchant_serial.txt"),
+                ("WECHAT_PLATFORM_PUBLIC_KEY_FILE", "platform_public.pem"),
+                ("WECHAT_PLATFORM_SERIAL_FILE", "platform_serial.txt"),
+                ("WECHAT_APIV3_KEY_FILE", "apiv3_key.txt"),
+            ],
+            Ch::Alipay => &[
+                ("ALIPAY_APP_ID_FILE", "app_id.txt"),
+                ("ALIPAY_APP_PRIVATE_KEY_FILE", "app_private_key.pem"),
+                ("ALIPAY_PUBLIC_KEY_FILE", "alipay_public_key.pem"),
+            ],
+            Ch::Unionpay => &[
+                ("UNIONPAY_MER_ID_FILE", "mer_id.txt"),
+                ("UNIONPAY_SIGN_KEY_FILE", "merchant_sign_key.pem"),
+                ("UNIONPAY_SIGN_CERT_ID_FILE", "merchant_cert_id.txt"),
+                ("UNIONPAY_PLATFORM_CERT_FILE", "platform_sign_cert.pem"),
+            ],
+        };
+        for (var, file) in files {
+            env.push(((*var).to_owned(), k(file)));
+        }
+        match ch {
+            Ch::Wechat => env.push(("WECHAT_API_BASE".to_owned(), base)),
+            Ch::Alipay => env.push(("ALIPAY_GATEWAY".to_owned(), format!("{base}/gateway.do"))),
+            Ch::Unionpay => {
+                env.push(("UNIONPAY_GATEWAY_BASE".to_owned(), base));
+                env.push(("UNIONPAY_ACCEPT_TEST_CN".to_owned(), "true".to_owned()));
+            }
+        }
+        env
+    }
+
+    pub fn start_adapter(&mut self, ch: Ch) {
+        let bin = format!("{}-adapter", ch.name());
+        let mut cmd = Command::new(binary(&bin));
+        cmd.envs(self.adapter_env(ch))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("spawn adapter");
+        self.adapters.insert(ch, Proc { child, name: bin });
+        let a = &self.adapter_addrs[&ch];
+        wait_for(a.grpc, "adapter grpc");
+        wait_for(a.callback, "adapter callbacks");
+    }
+
+    /// SIGKILL: the adapter dies without a chance to answer anyone.
+    pub fn kill_adapter(&mut self, ch: Ch) {
+        if let Some(mut p) = self.adapters.remove(&ch) {
+            p.kill();
+        }
+    }
+
+    pub fn sandbox_url(&self, ch: Ch, path: &str) -> String {
+        format!("http://{}{path}", self.sandbox_addrs[&ch])
+    }
+
+    /// GET a sandbox control endpoint as JSON.
+    pub async fn sandbox_get(&self, ch: Ch, path: &str) -> serde_json::Value {
+        self.http
+            .get(self.sandbox_url(ch, path))
+            .send()
+            .await
+            .expect("sandbox reachable")
+            .json()
+            .await
+            .expect("sandbox json")
+    }
+
+    /// POST to a sandbox control endpoint; returns (HTTP status, JSON body).
+    pub async fn sandbox_post(&self, ch: Ch, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(self.sandbox_url(ch, path))
+            .json(&body)
+            .send()
+            .await
+            .expect("sandbox reachable");
+        let status = r.status().as_u16();
+        let v = r.json().await.unwrap_or(serde_json::Value::Null);
+        (status, v)
+    }
+
+    /// The adapter's Prometheus text.
+    pub async fn adapter_metrics(&self, ch: Ch) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.adapter_addrs[&ch].metrics))
+            .send()
+            .await
+            .expect("adapter metrics")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
+    pub fn keys_dir(&self) -> &Path {
+        &self.keys
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        self.adapters.clear();
+        self.sandboxes.clear();
+        let _ = std::fs::remove_dir_all(&self.keys);
+    }
+}
+
+/// Sums a counter's samples in Prometheus text whose line starts with `prefix`.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
