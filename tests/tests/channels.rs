@@ -16,7 +16,8 @@ use tonic::transport::Channel;
 
 fn req<T>(body: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(body);
-    r.metadata_mut().insert("x-app-id", "shop-1".parse().unwrap());
+    r.metadata_mut()
+        .insert("x-app-id", "shop-1".parse().unwrap());
     r
 }
 
@@ -29,7 +30,9 @@ fn channel_and_method(ch: Ch) -> (cpb::Channel, cpb::PayMethod) {
 }
 
 async fn client(p: &Platform) -> PaymentServiceClient<Channel> {
-    PaymentServiceClient::connect(p.payd.endpoint()).await.unwrap()
+    PaymentServiceClient::connect(p.payd.endpoint())
+        .await
+        .unwrap()
 }
 
 async fn create(c: &mut PaymentServiceClient<Channel>, no: &str, amount: i64) -> pb::Order {
@@ -51,7 +54,11 @@ async fn create(c: &mut PaymentServiceClient<Channel>, no: &str, amount: i64) ->
     .unwrap()
 }
 
-async fn pay(c: &mut PaymentServiceClient<Channel>, order: &pb::Order, ch: Ch) -> Result<pb::PayResponse, tonic::Status> {
+async fn pay(
+    c: &mut PaymentServiceClient<Channel>,
+    order: &pb::Order,
+    ch: Ch,
+) -> Result<pb::PayResponse, tonic::Status> {
     let (channel, method) = channel_and_method(ch);
     c.pay(req(pb::PayRequest {
         order_id: order.order_id.clone(),
@@ -78,14 +85,23 @@ async fn order_of(c: &mut PaymentServiceClient<Channel>, id: &str) -> pb::Order 
     .unwrap()
 }
 
-async fn wait_status(c: &mut PaymentServiceClient<Channel>, id: &str, want: pb::OrderStatus, within: Duration) -> pb::Order {
+async fn wait_status(
+    c: &mut PaymentServiceClient<Channel>,
+    id: &str,
+    want: pb::OrderStatus,
+    within: Duration,
+) -> pb::Order {
     let deadline = Instant::now() + within;
     loop {
         let o = order_of(c, id).await;
         if o.status == want as i32 {
             return o;
         }
-        assert!(Instant::now() < deadline, "order {id} is {:?}, wanted {want:?}", o.status);
+        assert!(
+            Instant::now() < deadline,
+            "order {id} is {:?}, wanted {want:?}",
+            o.status
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -101,35 +117,60 @@ fn count(p: &Platform, sql: &str) -> i64 {
 }
 
 async fn pays_end_to_end(ch: Ch) {
-    let p = Platform::start(0.01);
+    let p = Platform::start_channels(&[ch], 0.01);
     let mut c = client(&p).await;
     let order = create(&mut c, &format!("E2E-{}-0001", ch.name()), 8888).await;
     let paying = pay(&mut c, &order, ch).await.expect("pay");
-    assert_eq!(paying.order.as_ref().unwrap().status, pb::OrderStatus::Paying as i32);
+    assert_eq!(
+        paying.order.as_ref().unwrap().status,
+        pb::OrderStatus::Paying as i32
+    );
     assert!(!paying.pay_params.is_empty(), "no pay params");
     let out_trade_no = paying.attempt.as_ref().unwrap().out_trade_no.clone();
 
     // The sandbox holds the trade the adapter opened, for the order's amount.
-    let trade = p.sandbox_get(ch, &format!("/sandbox/trades/{out_trade_no}")).await;
+    let trade = p
+        .sandbox_get(ch, &format!("/sandbox/trades/{out_trade_no}"))
+        .await;
     assert_eq!(trade["amount_minor"], json!(8888), "{trade}");
     assert_eq!(trade["prepay_requests"], json!(1), "{trade}");
 
     // The payer pays; the platform calls back; the adapter verifies and forwards.
     let (status, body) = p
-        .sandbox_post(ch, &format!("/sandbox/trades/{out_trade_no}/pay"), json!({"outcome": "success"}))
+        .sandbox_post(
+            ch,
+            &format!("/sandbox/trades/{out_trade_no}/pay"),
+            json!({"outcome": "success"}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
-    let paid = wait_status(&mut c, &order.order_id, pb::OrderStatus::Paid, Duration::from_secs(20)).await;
+    let paid = wait_status(
+        &mut c,
+        &order.order_id,
+        pb::OrderStatus::Paid,
+        Duration::from_secs(20),
+    )
+    .await;
     assert_eq!(paid.paid_minor, 8888);
     assert_eq!(
-        count(&p, &format!("SELECT count(*) AS n FROM payment_attempts WHERE out_trade_no = '{out_trade_no}' AND status = 'SUCCEEDED' AND paid_minor = 8888")),
+        count(
+            &p,
+            &format!(
+                "SELECT count(*) AS n FROM payment_attempts WHERE out_trade_no = '{out_trade_no}' AND status = 'SUCCEEDED' AND paid_minor = 8888"
+            )
+        ),
         1
     );
     // The sandbox's ledger agrees: exactly one successful trade for the order.
-    let trade = p.sandbox_get(ch, &format!("/sandbox/trades/{out_trade_no}")).await;
+    let trade = p
+        .sandbox_get(ch, &format!("/sandbox/trades/{out_trade_no}"))
+        .await;
     assert_eq!(trade["state"], json!("SUCCEEDED"), "{trade}");
     let m = p.adapter_metrics(ch).await;
-    assert!(metric_sum(&m, "adapter_callbacks_total{channel=\"") >= 1.0, "{m}");
+    assert!(
+        metric_sum(&m, "adapter_callbacks_total{channel=\"") >= 1.0,
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,29 +201,46 @@ fn is_documented_failure(ch: Ch, status: u64, body: &str) -> bool {
 }
 
 async fn forged_callbacks_are_rejected(ch: Ch, tampers: &[&str]) {
-    let p = Platform::start(0.01);
+    let p = Platform::start_channels(&[ch], 0.01);
     let mut c = client(&p).await;
     let order = create(&mut c, &format!("FORGE-{}-01", ch.name()), 4200).await;
     let paying = pay(&mut c, &order, ch).await.expect("pay");
     let out_trade_no = paying.attempt.unwrap().out_trade_no;
     // The payer really pays, but callbacks are lost: only our forged ones arrive.
-    let (s, _) = p.sandbox_post(ch, "/sandbox/faults", json!({"callback_mode": "lose"})).await;
+    let (s, _) = p
+        .sandbox_post(ch, "/sandbox/faults", json!({"callback_mode": "lose"}))
+        .await;
     assert_eq!(s, 200);
     let (s, _) = p
-        .sandbox_post(ch, &format!("/sandbox/trades/{out_trade_no}/pay"), json!({"outcome": "success"}))
+        .sandbox_post(
+            ch,
+            &format!("/sandbox/trades/{out_trade_no}/pay"),
+            json!({"outcome": "success"}),
+        )
         .await;
     assert_eq!(s, 200);
     for tamper in tampers {
         let (s, reply) = p
-            .sandbox_post(ch, &format!("/sandbox/trades/{out_trade_no}/notify"), json!({"tamper": tamper}))
+            .sandbox_post(
+                ch,
+                &format!("/sandbox/trades/{out_trade_no}/notify"),
+                json!({"tamper": tamper}),
+            )
             .await;
         assert_eq!(s, 200, "{reply}");
         let status = reply["http_status"].as_u64().unwrap_or(0);
         let body = reply["body"].as_str().unwrap_or_default();
-        assert!(is_documented_failure(ch, status, body), "{tamper}: {status} {body}");
+        assert!(
+            is_documented_failure(ch, status, body),
+            "{tamper}: {status} {body}"
+        );
     }
     let o = order_of(&mut c, &order.order_id).await;
-    assert_eq!(o.status, pb::OrderStatus::Paying as i32, "a forged callback changed the order");
+    assert_eq!(
+        o.status,
+        pb::OrderStatus::Paying as i32,
+        "a forged callback changed the order"
+    );
     assert_eq!(count(&p, "SELECT count(*) AS n FROM channel_events"), 0);
     let m = p.adapter_metrics(ch).await;
     let rejected = metric_sum(&m, "adapter_callback_rejections_total{");
@@ -190,16 +248,37 @@ async fn forged_callbacks_are_rejected(ch: Ch, tampers: &[&str]) {
 
     // The genuine callback still goes through afterwards.
     let (s, reply) = p
-        .sandbox_post(ch, &format!("/sandbox/trades/{out_trade_no}/notify"), json!({"tamper": "none"}))
+        .sandbox_post(
+            ch,
+            &format!("/sandbox/trades/{out_trade_no}/notify"),
+            json!({"tamper": "none"}),
+        )
         .await;
     assert_eq!(s, 200, "{reply}");
-    assert!(!is_documented_failure(ch, reply["http_status"].as_u64().unwrap_or(0), reply["body"].as_str().unwrap_or_default()), "{reply}");
-    wait_status(&mut c, &order.order_id, pb::OrderStatus::Paid, Duration::from_secs(10)).await;
+    assert!(
+        !is_documented_failure(
+            ch,
+            reply["http_status"].as_u64().unwrap_or(0),
+            reply["body"].as_str().unwrap_or_default()
+        ),
+        "{reply}"
+    );
+    wait_status(
+        &mut c,
+        &order.order_id,
+        pb::OrderStatus::Paid,
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechat_rejects_forged_tampered_wrong_serial_and_stale_callbacks() {
-    forged_callbacks_are_rejected(Ch::Wechat, &["signature", "body", "serial", "stale_timestamp"]).await;
+    forged_callbacks_are_rejected(
+        Ch::Wechat,
+        &["signature", "body", "serial", "stale_timestamp"],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +293,7 @@ async fn unionpay_rejects_forged_tampered_and_wrong_cert_callbacks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_concurrent_pays_open_one_attempt_and_one_prepay() {
-    let p = Platform::start(0.01);
+    let p = Platform::start_channels(&[Ch::Wechat], 0.01);
     let mut c = client(&p).await;
     let order = create(&mut c, "CONCURRENT-PAY-01", 1999).await;
     let mut tasks = Vec::new();
@@ -225,7 +304,9 @@ async fn a_hundred_concurrent_pays_open_one_attempt_and_one_prepay() {
             // A busy lock answers ABORTED: the caller retries, as a client would.
             loop {
                 match pay(&mut c, &order, Ch::Wechat).await {
-                    Err(s) if s.code() == tonic::Code::Aborted => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(s) if s.code() == tonic::Code::Aborted => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
                     other => return other,
                 }
             }
@@ -244,13 +325,15 @@ async fn a_hundred_concurrent_pays_open_one_attempt_and_one_prepay() {
     let out_trade_no = &first.attempt.as_ref().unwrap().out_trade_no;
     let trades = p.sandbox_get(Ch::Wechat, "/sandbox/trades").await;
     assert_eq!(trades.as_array().map(Vec::len), Some(1), "{trades}");
-    let trade = p.sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{out_trade_no}")).await;
+    let trade = p
+        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{out_trade_no}"))
+        .await;
     assert_eq!(trade["prepay_requests"], json!(1), "{trade}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adapter_killed_before_forwarding_loses_nothing() {
-    let mut p = Platform::start(0.01);
+    let mut p = Platform::start_channels(&[Ch::Wechat], 0.01);
     let mut c = client(&p).await;
     let order = create(&mut c, "KILLED-ADAPTER-1", 2500).await;
     let paying = pay(&mut c, &order, Ch::Wechat).await.expect("pay");
@@ -258,21 +341,37 @@ async fn an_adapter_killed_before_forwarding_loses_nothing() {
 
     p.kill_adapter(Ch::Wechat);
     let (s, _) = p
-        .sandbox_post(Ch::Wechat, &format!("/sandbox/trades/{out_trade_no}/pay"), json!({"outcome": "success"}))
+        .sandbox_post(
+            Ch::Wechat,
+            &format!("/sandbox/trades/{out_trade_no}/pay"),
+            json!({"outcome": "success"}),
+        )
         .await;
     assert_eq!(s, 200);
     // The platform's first deliveries hit a dead adapter.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(order_of(&mut c, &order.order_id).await.status, pb::OrderStatus::Paying as i32);
+    assert_eq!(
+        order_of(&mut c, &order.order_id).await.status,
+        pb::OrderStatus::Paying as i32
+    );
     let log = p.sandbox_get(Ch::Wechat, "/sandbox/callbacks").await;
     assert!(
-        log.as_array().unwrap().iter().any(|d| d["delivered"] == json!(false)),
+        log.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["delivered"] == json!(false)),
         "no failed delivery: {log}"
     );
 
     // Back up: the platform's retry schedule brings the result.
     p.start_adapter(Ch::Wechat);
-    let paid = wait_status(&mut c, &order.order_id, pb::OrderStatus::Paid, Duration::from_secs(60)).await;
+    let paid = wait_status(
+        &mut c,
+        &order.order_id,
+        pb::OrderStatus::Paid,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(paid.paid_minor, 2500);
     assert_eq!(count(&p, "SELECT count(*) AS n FROM channel_events"), 1);
 }

@@ -212,10 +212,12 @@ async fn main() -> anyhow::Result<()> {
             idempotency_key,
         } => {
             use payproto::channel::v1 as cpb;
-            let channel = cpb::Channel::from_str_name(&format!("CHANNEL_{}", channel.to_uppercase()))
-                .with_context(|| format!("unknown channel {channel}"))?;
-            let method = cpb::PayMethod::from_str_name(&format!("PAY_METHOD_{}", method.to_uppercase()))
-                .with_context(|| format!("unknown method {method}"))?;
+            let channel =
+                cpb::Channel::from_str_name(&format!("CHANNEL_{}", channel.to_uppercase()))
+                    .with_context(|| format!("unknown channel {channel}"))?;
+            let method =
+                cpb::PayMethod::from_str_name(&format!("PAY_METHOD_{}", method.to_uppercase()))
+                    .with_context(|| format!("unknown method {method}"))?;
             client
                 .pay(with_app(
                     app,
@@ -223,7 +225,10 @@ async fn main() -> anyhow::Result<()> {
                         order_id,
                         channel: channel as i32,
                         method: method as i32,
-                        payer: Some(pb::Payer { payer_id, client_ip }),
+                        payer: Some(pb::Payer {
+                            payer_id,
+                            client_ip,
+                        }),
                         idempotency_key,
                     },
                 )?)

@@ -40,8 +40,15 @@ fn paid(out_trade_no: &str, amount: i64, currency: &str) -> cpb::PaymentResult {
     }
 }
 
-async fn report(app: &TestApp, channel: cpb::Channel, event_id: &str, result: cpb::PaymentResult) -> Result<bool, tonic::Status> {
-    let mut c = ChannelEventsClient::connect(format!("http://{}", app.grpc_addr)).await.unwrap();
+async fn report(
+    app: &TestApp,
+    channel: cpb::Channel,
+    event_id: &str,
+    result: cpb::PaymentResult,
+) -> Result<bool, tonic::Status> {
+    let mut c = ChannelEventsClient::connect(format!("http://{}", app.grpc_addr))
+        .await
+        .unwrap();
     c.report_payment(cpb::ReportPaymentRequest {
         channel: channel as i32,
         channel_event_id: event_id.into(),
@@ -70,18 +77,45 @@ async fn a_reported_success_pays_the_order_once_and_a_repeat_changes_nothing() {
     let order = create_order(&mut app, "EVENT-0001", 8888).await;
     open_attempt(&app, &order, "P1000000001", "PAYING");
 
-    assert!(report(&app, cpb::Channel::Wechat, "EV-1", paid("P1000000001", 8888, "CNY")).await.unwrap());
-    assert_eq!(status_of(&mut app, &order.order_id).await, pb::OrderStatus::Paid as i32);
+    assert!(
+        report(
+            &app,
+            cpb::Channel::Wechat,
+            "EV-1",
+            paid("P1000000001", 8888, "CNY")
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        status_of(&mut app, &order.order_id).await,
+        pb::OrderStatus::Paid as i32
+    );
     let before = app.snapshot();
     let transitions = app.count("SELECT count(*) AS n FROM order_transitions");
     // The same callback again, twenty times: acknowledged, nothing written.
     for _ in 0..20 {
-        assert!(!report(&app, cpb::Channel::Wechat, "EV-1", paid("P1000000001", 8888, "CNY")).await.unwrap());
+        assert!(
+            !report(
+                &app,
+                cpb::Channel::Wechat,
+                "EV-1",
+                paid("P1000000001", 8888, "CNY")
+            )
+            .await
+            .unwrap()
+        );
     }
     assert_eq!(app.snapshot(), before);
-    assert_eq!(app.count("SELECT count(*) AS n FROM order_transitions"), transitions);
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM order_transitions"),
+        transitions
+    );
     assert_eq!(app.count("SELECT count(*) AS n FROM channel_events"), 1);
-    assert_eq!(app.count("SELECT count(*) AS n FROM orders WHERE paid_minor = 8888"), 1);
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM orders WHERE paid_minor = 8888"),
+        1
+    );
 }
 
 #[tokio::test]
@@ -89,15 +123,35 @@ async fn a_wrong_amount_or_currency_moves_nothing_and_is_counted() {
     let mut app = spawn_app().await;
     let order = create_order(&mut app, "EVENT-0002", 500).await;
     open_attempt(&app, &order, "P1000000002", "PAYING");
-    report(&app, cpb::Channel::Wechat, "EV-2a", paid("P1000000002", 499, "CNY")).await.unwrap();
-    report(&app, cpb::Channel::Wechat, "EV-2b", paid("P1000000002", 500, "USD")).await.unwrap();
-    assert_eq!(status_of(&mut app, &order.order_id).await, pb::OrderStatus::Paying as i32);
+    report(
+        &app,
+        cpb::Channel::Wechat,
+        "EV-2a",
+        paid("P1000000002", 499, "CNY"),
+    )
+    .await
+    .unwrap();
+    report(
+        &app,
+        cpb::Channel::Wechat,
+        "EV-2b",
+        paid("P1000000002", 500, "USD"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_of(&mut app, &order.order_id).await,
+        pb::OrderStatus::Paying as i32
+    );
     assert_eq!(
         app.count("SELECT count(*) AS n FROM channel_events WHERE outcome = 'AMOUNT_MISMATCH'"),
         2
     );
     let m = app.metrics_text().await;
-    assert!(m.contains("payd_channel_amount_mismatches_total{channel=\"WECHAT\"} 2"), "{m}");
+    assert!(
+        m.contains("payd_channel_amount_mismatches_total{channel=\"WECHAT\"} 2"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -105,7 +159,14 @@ async fn a_second_successful_attempt_is_recorded_as_a_duplicate_payment() {
     let mut app = spawn_app().await;
     let order = create_order(&mut app, "EVENT-0003", 300).await;
     open_attempt(&app, &order, "P1000000003", "PAYING");
-    report(&app, cpb::Channel::Wechat, "EV-3a", paid("P1000000003", 300, "CNY")).await.unwrap();
+    report(
+        &app,
+        cpb::Channel::Wechat,
+        "EV-3a",
+        paid("P1000000003", 300, "CNY"),
+    )
+    .await
+    .unwrap();
     // An older attempt, closed on our side, that the payer paid anyway.
     diesel::sql_query(format!(
         "INSERT INTO payment_attempts (id, order_id, out_trade_no, channel, method, amount_minor, currency, status, payer_digest) \
@@ -114,11 +175,24 @@ async fn a_second_successful_attempt_is_recorded_as_a_duplicate_payment() {
     ))
     .execute(&mut app.conn())
     .unwrap();
-    report(&app, cpb::Channel::Wechat, "EV-3b", paid("P1000000004", 300, "CNY")).await.unwrap();
-    assert_eq!(status_of(&mut app, &order.order_id).await, pb::OrderStatus::Paid as i32);
+    report(
+        &app,
+        cpb::Channel::Wechat,
+        "EV-3b",
+        paid("P1000000004", 300, "CNY"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_of(&mut app, &order.order_id).await,
+        pb::OrderStatus::Paid as i32
+    );
     assert_eq!(app.count("SELECT count(*) AS n FROM duplicate_payments"), 1);
     let m = app.metrics_text().await;
-    assert!(m.contains("payment_duplicate_payments_total{channel=\"WECHAT\"} 1"), "{m}");
+    assert!(
+        m.contains("payment_duplicate_payments_total{channel=\"WECHAT\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -126,11 +200,24 @@ async fn a_late_success_on_a_closed_order_still_counts() {
     let mut app = spawn_app().await;
     let order = create_order(&mut app, "EVENT-0005", 100).await;
     open_attempt(&app, &order, "P1000000005", "CLOSED");
-    diesel::sql_query(format!("UPDATE orders SET status = 'CLOSED' WHERE id = '{}'", order.order_id))
-        .execute(&mut app.conn())
-        .unwrap();
-    report(&app, cpb::Channel::Wechat, "EV-5", paid("P1000000005", 100, "CNY")).await.unwrap();
-    assert_eq!(status_of(&mut app, &order.order_id).await, pb::OrderStatus::Paid as i32);
+    diesel::sql_query(format!(
+        "UPDATE orders SET status = 'CLOSED' WHERE id = '{}'",
+        order.order_id
+    ))
+    .execute(&mut app.conn())
+    .unwrap();
+    report(
+        &app,
+        cpb::Channel::Wechat,
+        "EV-5",
+        paid("P1000000005", 100, "CNY"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_of(&mut app, &order.order_id).await,
+        pb::OrderStatus::Paid as i32
+    );
 }
 
 #[tokio::test]
@@ -142,8 +229,14 @@ async fn a_failed_attempt_returns_the_order_to_pending() {
     r.state = cpb::TradeState::Failed as i32;
     r.paid = None;
     report(&app, cpb::Channel::Wechat, "EV-6", r).await.unwrap();
-    assert_eq!(status_of(&mut app, &order.order_id).await, pb::OrderStatus::Pending as i32);
-    assert_eq!(app.count("SELECT count(*) AS n FROM payment_attempts WHERE status = 'FAILED'"), 1);
+    assert_eq!(
+        status_of(&mut app, &order.order_id).await,
+        pb::OrderStatus::Pending as i32
+    );
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM payment_attempts WHERE status = 'FAILED'"),
+        1
+    );
 }
 
 #[tokio::test]
@@ -152,15 +245,38 @@ async fn an_adapter_cannot_report_another_channels_attempt_or_garbage() {
     let order = create_order(&mut app, "EVENT-0007", 100).await;
     open_attempt(&app, &order, "P1000000007", "PAYING");
     let before = app.snapshot();
-    let err = report(&app, cpb::Channel::Alipay, "EV-7", paid("P1000000007", 100, "CNY")).await.unwrap_err();
+    let err = report(
+        &app,
+        cpb::Channel::Alipay,
+        "EV-7",
+        paid("P1000000007", 100, "CNY"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    let err = report(&app, cpb::Channel::Unspecified, "EV-7", paid("P1000000007", 100, "CNY")).await.unwrap_err();
+    let err = report(
+        &app,
+        cpb::Channel::Unspecified,
+        "EV-7",
+        paid("P1000000007", 100, "CNY"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = report(&app, cpb::Channel::Wechat, "", paid("P1000000007", 100, "CNY")).await.unwrap_err();
+    let err = report(
+        &app,
+        cpb::Channel::Wechat,
+        "",
+        paid("P1000000007", 100, "CNY"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let mut no_amount = paid("P1000000007", 100, "CNY");
     no_amount.paid = None;
-    let err = report(&app, cpb::Channel::Wechat, "EV-7", no_amount).await.unwrap_err();
+    let err = report(&app, cpb::Channel::Wechat, "EV-7", no_amount)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(app.snapshot(), before);
     assert_eq!(app.count("SELECT count(*) AS n FROM channel_events"), 0);
@@ -175,7 +291,9 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
     for _ in 0..20 {
         let addr = app.grpc_addr;
         tasks.push(tokio::spawn(async move {
-            let mut c = ChannelEventsClient::connect(format!("http://{addr}")).await.unwrap();
+            let mut c = ChannelEventsClient::connect(format!("http://{addr}"))
+                .await
+                .unwrap();
             c.report_payment(cpb::ReportPaymentRequest {
                 channel: cpb::Channel::Wechat as i32,
                 channel_event_id: "EV-8".into(),
@@ -192,7 +310,10 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
         }
     }
     assert_eq!(firsts, 1);
-    assert_eq!(status_of(&mut app, &order.order_id).await, pb::OrderStatus::Paid as i32);
+    assert_eq!(
+        status_of(&mut app, &order.order_id).await,
+        pb::OrderStatus::Paid as i32
+    );
     assert_eq!(app.count("SELECT count(*) AS n FROM channel_events"), 1);
     assert_eq!(
         app.count(&format!("SELECT count(*) AS n FROM order_transitions WHERE order_id = '{}' AND to_status = 'PAID'", order.order_id)),
