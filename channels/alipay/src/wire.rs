@@ -30,7 +30,7 @@ pub mod method {
 pub const NOTIFY_ACK: &str = "success";
 
 /// Alipay timestamps are Beijing time.
-const BEIJING: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
+pub const BEIJING: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
     Some(offset) => offset,
     None => panic!("UTC+8 is a valid offset"),
 };

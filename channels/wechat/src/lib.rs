@@ -1,4 +1,4 @@
-//! WeChat Pay API v3 adapter: the protocol modules (the process comes with the adapter kit).
+//! WeChat Pay API v3 adapter: the protocol modules and the adapter process (`wechat-adapter`).
 //!
 //! # Layout
 //! - [`signature`]: request signing (`WECHATPAY2-SHA256-RSA2048` Authorization header), verification of
@@ -8,7 +8,15 @@
 //!   notification envelope and decrypted resources). Amounts are integer fen throughout.
 //! - [`status`]: exhaustive mapping of `trade_state` / refund `status` to the few outcomes the core
 //!   understands; only an explicit success or failure is final.
+//! - [`config`]: `WECHAT_*` settings (secrets also from `*_FILE`), validated at start.
+//! - [`client`]: signed HTTP calls; every answer's signature is verified before it is parsed.
+//! - [`statement`]: the trade bill (backtick-prefixed CSV) as statement lines.
+//! - [`adapter`]: [`channel_kit::Adapter`] over the above, including callback verification.
 
+pub mod adapter;
+pub mod client;
+pub mod config;
 pub mod signature;
+pub mod statement;
 pub mod status;
 pub mod wire;

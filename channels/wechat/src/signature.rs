@@ -333,6 +333,13 @@ impl PlatformVerifier {
         }
     }
 
+    /// Replaces the 5-minute window, for operators whose clocks need more slack (or tests that
+    /// need less). Non-positive values are clamped to 1 s so that the check can never be disabled.
+    pub fn with_window_secs(mut self, window_secs: i64) -> Self {
+        self.window_secs = window_secs.max(1);
+        self
+    }
+
     /// Adds a key under `serial` (a certificate serial or a `PUB_KEY_ID_…`).
     pub fn add_public_key(&mut self, serial: &str, key: RsaPublicKey) {
         self.keys

@@ -1,0 +1,224 @@
+//! Notifications built here with freshly generated keys: the adapter accepts a correctly signed
+//! one and refuses each way of breaking it with the matching reason. (Alipay notifications carry
+//! no key id and no signed timestamp, so there is no wrong-serial or stale case to test.)
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use channel_kit::settings::Secret;
+use rsa::RsaPrivateKey;
+use rsa::pkcs1v15::SigningKey;
+use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::signature::{SignatureEncoding, Signer};
+use sha2::Sha256;
+
+use super::*;
+use crate::signature::notify_signing_content;
+
+const APP_ID: &str = "2021000000000001";
+
+struct Keys {
+    app: RsaPrivateKey,
+    alipay: RsaPrivateKey,
+    stranger: RsaPrivateKey,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut rng = rsa::rand_core::OsRng;
+        Keys {
+            app: RsaPrivateKey::new(&mut rng, 2048).unwrap(),
+            alipay: RsaPrivateKey::new(&mut rng, 2048).unwrap(),
+            stranger: RsaPrivateKey::new(&mut rng, 2048).unwrap(),
+        }
+    })
+}
+
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_704_081_605, 0).unwrap()
+}
+
+fn adapter() -> AlipayAdapter {
+    let k = keys();
+    let settings = AlipaySettings {
+        gateway: "http://127.0.0.1:1/gateway.do".into(),
+        app_id: APP_ID.into(),
+        app_private_key: Secret::new(k.app.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()),
+        alipay_public_key: k
+            .alipay
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap(),
+        notify_url: "http://127.0.0.1:8082/notify/payment".into(),
+        return_url: None,
+    };
+    let keys = AlipayKeys::load(&settings).unwrap();
+    AlipayAdapter::new(&settings, keys, reqwest::Client::new(), now)
+}
+
+fn params(app_id: &str) -> BTreeMap<String, String> {
+    [
+        ("app_id", app_id),
+        ("auth_app_id", app_id),
+        ("buyer_id", "2088722003899169"),
+        ("charset", "utf-8"),
+        (
+            "fund_bill_list",
+            r#"[{"amount":"88.88","fundChannel":"ALIPAYACCOUNT"}]"#,
+        ),
+        ("gmt_create", "2024-01-01 11:59:50"),
+        ("gmt_payment", "2024-01-01 12:00:00"),
+        ("notify_id", "2024010101222162644199160501632046"),
+        ("notify_time", "2024-01-01 12:00:05"),
+        ("notify_type", "trade_status_sync"),
+        ("out_trade_no", "T20240101000001"),
+        ("subject", "flat white + cake"),
+        ("total_amount", "88.88"),
+        ("trade_no", "2024010122001499160501589436"),
+        ("trade_status", "TRADE_SUCCESS"),
+        ("version", "1.0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn callback(mut params: BTreeMap<String, String>, signer: &RsaPrivateKey) -> Callback {
+    let content = notify_signing_content(&params);
+    let sign = SigningKey::<Sha256>::new(signer.clone()).sign(content.as_bytes());
+    params.insert("sign".into(), BASE64.encode(sign.to_bytes()));
+    params.insert("sign_type".into(), "RSA2".into());
+    Callback {
+        method: http::Method::POST,
+        target: "/notify/payment".into(),
+        headers: http::HeaderMap::new(),
+        body: wire::encode_form(&params).into_bytes().into(),
+    }
+}
+
+fn reason(result: Result<Notification, Rejection>) -> RejectReason {
+    result.unwrap_err().reason
+}
+
+#[test]
+fn a_signed_payment_notification_is_accepted_with_its_notify_id_and_amount_in_fen() {
+    let cb = callback(params(APP_ID), &keys().alipay);
+    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).unwrap() else {
+        panic!("expected a payment");
+    };
+    assert_eq!(event_id, "2024010101222162644199160501632046");
+    assert_eq!(result.out_trade_no, "T20240101000001");
+    assert_eq!(result.state, pb::TradeState::Succeeded as i32);
+    assert_eq!(result.paid.unwrap().amount_minor, 8888);
+    assert_eq!(result.paid_at.unwrap().seconds, 1_704_081_600);
+}
+
+#[test]
+fn a_changed_amount_is_a_bad_signature() {
+    let cb = callback(params(APP_ID), &keys().alipay);
+    let body = String::from_utf8(cb.body.to_vec())
+        .unwrap()
+        .replace("88.88", "0.01");
+    let cb = Callback {
+        body: body.into_bytes().into(),
+        ..cb
+    };
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::BadSignature
+    );
+}
+
+#[test]
+fn a_notification_signed_by_another_key_or_unsigned_is_a_bad_signature() {
+    let cb = callback(params(APP_ID), &keys().stranger);
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::BadSignature
+    );
+    let unsigned = Callback {
+        body: wire::encode_form(&params(APP_ID)).into_bytes().into(),
+        ..cb
+    };
+    assert_eq!(
+        reason(adapter().verify_callback(&unsigned)),
+        RejectReason::BadSignature
+    );
+}
+
+#[test]
+fn a_notification_for_another_app_is_refused() {
+    let cb = callback(params("2021000000000002"), &keys().alipay);
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::WrongMerchant
+    );
+}
+
+#[test]
+fn a_refund_notification_becomes_a_refund_result() {
+    let mut p = params(APP_ID);
+    p.insert("out_biz_no".into(), "R20240101000001".into());
+    p.insert("refund_fee".into(), "8.88".into());
+    p.insert("gmt_refund".into(), "2024-01-01 13:00:00.123".into());
+    let cb = callback(p, &keys().alipay);
+    let Notification::Refund {
+        out_trade_no,
+        result,
+        ..
+    } = adapter().verify_callback(&cb).unwrap()
+    else {
+        panic!("expected a refund");
+    };
+    assert_eq!(out_trade_no, "T20240101000001");
+    assert_eq!(result.out_refund_no, "R20240101000001");
+    assert_eq!(result.state, pb::RefundState::Succeeded as i32);
+    assert_eq!(result.succeeded_at.unwrap().seconds, 1_704_085_200);
+}
+
+#[test]
+fn replies_follow_the_documented_forms() {
+    let a = adapter();
+    assert_eq!((a.ack().status, a.ack().body.as_str()), (200, "success"));
+    assert_eq!(
+        (a.nack("x").status, a.nack("x").body.as_str()),
+        (200, "fail")
+    );
+}
+
+#[tokio::test]
+async fn page_and_app_pay_are_signed_without_calling_the_gateway() {
+    let a = adapter();
+    let request = |method: pb::PayMethod| pb::PrepayRequest {
+        out_trade_no: "T20240101000001".into(),
+        method: method as i32,
+        amount: Some(pb::Amount {
+            amount_minor: 8888,
+            currency: "CNY".into(),
+        }),
+        subject: "coffee".into(),
+        ..Default::default()
+    };
+    let page = a.prepay(request(pb::PayMethod::AlipayPage)).await.unwrap();
+    let url = &page.pay_params["pay_url"];
+    assert!(url.starts_with("http://127.0.0.1:1/gateway.do?"));
+    assert!(url.contains("method=alipay.trade.page.pay") && url.contains("&sign="));
+    let app = a.prepay(request(pb::PayMethod::AlipayApp)).await.unwrap();
+    assert!(app.pay_params["order_string"].contains("method=alipay.trade.app.pay"));
+
+    let mut usd = request(pb::PayMethod::AlipayQr);
+    usd.amount = Some(pb::Amount {
+        amount_minor: 1,
+        currency: "USD".into(),
+    });
+    assert!(matches!(
+        a.prepay(usd).await,
+        Err(ChannelError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        a.prepay(request(pb::PayMethod::WechatNative)).await,
+        Err(ChannelError::InvalidArgument(_))
+    ));
+}

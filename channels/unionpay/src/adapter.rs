@@ -1,0 +1,567 @@
+//! [`channel_kit::Adapter`] for the UnionPay online gateway 5.1.0: front (browser) consume, query,
+//! refund, refund query, the reconciliation file, and verification of back notifications.
+//!
+//! UnionPay names a transaction by `orderId` **and** `txnTime` (its send time), and a query must
+//! repeat both. The adapter keeps no state, so `txnTime` is derived from the merchant number
+//! itself (see [`txn_time_of`]): the creation time inside the core's snowflake numbers, or a
+//! leading `YYYYMMDDhhmmss`. That also makes a repeated Prepay the same UnionPay order, as the
+//! contract requires.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use channel_kit::{
+    Adapter, Callback, ChannelError, Notification, RejectReason, Rejection, Reply, pb,
+};
+use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+
+use crate::client::UnionpayClient;
+use crate::config::{UnionpayKeys, UnionpaySettings};
+use crate::signature::{PlatformVerifier, VerifyError};
+use crate::status::{
+    SubmitOutcome, TransactionStatus, classify_submit, notify_status, query_status,
+};
+use crate::wire::{
+    self, BACK_TRANS_PATH, CNY, ChannelType, ConsumeRequest, FRONT_TRANS_PATH, QUERY_TRANS_PATH,
+    QueryRequest, RefundRequest, TransactionResult,
+};
+
+/// `txnTime`, `payTimeout` and the file's times are Beijing time.
+pub(crate) const BEIJING: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
+    Some(offset) => offset,
+    None => panic!("UTC+8 is a valid offset"),
+};
+
+/// The key of the form's target URL in a FRONT prepay's `pay_params` (every other key is a
+/// signed form field).
+pub const ACTION_KEY: &str = "action";
+
+pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Epoch of the core's snowflake numbers (`server/src/domain/snowflake.rs`): 2026-01-01T00:00:00Z
+/// in Unix milliseconds; the id's bits above the low 22 count milliseconds since then.
+pub const SNOWFLAKE_EPOCH_MS: i64 = 1_767_225_600_000;
+
+/// The `txnTime` of a merchant number, in Beijing time:
+/// - a core snowflake number (ASCII letters, e.g. `P`, then the decimal id): its creation time;
+/// - otherwise the number's first 14 characters, which must be a valid `YYYYMMDDhhmmss`.
+///
+/// # Errors
+/// `InvalidArgument` naming `field` when the number is neither.
+pub fn txn_time_of(number: &str, field: &str) -> Result<String, ChannelError> {
+    let digits = number.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+    if digits.len() < number.len() {
+        let created = digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|id| i64::try_from(id >> 22).ok())
+            .and_then(|ms| ms.checked_add(SNOWFLAKE_EPOCH_MS))
+            .and_then(DateTime::from_timestamp_millis);
+        if let Some(created) = created {
+            return Ok(wire::format_txn_time(created));
+        }
+    }
+    let prefix = number.get(..14).unwrap_or("");
+    let valid = prefix.bytes().all(|b| b.is_ascii_digit())
+        && NaiveDateTime::parse_from_str(prefix, "%Y%m%d%H%M%S").is_ok();
+    if valid {
+        Ok(prefix.to_owned())
+    } else {
+        Err(ChannelError::InvalidArgument(format!(
+            "{field} {number:?} carries no creation time (a snowflake number such as P1234…, or a \
+             leading YYYYMMDDhhmmss): UnionPay identifies a transaction by orderId and txnTime"
+        )))
+    }
+}
+
+/// `156` is the only currency these adapters handle.
+fn currency_of(code: Option<&str>) -> Result<String, String> {
+    match code {
+        Some(CNY) | None => Ok("CNY".to_owned()),
+        Some(other) => Err(format!("currencyCode {other:?} is not CNY (156)")),
+    }
+}
+
+fn cny_fen(amount: Option<&pb::Amount>, field: &str) -> Result<i64, ChannelError> {
+    let amount =
+        amount.ok_or_else(|| ChannelError::InvalidArgument(format!("{field} is required")))?;
+    if amount.currency != "CNY" {
+        return Err(ChannelError::InvalidArgument(format!(
+            "{field}: UnionPay takes only CNY here, not {:?}",
+            amount.currency
+        )));
+    }
+    if amount.amount_minor <= 0 {
+        return Err(ChannelError::InvalidArgument(format!(
+            "{field} must be positive"
+        )));
+    }
+    Ok(amount.amount_minor)
+}
+
+fn wire_error(e: wire::WireError) -> ChannelError {
+    ChannelError::InvalidArgument(e.to_string())
+}
+
+fn status_text(r: &TransactionResult) -> String {
+    match &r.orig_resp_code {
+        Some(orig) => format!("respCode={} origRespCode={orig}", r.resp_code),
+        None => format!("respCode={}", r.resp_code),
+    }
+}
+
+fn payment_state(s: TransactionStatus) -> pb::TradeState {
+    match s {
+        TransactionStatus::Pending => pb::TradeState::Pending,
+        TransactionStatus::Succeeded => pb::TradeState::Succeeded,
+        TransactionStatus::Failed => pb::TradeState::Failed,
+        TransactionStatus::NotFound => pb::TradeState::NotFound,
+        TransactionStatus::Unknown => pb::TradeState::Unknown,
+    }
+}
+
+fn refund_state(s: TransactionStatus) -> pb::RefundState {
+    match s {
+        TransactionStatus::Pending => pb::RefundState::Processing,
+        TransactionStatus::Succeeded => pb::RefundState::Succeeded,
+        TransactionStatus::Failed => pb::RefundState::Failed,
+        TransactionStatus::NotFound => pb::RefundState::NotFound,
+        TransactionStatus::Unknown => pb::RefundState::Unknown,
+    }
+}
+
+/// The amount of a successful transaction; a success without one is not believed.
+fn succeeded_amount(r: &TransactionResult) -> Result<pb::Amount, String> {
+    let fen = r
+        .txn_amt_fen
+        .ok_or("a successful transaction without txnAmt")?;
+    Ok(pb::Amount {
+        amount_minor: fen,
+        currency: currency_of(r.currency_code.as_deref())?,
+    })
+}
+
+fn payment_result(
+    out_trade_no: &str,
+    r: &TransactionResult,
+    status: TransactionStatus,
+) -> Result<pb::PaymentResult, String> {
+    let state = payment_state(status);
+    let paid = match state {
+        pb::TradeState::Succeeded => Some(succeeded_amount(r)?),
+        _ => None,
+    };
+    Ok(pb::PaymentResult {
+        out_trade_no: out_trade_no.to_owned(),
+        state: state as i32,
+        channel_trade_no: r.query_id.clone().unwrap_or_default(),
+        paid,
+        paid_at: None,
+        channel_status: status_text(r),
+    })
+}
+
+fn refund_result(
+    out_refund_no: &str,
+    r: &TransactionResult,
+    status: TransactionStatus,
+) -> Result<pb::RefundResult, String> {
+    let state = refund_state(status);
+    let refunded = match state {
+        pb::RefundState::Succeeded => Some(succeeded_amount(r)?),
+        _ => None,
+    };
+    Ok(pb::RefundResult {
+        out_refund_no: out_refund_no.to_owned(),
+        state: state as i32,
+        channel_refund_no: r.query_id.clone().unwrap_or_default(),
+        refunded,
+        succeeded_at: None,
+        channel_status: status_text(r),
+    })
+}
+
+/// The UnionPay adapter. Stateless: every id comes in the request.
+pub struct UnionpayAdapter {
+    client: UnionpayClient,
+    verifier: Arc<PlatformVerifier>,
+    mer_id: String,
+    gateway_base: String,
+    file_trans_url: String,
+    back_url: String,
+    refund_back_url: String,
+    front_url: Option<String>,
+    channel_type: ChannelType,
+    front_register: bool,
+    now: fn() -> DateTime<Utc>,
+}
+
+impl UnionpayAdapter {
+    /// Builds the adapter from validated settings and parsed keys; `now` is the clock used for
+    /// `txnTime` of file requests and for certificate validity.
+    pub fn new(
+        settings: &UnionpaySettings,
+        keys: UnionpayKeys,
+        http: reqwest::Client,
+        now: fn() -> DateTime<Utc>,
+    ) -> Self {
+        let verifier = Arc::new(keys.verifier);
+        Self {
+            client: UnionpayClient::new(
+                http,
+                &settings.mer_id,
+                Arc::new(keys.signer),
+                verifier.clone(),
+                now,
+            ),
+            verifier,
+            mer_id: settings.mer_id.clone(),
+            gateway_base: settings.gateway_base.clone(),
+            file_trans_url: settings.file_trans_url.clone(),
+            back_url: settings.back_url.clone(),
+            refund_back_url: settings.refund_back_url.clone(),
+            front_url: settings.front_url.clone(),
+            channel_type: if settings.channel_type == "08" {
+                ChannelType::Mobile
+            } else {
+                ChannelType::Pc
+            },
+            front_register: settings.front_register,
+            now,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway_base)
+    }
+
+    /// One query (txnType 00) of the transaction `order_id` sent at its derived `txnTime`.
+    async fn query(&self, order_id: &str, field: &str) -> Result<TransactionResult, ChannelError> {
+        let mut fields = QueryRequest {
+            mer_id: self.mer_id.clone(),
+            order_id: order_id.to_owned(),
+            txn_time: txn_time_of(order_id, field)?,
+        }
+        .to_fields()
+        .map_err(wire_error)?;
+        self.client.sign(&mut fields)?;
+        let answer = self
+            .client
+            .call(&self.url(QUERY_TRANS_PATH), &fields)
+            .await?;
+        let result = TransactionResult::from_fields(&answer)
+            .map_err(|e| ChannelError::BadResponse(format!("query answer: {e}")))?;
+        if result.order_id.as_deref().is_some_and(|o| o != order_id) {
+            return Err(ChannelError::BadResponse(format!(
+                "query answer names order {:?}",
+                result.order_id
+            )));
+        }
+        Ok(result)
+    }
+
+    async fn query_payment_state(
+        &self,
+        out_trade_no: &str,
+    ) -> Result<pb::PaymentResult, ChannelError> {
+        let r = self.query(out_trade_no, "out_trade_no").await?;
+        if r.resp_code == "00" && r.txn_type.as_deref().is_some_and(|t| t != "01") {
+            return Err(ChannelError::BadResponse(format!(
+                "order {out_trade_no} is txnType {:?}, not a consume",
+                r.txn_type
+            )));
+        }
+        let status = query_status(&r.resp_code, r.orig_resp_code.as_deref());
+        payment_result(out_trade_no, &r, status).map_err(ChannelError::BadResponse)
+    }
+
+    fn verified_fields(&self, cb: &Callback) -> Result<BTreeMap<String, String>, Rejection> {
+        let malformed = |e: String| Rejection::new(RejectReason::Malformed, e);
+        let body = std::str::from_utf8(&cb.body).map_err(|e| malformed(e.to_string()))?;
+        let fields = wire::parse_notify_form(body).map_err(|e| malformed(e.to_string()))?;
+        self.verifier.verify(&fields, (self.now)()).map_err(|e| {
+            let reason = match &e {
+                VerifyError::MissingSignature | VerifyError::BadSignature => {
+                    RejectReason::BadSignature
+                }
+                VerifyError::Version(_)
+                | VerifyError::SignMethod(_)
+                | VerifyError::Certificate(_) => RejectReason::Malformed,
+                VerifyError::MissingCertificate
+                | VerifyError::CertIdMismatch { .. }
+                | VerifyError::UnknownCertId(_)
+                | VerifyError::UntrustedCertificate(_)
+                | VerifyError::WrongSubject(_)
+                | VerifyError::OutsideValidity { .. } => RejectReason::UnknownKey,
+            };
+            Rejection::new(reason, e.to_string())
+        })?;
+        match fields.get("merId") {
+            Some(mer_id) if mer_id == &self.mer_id => Ok(fields),
+            other => Err(Rejection::new(
+                RejectReason::WrongMerchant,
+                format!("notification for merchant {other:?}"),
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Adapter for UnionpayAdapter {
+    fn channel(&self) -> pb::Channel {
+        pb::Channel::Unionpay
+    }
+
+    /// FRONT: the signed consume form for the payer's browser (`pay_params` = every signed field
+    /// plus `action`, the URL to POST it to). UnionPay creates the trade when the browser submits
+    /// it; with `UNIONPAY_FRONT_REGISTER` the adapter submits it itself (sandbox runs only).
+    async fn prepay(&self, req: pb::PrepayRequest) -> Result<pb::PrepayResponse, ChannelError> {
+        let method = pb::PayMethod::try_from(req.method).unwrap_or(pb::PayMethod::Unspecified);
+        if method != pb::PayMethod::UnionpayFront {
+            return Err(ChannelError::InvalidArgument(format!(
+                "method {method:?} is not a UnionPay method"
+            )));
+        }
+        let fen = cny_fen(req.amount.as_ref(), "amount")?;
+        let txn_time = txn_time_of(&req.out_trade_no, "out_trade_no")?;
+        let pay_timeout = req
+            .expires_at
+            .as_ref()
+            .and_then(|t| DateTime::from_timestamp(t.seconds, 0))
+            .map(wire::format_txn_time);
+        let mut fields = ConsumeRequest {
+            mer_id: self.mer_id.clone(),
+            order_id: req.out_trade_no.clone(),
+            txn_time,
+            txn_amt_fen: fen,
+            channel_type: self.channel_type,
+            front_url: self.front_url.clone(),
+            back_url: self.back_url.clone(),
+            pay_timeout,
+            req_reserved: None,
+        }
+        .to_fields()
+        .map_err(wire_error)?;
+        self.client.sign(&mut fields)?;
+        let action = self.url(FRONT_TRANS_PATH);
+        if self.front_register {
+            // Success is the cashier page (HTML, unsigned); a refusal is a signed k=v answer.
+            let body = self.client.post_form(&action, &fields).await?;
+            if !body.trim_start().starts_with('<') {
+                let answer = self.client.verify_answer(&action, &body)?;
+                let code = answer.get("respCode").cloned().unwrap_or_default();
+                let message = answer.get("respMsg").cloned().unwrap_or_default();
+                match classify_submit(&code) {
+                    SubmitOutcome::Accepted => {}
+                    SubmitOutcome::Unknown => {
+                        return Err(ChannelError::Unavailable(format!(
+                            "frontTransReq answered respCode={code}: {message}"
+                        )));
+                    }
+                    SubmitOutcome::Rejected => {
+                        return Err(ChannelError::Refused { code, message });
+                    }
+                }
+            }
+        }
+        let mut pay_params = fields;
+        pay_params.insert(ACTION_KEY.to_owned(), action);
+        Ok(pb::PrepayResponse {
+            pay_params,
+            channel_prepay_id: String::new(),
+        })
+    }
+
+    async fn query_payment(
+        &self,
+        req: pb::QueryPaymentRequest,
+    ) -> Result<pb::PaymentResult, ChannelError> {
+        self.query_payment_state(&req.out_trade_no).await
+    }
+
+    /// UnionPay has no close for a consume: an unpaid front trade lapses at its `payTimeout`, and
+    /// a paid one can only be refunded. So this reports the trade's state as a query does: SUCCEEDED
+    /// when it was paid (the contract's answer), otherwise PENDING/NOT_FOUND with a status text
+    /// saying that nothing was closed.
+    async fn close_payment(
+        &self,
+        req: pb::ClosePaymentRequest,
+    ) -> Result<pb::PaymentResult, ChannelError> {
+        let mut result = self.query_payment_state(&req.out_trade_no).await?;
+        if result.state != pb::TradeState::Succeeded as i32 {
+            result.channel_status = format!(
+                "{}; UnionPay has no close: the trade lapses at payTimeout",
+                result.channel_status
+            );
+        }
+        Ok(result)
+    }
+
+    async fn refund(&self, req: pb::RefundRequest) -> Result<pb::RefundResult, ChannelError> {
+        let fen = cny_fen(req.refund.as_ref(), "refund")?;
+        if req.channel_trade_no.is_empty() {
+            return Err(ChannelError::InvalidArgument(
+                "channel_trade_no (the payment's queryId) is required: UnionPay refunds name it as origQryId"
+                    .to_owned(),
+            ));
+        }
+        let mut fields = RefundRequest {
+            mer_id: self.mer_id.clone(),
+            order_id: req.out_refund_no.clone(),
+            txn_time: txn_time_of(&req.out_refund_no, "out_refund_no")?,
+            txn_amt_fen: fen,
+            orig_qry_id: req.channel_trade_no.clone(),
+            channel_type: self.channel_type,
+            back_url: self.refund_back_url.clone(),
+            // Echoed in the refund's notification and the reconciliation file, which otherwise
+            // name only the refund's own orderId.
+            req_reserved: (!req.out_trade_no.is_empty()).then(|| req.out_trade_no.clone()),
+        }
+        .to_fields()
+        .map_err(wire_error)?;
+        self.client.sign(&mut fields)?;
+        let answer = self
+            .client
+            .call(&self.url(BACK_TRANS_PATH), &fields)
+            .await?;
+        let r = TransactionResult::from_fields(&answer)
+            .map_err(|e| ChannelError::BadResponse(format!("refund answer: {e}")))?;
+        let state = match classify_submit(&r.resp_code) {
+            // Accepted is not done: the notification or a query says how it ended.
+            SubmitOutcome::Accepted => pb::RefundState::Processing,
+            SubmitOutcome::Unknown => pb::RefundState::Unknown,
+            SubmitOutcome::Rejected => {
+                return Err(ChannelError::Refused {
+                    code: r.resp_code,
+                    message: r.resp_msg,
+                });
+            }
+        };
+        Ok(pb::RefundResult {
+            out_refund_no: req.out_refund_no,
+            state: state as i32,
+            channel_refund_no: r.query_id.clone().unwrap_or_default(),
+            refunded: None,
+            succeeded_at: None,
+            channel_status: status_text(&r),
+        })
+    }
+
+    async fn query_refund(
+        &self,
+        req: pb::QueryRefundRequest,
+    ) -> Result<pb::RefundResult, ChannelError> {
+        let r = self.query(&req.out_refund_no, "out_refund_no").await?;
+        if r.resp_code == "00" && r.txn_type.as_deref().is_some_and(|t| t != "04") {
+            return Err(ChannelError::BadResponse(format!(
+                "order {} is txnType {:?}, not a refund",
+                req.out_refund_no, r.txn_type
+            )));
+        }
+        let status = query_status(&r.resp_code, r.orig_resp_code.as_deref());
+        refund_result(&req.out_refund_no, &r, status).map_err(ChannelError::BadResponse)
+    }
+
+    /// The file transfer (`txnType=76`) for the settlement day. `respCode=98` (no file for that
+    /// day) is a refusal; anything but `00` says nothing.
+    async fn fetch_statement(
+        &self,
+        req: pb::FetchStatementRequest,
+    ) -> Result<Vec<pb::StatementLine>, ChannelError> {
+        let day = chrono::NaiveDate::parse_from_str(&req.day, "%Y-%m-%d").map_err(|_| {
+            ChannelError::InvalidArgument(format!("day {:?} is not YYYY-MM-DD", req.day))
+        })?;
+        let mut fields = crate::statement::request_fields(&self.mer_id, day, (self.now)());
+        self.client.sign(&mut fields)?;
+        let answer = self.client.call(&self.file_trans_url, &fields).await?;
+        let resp_code = answer.get("respCode").cloned().unwrap_or_default();
+        let resp_msg = answer.get("respMsg").cloned().unwrap_or_default();
+        match resp_code.as_str() {
+            "00" => {}
+            "98" => {
+                return Err(ChannelError::Refused {
+                    code: resp_code,
+                    message: format!("no reconciliation file for {day}: {resp_msg}"),
+                });
+            }
+            _ => {
+                return Err(ChannelError::Unavailable(format!(
+                    "file transfer answered respCode={resp_code}: {resp_msg}"
+                )));
+            }
+        }
+        let content = answer.get("fileContent").ok_or_else(|| {
+            ChannelError::BadResponse("file transfer answer without fileContent".to_owned())
+        })?;
+        let zip = crate::statement::decode_file_content(content)
+            .map_err(|e| ChannelError::BadResponse(e.to_string()))?;
+        crate::statement::parse_reconciliation_zip(&zip, day)
+            .map_err(|e| ChannelError::BadResponse(format!("reconciliation file of {day}: {e}")))
+    }
+
+    /// Back (and front) notifications: form bodies signed like answers. `respCode` 00/A6 is a
+    /// success; anything else is UNKNOWN so that the core asks with a query.
+    fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
+        let fields = self.verified_fields(cb)?;
+        let malformed = |e: String| Rejection::new(RejectReason::Malformed, e);
+        let r = TransactionResult::from_fields(&fields).map_err(|e| malformed(e.to_string()))?;
+        let query_id = r
+            .query_id
+            .clone()
+            .ok_or_else(|| malformed("no queryId".into()))?;
+        let trace_time = fields
+            .get("traceTime")
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| malformed("no traceTime".into()))?;
+        let order_id = r
+            .order_id
+            .clone()
+            .ok_or_else(|| malformed("no orderId".into()))?;
+        // queryId is unique per transaction and traceTime per delivery of its result: together
+        // they are stable across UnionPay's retries and distinct between payment and refund.
+        let event_id = format!("{query_id}:{trace_time}");
+        let status = match notify_status(&r.resp_code) {
+            TransactionStatus::Succeeded => TransactionStatus::Succeeded,
+            TransactionStatus::Pending
+            | TransactionStatus::Failed
+            | TransactionStatus::NotFound
+            | TransactionStatus::Unknown => TransactionStatus::Unknown,
+        };
+        match r.txn_type.as_deref() {
+            Some("01") => Ok(Notification::Payment {
+                event_id,
+                result: payment_result(&order_id, &r, status).map_err(malformed)?,
+            }),
+            Some("04") => Ok(Notification::Refund {
+                event_id,
+                out_trade_no: r.req_reserved.clone().unwrap_or_default(),
+                result: refund_result(&order_id, &r, status).map_err(malformed)?,
+            }),
+            other => Err(malformed(format!("unhandled txnType {other:?}"))),
+        }
+    }
+
+    fn ack(&self) -> Reply {
+        Reply {
+            status: 200,
+            content_type: "text/plain",
+            body: "ok".to_owned(),
+        }
+    }
+
+    /// UnionPay reads only the HTTP status: anything but 200 makes it deliver again.
+    fn nack(&self, _why: &str) -> Reply {
+        Reply {
+            status: 500,
+            content_type: "text/plain",
+            body: "fail".to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

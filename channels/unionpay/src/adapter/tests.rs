@@ -1,0 +1,319 @@
+//! Notifications signed here: with the independent test platform key and its certificate (pinned,
+//! as the sandbox's is), and forgeries with a freshly generated key. The adapter accepts the real
+//! one and refuses each broken variant with the matching reason. UnionPay notifications carry no
+//! signed timestamp; the time check is the certificate's validity, refused as an unknown key.
+use std::sync::OnceLock;
+
+use channel_kit::settings::Secret;
+use rsa::RsaPrivateKey;
+use rsa::pkcs8::{EncodePrivateKey, LineEnding};
+use serde_json::Value;
+
+use super::*;
+use crate::signature::MerchantSigner;
+
+const PLATFORM_KEY: &str =
+    include_str!("../../tests/fixtures/independent_test_unionpay_platform_private_key.pem");
+const INDEPENDENT: &str = include_str!("../../tests/fixtures/independent_vectors.json");
+const MER_ID: &str = "777290058167151";
+
+fn certificate(which: &str) -> (String, String) {
+    let v: Value = serde_json::from_str(INDEPENDENT).unwrap();
+    let c = &v["certificates"][which];
+    (
+        c["pem"].as_str().unwrap().to_owned(),
+        c["serial_decimal"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn stranger_pem() -> &'static str {
+    static KEY: OnceLock<String> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let key = RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()
+    })
+}
+
+fn in_2026() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_767_225_600, 0).unwrap()
+}
+
+fn in_2040() -> DateTime<Utc> {
+    DateTime::from_timestamp(2_208_988_800, 0).unwrap()
+}
+
+fn adapter_at(now: fn() -> DateTime<Utc>) -> UnionpayAdapter {
+    let settings = UnionpaySettings {
+        gateway_base: "http://127.0.0.1:1".into(),
+        file_trans_url: "http://127.0.0.1:1/gateway/api/fileTransRequest.do".into(),
+        mer_id: MER_ID.into(),
+        sign_key: Secret::new(stranger_pem()),
+        sign_cert_id: "69903319369".into(),
+        platform_cert: Some(certificate("good").0),
+        middle_cert: None,
+        accept_test_cn: false,
+        back_url: "http://127.0.0.1:8083/notify/payment".into(),
+        refund_back_url: "http://127.0.0.1:8083/notify/refund".into(),
+        front_url: None,
+        channel_type: "07".into(),
+        front_register: false,
+    };
+    let keys = UnionpayKeys::load(&settings).unwrap();
+    UnionpayAdapter::new(&settings, keys, reqwest::Client::new(), now)
+}
+
+fn adapter() -> UnionpayAdapter {
+    adapter_at(in_2026)
+}
+
+fn fields(txn_type: &str, order_id: &str, mer_id: &str) -> BTreeMap<String, String> {
+    [
+        ("version", "5.1.0"),
+        ("encoding", "utf-8"),
+        ("signMethod", "01"),
+        ("txnType", txn_type),
+        ("txnSubType", "01"),
+        ("bizType", "000201"),
+        ("accessType", "0"),
+        ("merId", mer_id),
+        ("orderId", order_id),
+        ("txnTime", "20260101080000"),
+        ("txnAmt", "8888"),
+        ("currencyCode", "156"),
+        ("queryId", "512601010800000000001"),
+        ("traceNo", "000001"),
+        ("traceTime", "0101080005"),
+        ("respCode", "00"),
+        ("respMsg", "成功[0000000]"),
+        ("reqReserved", "20260101080000T0001"),
+        ("settleAmt", "8888"),
+        ("settleCurrencyCode", "156"),
+        ("settleDate", "0101"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// Ships `cert` and signs with `key` under `cert_id`, as UnionPay does.
+fn callback(mut f: BTreeMap<String, String>, key: &str, cert: &str, cert_id: &str) -> Callback {
+    f.insert("signPubKeyCert".into(), cert.to_owned());
+    MerchantSigner::from_pkcs8_pem(key, cert_id)
+        .unwrap()
+        .sign(&mut f)
+        .unwrap();
+    body_callback(&f)
+}
+
+fn body_callback(f: &BTreeMap<String, String>) -> Callback {
+    Callback {
+        method: http::Method::POST,
+        target: "/notify/payment".into(),
+        headers: http::HeaderMap::new(),
+        body: wire::encode_form(f).into_bytes().into(),
+    }
+}
+
+fn good(f: BTreeMap<String, String>) -> Callback {
+    let (pem, serial) = certificate("good");
+    callback(f, PLATFORM_KEY, &pem, &serial)
+}
+
+fn reason(result: Result<Notification, Rejection>) -> RejectReason {
+    result.unwrap_err().reason
+}
+
+#[test]
+fn a_signed_payment_notification_is_accepted_with_query_id_and_trace_time_as_event_id() {
+    let cb = good(fields("01", "20260101080000T0001", MER_ID));
+    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).unwrap() else {
+        panic!("expected a payment");
+    };
+    assert_eq!(event_id, "512601010800000000001:0101080005");
+    assert_eq!(result.out_trade_no, "20260101080000T0001");
+    assert_eq!(result.state, pb::TradeState::Succeeded as i32);
+    assert_eq!(result.channel_trade_no, "512601010800000000001");
+    assert_eq!(
+        result.paid,
+        Some(pb::Amount {
+            amount_minor: 8888,
+            currency: "CNY".into()
+        })
+    );
+}
+
+#[test]
+fn a_changed_amount_is_a_bad_signature() {
+    let cb = good(fields("01", "20260101080000T0001", MER_ID));
+    let mut f = wire::parse_notify_form(std::str::from_utf8(&cb.body).unwrap()).unwrap();
+    f.insert("txnAmt".into(), "1".into());
+    assert_eq!(
+        reason(adapter().verify_callback(&body_callback(&f))),
+        RejectReason::BadSignature
+    );
+}
+
+#[test]
+fn a_signature_by_another_key_is_a_bad_signature() {
+    let (pem, serial) = certificate("good");
+    let cb = callback(
+        fields("01", "20260101080000T0001", MER_ID),
+        stranger_pem(),
+        &pem,
+        &serial,
+    );
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::BadSignature
+    );
+}
+
+#[test]
+fn a_certificate_that_is_not_pinned_or_a_wrong_cert_id_is_an_unknown_key() {
+    let (other, other_serial) = certificate("expired");
+    let cb = callback(
+        fields("01", "20260101080000T0001", MER_ID),
+        PLATFORM_KEY,
+        &other,
+        &other_serial,
+    );
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::UnknownKey
+    );
+    let (pem, _) = certificate("good");
+    let cb = callback(
+        fields("01", "20260101080000T0001", MER_ID),
+        PLATFORM_KEY,
+        &pem,
+        "1",
+    );
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::UnknownKey
+    );
+}
+
+#[test]
+fn a_certificate_past_its_validity_is_refused() {
+    let cb = good(fields("01", "20260101080000T0001", MER_ID));
+    assert_eq!(
+        reason(adapter_at(in_2040).verify_callback(&cb)),
+        RejectReason::UnknownKey
+    );
+}
+
+#[test]
+fn a_notification_for_another_merchant_is_refused() {
+    let cb = good(fields("01", "20260101080000T0001", "777290058100000"));
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::WrongMerchant
+    );
+}
+
+#[test]
+fn a_refund_notification_names_its_payment_through_req_reserved() {
+    let cb = good(fields("04", "20260101090000R0001", MER_ID));
+    let Notification::Refund {
+        out_trade_no,
+        result,
+        ..
+    } = adapter().verify_callback(&cb).unwrap()
+    else {
+        panic!("expected a refund");
+    };
+    assert_eq!(out_trade_no, "20260101080000T0001");
+    assert_eq!(result.out_refund_no, "20260101090000R0001");
+    assert_eq!(result.state, pb::RefundState::Succeeded as i32);
+    assert_eq!(result.refunded.unwrap().amount_minor, 8888);
+}
+
+#[test]
+fn any_other_resp_code_is_unknown_so_the_core_queries() {
+    let mut f = fields("01", "20260101080000T0001", MER_ID);
+    f.insert("respCode".into(), "61".into());
+    let Notification::Payment { result, .. } = adapter().verify_callback(&good(f)).unwrap() else {
+        panic!("expected a payment");
+    };
+    assert_eq!(result.state, pb::TradeState::Unknown as i32);
+    assert_eq!(result.paid, None);
+}
+
+#[test]
+fn txn_time_comes_from_the_merchant_number() {
+    assert_eq!(
+        txn_time_of("20260101080000T0001", "x").unwrap(),
+        "20260101080000"
+    );
+    // 1 h after the snowflake epoch (2026-01-01T00:00Z), worker 3, sequence 5: 09:00 in Beijing.
+    let id = (3_600_000_u64 << 22) | (3 << 12) | 5;
+    assert_eq!(
+        txn_time_of(&format!("P{id}"), "x").unwrap(),
+        "20260101090000"
+    );
+    assert_eq!(
+        txn_time_of(&format!("R{id}"), "x").unwrap(),
+        "20260101090000"
+    );
+    for bad in [
+        "",
+        "2026",
+        "P",
+        "Pabc",
+        "P99999999999999999999999",
+        "20261301080000AB",
+        "1234567890123456789",
+    ] {
+        assert!(txn_time_of(bad, "x").is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn replies_follow_the_documented_forms() {
+    let a = adapter();
+    assert_eq!((a.ack().status, a.ack().body.as_str()), (200, "ok"));
+    assert_eq!(a.nack("x").status, 500);
+}
+
+#[tokio::test]
+async fn front_prepay_returns_the_signed_form_and_its_action() {
+    let a = adapter();
+    let response = a
+        .prepay(pb::PrepayRequest {
+            out_trade_no: "20260101080000T0001".into(),
+            method: pb::PayMethod::UnionpayFront as i32,
+            amount: Some(pb::Amount {
+                amount_minor: 8888,
+                currency: "CNY".into(),
+            }),
+            subject: "coffee".into(),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: 1_767_227_400,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let p = &response.pay_params;
+    assert_eq!(
+        p[ACTION_KEY],
+        "http://127.0.0.1:1/gateway/api/frontTransReq.do"
+    );
+    assert_eq!(p["txnTime"], "20260101080000");
+    assert_eq!(p["txnAmt"], "8888");
+    assert_eq!(p["payTimeout"], "20260101083000");
+    assert_eq!(p["certId"], "69903319369");
+    assert!(!p["signature"].is_empty());
+
+    let wrong = pb::PrepayRequest {
+        out_trade_no: "20260101080000T0001".into(),
+        method: pb::PayMethod::AlipayQr as i32,
+        ..Default::default()
+    };
+    assert!(matches!(
+        a.prepay(wrong).await,
+        Err(ChannelError::InvalidArgument(_))
+    ));
+}

@@ -1,0 +1,295 @@
+//! Callbacks built here with freshly generated keys: the adapter accepts a correctly signed and
+//! sealed notification and refuses each way of breaking one with the matching reason.
+use std::sync::OnceLock;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use channel_kit::settings::Secret;
+use rsa::RsaPrivateKey;
+use rsa::pkcs1v15::SigningKey;
+use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::signature::{SignatureEncoding, Signer};
+use sha2::Sha256;
+
+use super::*;
+use crate::signature::response_message;
+
+const NOW: i64 = 1_704_081_605;
+const MCHID: &str = "1900000001";
+const APIV3_KEY: &str = "a7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb";
+const PLATFORM_SERIAL: &str = "PUB_KEY_ID_0000000000000024101100397200000006";
+
+fn now() -> DateTime<Utc> {
+    DateTime::from_timestamp(NOW, 0).unwrap()
+}
+
+struct Keys {
+    merchant: RsaPrivateKey,
+    platform: RsaPrivateKey,
+    stranger: RsaPrivateKey,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut rng = rand::thread_rng();
+        Keys {
+            merchant: RsaPrivateKey::new(&mut rng, 2048).unwrap(),
+            platform: RsaPrivateKey::new(&mut rng, 2048).unwrap(),
+            stranger: RsaPrivateKey::new(&mut rng, 2048).unwrap(),
+        }
+    })
+}
+
+fn adapter() -> WechatAdapter {
+    let k = keys();
+    let settings = WechatSettings {
+        api_base: "http://127.0.0.1:1".into(),
+        mchid: MCHID.into(),
+        appid: "wxd678efh567hg6787".into(),
+        merchant_key: Secret::new(k.merchant.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()),
+        merchant_serial: "5F1C72E2A8931B72A2E13AF8DEE92471EB397115".into(),
+        platform_public_key: k
+            .platform
+            .to_public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap(),
+        platform_serial: PLATFORM_SERIAL.into(),
+        apiv3_key: Secret::new(APIV3_KEY),
+        notify_url: "http://127.0.0.1:8081/notify/payment".into(),
+        refund_notify_url: "http://127.0.0.1:8081/notify/refund".into(),
+        timestamp_window_secs: 300,
+    };
+    let keys = WechatKeys::load(&settings).unwrap();
+    WechatAdapter::new(&settings, keys, reqwest::Client::new(), now)
+}
+
+fn seal(key: &str, plaintext: &str, associated_data: &str) -> String {
+    let cipher = Aes256Gcm::new_from_slice(key.as_bytes()).unwrap();
+    let sealed = cipher
+        .encrypt(
+            Nonce::from_slice(b"fG1l57vn9BCX"),
+            Payload {
+                msg: plaintext.as_bytes(),
+                aad: associated_data.as_bytes(),
+            },
+        )
+        .unwrap();
+    BASE64.encode(sealed)
+}
+
+fn transaction(mchid: &str) -> String {
+    format!(
+        r#"{{"mchid":"{mchid}","appid":"wxd678efh567hg6787","out_trade_no":"T20240101000001","transaction_id":"4200000000202401010000000001","trade_type":"JSAPI","trade_state":"SUCCESS","trade_state_desc":"支付成功","bank_type":"OTHERS","attach":"","success_time":"2024-01-01T12:00:00+08:00","payer":{{"openid":"o-secret"}},"amount":{{"total":100,"payer_total":100,"currency":"CNY","payer_currency":"CNY"}}}}"#
+    )
+}
+
+fn envelope(event_type: &str, original_type: &str, ciphertext: &str) -> String {
+    format!(
+        r#"{{"id":"EV-2018022511223320873","create_time":"2024-01-01T12:00:05+08:00","resource_type":"encrypt-resource","event_type":"{event_type}","summary":"支付成功","resource":{{"original_type":"{original_type}","algorithm":"AEAD_AES_256_GCM","ciphertext":"{ciphertext}","associated_data":"{original_type}","nonce":"fG1l57vn9BCX"}}}}"#
+    )
+}
+
+fn callback(body: &str, timestamp: i64, serial: &str, signer: &RsaPrivateKey) -> Callback {
+    let nonce = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    let message = response_message(&timestamp.to_string(), nonce, body.as_bytes());
+    let signature = SigningKey::<Sha256>::new(signer.clone()).sign(&message);
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in [
+        ("Wechatpay-Timestamp", timestamp.to_string()),
+        ("Wechatpay-Nonce", nonce.to_owned()),
+        ("Wechatpay-Serial", serial.to_owned()),
+        ("Wechatpay-Signature", BASE64.encode(signature.to_bytes())),
+        (
+            "Wechatpay-Signature-Type",
+            "WECHATPAY2-SHA256-RSA2048".to_owned(),
+        ),
+    ] {
+        headers.insert(name, value.parse().unwrap());
+    }
+    Callback {
+        method: http::Method::POST,
+        target: "/notify/payment".into(),
+        headers,
+        body: body.to_owned().into_bytes().into(),
+    }
+}
+
+fn payment_body() -> String {
+    envelope(
+        "TRANSACTION.SUCCESS",
+        "transaction",
+        &seal(APIV3_KEY, &transaction(MCHID), "transaction"),
+    )
+}
+
+fn reason(result: Result<Notification, Rejection>) -> RejectReason {
+    result.unwrap_err().reason
+}
+
+#[test]
+fn a_signed_payment_notification_is_accepted_with_its_envelope_id_and_amount() {
+    let cb = callback(&payment_body(), NOW - 10, PLATFORM_SERIAL, &keys().platform);
+    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).unwrap() else {
+        panic!("expected a payment");
+    };
+    assert_eq!(event_id, "EV-2018022511223320873");
+    assert_eq!(result.out_trade_no, "T20240101000001");
+    assert_eq!(result.state, pb::TradeState::Succeeded as i32);
+    assert_eq!(result.channel_trade_no, "4200000000202401010000000001");
+    assert_eq!(
+        result.paid,
+        Some(pb::Amount {
+            amount_minor: 100,
+            currency: "CNY".into()
+        })
+    );
+    assert_eq!(result.paid_at.unwrap().seconds, 1_704_081_600);
+}
+
+#[test]
+fn a_body_changed_after_signing_is_a_bad_signature() {
+    let mut cb = callback(&payment_body(), NOW, PLATFORM_SERIAL, &keys().platform);
+    let tampered = String::from_utf8(cb.body.to_vec())
+        .unwrap()
+        .replace("EV-2018", "EV-2019");
+    cb.body = tampered.into_bytes().into();
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::BadSignature
+    );
+}
+
+#[test]
+fn a_notification_signed_by_another_key_is_a_bad_signature() {
+    let cb = callback(&payment_body(), NOW, PLATFORM_SERIAL, &keys().stranger);
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::BadSignature
+    );
+}
+
+#[test]
+fn an_unknown_serial_is_an_unknown_key() {
+    let cb = callback(
+        &payment_body(),
+        NOW,
+        "PUB_KEY_ID_NOT_OURS",
+        &keys().platform,
+    );
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::UnknownKey
+    );
+}
+
+#[test]
+fn a_timestamp_outside_the_window_is_stale_even_when_signed() {
+    for skew in [-300, 301, 3_600] {
+        let cb = callback(
+            &payment_body(),
+            NOW - skew,
+            PLATFORM_SERIAL,
+            &keys().platform,
+        );
+        assert_eq!(
+            reason(adapter().verify_callback(&cb)),
+            RejectReason::StaleTimestamp,
+            "{skew}"
+        );
+    }
+}
+
+#[test]
+fn a_resource_sealed_with_another_key_fails_to_decrypt() {
+    let body = envelope(
+        "TRANSACTION.SUCCESS",
+        "transaction",
+        &seal(
+            "00000000000000000000000000000000",
+            &transaction(MCHID),
+            "transaction",
+        ),
+    );
+    let cb = callback(&body, NOW, PLATFORM_SERIAL, &keys().platform);
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::DecryptFailed
+    );
+}
+
+#[test]
+fn a_notification_for_another_merchant_is_refused() {
+    let body = envelope(
+        "TRANSACTION.SUCCESS",
+        "transaction",
+        &seal(APIV3_KEY, &transaction("1900000002"), "transaction"),
+    );
+    let cb = callback(&body, NOW, PLATFORM_SERIAL, &keys().platform);
+    assert_eq!(
+        reason(adapter().verify_callback(&cb)),
+        RejectReason::WrongMerchant
+    );
+}
+
+#[test]
+fn a_refund_notification_becomes_a_refund_result() {
+    let resource = format!(
+        r#"{{"mchid":"{MCHID}","out_trade_no":"T20240101000001","transaction_id":"4200000000202401010000000001","out_refund_no":"R20240101000001","refund_id":"50000000382019052709732678859","refund_status":"SUCCESS","success_time":"2024-01-02T10:00:00+08:00","user_received_account":"招商银行信用卡0403","amount":{{"total":100,"refund":40,"payer_total":100,"payer_refund":40}}}}"#
+    );
+    let body = envelope(
+        "REFUND.SUCCESS",
+        "refund",
+        &seal(APIV3_KEY, &resource, "refund"),
+    );
+    let cb = callback(&body, NOW, PLATFORM_SERIAL, &keys().platform);
+    let Notification::Refund {
+        event_id,
+        out_trade_no,
+        result,
+    } = adapter().verify_callback(&cb).unwrap()
+    else {
+        panic!("expected a refund");
+    };
+    assert_eq!(event_id, "EV-2018022511223320873");
+    assert_eq!(out_trade_no, "T20240101000001");
+    assert_eq!(result.out_refund_no, "R20240101000001");
+    assert_eq!(result.state, pb::RefundState::Succeeded as i32);
+    assert_eq!(result.refunded.unwrap().amount_minor, 40);
+}
+
+#[test]
+fn replies_follow_the_documented_forms() {
+    let a = adapter();
+    assert_eq!(a.ack().status, 200);
+    assert_eq!(a.ack().body, r#"{"code":"SUCCESS","message":"成功"}"#);
+    assert_eq!(a.nack("x").status, 500);
+    assert!(a.nack("x").body.contains(r#""code":"FAIL""#));
+}
+
+#[tokio::test]
+async fn methods_and_currencies_the_channel_cannot_take_are_invalid_arguments() {
+    let a = adapter();
+    let request = |method: pb::PayMethod, currency: &str| pb::PrepayRequest {
+        out_trade_no: "T20240101000001".into(),
+        method: method as i32,
+        amount: Some(pb::Amount {
+            amount_minor: 100,
+            currency: currency.into(),
+        }),
+        subject: "coffee".into(),
+        ..Default::default()
+    };
+    for r in [
+        request(pb::PayMethod::AlipayQr, "CNY"),
+        request(pb::PayMethod::WechatNative, "USD"),
+        request(pb::PayMethod::WechatJsapi, "CNY"),
+    ] {
+        assert!(matches!(
+            a.prepay(r).await,
+            Err(ChannelError::InvalidArgument(_))
+        ));
+    }
+}

@@ -1,0 +1,156 @@
+//! The WeChat adapter's settings: read from the environment (secrets also from `*_FILE`), and
+//! validated at start so that a bad key fails the process with the variable named, not the first
+//! payment.
+use channel_kit::settings::{self, Secret, SettingError};
+
+use crate::signature::{ApiV3Key, MerchantSigner, PlatformVerifier, TIMESTAMP_WINDOW_SECS};
+
+/// Production API host; the sandbox is reached by changing only this and the keys.
+pub const DEFAULT_API_BASE: &str = "https://api.mch.weixin.qq.com";
+
+/// Where the payment and refund notifications of this adapter arrive. The kit's callback
+/// listener serves every path under `/notify/`.
+pub const PAYMENT_NOTIFY_PATH: &str = "/notify/payment";
+pub const REFUND_NOTIFY_PATH: &str = "/notify/refund";
+
+/// Everything read from the environment, before any key is parsed.
+#[derive(Debug, Clone)]
+pub struct WechatSettings {
+    /// `WECHAT_API_BASE`.
+    pub api_base: String,
+    /// `WECHAT_MCHID`.
+    pub mchid: String,
+    /// `WECHAT_APPID`.
+    pub appid: String,
+    /// `WECHAT_MERCHANT_KEY`: the merchant API key, PKCS#8 PEM.
+    pub merchant_key: Secret,
+    /// `WECHAT_MERCHANT_SERIAL`: serial of the merchant API certificate.
+    pub merchant_serial: String,
+    /// `WECHAT_PLATFORM_PUBLIC_KEY`: the WeChat Pay public key, SPKI PEM.
+    pub platform_public_key: String,
+    /// `WECHAT_PLATFORM_SERIAL`: the `Wechatpay-Serial` the platform signs under.
+    pub platform_serial: String,
+    /// `WECHAT_APIV3_KEY`: 32 ASCII characters.
+    pub apiv3_key: Secret,
+    /// `WECHAT_NOTIFY_URL`, else `ADAPTER_PUBLIC_CALLBACK_BASE` + `/notify/payment`.
+    pub notify_url: String,
+    /// `WECHAT_REFUND_NOTIFY_URL`, else derived like `notify_url` with `/notify/refund`.
+    pub refund_notify_url: String,
+    /// `WECHAT_TIMESTAMP_WINDOW_SECS` (default 300).
+    pub timestamp_window_secs: i64,
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> SettingError {
+    SettingError {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// The public notify URLs: explicit ones win; otherwise both derive from
+/// `ADAPTER_PUBLIC_CALLBACK_BASE`, or the refund URL from the payment URL's base.
+///
+/// # Errors
+/// A [`SettingError`] naming the variable to set when neither is given.
+pub fn notify_urls(prefix: &str) -> Result<(String, String), SettingError> {
+    let base = std::env::var("ADAPTER_PUBLIC_CALLBACK_BASE")
+        .ok()
+        .map(|b| b.trim_end_matches('/').to_owned());
+    let payment_key = format!("{prefix}_NOTIFY_URL");
+    let refund_key = format!("{prefix}_REFUND_NOTIFY_URL");
+    let payment = match (std::env::var(&payment_key).ok(), &base) {
+        (Some(url), _) => url,
+        (None, Some(base)) => format!("{base}{PAYMENT_NOTIFY_PATH}"),
+        (None, None) => {
+            return Err(bad(
+                &payment_key,
+                format!("set {payment_key} or ADAPTER_PUBLIC_CALLBACK_BASE"),
+            ));
+        }
+    };
+    let refund = match (std::env::var(&refund_key).ok(), &base) {
+        (Some(url), _) => url,
+        (None, Some(base)) => format!("{base}{REFUND_NOTIFY_PATH}"),
+        (None, None) => match payment.strip_suffix(PAYMENT_NOTIFY_PATH) {
+            Some(base) => format!("{base}{REFUND_NOTIFY_PATH}"),
+            None => {
+                return Err(bad(
+                    &refund_key,
+                    format!("set {refund_key} or ADAPTER_PUBLIC_CALLBACK_BASE"),
+                ));
+            }
+        },
+    };
+    for (key, url) in [(&payment_key, &payment), (&refund_key, &refund)] {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(bad(key, "must be an absolute http(s) URL"));
+        }
+    }
+    Ok((payment, refund))
+}
+
+impl WechatSettings {
+    /// Reads every `WECHAT_*` variable.
+    ///
+    /// # Errors
+    /// A [`SettingError`] naming the first missing or malformed variable.
+    pub fn from_env() -> Result<Self, SettingError> {
+        let (notify_url, refund_notify_url) = notify_urls("WECHAT")?;
+        let window_key = "WECHAT_TIMESTAMP_WINDOW_SECS";
+        let timestamp_window_secs = match std::env::var(window_key) {
+            Ok(v) => v
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| bad(window_key, "must be a positive number of seconds"))?,
+            Err(_) => TIMESTAMP_WINDOW_SECS,
+        };
+        Ok(Self {
+            api_base: settings::var_or("WECHAT_API_BASE", DEFAULT_API_BASE)
+                .trim_end_matches('/')
+                .to_owned(),
+            mchid: settings::required("WECHAT_MCHID")?,
+            appid: settings::required("WECHAT_APPID")?,
+            merchant_key: settings::secret("WECHAT_MERCHANT_KEY")?,
+            merchant_serial: settings::required("WECHAT_MERCHANT_SERIAL")?,
+            platform_public_key: settings::required("WECHAT_PLATFORM_PUBLIC_KEY")?,
+            platform_serial: settings::required("WECHAT_PLATFORM_SERIAL")?,
+            apiv3_key: settings::secret("WECHAT_APIV3_KEY")?,
+            notify_url,
+            refund_notify_url,
+            timestamp_window_secs,
+        })
+    }
+}
+
+/// The parsed keys: what the client and the callback verifier use.
+#[derive(Debug)]
+pub struct WechatKeys {
+    pub signer: MerchantSigner,
+    pub verifier: PlatformVerifier,
+    pub apiv3_key: ApiV3Key,
+}
+
+impl WechatKeys {
+    /// Parses every key, naming the variable whose value is unusable.
+    ///
+    /// # Errors
+    /// A [`SettingError`] for the first key that does not parse.
+    pub fn load(s: &WechatSettings) -> Result<Self, SettingError> {
+        let signer =
+            MerchantSigner::from_pkcs8_pem(&s.mchid, &s.merchant_serial, s.merchant_key.expose())
+                .map_err(|e| bad("WECHAT_MERCHANT_KEY", e.to_string()))?;
+        let mut verifier = PlatformVerifier::new().with_window_secs(s.timestamp_window_secs);
+        verifier
+            .add_public_key_pem(&s.platform_serial, &s.platform_public_key)
+            .map_err(|e| bad("WECHAT_PLATFORM_PUBLIC_KEY", e.to_string()))?;
+        let apiv3_key = ApiV3Key::new(s.apiv3_key.expose())
+            .map_err(|e| bad("WECHAT_APIV3_KEY", e.to_string()))?;
+        Ok(Self {
+            signer,
+            verifier,
+            apiv3_key,
+        })
+    }
+}
