@@ -115,8 +115,13 @@ pub fn free_addr() -> SocketAddr {
 /// (the README's test command does this).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe.parent().and_then(|p| p.parent()).expect("target dir");
+    // A test runs from target/<profile>/deps/, a binary (the bench) from target/<profile>/.
+    let here = exe.parent().expect("exe dir");
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target dir")
+    } else {
+        here
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

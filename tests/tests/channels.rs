@@ -375,3 +375,115 @@ async fn an_adapter_killed_before_forwarding_loses_nothing() {
     assert_eq!(paid.paid_minor, 2500);
     assert_eq!(count(&p, "SELECT count(*) AS n FROM channel_events"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_channel_closes_the_old_trade_first_and_paid_or_closed_orders_refuse_pay() {
+    let p = Platform::start_channels(&[Ch::Wechat, Ch::Alipay], 0.01);
+    let mut c = client(&p).await;
+
+    // WeChat first, then the payer changes their mind: the WeChat trade is closed at WeChat
+    // before the Alipay one opens.
+    let order = create(&mut c, "SWITCH-00001", 1200).await;
+    let wx = pay(&mut c, &order, Ch::Wechat)
+        .await
+        .expect("pay wechat")
+        .attempt
+        .unwrap();
+    let ali = pay(&mut c, &order, Ch::Alipay)
+        .await
+        .expect("pay alipay")
+        .attempt
+        .unwrap();
+    assert_ne!(wx.out_trade_no, ali.out_trade_no);
+    let wx_trade = p
+        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{}", wx.out_trade_no))
+        .await;
+    assert_eq!(wx_trade["state"], json!("CLOSED"), "{wx_trade}");
+    assert_eq!(
+        count(
+            &p,
+            &format!(
+                "SELECT count(*) AS n FROM payment_attempts WHERE out_trade_no = '{}' AND status = 'CLOSED'",
+                wx.out_trade_no
+            )
+        ),
+        1
+    );
+    p.sandbox_post(
+        Ch::Alipay,
+        &format!("/sandbox/trades/{}/pay", ali.out_trade_no),
+        json!({"outcome": "success"}),
+    )
+    .await;
+    wait_status(
+        &mut c,
+        &order.order_id,
+        pb::OrderStatus::Paid,
+        Duration::from_secs(20),
+    )
+    .await;
+    let err = pay(&mut c, &order, Ch::Wechat).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("PAID"), "{}", err.message());
+
+    // The payer paid by WeChat but the callback was lost; switching to Alipay finds the payment
+    // when closing the WeChat trade: the order is PAID and no second trade opens.
+    let order2 = create(&mut c, "SWITCH-00002", 700).await;
+    p.sandbox_post(
+        Ch::Wechat,
+        "/sandbox/faults",
+        json!({"callback_mode": "lose"}),
+    )
+    .await;
+    let wx2 = pay(&mut c, &order2, Ch::Wechat)
+        .await
+        .expect("pay")
+        .attempt
+        .unwrap();
+    p.sandbox_post(
+        Ch::Wechat,
+        &format!("/sandbox/trades/{}/pay", wx2.out_trade_no),
+        json!({"outcome": "success"}),
+    )
+    .await;
+    let err = pay(&mut c, &order2, Ch::Alipay).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        order_of(&mut c, &order2.order_id).await.status,
+        pb::OrderStatus::Paid as i32
+    );
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) AS n FROM payment_attempts a JOIN orders o ON o.id = a.order_id \
+             WHERE o.merchant_order_no = 'SWITCH-00002'"
+        ),
+        1
+    );
+
+    // CloseOrder on a PAYING order closes the trade at the channel too.
+    let order3 = create(&mut c, "SWITCH-00003", 300).await;
+    let wx3 = pay(&mut c, &order3, Ch::Wechat)
+        .await
+        .expect("pay")
+        .attempt
+        .unwrap();
+    let closed = c
+        .close_order(req(pb::CloseOrderRequest {
+            order_id: order3.order_id.clone(),
+            idempotency_key: String::new(),
+        }))
+        .await
+        .expect("close")
+        .into_inner()
+        .order
+        .unwrap();
+    assert_eq!(closed.status, pb::OrderStatus::Closed as i32);
+    let t = p
+        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{}", wx3.out_trade_no))
+        .await;
+    assert_eq!(t["state"], json!("CLOSED"), "{t}");
+    let err = pay(&mut c, &order3, Ch::Wechat).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains("CLOSED"), "{}", err.message());
+}

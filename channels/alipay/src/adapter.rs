@@ -3,6 +3,7 @@
 //! (payments, and the refund notifications that carry `out_biz_no`).
 use std::sync::Arc;
 
+use channel_kit::fields::required;
 use channel_kit::{
     Adapter, Callback, ChannelError, Notification, RejectReason, Rejection, Reply, pb,
 };
@@ -70,16 +71,6 @@ fn cny_yuan(amount: Option<&pb::Amount>, field: &str) -> Result<Yuan, ChannelErr
         )));
     }
     Yuan::from_fen(amount.amount_minor).map_err(|e| ChannelError::InvalidArgument(e.to_string()))
-}
-
-fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, ChannelError> {
-    if value.is_empty() {
-        Err(ChannelError::InvalidArgument(format!(
-            "{field} is required"
-        )))
-    } else {
-        Ok(value)
-    }
 }
 
 fn parse_node<T: DeserializeOwned>(node: &str, what: &str) -> Result<T, ChannelError> {

@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus counters every adapter exports.
 //! - [`serve`]: runs the three listeners until a shutdown signal.
 pub mod callbacks;
+pub mod fields;
 pub mod grpc;
 pub mod metrics;
 pub mod settings;

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use channel_kit::fields::cny_fen;
 use channel_kit::{
     Adapter, Callback, ChannelError, Notification, RejectReason, Rejection, Reply, pb,
 };
@@ -24,6 +25,9 @@ use crate::wire::{
     self, BACK_TRANS_PATH, CNY, ChannelType, ConsumeRequest, FRONT_TRANS_PATH, QUERY_TRANS_PATH,
     QueryRequest, RefundRequest, TransactionResult,
 };
+
+/// How this platform is named in error messages.
+const PLATFORM: &str = "UnionPay";
 
 /// `txnTime`, `payTimeout` and the file's times are Beijing time.
 pub(crate) const BEIJING: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
@@ -84,23 +88,6 @@ fn currency_of(code: Option<&str>) -> Result<String, String> {
         Some(CNY) | None => Ok("CNY".to_owned()),
         Some(other) => Err(format!("currencyCode {other:?} is not CNY (156)")),
     }
-}
-
-fn cny_fen(amount: Option<&pb::Amount>, field: &str) -> Result<i64, ChannelError> {
-    let amount =
-        amount.ok_or_else(|| ChannelError::InvalidArgument(format!("{field} is required")))?;
-    if amount.currency != "CNY" {
-        return Err(ChannelError::InvalidArgument(format!(
-            "{field}: UnionPay takes only CNY here, not {:?}",
-            amount.currency
-        )));
-    }
-    if amount.amount_minor <= 0 {
-        return Err(ChannelError::InvalidArgument(format!(
-            "{field} must be positive"
-        )));
-    }
-    Ok(amount.amount_minor)
 }
 
 fn wire_error(e: wire::WireError) -> ChannelError {
@@ -326,7 +313,7 @@ impl Adapter for UnionpayAdapter {
                 "method {method:?} is not a UnionPay method"
             )));
         }
-        let fen = cny_fen(req.amount.as_ref(), "amount")?;
+        let fen = cny_fen(req.amount.as_ref(), "amount", PLATFORM)?;
         let txn_time = txn_time_of(&req.out_trade_no, "out_trade_no")?;
         let pay_timeout = req
             .expires_at
@@ -402,7 +389,7 @@ impl Adapter for UnionpayAdapter {
     }
 
     async fn refund(&self, req: pb::RefundRequest) -> Result<pb::RefundResult, ChannelError> {
-        let fen = cny_fen(req.refund.as_ref(), "refund")?;
+        let fen = cny_fen(req.refund.as_ref(), "refund", PLATFORM)?;
         if req.channel_trade_no.is_empty() {
             return Err(ChannelError::InvalidArgument(
                 "channel_trade_no (the payment's queryId) is required: UnionPay refunds name it as origQryId"

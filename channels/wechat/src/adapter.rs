@@ -2,6 +2,7 @@
 //! refund query, the trade bill, and verification of payment and refund notifications.
 use std::sync::Arc;
 
+use channel_kit::fields::{cny_fen, required};
 use channel_kit::{
     Adapter, Callback, ChannelError, Notification, RejectReason, Rejection, Reply, pb,
 };
@@ -19,6 +20,9 @@ use crate::wire::{
     NativePrepayResponse, NotifyEnvelope, NotifyReply, OrderAmount, Payer, Refund,
     RefundNotifyResource, RefundRequest, RefundRequestAmount, TradeBillResponse, Transaction,
 };
+
+/// How this platform is named in error messages.
+const PLATFORM: &str = "WeChat Pay";
 
 /// The only currency these merchant APIs settle in.
 const CNY: &str = "CNY";
@@ -65,34 +69,6 @@ fn refund_state(text: &str) -> pb::RefundState {
         RefundStatus::Succeeded => pb::RefundState::Succeeded,
         RefundStatus::Closed => pb::RefundState::Failed,
         RefundStatus::Unknown => pb::RefundState::Unknown,
-    }
-}
-
-/// A CNY amount in fen, or `InvalidArgument` naming the field.
-fn cny_fen(amount: Option<&pb::Amount>, field: &str) -> Result<i64, ChannelError> {
-    let amount =
-        amount.ok_or_else(|| ChannelError::InvalidArgument(format!("{field} is required")))?;
-    if amount.currency != CNY {
-        return Err(ChannelError::InvalidArgument(format!(
-            "{field}: WeChat Pay takes only CNY here, not {:?}",
-            amount.currency
-        )));
-    }
-    if amount.amount_minor <= 0 {
-        return Err(ChannelError::InvalidArgument(format!(
-            "{field} must be positive"
-        )));
-    }
-    Ok(amount.amount_minor)
-}
-
-fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, ChannelError> {
-    if value.is_empty() {
-        Err(ChannelError::InvalidArgument(format!(
-            "{field} is required"
-        )))
-    } else {
-        Ok(value)
     }
 }
 
@@ -241,7 +217,7 @@ impl Adapter for WechatAdapter {
 
     async fn prepay(&self, req: pb::PrepayRequest) -> Result<pb::PrepayResponse, ChannelError> {
         let method = pb::PayMethod::try_from(req.method).unwrap_or(pb::PayMethod::Unspecified);
-        let total = cny_fen(req.amount.as_ref(), "amount")?;
+        let total = cny_fen(req.amount.as_ref(), "amount", PLATFORM)?;
         let out_trade_no = required(&req.out_trade_no, "out_trade_no")?.to_owned();
         let description = required(&req.subject, "subject")?.to_owned();
         let time_expire = Self::time_expire(req.expires_at.as_ref());
@@ -366,8 +342,8 @@ impl Adapter for WechatAdapter {
     }
 
     async fn refund(&self, req: pb::RefundRequest) -> Result<pb::RefundResult, ChannelError> {
-        let refund = cny_fen(req.refund.as_ref(), "refund")?;
-        let total = cny_fen(req.total.as_ref(), "total")?;
+        let refund = cny_fen(req.refund.as_ref(), "refund", PLATFORM)?;
+        let total = cny_fen(req.total.as_ref(), "total", PLATFORM)?;
         if refund > total {
             return Err(ChannelError::InvalidArgument(
                 "refund exceeds total".to_owned(),

@@ -164,8 +164,36 @@ impl App {
         idem: Option<IdemWrite>,
     ) -> Result<Outcome<OrderRow>, ServiceError> {
         let guard = self.lock_order(id).await?;
-        let result = self
-            .apply_event(
+        let result = async {
+            // An attempt open at a channel is closed there first: if the payer paid meanwhile,
+            // the order is PAID and closing it is refused.
+            let open = self
+                .db
+                .run({
+                    let app = app.clone();
+                    move |conn| {
+                        orders::find(conn, &app, id)?
+                            .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
+                        Ok::<_, ServiceError>(crate::storage::attempts::find_open(conn, id)?)
+                    }
+                })
+                .await?;
+            if let Some(attempt) = open {
+                match self.close_at_channel(&attempt).await {
+                    Ok(()) => {}
+                    // The channel says it was paid: the order is PAID now, and closing is refused.
+                    Err(ServiceError::IllegalTransition(_)) => {
+                        return Err(ServiceError::IllegalTransition(
+                            crate::domain::IllegalTransition {
+                                from: crate::domain::OrderStatus::Paid,
+                                event: OrderEvent::Closed,
+                            },
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            self.apply_event(
                 app,
                 id,
                 OrderEvent::Closed,
@@ -173,7 +201,9 @@ impl App {
                 &guard,
                 idem,
             )
-            .await;
+            .await
+        }
+        .await;
         self.unlock(guard).await;
         result
     }
