@@ -222,7 +222,7 @@ async fn measure(
                         errors.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let mut h = hist.lock().await;
                 h.0.record(create_us).ok();
