@@ -487,3 +487,40 @@ async fn switching_channel_closes_the_old_trade_first_and_paid_or_closed_orders_
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("CLOSED"), "{}", err.message());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_unionpay_trade_which_cannot_be_closed_blocks_a_switch_instead_of_risking_two_charges()
+ {
+    let p = Platform::start_channels(&[Ch::Unionpay, Ch::Wechat], 0.01);
+    let mut c = client(&p).await;
+    let order = create(&mut c, "UNION-SWITCH-1", 900).await;
+    let up = pay(&mut c, &order, Ch::Unionpay)
+        .await
+        .expect("pay")
+        .attempt
+        .unwrap();
+    let err = pay(&mut c, &order, Ch::Wechat).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains(&up.out_trade_no),
+        "{}",
+        err.message()
+    );
+    assert_eq!(count(&p, "SELECT count(*) AS n FROM payment_attempts"), 1);
+    let trades = p.sandbox_get(Ch::Wechat, "/sandbox/trades").await;
+    assert_eq!(trades.as_array().map(Vec::len), Some(0), "{trades}");
+    // Paying the open trade still works.
+    p.sandbox_post(
+        Ch::Unionpay,
+        &format!("/sandbox/trades/{}/pay", up.out_trade_no),
+        json!({"outcome": "success"}),
+    )
+    .await;
+    wait_status(
+        &mut c,
+        &order.order_id,
+        pb::OrderStatus::Paid,
+        Duration::from_secs(20),
+    )
+    .await;
+}

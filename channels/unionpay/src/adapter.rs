@@ -226,12 +226,28 @@ impl UnionpayAdapter {
         format!("{}{path}", self.gateway_base)
     }
 
-    /// One query (txnType 00) of the transaction `order_id` sent at its derived `txnTime`.
-    async fn query(&self, order_id: &str, field: &str) -> Result<TransactionResult, ChannelError> {
+    /// One query (txnType 00) of the transaction `order_id` sent at `txn_time` (what Prepay
+    /// returned as `channel_prepay_id`), or at the time derived from the number when the caller
+    /// has none.
+    async fn query(
+        &self,
+        order_id: &str,
+        txn_time: &str,
+        field: &str,
+    ) -> Result<TransactionResult, ChannelError> {
+        let txn_time = if txn_time.is_empty() {
+            txn_time_of(order_id, field)?
+        } else if txn_time.len() == 14 && txn_time.bytes().all(|b| b.is_ascii_digit()) {
+            txn_time.to_owned()
+        } else {
+            return Err(ChannelError::InvalidArgument(format!(
+                "channel_prepay_id {txn_time:?} is not a UnionPay txnTime (YYYYMMDDhhmmss)"
+            )));
+        };
         let mut fields = QueryRequest {
             mer_id: self.mer_id.clone(),
             order_id: order_id.to_owned(),
-            txn_time: txn_time_of(order_id, field)?,
+            txn_time,
         }
         .to_fields()
         .map_err(wire_error)?;
@@ -254,8 +270,9 @@ impl UnionpayAdapter {
     async fn query_payment_state(
         &self,
         out_trade_no: &str,
+        txn_time: &str,
     ) -> Result<pb::PaymentResult, ChannelError> {
-        let r = self.query(out_trade_no, "out_trade_no").await?;
+        let r = self.query(out_trade_no, txn_time, "out_trade_no").await?;
         if r.resp_code == "00" && r.txn_type.as_deref().is_some_and(|t| t != "01") {
             return Err(ChannelError::BadResponse(format!(
                 "order {out_trade_no} is txnType {:?}, not a consume",
@@ -315,6 +332,8 @@ impl Adapter for UnionpayAdapter {
         }
         let fen = cny_fen(req.amount.as_ref(), "amount", PLATFORM)?;
         let txn_time = txn_time_of(&req.out_trade_no, "out_trade_no")?;
+        // Handed back to the core, which passes it to every later query of this trade.
+        let channel_prepay_id = txn_time.clone();
         let pay_timeout = req
             .expires_at
             .as_ref()
@@ -359,7 +378,7 @@ impl Adapter for UnionpayAdapter {
         pay_params.insert(ACTION_KEY.to_owned(), action);
         Ok(pb::PrepayResponse {
             pay_params,
-            channel_prepay_id: String::new(),
+            channel_prepay_id,
         })
     }
 
@@ -367,7 +386,8 @@ impl Adapter for UnionpayAdapter {
         &self,
         req: pb::QueryPaymentRequest,
     ) -> Result<pb::PaymentResult, ChannelError> {
-        self.query_payment_state(&req.out_trade_no).await
+        self.query_payment_state(&req.out_trade_no, &req.channel_prepay_id)
+            .await
     }
 
     /// UnionPay has no close for a consume: an unpaid front trade lapses at its `payTimeout`, and
@@ -378,7 +398,9 @@ impl Adapter for UnionpayAdapter {
         &self,
         req: pb::ClosePaymentRequest,
     ) -> Result<pb::PaymentResult, ChannelError> {
-        let mut result = self.query_payment_state(&req.out_trade_no).await?;
+        let mut result = self
+            .query_payment_state(&req.out_trade_no, &req.channel_prepay_id)
+            .await?;
         if result.state != pb::TradeState::Succeeded as i32 {
             result.channel_status = format!(
                 "{}; UnionPay has no close: the trade lapses at payTimeout",
@@ -442,7 +464,7 @@ impl Adapter for UnionpayAdapter {
         &self,
         req: pb::QueryRefundRequest,
     ) -> Result<pb::RefundResult, ChannelError> {
-        let r = self.query(&req.out_refund_no, "out_refund_no").await?;
+        let r = self.query(&req.out_refund_no, "", "out_refund_no").await?;
         if r.resp_code == "00" && r.txn_type.as_deref().is_some_and(|t| t != "04") {
             return Err(ChannelError::BadResponse(format!(
                 "order {} is txnType {:?}, not a refund",

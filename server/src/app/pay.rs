@@ -382,6 +382,7 @@ impl App {
             .close_payment(cpb::ClosePaymentRequest {
                 out_trade_no: attempt.out_trade_no.clone(),
                 method: method_to_pb(attempt.method()?) as i32,
+                channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
             })
             .await
             .map_err(|s| {
@@ -414,12 +415,16 @@ impl App {
                 }
                 .into())
             }
-            TradeState::Pending | TradeState::Unknown | TradeState::NotFound => {
-                Err(ServiceError::ChannelUnavailable(
-                    channel.to_string(),
-                    "the channel could not confirm the close; retry".into(),
-                ))
-            }
+            // Still open and payable at the channel (UnionPay has no close: its trades lapse at
+            // their pay timeout). Nothing new may start while the old trade can still be paid.
+            TradeState::Pending => Err(ServiceError::ChannelRefused(format!(
+                "the open {channel} trade {} cannot be closed at the channel ({}); pay it, or retry after it expires",
+                attempt.out_trade_no, r.channel_status
+            ))),
+            TradeState::Unknown | TradeState::NotFound => Err(ServiceError::ChannelUnavailable(
+                channel.to_string(),
+                "the channel could not confirm the close; retry".into(),
+            )),
         }
     }
 }
