@@ -34,6 +34,14 @@ wait_http() { # url, what
 }
 
 [ -f "$KEYS/wechat/merchant_key.pem" ] || { log "generating sandbox and merchant keys in $KEYS"; "$BIN/sandbox" keygen --dir "$KEYS"; }
+# One secret per adapter for payd's ChannelEvents: each may report only for its own channel.
+token() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
+if [ ! -f "$KEYS/adapter_tokens" ]; then
+    for ch in wechat alipay unionpay; do token >"$KEYS/$ch/core_token"; done
+    printf 'wechat:%s\nalipay:%s\nunionpay:%s\n' "$(cat "$KEYS/wechat/core_token")" \
+        "$(cat "$KEYS/alipay/core_token")" "$(cat "$KEYS/unionpay/core_token")" >"$KEYS/adapter_tokens"
+    chmod 600 "$KEYS/adapter_tokens" "$KEYS"/*/core_token
+fi
 
 log "starting the sandboxes: WeChat :8091, Alipay :8092, UnionPay :8093"
 start sandbox-wechat   "$BIN/sandbox" wechat   --listen 127.0.0.1:8091 --keys-dir "$KEYS"
@@ -46,6 +54,7 @@ export PAYD_LISTEN=127.0.0.1:50051 PAYD_METRICS_LISTEN=127.0.0.1:9464
 export PAYD_CHANNEL_WECHAT_ENDPOINT=http://127.0.0.1:50061
 export PAYD_CHANNEL_ALIPAY_ENDPOINT=http://127.0.0.1:50062
 export PAYD_CHANNEL_UNIONPAY_ENDPOINT=http://127.0.0.1:50063
+export PAYD_ADAPTER_TOKENS_FILE=$KEYS/adapter_tokens
 log "applying migrations"
 "$BIN/payd" migrate 2>>"$RUN/payd.log"
 log "starting payd on $PAYD_LISTEN (metrics http://$PAYD_METRICS_LISTEN/metrics)"
@@ -54,17 +63,17 @@ wait_http "http://$PAYD_METRICS_LISTEN/healthz" payd
 
 export ADAPTER_CORE_ENDPOINT=http://$PAYD_LISTEN
 log "starting the adapters: wechat :50061, alipay :50062, unionpay :50063 (callbacks on :8081-8083)"
-WECHAT_API_BASE=http://127.0.0.1:8091 \
+ADAPTER_CORE_TOKEN_FILE=$KEYS/wechat/core_token WECHAT_API_BASE=http://127.0.0.1:8091 \
 WECHAT_MCHID_FILE=$KEYS/wechat/mchid.txt WECHAT_APPID_FILE=$KEYS/wechat/appid.txt \
 WECHAT_MERCHANT_KEY_FILE=$KEYS/wechat/merchant_key.pem WECHAT_MERCHANT_SERIAL_FILE=$KEYS/wechat/merchant_serial.txt \
 WECHAT_PLATFORM_PUBLIC_KEY_FILE=$KEYS/wechat/platform_public.pem WECHAT_PLATFORM_SERIAL_FILE=$KEYS/wechat/platform_serial.txt \
 WECHAT_APIV3_KEY_FILE=$KEYS/wechat/apiv3_key.txt ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8081 \
     start wechat-adapter "$BIN/wechat-adapter"
-ALIPAY_GATEWAY=http://127.0.0.1:8092/gateway.do \
+ADAPTER_CORE_TOKEN_FILE=$KEYS/alipay/core_token ALIPAY_GATEWAY=http://127.0.0.1:8092/gateway.do \
 ALIPAY_APP_ID_FILE=$KEYS/alipay/app_id.txt ALIPAY_APP_PRIVATE_KEY_FILE=$KEYS/alipay/app_private_key.pem \
 ALIPAY_PUBLIC_KEY_FILE=$KEYS/alipay/alipay_public_key.pem ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8082 \
     start alipay-adapter "$BIN/alipay-adapter"
-UNIONPAY_GATEWAY_BASE=http://127.0.0.1:8093 \
+ADAPTER_CORE_TOKEN_FILE=$KEYS/unionpay/core_token UNIONPAY_GATEWAY_BASE=http://127.0.0.1:8093 \
 UNIONPAY_MER_ID_FILE=$KEYS/unionpay/mer_id.txt UNIONPAY_SIGN_KEY_FILE=$KEYS/unionpay/merchant_sign_key.pem \
 UNIONPAY_SIGN_CERT_ID_FILE=$KEYS/unionpay/merchant_cert_id.txt UNIONPAY_PLATFORM_CERT_FILE=$KEYS/unionpay/platform_sign_cert.pem \
 UNIONPAY_ACCEPT_TEST_CN=true ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8083 \

@@ -76,6 +76,12 @@ pub struct Settings {
     /// `PAYD_CHANNEL_TIMEOUT_MS`: deadline of one call to an adapter (which has its own, shorter,
     /// deadline towards the platform).
     pub channel_timeout_ms: u64,
+    /// `PAYD_ADAPTER_TOKENS`: `channel:token` pairs, comma-separated (e.g.
+    /// `wechat:…,alipay:…,unionpay:…`), or `PAYD_ADAPTER_TOKENS_FILE` naming a file with them.
+    /// Only a caller presenting `authorization: Bearer <token>` may report events to
+    /// ChannelEvents, and only for the token's channel. Unset: ChannelEvents refuses everyone.
+    pub adapter_tokens: Option<Secret>,
+    pub adapter_tokens_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -102,6 +108,8 @@ impl Default for Settings {
             channel_alipay_endpoint: None,
             channel_unionpay_endpoint: None,
             channel_timeout_ms: 15_000,
+            adapter_tokens: None,
+            adapter_tokens_file: None,
         }
     }
 }
@@ -164,6 +172,7 @@ impl Settings {
         if !matches!(self.log_format.as_str(), "json" | "text") {
             return bad("log_format", "must be json or text");
         }
+        self.adapter_tokens()?;
         Ok(())
     }
 
@@ -174,6 +183,45 @@ impl Settings {
             min_expiry: Duration::from_secs(self.min_expiry_secs),
             max_expiry: Duration::from_secs(self.max_expiry_secs),
         }
+    }
+
+    /// The adapter tokens, from `adapter_tokens` or the file `adapter_tokens_file`.
+    ///
+    /// # Errors
+    /// A bad entry or an unreadable file, with the key named.
+    pub fn adapter_tokens(&self) -> Result<Vec<(crate::domain::Channel, Secret)>, ConfigError> {
+        let raw = match (&self.adapter_tokens, &self.adapter_tokens_file) {
+            (Some(s), _) => s.expose().to_owned(),
+            (None, Some(path)) => {
+                std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                    key: "adapter_tokens_file",
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })?
+            }
+            (None, None) => return Ok(Vec::new()),
+        };
+        raw.split([',', '\n'])
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|entry| {
+                let bad = |reason: &str| ConfigError::Invalid {
+                    key: "adapter_tokens",
+                    reason: reason.to_owned(),
+                };
+                let (ch, token) = entry
+                    .split_once(':')
+                    .ok_or_else(|| bad("entries are channel:token"))?;
+                let channel = ch
+                    .trim()
+                    .to_uppercase()
+                    .parse::<crate::domain::Channel>()
+                    .map_err(|_| bad("channel must be wechat, alipay or unionpay"))?;
+                if token.trim().len() < 16 {
+                    return Err(bad("tokens must be at least 16 characters"));
+                }
+                Ok((channel, Secret::new(token.trim())))
+            })
+            .collect()
     }
 
     pub fn lock_ttl(&self) -> Duration {

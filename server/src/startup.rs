@@ -78,6 +78,7 @@ impl Application {
             idempotency_retention: settings.idempotency_retention(),
             metrics: Metrics::new()?,
             channels,
+            adapter_tokens: Arc::new(settings.adapter_tokens()?),
             ids: Arc::new(Snowflake::new(worker)),
             worker_lease: Arc::new(std::sync::Mutex::new(lease)),
         };

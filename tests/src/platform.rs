@@ -60,6 +60,8 @@ pub struct Platform {
     pub sandboxes: HashMap<Ch, Proc>,
     pub sandbox_addrs: HashMap<Ch, SocketAddr>,
     pub keys: PathBuf,
+    /// Each adapter's secret for payd's ChannelEvents.
+    pub tokens: HashMap<Ch, String>,
     pub ns: RedisNamespace,
     pub db: TestDb,
     http: reqwest::Client,
@@ -141,6 +143,16 @@ impl Platform {
             wait_for(sandbox_addrs[ch], "sandbox");
         }
         let ep = |c: Ch| format!("http://{}", adapter_addrs[&c].grpc);
+        // Fresh adapter secrets per run: each adapter may report only for its own channel.
+        let tokens: HashMap<Ch, String> = Ch::ALL
+            .into_iter()
+            .map(|c| (c, format!("{}-{}", c.name(), uuid::Uuid::new_v4().simple())))
+            .collect();
+        let token_list = Ch::ALL
+            .iter()
+            .map(|c| format!("{}:{}", c.name(), tokens[c]))
+            .collect::<Vec<_>>()
+            .join(",");
         let payd = Payd::start(
             &db,
             &ns,
@@ -148,6 +160,7 @@ impl Platform {
                 ("PAYD_CHANNEL_WECHAT_ENDPOINT", &ep(Ch::Wechat)),
                 ("PAYD_CHANNEL_ALIPAY_ENDPOINT", &ep(Ch::Alipay)),
                 ("PAYD_CHANNEL_UNIONPAY_ENDPOINT", &ep(Ch::Unionpay)),
+                ("PAYD_ADAPTER_TOKENS", &token_list),
             ],
         );
         let mut p = Self {
@@ -157,6 +170,7 @@ impl Platform {
             sandboxes,
             sandbox_addrs,
             keys,
+            tokens,
             ns,
             db,
             http: reqwest::Client::new(),
@@ -181,6 +195,7 @@ impl Platform {
             ("ADAPTER_CALLBACK_LISTEN".to_owned(), a.callback.to_string()),
             ("ADAPTER_METRICS_LISTEN".to_owned(), a.metrics.to_string()),
             ("ADAPTER_CORE_ENDPOINT".to_owned(), self.payd.endpoint()),
+            ("ADAPTER_CORE_TOKEN".to_owned(), self.tokens[&ch].clone()),
             (
                 "ADAPTER_PUBLIC_CALLBACK_BASE".to_owned(),
                 format!("http://{}", a.callback),

@@ -24,6 +24,8 @@ const MAX_BODY: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Forwarder {
     client: ChannelEventsClient<Channel>,
+    /// `authorization: Bearer <ADAPTER_CORE_TOKEN>` for every report.
+    auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     budget: Duration,
     channel: pb::Channel,
 }
@@ -39,11 +41,21 @@ impl Forwarder {
             "unionpay" => pb::Channel::Unionpay,
             _ => pb::Channel::Unspecified,
         };
+        let auth = format!("Bearer {}", settings.core_token.expose())
+            .parse()
+            .map_err(|_| anyhow::anyhow!("ADAPTER_CORE_TOKEN must be printable ASCII"))?;
         Ok(Self {
+            auth,
             client: ChannelEventsClient::new(endpoint.connect_lazy()),
             budget: settings.forward_budget,
             channel,
         })
+    }
+
+    fn authorized<T>(&self, body: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(body);
+        r.metadata_mut().insert("authorization", self.auth.clone());
+        r
     }
 
     /// Reports the notification until the core acknowledges it or the budget runs out.
@@ -57,11 +69,11 @@ impl Forwarder {
             let mut client = self.client.clone();
             let r = match n.clone() {
                 Notification::Payment { event_id, result } => client
-                    .report_payment(pb::ReportPaymentRequest {
+                    .report_payment(self.authorized(pb::ReportPaymentRequest {
                         channel: self.channel as i32,
                         channel_event_id: event_id,
                         result: Some(result),
-                    })
+                    }))
                     .await
                     .map(|r| r.into_inner().first_time),
                 Notification::Refund {
@@ -69,12 +81,12 @@ impl Forwarder {
                     out_trade_no,
                     result,
                 } => client
-                    .report_refund(pb::ReportRefundRequest {
+                    .report_refund(self.authorized(pb::ReportRefundRequest {
                         channel: self.channel as i32,
                         channel_event_id: event_id,
                         out_trade_no,
                         result: Some(result),
-                    })
+                    }))
                     .await
                     .map(|r| r.into_inner().first_time),
             };

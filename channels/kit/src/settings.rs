@@ -89,6 +89,9 @@ pub struct KitSettings {
     pub metrics_listen: SocketAddr,
     /// `ADAPTER_CORE_ENDPOINT`: payd's gRPC endpoint for `ChannelEvents`.
     pub core_endpoint: String,
+    /// `ADAPTER_CORE_TOKEN` (or `_FILE`): this adapter's secret for payd's `ChannelEvents`;
+    /// payd maps it to the one channel this adapter may report for.
+    pub core_token: Secret,
     /// `ADAPTER_FORWARD_BUDGET_MS`: how long a callback may spend getting the core's ack before
     /// the platform is told to retry (WeChat wants an answer within 5 s).
     pub forward_budget: Duration,
@@ -116,6 +119,7 @@ impl KitSettings {
                 &format!("127.0.0.1:{metrics_port}"),
             )?,
             core_endpoint: var_or("ADAPTER_CORE_ENDPOINT", "http://127.0.0.1:50051"),
+            core_token: secret("ADAPTER_CORE_TOKEN")?,
             forward_budget: parse_ms("ADAPTER_FORWARD_BUDGET_MS", 3_000)?,
             platform_timeout: parse_ms("ADAPTER_PLATFORM_TIMEOUT_MS", 10_000)?,
             shutdown_grace: parse_ms("ADAPTER_SHUTDOWN_GRACE_MS", 10_000)?,

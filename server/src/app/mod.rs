@@ -44,6 +44,8 @@ pub struct App {
     pub channels: channels::ChannelClients,
     /// Mints `out_trade_no`s with this process's leased worker id.
     pub ids: std::sync::Arc<crate::domain::snowflake::Snowflake>,
+    /// Which adapter secret may report for which channel (ChannelEvents).
+    pub adapter_tokens: std::sync::Arc<Vec<(crate::domain::Channel, crate::config::Secret)>>,
     /// Holds the worker-id lease (a Postgres session advisory lock) for the process's life.
     pub worker_lease: std::sync::Arc<std::sync::Mutex<diesel::PgConnection>>,
 }

@@ -10,7 +10,13 @@ use super::status::rejection_reason;
 use crate::app::pay::result_from_pb;
 use crate::app::results::ResultOutcome;
 use crate::app::{App, ServiceError};
-use crate::domain::FieldError;
+use crate::domain::{Channel, FieldError};
+
+/// Compares secrets without an early exit, so response timing does not reveal how much of a
+/// guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 pub struct EventsApi {
     app: App,
@@ -36,11 +42,39 @@ impl EventsApi {
         r.map(Response::new)
     }
 
+    /// The channel whose adapter token the caller presented.
+    fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Channel, ServiceError> {
+        let presented = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ServiceError::Unauthenticated(
+                    "an adapter token (authorization: Bearer …) is required".into(),
+                )
+            })?;
+        self.app
+            .adapter_tokens
+            .iter()
+            .find(|(_, t)| constant_time_eq(t.expose().as_bytes(), presented.as_bytes()))
+            .map(|(c, _)| *c)
+            .ok_or_else(|| ServiceError::Unauthenticated("unknown adapter token".into()))
+    }
+
     async fn report_payment(
         &self,
+        caller: Channel,
         body: cpb::ReportPaymentRequest,
     ) -> Result<cpb::ReportAck, ServiceError> {
         let channel = channel_from_pb(body.channel)?;
+        if channel != caller {
+            return Err(ServiceError::PermissionDenied(format!(
+                "the {caller} adapter may not report for {channel}"
+            )));
+        }
         let event_id = body.channel_event_id;
         if event_id.is_empty() || event_id.len() > 128 {
             return Err(FieldError::new("channel_event_id", "must be 1..=128 characters").into());
@@ -72,7 +106,10 @@ impl ChannelEvents for EventsApi {
         &self,
         req: Request<cpb::ReportPaymentRequest>,
     ) -> Result<Response<cpb::ReportAck>, Status> {
-        let r = EventsApi::report_payment(self, req.into_inner()).await;
+        let r = match self.authenticate(req.metadata()) {
+            Ok(caller) => EventsApi::report_payment(self, caller, req.into_inner()).await,
+            Err(e) => Err(e),
+        };
         self.finish("ReportPayment", r)
     }
 
@@ -80,11 +117,14 @@ impl ChannelEvents for EventsApi {
     /// adapter keeps asking the platform to retry rather than acknowledging something unrecorded.
     async fn report_refund(
         &self,
-        _req: Request<cpb::ReportRefundRequest>,
+        req: Request<cpb::ReportRefundRequest>,
     ) -> Result<Response<cpb::ReportAck>, Status> {
-        let r: Result<cpb::ReportAck, ServiceError> = Err(ServiceError::Unavailable(
-            "refund results are not accepted by this version of payd".into(),
-        ));
+        let r: Result<cpb::ReportAck, ServiceError> = match self.authenticate(req.metadata()) {
+            Ok(_) => Err(ServiceError::Unavailable(
+                "refund results are not accepted by this version of payd".into(),
+            )),
+            Err(e) => Err(e),
+        };
         self.finish("ReportRefund", r)
     }
 }

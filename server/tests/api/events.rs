@@ -46,16 +46,33 @@ async fn report(
     event_id: &str,
     result: cpb::PaymentResult,
 ) -> Result<bool, tonic::Status> {
+    let token = match channel {
+        cpb::Channel::Alipay => ALIPAY_TOKEN,
+        _ => WECHAT_TOKEN,
+    };
+    report_with(app, Some(token), channel, event_id, result).await
+}
+
+async fn report_with(
+    app: &TestApp,
+    token: Option<&str>,
+    channel: cpb::Channel,
+    event_id: &str,
+    result: cpb::PaymentResult,
+) -> Result<bool, tonic::Status> {
     let mut c = ChannelEventsClient::connect(format!("http://{}", app.grpc_addr))
         .await
         .unwrap();
-    c.report_payment(cpb::ReportPaymentRequest {
+    let mut r = tonic::Request::new(cpb::ReportPaymentRequest {
         channel: channel as i32,
         channel_event_id: event_id.into(),
         result: Some(result),
-    })
-    .await
-    .map(|r| r.into_inner().first_time)
+    });
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    c.report_payment(r).await.map(|r| r.into_inner().first_time)
 }
 
 async fn status_of(app: &mut TestApp, id: &str) -> i32 {
@@ -254,6 +271,30 @@ async fn an_adapter_cannot_report_another_channels_attempt_or_garbage() {
     .await
     .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
+    // Nor may the Alipay adapter report as WeChat.
+    let err = report_with(
+        &app,
+        Some(ALIPAY_TOKEN),
+        cpb::Channel::Wechat,
+        "EV-7",
+        paid("P1000000007", 100, "CNY"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // Without a token, or with a forged one, nobody may report.
+    for token in [None, Some("test-wechat-adapter-tokeX")] {
+        let err = report_with(
+            &app,
+            token,
+            cpb::Channel::Wechat,
+            "EV-7",
+            paid("P1000000007", 100, "CNY"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
     let err = report(
         &app,
         cpb::Channel::Unspecified,
@@ -294,13 +335,16 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
             let mut c = ChannelEventsClient::connect(format!("http://{addr}"))
                 .await
                 .unwrap();
-            c.report_payment(cpb::ReportPaymentRequest {
+            let mut r = tonic::Request::new(cpb::ReportPaymentRequest {
                 channel: cpb::Channel::Wechat as i32,
                 channel_event_id: "EV-8".into(),
                 result: Some(paid("P1000000008", 100, "CNY")),
-            })
-            .await
-            .map(|r| r.into_inner().first_time)
+            });
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {WECHAT_TOKEN}").parse().unwrap(),
+            );
+            c.report_payment(r).await.map(|r| r.into_inner().first_time)
         }));
     }
     let mut firsts = 0;

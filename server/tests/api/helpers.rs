@@ -10,6 +10,9 @@ use payproto::payment::v1::payment_service_client::PaymentServiceClient;
 use tonic::transport::Channel;
 
 pub const APP: &str = "shop-1";
+/// Adapter tokens of the test server (test fixtures, not secrets).
+pub const WECHAT_TOKEN: &str = "test-wechat-adapter-token";
+pub const ALIPAY_TOKEN: &str = "test-alipay-adapter-token";
 
 pub struct TestApp {
     pub client: PaymentServiceClient<Channel>,
@@ -31,6 +34,9 @@ pub fn settings(db: &TestDb, ns: &RedisNamespace) -> Settings {
         database_pool_size: 8,
         redis_key_prefix: ns.prefix.clone(),
         redis_url: Secret::new(e2e::redis_url()),
+        adapter_tokens: Some(Secret::new(format!(
+            "wechat:{WECHAT_TOKEN},alipay:{ALIPAY_TOKEN}"
+        ))),
         ..Settings::default()
     }
 }
