@@ -25,11 +25,19 @@ fn cny(minor: i64) -> Option<cpb::Amount> {
     })
 }
 
-/// Numbers the way payd makes them: `P` + a snowflake id (UnionPay reads the time out of it).
+/// A fresh alphanumeric trade or refund number.
 fn number(prefix: &str) -> String {
-    let ms = chrono::Utc::now().timestamp_millis() - 1_767_225_600_000;
-    let salt = u64::from(uuid::Uuid::new_v4().as_fields().1) & 0x3FFFFF;
-    format!("{prefix}{}", ((ms as u64) << 22) | salt)
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..20]
+    )
+}
+
+fn now() -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: chrono::Utc::now().timestamp(),
+        nanos: 0,
+    }
 }
 
 async fn adapter(p: &Platform, ch: Ch) -> ChannelAdapterClient<Channel> {
@@ -71,6 +79,7 @@ async fn conformance(ch: Ch) {
         }),
         payer_id: String::new(),
         payer_ip: "198.51.100.4".into(),
+        created_at: Some(now()),
     };
     let first = a.prepay(prepay.clone()).await.expect("prepay").into_inner();
     assert!(!first.pay_params.is_empty());
@@ -130,7 +139,9 @@ async fn conformance(ch: Ch) {
     let mut refunded = 0;
     for (i, amount) in [(1, 3_000), (2, 7_000)] {
         let refund_no = number(&format!("R{i}"));
+        let created_at = Some(now());
         let req = cpb::RefundRequest {
+            created_at,
             out_trade_no: no.clone(),
             out_refund_no: refund_no.clone(),
             refund: cny(amount),
@@ -165,6 +176,7 @@ async fn conformance(ch: Ch) {
             .query_refund(cpb::QueryRefundRequest {
                 out_trade_no: no.clone(),
                 out_refund_no: refund_no.clone(),
+                created_at,
             })
             .await
             .expect("query refund")
@@ -192,6 +204,7 @@ async fn conformance(ch: Ch) {
             total: cny(10_000),
             reason: "one fen too many".into(),
             channel_trade_no: r.channel_trade_no.clone(),
+            created_at: Some(now()),
         })
         .await;
     match over {

@@ -2,10 +2,9 @@
 //! refund, refund query, the reconciliation file, and verification of back notifications.
 //!
 //! UnionPay names a transaction by `orderId` **and** `txnTime` (its send time), and a query must
-//! repeat both. The adapter keeps no state, so `txnTime` is derived from the merchant number
-//! itself (see [`txn_time_of`]): the creation time inside the core's snowflake numbers, or a
-//! leading `YYYYMMDDhhmmss`. That also makes a repeated Prepay the same UnionPay order, as the
-//! contract requires.
+//! repeat both. The adapter keeps no state: `txnTime` is the creation time the core sends with
+//! Prepay and Refund (see [`txn_time_at`]), which also makes a repeated Prepay the same UnionPay
+//! order; Prepay hands it back as `channel_prepay_id`, which the core passes to later queries.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -13,7 +12,7 @@ use channel_kit::fields::cny_fen;
 use channel_kit::{
     Adapter, Callback, ChannelError, Notification, RejectReason, Rejection, Reply, pb,
 };
-use chrono::{DateTime, FixedOffset, NaiveDateTime, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 
 use crate::client::UnionpayClient;
 use crate::config::{UnionpayKeys, UnionpaySettings};
@@ -46,40 +45,24 @@ pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
-/// Epoch of the core's snowflake numbers (`server/src/domain/snowflake.rs`): 2026-01-01T00:00:00Z
-/// in Unix milliseconds; the id's bits above the low 22 count milliseconds since then.
-pub const SNOWFLAKE_EPOCH_MS: i64 = 1_767_225_600_000;
-
-/// The `txnTime` of a merchant number, in Beijing time:
-/// - a core snowflake number (ASCII letters, e.g. `P`, then the decimal id): its creation time;
-/// - otherwise the number's first 14 characters, which must be a valid `YYYYMMDDhhmmss`.
+/// The `txnTime` (Beijing time) of a transaction the core created at `at`.
+///
+/// UnionPay names a transaction by `orderId` and `txnTime`; the core sends its creation time with
+/// every request that needs it, so the adapter stays stateless and a retry names the same trade.
 ///
 /// # Errors
-/// `InvalidArgument` naming `field` when the number is neither.
-pub fn txn_time_of(number: &str, field: &str) -> Result<String, ChannelError> {
-    let digits = number.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-    if digits.len() < number.len() {
-        let created = digits
-            .parse::<u64>()
-            .ok()
-            .and_then(|id| i64::try_from(id >> 22).ok())
-            .and_then(|ms| ms.checked_add(SNOWFLAKE_EPOCH_MS))
-            .and_then(DateTime::from_timestamp_millis);
-        if let Some(created) = created {
-            return Ok(wire::format_txn_time(created));
-        }
-    }
-    let prefix = number.get(..14).unwrap_or("");
-    let valid = prefix.bytes().all(|b| b.is_ascii_digit())
-        && NaiveDateTime::parse_from_str(prefix, "%Y%m%d%H%M%S").is_ok();
-    if valid {
-        Ok(prefix.to_owned())
-    } else {
-        Err(ChannelError::InvalidArgument(format!(
-            "{field} {number:?} carries no creation time (a snowflake number such as P1234…, or a \
-             leading YYYYMMDDhhmmss): UnionPay identifies a transaction by orderId and txnTime"
-        )))
-    }
+/// `InvalidArgument` naming `field` when the core sent no valid time.
+pub fn txn_time_at(
+    at: Option<&prost_types::Timestamp>,
+    field: &str,
+) -> Result<String, ChannelError> {
+    at.and_then(|t| DateTime::from_timestamp(t.seconds, 0))
+        .map(wire::format_txn_time)
+        .ok_or_else(|| {
+            ChannelError::InvalidArgument(format!(
+                "{field} is required: UnionPay identifies a transaction by orderId and txnTime"
+            ))
+        })
 }
 
 /// `156` is the only currency these adapters handle.
@@ -226,24 +209,20 @@ impl UnionpayAdapter {
         format!("{}{path}", self.gateway_base)
     }
 
-    /// One query (txnType 00) of the transaction `order_id` sent at `txn_time` (what Prepay
-    /// returned as `channel_prepay_id`), or at the time derived from the number when the caller
-    /// has none.
+    /// One query (txnType 00) of the transaction `order_id` sent at `txn_time` (for a payment,
+    /// what Prepay returned as `channel_prepay_id`).
     async fn query(
         &self,
         order_id: &str,
         txn_time: &str,
         field: &str,
     ) -> Result<TransactionResult, ChannelError> {
-        let txn_time = if txn_time.is_empty() {
-            txn_time_of(order_id, field)?
-        } else if txn_time.len() == 14 && txn_time.bytes().all(|b| b.is_ascii_digit()) {
-            txn_time.to_owned()
-        } else {
+        if txn_time.len() != 14 || !txn_time.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ChannelError::InvalidArgument(format!(
-                "channel_prepay_id {txn_time:?} is not a UnionPay txnTime (YYYYMMDDhhmmss)"
+                "{field}: the trade's txnTime (YYYYMMDDhhmmss) is required, got {txn_time:?}"
             )));
-        };
+        }
+        let txn_time = txn_time.to_owned();
         let mut fields = QueryRequest {
             mer_id: self.mer_id.clone(),
             order_id: order_id.to_owned(),
@@ -331,7 +310,7 @@ impl Adapter for UnionpayAdapter {
             )));
         }
         let fen = cny_fen(req.amount.as_ref(), "amount", PLATFORM)?;
-        let txn_time = txn_time_of(&req.out_trade_no, "out_trade_no")?;
+        let txn_time = txn_time_at(req.created_at.as_ref(), "created_at")?;
         // Handed back to the core, which passes it to every later query of this trade.
         let channel_prepay_id = txn_time.clone();
         let pay_timeout = req
@@ -421,7 +400,7 @@ impl Adapter for UnionpayAdapter {
         let mut fields = RefundRequest {
             mer_id: self.mer_id.clone(),
             order_id: req.out_refund_no.clone(),
-            txn_time: txn_time_of(&req.out_refund_no, "out_refund_no")?,
+            txn_time: txn_time_at(req.created_at.as_ref(), "created_at")?,
             txn_amt_fen: fen,
             orig_qry_id: req.channel_trade_no.clone(),
             channel_type: self.channel_type,
@@ -464,7 +443,10 @@ impl Adapter for UnionpayAdapter {
         &self,
         req: pb::QueryRefundRequest,
     ) -> Result<pb::RefundResult, ChannelError> {
-        let r = self.query(&req.out_refund_no, "", "out_refund_no").await?;
+        let txn_time = txn_time_at(req.created_at.as_ref(), "created_at")?;
+        let r = self
+            .query(&req.out_refund_no, &txn_time, "out_refund_no")
+            .await?;
         if r.resp_code == "00" && r.txn_type.as_deref().is_some_and(|t| t != "04") {
             return Err(ChannelError::BadResponse(format!(
                 "order {} is txnType {:?}, not a refund",

@@ -176,6 +176,7 @@ impl App {
                 expires_at: Some(crate::grpc::convert::timestamp(order.expires_at)),
                 payer_id: cmd.payer_id.clone(),
                 payer_ip: cmd.client_ip.clone(),
+                created_at: Some(crate::grpc::convert::timestamp(attempt.created_at)),
             })
             .await;
         match prepay {

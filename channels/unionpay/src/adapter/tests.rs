@@ -241,32 +241,14 @@ fn any_other_resp_code_is_unknown_so_the_core_queries() {
 }
 
 #[test]
-fn txn_time_comes_from_the_merchant_number() {
-    assert_eq!(
-        txn_time_of("20260101080000T0001", "x").unwrap(),
-        "20260101080000"
-    );
-    // 1 h after the snowflake epoch (2026-01-01T00:00Z), worker 3, sequence 5: 09:00 in Beijing.
-    let id = (3_600_000_u64 << 22) | (3 << 12) | 5;
-    assert_eq!(
-        txn_time_of(&format!("P{id}"), "x").unwrap(),
-        "20260101090000"
-    );
-    assert_eq!(
-        txn_time_of(&format!("R{id}"), "x").unwrap(),
-        "20260101090000"
-    );
-    for bad in [
-        "",
-        "2026",
-        "P",
-        "Pabc",
-        "P99999999999999999999999",
-        "20261301080000AB",
-        "1234567890123456789",
-    ] {
-        assert!(txn_time_of(bad, "x").is_err(), "{bad:?}");
-    }
+fn txn_time_is_the_cores_creation_time_in_beijing() {
+    // 2026-01-01T01:00:00Z is 09:00 in Beijing.
+    let at = prost_types::Timestamp {
+        seconds: 1_767_229_200,
+        nanos: 0,
+    };
+    assert_eq!(txn_time_at(Some(&at), "x").unwrap(), "20260101090000");
+    assert!(txn_time_at(None, "created_at").is_err());
 }
 
 #[test]
@@ -290,6 +272,11 @@ async fn front_prepay_returns_the_signed_form_and_its_action() {
             subject: "coffee".into(),
             expires_at: Some(prost_types::Timestamp {
                 seconds: 1_767_227_400,
+                nanos: 0,
+            }),
+            // 2026-01-01T00:00:00Z: 08:00 in Beijing.
+            created_at: Some(prost_types::Timestamp {
+                seconds: 1_767_225_600,
                 nanos: 0,
             }),
             ..Default::default()
