@@ -21,6 +21,8 @@ pub mod settings;
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
+
 pub use payproto::channel::v1 as pb;
 
 pub use metrics::Metrics;
@@ -222,7 +224,7 @@ impl Listeners {
         let forwarder = callbacks::Forwarder::new(&settings, metrics.clone())?;
         let cb_router = callbacks::router(adapter.clone(), forwarder, metrics.clone());
         let cb = tokio::spawn(
-            axum::serve(self.callbacks, cb_router)
+            axum::serve(self.callbacks.tap_io(nodelay), cb_router)
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );
@@ -234,7 +236,7 @@ impl Listeners {
             )
             .route("/healthz", axum::routing::get(|| std::future::ready("ok")));
         let mh = tokio::spawn(
-            axum::serve(self.metrics, metrics_router)
+            axum::serve(self.metrics.tap_io(nodelay), metrics_router)
                 .with_graceful_shutdown(stopped(stop_rx.clone()))
                 .into_future(),
         );
@@ -249,7 +251,7 @@ impl Listeners {
                     grpc::AdapterService::new(adapter, metrics),
                 ))
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(self.grpc),
+                    tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                     stopped(stop_rx.clone()),
                 ),
         );
@@ -265,6 +267,12 @@ impl Listeners {
         .await;
         Ok(())
     }
+}
+
+/// TCP_NODELAY on accepted connections: answers go out as headers then body, and Nagle's
+/// algorithm would hold the body until the peer's delayed ACK (~40 ms) on every callback.
+fn nodelay(s: &mut tokio::net::TcpStream) {
+    let _ = s.set_nodelay(true);
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -116,6 +116,8 @@ async fn send_inner(request: &OutgoingRequest) -> Result<Reply, SendError> {
     let stream = tokio::net::TcpStream::connect(&authority)
         .await
         .map_err(|e| transport(&e))?;
+    // Without it, Nagle holds a request's body until the headers are ACKed (40 ms delayed ACK).
+    stream.set_nodelay(true).map_err(|e| transport(&e))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| transport(&e))?;

@@ -78,6 +78,12 @@ pub async fn bind(listen: &str) -> Result<(TcpListener, SocketAddr), ServeError>
 /// # Errors
 /// [`ServeError::Io`].
 pub async fn run(listener: TcpListener, router: Router) -> Result<(), ServeError> {
+    use axum::serve::ListenerExt;
+    // Answers go out as headers then body; without TCP_NODELAY Nagle's algorithm holds the body
+    // until the client's delayed ACK (~40 ms) on every call.
+    let listener = listener.tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    });
     axum::serve(listener, router).await?;
     Ok(())
 }
