@@ -31,16 +31,10 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    pub fn new(settings: &KitSettings, metrics: Metrics) -> anyhow::Result<Self> {
+    pub fn new(settings: &KitSettings, channel: pb::Channel) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(settings.core_endpoint.clone())?
             .connect_timeout(Duration::from_secs(1))
             .timeout(settings.forward_budget);
-        let channel = match metrics.channel() {
-            "wechat" => pb::Channel::Wechat,
-            "alipay" => pb::Channel::Alipay,
-            "unionpay" => pb::Channel::Unionpay,
-            _ => pb::Channel::Unspecified,
-        };
         let auth = format!("Bearer {}", settings.core_token.expose())
             .parse()
             .map_err(|_| anyhow::anyhow!("ADAPTER_CORE_TOKEN must be printable ASCII"))?;

@@ -15,6 +15,7 @@
 //! - [`serve`]: runs the three listeners until a shutdown signal.
 pub mod callbacks;
 pub mod fields;
+pub mod form;
 pub mod grpc;
 pub mod metrics;
 pub mod settings;
@@ -221,7 +222,7 @@ impl Listeners {
             let _ = rx.changed().await;
         };
 
-        let forwarder = callbacks::Forwarder::new(&settings, metrics.clone())?;
+        let forwarder = callbacks::Forwarder::new(&settings, channel)?;
         let cb_router = callbacks::router(adapter.clone(), forwarder, metrics.clone());
         let cb = tokio::spawn(
             axum::serve(self.callbacks.tap_io(nodelay), cb_router)

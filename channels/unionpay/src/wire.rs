@@ -248,31 +248,7 @@ impl RefundRequest {
     }
 }
 
-/// URL-encodes signed fields as an `application/x-www-form-urlencoded` body.
-pub fn encode_form(fields: &BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    for (key, value) in fields {
-        if !out.is_empty() {
-            out.push('&');
-        }
-        encode_component(key, &mut out);
-        out.push('=');
-        encode_component(value, &mut out);
-    }
-    out
-}
-
-fn encode_component(value: &str, out: &mut String) {
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'*') {
-            out.push(char::from(byte));
-        } else if byte == b' ' {
-            out.push('+');
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-}
+pub use channel_kit::form::encode as encode_form;
 
 // ------------------------------------------------------------------------------------------ parsing
 
@@ -341,38 +317,11 @@ pub fn parse_sync_response(body: &str) -> Result<BTreeMap<String, String>, WireE
 /// # Errors
 /// [`WireError::Escape`], [`WireError::Utf8`] or [`WireError::Duplicate`].
 pub fn parse_notify_form(body: &str) -> Result<BTreeMap<String, String>, WireError> {
-    let mut fields = BTreeMap::new();
-    for pair in body.split('&').filter(|pair| !pair.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(key)?;
-        let value = percent_decode(value)?;
-        if fields.contains_key(&key) {
-            return Err(WireError::Duplicate(key));
-        }
-        fields.insert(key, value);
-    }
-    Ok(fields)
-}
-
-fn percent_decode(text: &str) -> Result<String, WireError> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let escape = || WireError::Escape(text.to_owned());
-                let hex = bytes.get(i + 1..i + 3).ok_or_else(escape)?;
-                let hex = std::str::from_utf8(hex).map_err(|_| escape())?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| escape())?);
-                i += 2;
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| WireError::Utf8)
+    channel_kit::form::parse(body).map_err(|e| match e {
+        channel_kit::form::FormError::Escape(t) => WireError::Escape(t),
+        channel_kit::form::FormError::Utf8 => WireError::Utf8,
+        channel_kit::form::FormError::Duplicate(k) => WireError::Duplicate(k),
+    })
 }
 
 /// The fields of a verified answer or notification that the core acts on.

@@ -147,7 +147,7 @@ impl App {
                         .with_label_values(&[channel.as_str()])
                         .inc();
                     return self
-                        .finish(app, id, a.out_trade_no.clone(), None, guard.fence(), idem)
+                        .finish(id, a.out_trade_no.clone(), None, guard.fence(), idem)
                         .await;
                 }
                 // INIT: an earlier Prepay's answer was lost; ask again with the same out_trade_no.
@@ -182,15 +182,8 @@ impl App {
         match prepay {
             Ok(resp) => {
                 let resp = resp.into_inner();
-                self.finish(
-                    app,
-                    id,
-                    attempt.out_trade_no,
-                    Some(resp),
-                    guard.fence(),
-                    idem,
-                )
-                .await
+                self.finish(id, attempt.out_trade_no, Some(resp), guard.fence(), idem)
+                    .await
             }
             Err(status) => match status.code() {
                 tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
@@ -281,7 +274,6 @@ impl App {
     /// by this call's lock), and the idempotency record; all in one transaction.
     async fn finish(
         &self,
-        app: AppId,
         id: OrderId,
         out_trade_no: String,
         prepay: Option<cpb::PrepayResponse>,
@@ -289,8 +281,7 @@ impl App {
         idem: Option<IdemWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         let retention = self.idempotency_retention;
-        let result = self
-            .db
+        self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
                     let order = orders::find_for_update(conn, id)?
@@ -365,9 +356,7 @@ impl App {
                     Ok::<_, ServiceError>(Outcome::Done(outcome))
                 })
             })
-            .await;
-        let _ = app;
-        result
+            .await
     }
 
     /// Closes an open attempt at its channel and applies what the channel says. If the channel

@@ -6,7 +6,7 @@ use payproto::channel::v1::channel_events_server::ChannelEvents;
 use tonic::{Request, Response, Status};
 
 use super::convert::channel_from_pb;
-use super::status::rejection_reason;
+use super::status::observe;
 use crate::app::pay::result_from_pb;
 use crate::app::results::ResultOutcome;
 use crate::app::{App, ServiceError};
@@ -28,18 +28,7 @@ impl EventsApi {
     }
 
     fn finish<T>(&self, method: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
-        let r = r.map_err(Status::from);
-        let code = r.as_ref().err().map_or(tonic::Code::Ok, Status::code);
-        let m = &self.app.metrics;
-        m.grpc_requests
-            .with_label_values(&[method, code.description()])
-            .inc();
-        if let Some(reason) = rejection_reason(code) {
-            m.rejected_requests
-                .with_label_values(&[method, reason])
-                .inc();
-        }
-        r.map(Response::new)
+        observe(&self.app.metrics, method, r)
     }
 
     /// The channel whose adapter token the caller presented.

@@ -10,7 +10,7 @@ use super::convert::{
     attempt_to_pb, channel_from_pb, decode_page_token, encode_page_token, from_timestamp,
     method_from_pb, order_to_pb, status_from_pb,
 };
-use super::status::rejection_reason;
+use super::status::observe;
 use crate::app::pay::{PayCommand, PayOutcome};
 use crate::app::{App, IdemWrite, Outcome, ServiceError};
 use crate::domain::validation::RawNewOrder;
@@ -35,21 +35,7 @@ impl PaymentApi {
 
     /// Counts the outcome of `method` and turns the error into its status.
     fn finish<T>(&self, method: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
-        let r = r.map_err(Status::from);
-        let code = match &r {
-            Ok(_) => tonic::Code::Ok,
-            Err(s) => s.code(),
-        };
-        let m = &self.app.metrics;
-        m.grpc_requests
-            .with_label_values(&[method, code_label(code)])
-            .inc();
-        if let Some(reason) = rejection_reason(code) {
-            m.rejected_requests
-                .with_label_values(&[method, reason])
-                .inc();
-        }
-        r.map(Response::new)
+        observe(&self.app.metrics, method, r)
     }
 
     fn replayed(&self, method: &str) {
@@ -59,10 +45,6 @@ impl PaymentApi {
             .with_label_values(&[method])
             .inc();
     }
-}
-
-fn code_label(c: tonic::Code) -> &'static str {
-    c.description()
 }
 
 fn app_id<T>(req: &Request<T>) -> Result<AppId, ServiceError> {

@@ -74,3 +74,25 @@ pub fn rejection_reason(code: Code) -> Option<&'static str> {
         | Code::DataLoss => None,
     }
 }
+
+/// Counts a finished call (`payd_grpc_requests_total`, and `payd_rejected_requests_total` for
+/// refusals) and turns its error into the status: the one exit of every handler.
+pub fn observe<T>(
+    metrics: &crate::metrics::Metrics,
+    method: &str,
+    r: Result<T, ServiceError>,
+) -> Result<tonic::Response<T>, Status> {
+    let r = r.map_err(Status::from);
+    let code = r.as_ref().err().map_or(Code::Ok, Status::code);
+    metrics
+        .grpc_requests
+        .with_label_values(&[method, code.description()])
+        .inc();
+    if let Some(reason) = rejection_reason(code) {
+        metrics
+            .rejected_requests
+            .with_label_values(&[method, reason])
+            .inc();
+    }
+    r.map(tonic::Response::new)
+}
