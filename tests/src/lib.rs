@@ -105,10 +105,71 @@ impl Drop for RedisNamespace {
     }
 }
 
-/// A free loopback port (bound then released; good enough for tests on one machine).
+/// A loopback port that was free a moment ago. Picked below Linux's ephemeral range (32768+), so
+/// the source ports of the many outgoing connections tests make cannot take it before the process
+/// we start binds it; another test may still, rarely, and [`start_listening`] then retries.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    loop {
+        let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("addr");
+        }
+    }
+}
+
+/// Waits until `child` accepts connections on every address. `Err` when the child exits first
+/// (typically: one of its ports was taken meanwhile) or does not listen in time.
+pub fn wait_listening(
+    child: &mut Child,
+    addrs: &[SocketAddr],
+    within: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "exited with {status} before listening on {addrs:?}"
+            ));
+        }
+        if addrs
+            .iter()
+            .all(|a| std::net::TcpStream::connect(a).is_ok())
+        {
+            // A bind error surfaces within milliseconds of start: make sure the listener we
+            // reached is the child's, not someone else's on a port it failed to bind.
+            std::thread::sleep(Duration::from_millis(50));
+            return match child.try_wait() {
+                Ok(Some(status)) => Err(format!("exited with {status}")),
+                _ => Ok(()),
+            };
+        }
+        if Instant::now() > deadline {
+            return Err(format!("did not listen on {addrs:?} within {within:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// Starts a process on fresh ports, retrying with new ones if a port was taken in between.
+/// `spawn` gets `n` fresh addresses and returns the child.
+pub fn start_listening<const N: usize>(
+    what: &str,
+    mut spawn: impl FnMut([SocketAddr; N]) -> Child,
+) -> (Child, [SocketAddr; N]) {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let addrs: [SocketAddr; N] = std::array::from_fn(|_| free_addr());
+        let mut child = spawn(addrs);
+        match wait_listening(&mut child, &addrs, Duration::from_secs(30)) {
+            Ok(()) => return (child, addrs),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                last = e;
+            }
+        }
+    }
+    panic!("{what} did not start: {last}");
 }
 
 /// Path of a workspace binary, built by `cargo build --workspace --bins` before the tests run
@@ -141,11 +202,17 @@ pub struct Payd {
 impl Payd {
     /// Starts `payd` on fresh ports against `db` and the Redis `ns`, and waits until it serves.
     pub fn start(db: &TestDb, ns: &RedisNamespace, extra_env: &[(&str, &str)]) -> Self {
-        let grpc = free_addr();
-        let metrics = free_addr();
-        Self::start_on(db, ns, grpc, metrics, extra_env)
+        let (child, [grpc, metrics]) = start_listening("payd", |[grpc, metrics]| {
+            Self::spawn(db, ns, grpc, metrics, extra_env)
+        });
+        Self {
+            child,
+            grpc,
+            metrics,
+        }
     }
 
+    /// Starts `payd` on the given ports (a restart where clients expect the old address).
     pub fn start_on(
         db: &TestDb,
         ns: &RedisNamespace,
@@ -153,6 +220,24 @@ impl Payd {
         metrics: SocketAddr,
         extra_env: &[(&str, &str)],
     ) -> Self {
+        let mut child = Self::spawn(db, ns, grpc, metrics, extra_env);
+        if let Err(e) = wait_listening(&mut child, &[grpc, metrics], Duration::from_secs(30)) {
+            panic!("payd: {e}");
+        }
+        Self {
+            child,
+            grpc,
+            metrics,
+        }
+    }
+
+    fn spawn(
+        db: &TestDb,
+        ns: &RedisNamespace,
+        grpc: SocketAddr,
+        metrics: SocketAddr,
+        extra_env: &[(&str, &str)],
+    ) -> Child {
         let mut cmd = Command::new(binary("payd"));
         cmd.env("PAYD_LISTEN", grpc.to_string())
             .env("PAYD_METRICS_LISTEN", metrics.to_string())
@@ -166,34 +251,11 @@ impl Payd {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn payd");
-        let p = Self {
-            child,
-            grpc,
-            metrics,
-        };
-        p.wait_ready(Duration::from_secs(30));
-        p
+        cmd.spawn().expect("spawn payd")
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.grpc)
-    }
-
-    fn wait_ready(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(self.metrics).is_ok()
-                && std::net::TcpStream::connect(self.grpc).is_ok()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "payd did not start listening on {} within {within:?}",
-            self.grpc
-        );
     }
 
     /// Sends SIGTERM and waits for the exit status.

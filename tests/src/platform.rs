@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::{Payd, RedisNamespace, TestDb, binary, free_addr};
+use crate::{Payd, RedisNamespace, TestDb, binary, free_addr, start_listening, wait_listening};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ch {
@@ -67,17 +67,6 @@ pub struct Platform {
     http: reqwest::Client,
 }
 
-fn wait_for(addr: SocketAddr, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(30));
-    }
-    panic!("{what} did not listen on {addr}");
-}
-
 impl Platform {
     /// Starts everything. `time_scale` multiplies the sandboxes' callback retry schedules.
     pub fn start(time_scale: f64) -> Self {
@@ -103,20 +92,21 @@ impl Platform {
         let mut sandboxes = HashMap::new();
         let mut sandbox_addrs = HashMap::new();
         for &ch in channels {
-            let addr = free_addr();
-            let child = Command::new(binary("sandbox"))
-                .arg(ch.name())
-                .arg("--listen")
-                .arg(addr.to_string())
-                .arg("--keys-dir")
-                .arg(&keys)
-                .arg("--time-scale")
-                .arg(time_scale.to_string())
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn sandbox");
+            let (child, [addr]) = start_listening("sandbox", |[addr]| {
+                Command::new(binary("sandbox"))
+                    .arg(ch.name())
+                    .arg("--listen")
+                    .arg(addr.to_string())
+                    .arg("--keys-dir")
+                    .arg(&keys)
+                    .arg("--time-scale")
+                    .arg(time_scale.to_string())
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .expect("spawn sandbox")
+            });
             sandboxes.insert(
                 ch,
                 Proc {
@@ -139,9 +129,6 @@ impl Platform {
                 )
             })
             .collect();
-        for ch in channels {
-            wait_for(sandbox_addrs[ch], "sandbox");
-        }
         let ep = |c: Ch| format!("http://{}", adapter_addrs[&c].grpc);
         // Fresh adapter secrets per run: each adapter may report only for its own channel.
         let tokens: HashMap<Ch, String> = Ch::ALL
@@ -238,18 +225,28 @@ impl Platform {
         env
     }
 
+    /// Starts the adapter on its fixed ports: payd already knows its gRPC address, and on a restart
+    /// the platform calls back the old `notify_url`. (The ports come from below the ephemeral
+    /// range, so no outgoing connection can hold them.)
     pub fn start_adapter(&mut self, ch: Ch) {
         let bin = format!("{}-adapter", ch.name());
-        let mut cmd = Command::new(binary(&bin));
-        cmd.envs(self.adapter_env(ch))
+        let mut child = Command::new(binary(&bin))
+            .envs(self.adapter_env(ch))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let child = cmd.spawn().expect("spawn adapter");
-        self.adapters.insert(ch, Proc { child, name: bin });
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn adapter");
         let a = &self.adapter_addrs[&ch];
-        wait_for(a.grpc, "adapter grpc");
-        wait_for(a.callback, "adapter callbacks");
+        if let Err(e) = wait_listening(
+            &mut child,
+            &[a.grpc, a.callback, a.metrics],
+            Duration::from_secs(30),
+        ) {
+            let _ = child.kill();
+            panic!("{bin}: {e}");
+        }
+        self.adapters.insert(ch, Proc { child, name: bin });
     }
 
     /// SIGKILL: the adapter dies without a chance to answer anyone.
