@@ -82,6 +82,21 @@ pub struct Settings {
     /// ChannelEvents, and only for the token's channel. Unset: ChannelEvents refuses everyone.
     pub adapter_tokens: Option<Secret>,
     pub adapter_tokens_file: Option<std::path::PathBuf>,
+    /// `PAYD_PAY_WINDOW_WECHAT_SECS`, `PAYD_PAY_WINDOW_ALIPAY_SECS`,
+    /// `PAYD_PAY_WINDOW_UNIONPAY_SECS`: how long a trade handed to a payer stays payable at its
+    /// channel (sent as WeChat `time_expire`, Alipay `time_expire`, UnionPay `payTimeout`; never
+    /// past the order's expiry). WeChat's default is its prepay_id validity (2 h). Alipay and
+    /// UnionPay trades come into existence only when the payer scans or submits, so they cannot
+    /// be closed before that and a channel switch waits for the window to lapse: keep it short.
+    pub pay_window_wechat_secs: u64,
+    pub pay_window_alipay_secs: u64,
+    pub pay_window_unionpay_secs: u64,
+    /// `PAYD_PAY_DEADLINE_MARGIN_MS`: after a trade's deadline, how long until a channel's "no
+    /// such trade" or "still pending" is taken as closed (clock differences with the platform).
+    pub pay_deadline_margin_ms: u64,
+    /// `PAYD_WORKER_LEASE_CHECK_MS`: how often the snowflake worker-id lease is checked; a lost
+    /// lease stops Pay (UNAVAILABLE) until one is held again.
+    pub worker_lease_check_ms: u64,
 }
 
 impl Default for Settings {
@@ -110,6 +125,11 @@ impl Default for Settings {
             channel_timeout_ms: 15_000,
             adapter_tokens: None,
             adapter_tokens_file: None,
+            pay_window_wechat_secs: 7_200,
+            pay_window_alipay_secs: 900,
+            pay_window_unionpay_secs: 900,
+            pay_deadline_margin_ms: 60_000,
+            worker_lease_check_ms: 2_000,
         }
     }
 }
@@ -172,8 +192,30 @@ impl Settings {
         if !matches!(self.log_format.as_str(), "json" | "text") {
             return bad("log_format", "must be json or text");
         }
+        for (key, v) in [
+            ("pay_window_wechat_secs", self.pay_window_wechat_secs),
+            ("pay_window_alipay_secs", self.pay_window_alipay_secs),
+            ("pay_window_unionpay_secs", self.pay_window_unionpay_secs),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        if self.worker_lease_check_ms == 0 {
+            return bad("worker_lease_check_ms", "must be at least 1");
+        }
         self.adapter_tokens()?;
         Ok(())
+    }
+
+    /// How long a trade stays payable at each channel, and the margin past its deadline.
+    pub fn pay_windows(&self) -> crate::app::pay::PayWindows {
+        crate::app::pay::PayWindows {
+            wechat: Duration::from_secs(self.pay_window_wechat_secs),
+            alipay: Duration::from_secs(self.pay_window_alipay_secs),
+            unionpay: Duration::from_secs(self.pay_window_unionpay_secs),
+            deadline_margin: Duration::from_millis(self.pay_deadline_margin_ms),
+        }
     }
 
     pub fn order_limits(&self) -> OrderLimits {

@@ -1,12 +1,19 @@
-//! Per-order distributed locks in Redis with fencing tokens.
+//! Per-order distributed locks in Redis with fencing tokens from Postgres.
 //!
-//! The lock keeps replicas from racing to the same order (and, later, to the same channel call);
-//! it never carries correctness alone. Every write made under a lock carries the lock's fencing
+//! The lock keeps replicas from racing to the same order (and to the same channel call); it
+//! never carries correctness alone. Every write made under a lock carries the lock's fencing
 //! token, and Postgres refuses a write whose token is lower than one that already wrote the row
 //! (`orders.fence`), so a holder that paused past its TTL cannot overwrite a newer holder's work.
 //!
-//! Exactly two Redis round trips per locked section: one script acquires the lock *and* mints
-//! the fencing token; one script releases by compare-and-delete.
+//! Tokens come from the `lock_fences` sequence, minted right after the lock is taken: strictly
+//! increasing across replicas, Redis restarts and failovers, whatever the Redis clock says (a
+//! token derived from Redis data or time can go backwards after a failover to a replica whose
+//! clock is behind, and a stale holder's write would then win).
+//!
+//! Two Redis round trips per locked section (acquire, compare-and-delete release) plus one
+//! database round trip for the token. While held, the lock is renewed every third of its TTL, so
+//! it outlives any chain of channel calls under it; a holder that stops running (paused, cut off
+//! from Redis) stops renewing, loses the lock at its TTL, and the fence refuses its late writes.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,20 +21,12 @@ use rand::RngCore;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-/// `SET lock token NX PX ttl`; on success mint the next fencing token.
-///
-/// Tokens are `max(previous + 1, Redis server time in µs)`: strictly increasing while Redis keeps
-/// its data, and still increasing after Redis loses it (a restart without persistence), because
-/// the clock has moved on. A plain INCR would restart at 1 and every later write would be fenced
-/// out by the higher tokens Postgres has already seen.
+use crate::storage::{Db, StorageError};
+
+/// `SET lock token NX PX ttl`: 1 when taken.
 const ACQUIRE: &str = r"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-  local fence = math.max(now, last + 1)
-  redis.call('SET', KEYS[2], string.format('%d', fence), 'PX', ARGV[3])
-  return fence
+  return 1
 end
 return 0
 ";
@@ -40,12 +39,23 @@ end
 return 0
 ";
 
+/// Compare-and-extend: only the holder's token renews the lock.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("lock {0} is held by another call")]
     Busy(String),
     #[error("redis unavailable: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The fencing token could not be minted (Postgres unreachable); the lock was released.
+    #[error("fence unavailable: {0}")]
+    Fence(#[from] StorageError),
 }
 
 /// A held lock. Dropping it without [`Locks::release`] leaves the lock to expire at its TTL.
@@ -55,6 +65,16 @@ pub struct LockGuard {
     key: String,
     token: String,
     fence: i64,
+    /// Keeps the lock alive while the guard lives; aborted on release or drop.
+    renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+    }
 }
 
 impl LockGuard {
@@ -76,6 +96,8 @@ struct Inner {
     wait: Duration,
     acquire: Script,
     release: Script,
+    renew: Script,
+    db: Db,
 }
 
 impl Locks {
@@ -84,6 +106,7 @@ impl Locks {
         prefix: impl Into<String>,
         ttl: Duration,
         wait: Duration,
+        db: Db,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -93,6 +116,8 @@ impl Locks {
                 wait,
                 acquire: Script::new(ACQUIRE),
                 release: Script::new(RELEASE),
+                renew: Script::new(RENEW),
+                db,
             }),
         }
     }
@@ -104,39 +129,52 @@ impl Locks {
     /// [`LockError::Busy`] when the wait runs out; [`LockError::Redis`] when Redis cannot be
     /// reached: the caller fails fast (UNAVAILABLE) rather than proceed without the lock.
     pub async fn acquire(&self, resource: &str) -> Result<LockGuard, LockError> {
-        self.acquire_with_ttl(resource, self.inner.ttl).await
+        self.acquire_renewed(resource, self.inner.ttl).await
     }
 
+    /// Acquires with an explicit TTL and no renewal: the holder loses the lock at the TTL even
+    /// while it runs (tests use it to stand for a paused holder).
+    ///
+    /// # Errors
+    /// As [`Locks::acquire`].
     pub async fn acquire_with_ttl(
         &self,
         resource: &str,
         ttl: Duration,
     ) -> Result<LockGuard, LockError> {
+        self.acquire_inner(resource, ttl, false).await
+    }
+
+    async fn acquire_renewed(&self, resource: &str, ttl: Duration) -> Result<LockGuard, LockError> {
+        self.acquire_inner(resource, ttl, true).await
+    }
+
+    async fn acquire_inner(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        renew: bool,
+    ) -> Result<LockGuard, LockError> {
         let key = format!("{}lock:{resource}", self.inner.prefix);
-        let fence_key = format!("{}fence:{resource}", self.inner.prefix);
         let mut raw = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut raw);
         let token = hex::encode(raw);
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        // The fence counter outlives many lock generations; after it expires the clock still
-        // keeps tokens increasing.
-        let fence_ttl_ms = ttl_ms.saturating_mul(100).max(3_600_000);
         let deadline = tokio::time::Instant::now() + self.inner.wait;
         let mut backoff = Duration::from_millis(5);
         let mut conn = self.inner.redis.clone();
-        loop {
-            let fence: i64 = self
+        let taken_at = loop {
+            let sent_at = std::time::Instant::now();
+            let taken: i64 = self
                 .inner
                 .acquire
                 .key(&key)
-                .key(&fence_key)
                 .arg(&token)
                 .arg(ttl_ms)
-                .arg(fence_ttl_ms)
                 .invoke_async(&mut conn)
                 .await?;
-            if fence > 0 {
-                return Ok(LockGuard { key, token, fence });
+            if taken == 1 {
+                break sent_at;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -145,12 +183,46 @@ impl Locks {
             let jitter = Duration::from_millis(u64::from(rand::thread_rng().next_u32() % 5));
             tokio::time::sleep((backoff + jitter).min(deadline - now)).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
+        };
+        let mut guard = LockGuard {
+            key,
+            token,
+            fence: 0,
+            renewal: None,
+        };
+        match self.inner.db.run(crate::storage::orders::mint_fence).await {
+            Ok(f) => guard.fence = f,
+            Err(e) => {
+                let _ = self.release(guard).await;
+                return Err(LockError::Fence(e));
+            }
         }
+        // The token must be minted while the lock is surely still ours: a token minted after
+        // the lock could have expired might be higher than the next holder's. Measured from
+        // before the SET, with a third of the TTL as margin for clock-rate differences.
+        if taken_at.elapsed() >= ttl * 2 / 3 {
+            let _ = self.release(guard).await;
+            return Err(LockError::Busy(format!(
+                "{resource} (the fencing token took longer than the lock's validity)"
+            )));
+        }
+        if renew {
+            guard.renewal = Some(tokio::spawn(renew_loop(
+                self.inner.clone(),
+                guard.key.clone(),
+                guard.token.clone(),
+                ttl,
+            )));
+        }
+        Ok(guard)
     }
 
     /// Releases the lock if this guard still holds it. Returns false when the lock had already
     /// expired (and maybe been taken by someone else, whose lock is left alone).
-    pub async fn release(&self, guard: LockGuard) -> Result<bool, LockError> {
+    pub async fn release(&self, mut guard: LockGuard) -> Result<bool, LockError> {
+        if let Some(r) = guard.renewal.take() {
+            r.abort();
+        }
         let mut conn = self.inner.redis.clone();
         let n: i64 = self
             .inner
@@ -160,5 +232,32 @@ impl Locks {
             .invoke_async(&mut conn)
             .await?;
         Ok(n == 1)
+    }
+}
+
+/// Extends the lock every third of its TTL while its holder runs. Stops when the lock is no
+/// longer this holder's (expired and taken by another): from then on only the fence speaks.
+async fn renew_loop(inner: Arc<Inner>, key: String, token: String, ttl: Duration) {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    let period = (ttl / 3).max(Duration::from_millis(10));
+    let mut conn = inner.redis.clone();
+    loop {
+        tokio::time::sleep(period).await;
+        let r: Result<i64, _> = inner
+            .renew
+            .key(&key)
+            .arg(&token)
+            .arg(ttl_ms)
+            .invoke_async(&mut conn)
+            .await;
+        match r {
+            Ok(1) => {}
+            Ok(_) => {
+                tracing::warn!(lock = %key, "lock lost before its holder finished; the fence decides its writes");
+                return;
+            }
+            // Redis unreachable for a moment: keep trying until the TTL would have passed.
+            Err(e) => tracing::warn!(lock = %key, error = %e, "lock renewal failed; retrying"),
+        }
     }
 }

@@ -28,6 +28,8 @@ pub struct Application {
     grpc: TcpListener,
     http: TcpListener,
     app: App,
+    database_url: String,
+    lease_check: Duration,
     grace: Duration,
 }
 
@@ -52,6 +54,7 @@ impl Application {
             settings.redis_key_prefix.clone(),
             settings.lock_ttl(),
             settings.lock_wait(),
+            db.clone(),
         );
         let channels = ChannelClients::new(
             &[
@@ -81,6 +84,7 @@ impl Application {
             adapter_tokens: Arc::new(settings.adapter_tokens()?),
             ids: Arc::new(Snowflake::new(worker)),
             worker_lease: Arc::new(std::sync::Mutex::new(lease)),
+            pay_windows: settings.pay_windows(),
         };
         let grpc = TcpListener::bind(settings.listen)
             .await
@@ -92,6 +96,8 @@ impl Application {
             grpc,
             http,
             app,
+            database_url: settings.database_url.expose().to_owned(),
+            lease_check: Duration::from_millis(settings.worker_lease_check_ms),
             grace: Duration::from_millis(settings.shutdown_grace_ms),
         })
     }
@@ -139,6 +145,12 @@ impl Application {
         );
 
         let purger = tokio::spawn(purge_loop(self.app.clone(), stop_rx.clone()));
+        let leaser = tokio::spawn(lease_loop(
+            self.app.clone(),
+            self.database_url.clone(),
+            self.lease_check,
+            stop_rx.clone(),
+        ));
 
         let mut grpc_stop = stop_rx.clone();
         let grpc_signal = async move {
@@ -163,6 +175,7 @@ impl Application {
             let g = grpc.await;
             let _ = http.await;
             let _ = purger.await;
+            let _ = leaser.await;
             g
         })
         .await;
@@ -190,6 +203,55 @@ async fn purge_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool>) {
                     Err(e) => tracing::warn!(error = ?e, "idempotency purge failed; will retry"),
                 }
             }
+        }
+    }
+}
+
+/// Checks the snowflake worker-id lease every `period`. A lease found lost (its connection died,
+/// e.g. a Postgres restart or a terminated backend, so another replica may now hold the same id)
+/// stops minting at once; the loop then leases an id again (any free one) and minting resumes.
+async fn lease_loop(
+    app: App,
+    url: String,
+    period: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let lease = app.worker_lease.clone();
+        let ids = app.ids.clone();
+        let url = url.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut conn = match lease.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            if crate::storage::worker_lease_held(&mut conn, ids.worker()) {
+                if !ids.is_leased() {
+                    ids.leased_again(ids.worker());
+                }
+                return Ok(None);
+            }
+            ids.lease_lost();
+            let (fresh, worker) = crate::storage::lease_worker_id(&url)?;
+            *conn = fresh;
+            ids.leased_again(worker);
+            Ok::<_, crate::storage::StorageError>(Some(worker))
+        })
+        .await;
+        match r {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(worker))) => {
+                tracing::warn!(worker, "snowflake worker-id lease was lost; leased again")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "snowflake worker-id lease lost and not regained; Pay is unavailable")
+            }
+            Err(e) => tracing::error!(error = %e, "lease check task failed"),
         }
     }
 }

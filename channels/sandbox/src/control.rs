@@ -92,7 +92,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn list_trades(State(platform): State<Arc<dyn Platform>>) -> Json<Vec<TradeView>> {
-    let ledger = lock(&platform.core().ledger);
+    let ledger = platform.core().ledger();
     Json(ledger.trades().map(TradeView::from).collect())
 }
 
@@ -100,7 +100,7 @@ async fn show_trade(
     State(platform): State<Arc<dyn Platform>>,
     Path(out_trade_no): Path<String>,
 ) -> Response {
-    match lock(&platform.core().ledger).trade(&out_trade_no) {
+    match platform.core().ledger().trade(&out_trade_no) {
         Some(trade) => Json(TradeView::from(trade)).into_response(),
         None => error(StatusCode::NOT_FOUND, "no such trade"),
     }
@@ -126,7 +126,7 @@ async fn pay(
     Json(body): Json<PayBody>,
 ) -> Response {
     let result = {
-        let mut ledger = lock(&platform.core().ledger);
+        let mut ledger = platform.core().ledger();
         match body.outcome {
             Outcome::Success => ledger.settle(&out_trade_no, TradeState::Succeeded),
             Outcome::Fail => ledger.settle(&out_trade_no, TradeState::Failed),
@@ -187,7 +187,7 @@ async fn notify_once(
     body: Option<Json<NotifyBody>>,
 ) -> Response {
     let tamper = body.map(|Json(b)| b.tamper).unwrap_or_default();
-    let Some(trade) = lock(&platform.core().ledger).trade(&out_trade_no).cloned() else {
+    let Some(trade) = platform.core().ledger().trade(&out_trade_no).cloned() else {
         return error(StatusCode::NOT_FOUND, "no such trade");
     };
     let request = match platform.payment_notification(&trade, &platform.new_notify_id(), tamper) {

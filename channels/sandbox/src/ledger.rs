@@ -19,7 +19,7 @@ pub enum TradeState {
     Succeeded,
     /// The payment failed (the payer's bank refused, …).
     Failed,
-    /// Closed by the merchant before payment.
+    /// Closed by the merchant before payment, or by the platform at the trade's deadline.
     Closed,
 }
 
@@ -83,6 +83,9 @@ pub struct Trade {
     pub paid_at: Option<DateTime<Utc>>,
     /// Refunds, oldest first.
     pub refunds: Vec<Refund>,
+    /// The latest moment the payer may pay (WeChat `time_expire`, Alipay `time_expire` /
+    /// `timeout_express`, UnionPay `payTimeout`); the platform closes the trade then.
+    pub pay_deadline: Option<DateTime<Utc>>,
     /// The prepay answer, returned again for an identical repeat (prepay_id, code_url, …).
     #[serde(skip)]
     pub prepay_result: String,
@@ -132,6 +135,8 @@ pub struct NewTrade {
     pub fingerprint: String,
     /// Platform-specific fields.
     pub extra: BTreeMap<String, String>,
+    /// The payable deadline the merchant asked for, if any.
+    pub pay_deadline: Option<DateTime<Utc>>,
 }
 
 /// Why a prepay was refused.
@@ -204,6 +209,8 @@ pub struct Ledger {
     trades: BTreeMap<String, Trade>,
     by_channel_no: HashMap<String, String>,
     channel_counter: u64,
+    /// Pending trades by deadline, so expiry costs nothing per call when nothing is due.
+    deadlines: std::collections::BTreeSet<(DateTime<Utc>, String)>,
 }
 
 impl Ledger {
@@ -222,6 +229,22 @@ impl Ledger {
             "{base}{:0digits$}",
             self.channel_counter + u64::from(rand::random::<u16>()) * 1_000_000
         )
+    }
+
+    /// Closes every pending trade whose deadline has passed, as the platforms do at
+    /// `time_expire`/`payTimeout`. Called on every access through [`crate::platform::Core::ledger`].
+    pub fn expire_due(&mut self, now: DateTime<Utc>) {
+        while let Some((deadline, no)) = self.deadlines.first().cloned() {
+            if deadline >= now {
+                return;
+            }
+            self.deadlines.pop_first();
+            if let Some(t) = self.trades.get_mut(&no)
+                && t.state == TradeState::Pending
+            {
+                t.state = TradeState::Closed;
+            }
+        }
     }
 
     /// Creates the trade, or returns the existing one for an identical repeat (counting it).
@@ -263,7 +286,11 @@ impl Ledger {
             prepay_result,
             fingerprint: new.fingerprint,
             extra: new.extra,
+            pay_deadline: new.pay_deadline,
         };
+        if let Some(d) = new.pay_deadline {
+            self.deadlines.insert((d, new.out_trade_no.clone()));
+        }
         self.by_channel_no
             .insert(channel_trade_no, new.out_trade_no.clone());
         self.trades.insert(new.out_trade_no, trade.clone());
@@ -303,6 +330,10 @@ impl Ledger {
             .trades
             .get_mut(out_trade_no)
             .ok_or(TransitionError::NotFound)?;
+        if trade.state == TradeState::Pending && trade.pay_deadline.is_some_and(|d| Utc::now() > d)
+        {
+            trade.state = TradeState::Closed;
+        }
         if trade.state != TradeState::Pending {
             return Err(TransitionError::WrongState(trade.state));
         }
@@ -400,6 +431,7 @@ mod tests {
             notify_url: "http://n".into(),
             fingerprint: format!("amount={amount}"),
             extra: BTreeMap::new(),
+            pay_deadline: None,
         }
     }
 
@@ -477,6 +509,26 @@ mod tests {
                 .unwrap()
                 .created
         );
+    }
+
+    #[test]
+    fn a_trade_past_its_deadline_is_closed_and_cannot_be_paid() {
+        let mut ledger = Ledger::new();
+        let mut t = new_trade(100);
+        t.pay_deadline = Some(Utc::now() - chrono::Duration::seconds(1));
+        ledger.prepay(t, "C1".into(), String::new()).unwrap();
+        assert_eq!(
+            ledger.settle("T1", TradeState::Succeeded).unwrap_err(),
+            TransitionError::WrongState(TradeState::Closed)
+        );
+        let mut t = new_trade(100);
+        t.out_trade_no = "T2".into();
+        t.pay_deadline = Some(Utc::now() + chrono::Duration::milliseconds(50));
+        ledger.prepay(t, "C2".into(), String::new()).unwrap();
+        ledger.expire_due(Utc::now());
+        assert_eq!(ledger.trade("T2").unwrap().state, TradeState::Pending);
+        ledger.expire_due(Utc::now() + chrono::Duration::seconds(1));
+        assert_eq!(ledger.trade("T2").unwrap().state, TradeState::Closed);
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct Faults {
     pub api_error_rate: f64,
     /// Delay before every API answer, in milliseconds.
     pub api_delay_ms: u64,
+    /// WeChat only: paid trades are reported (query answers and callbacks) with this many fen
+    /// more than was paid, like a platform that booked another amount.
+    pub reported_amount_delta_minor: i64,
 }
 
 impl Default for Faults {
@@ -100,6 +103,7 @@ impl Default for Faults {
             callback_reorder: false,
             api_error_rate: 0.0,
             api_delay_ms: 0,
+            reported_amount_delta_minor: 0,
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct FaultsPatch {
     pub api_error_rate: Option<f64>,
     /// See [`Faults::api_delay_ms`].
     pub api_delay_ms: Option<u64>,
+    /// See [`Faults::reported_amount_delta_minor`].
+    pub reported_amount_delta_minor: Option<i64>,
 }
 
 impl Faults {
@@ -147,6 +153,9 @@ impl Faults {
         if let Some(v) = patch.api_delay_ms {
             self.api_delay_ms = v;
         }
+        if let Some(v) = patch.reported_amount_delta_minor {
+            self.reported_amount_delta_minor = v;
+        }
     }
 }
 
@@ -172,6 +181,14 @@ pub struct Core {
 }
 
 impl Core {
+    /// The ledger, locked, with trades past their deadline closed first: every platform API and
+    /// control call sees the platform's expiry.
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        let mut l = lock(&self.ledger);
+        l.expire_due(chrono::Utc::now());
+        l
+    }
+
     /// Empty state with the given time scale (non-finite or negative values become 1.0).
     pub fn new(time_scale: f64) -> Self {
         let time_scale = if time_scale.is_finite() && time_scale >= 0.0 {

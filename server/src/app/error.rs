@@ -41,6 +41,31 @@ pub enum ServiceError {
     ChannelUnavailable(String, String),
     #[error("channel {0} is not enabled on this server")]
     ChannelDisabled(String),
+    /// An open trade handed to a payer cannot be closed at its channel yet (it does not exist
+    /// there until the payer scans or submits it, or the channel has no close): nothing else may
+    /// start until its payable window has lapsed.
+    #[error(
+        "the open {channel} trade {out_trade_no} may still be paid until {until}; it cannot be closed at the channel before then ({detail}); pay it, or retry after {retry_after}"
+    )]
+    TradeStillPayable {
+        channel: String,
+        out_trade_no: String,
+        until: String,
+        retry_after: String,
+        detail: String,
+    },
+    /// The channel reports the trade paid with another amount or currency: nothing moved, the
+    /// order is held for a person.
+    #[error(
+        "the {channel} trade {out_trade_no} is reported paid with an amount or currency that differs from the order; the order is held for review"
+    )]
+    AmountHeld {
+        channel: String,
+        out_trade_no: String,
+    },
+    /// This replica holds no snowflake worker-id lease, so it mints no `out_trade_no`.
+    #[error("this server cannot mint trade numbers right now (worker-id lease lost); retry")]
+    LeaseLost,
     /// An adapter reported an event it has no right to report.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -91,6 +116,7 @@ impl From<LockError> for ServiceError {
         match e {
             LockError::Busy(r) => ServiceError::Busy(r),
             LockError::Redis(r) => ServiceError::Unavailable(format!("redis: {r}")),
+            LockError::Fence(s) => s.into(),
         }
     }
 }

@@ -46,8 +46,11 @@ pub struct App {
     pub ids: std::sync::Arc<crate::domain::snowflake::Snowflake>,
     /// Which adapter secret may report for which channel (ChannelEvents).
     pub adapter_tokens: std::sync::Arc<Vec<(crate::domain::Channel, crate::config::Secret)>>,
-    /// Holds the worker-id lease (a Postgres session advisory lock) for the process's life.
+    /// Holds the worker-id lease (a Postgres session advisory lock); replaced when it is lost
+    /// and leased again.
     pub worker_lease: std::sync::Arc<std::sync::Mutex<diesel::PgConnection>>,
+    /// Channel-side payable windows of new trades.
+    pub pay_windows: pay::PayWindows,
 }
 
 impl App {
@@ -64,10 +67,7 @@ impl App {
         idem: Option<IdemWrite>,
     ) -> Result<Outcome<OrderRow>, ServiceError> {
         let retention = self.idempotency_retention;
-        let now = Utc::now();
-        let expires_at = now
-            + chrono::Duration::from_std(new.expires_in)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let expires_in = new.expires_in;
         let metadata = serde_json::to_value(&new.metadata)
             .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let outcome = self
@@ -89,11 +89,8 @@ impl App {
                         subject: new.subject.as_str(),
                         metadata,
                         status: crate::domain::OrderStatus::Pending.as_str(),
-                        expires_at,
-                        created_at: now,
-                        updated_at: now,
                     };
-                    let order = match orders::insert(conn, &row)? {
+                    let order = match orders::insert(conn, &row, expires_in)? {
                         Some(o) => o,
                         None => {
                             let existing = orders::find_by_merchant_order_no(
@@ -183,11 +180,11 @@ impl App {
             if let Some(attempt) = open {
                 match self.close_at_channel(&attempt).await {
                     Ok(()) => {}
-                    // The channel says it was paid: the order is PAID now, and closing is refused.
-                    Err(ServiceError::IllegalTransition(_)) => {
+                    // The channel says it was paid: the order's real state refuses the close.
+                    Err(ServiceError::IllegalTransition(t)) => {
                         return Err(ServiceError::IllegalTransition(
                             crate::domain::IllegalTransition {
-                                from: crate::domain::OrderStatus::Paid,
+                                from: t.from,
                                 event: OrderEvent::Closed,
                             },
                         ));
@@ -223,7 +220,9 @@ impl App {
             Err(e) => {
                 let outcome = match e {
                     crate::locks::LockError::Busy(_) => "busy",
-                    crate::locks::LockError::Redis(_) => "error",
+                    crate::locks::LockError::Redis(_) | crate::locks::LockError::Fence(_) => {
+                        "error"
+                    }
                 };
                 self.metrics
                     .lock_acquisitions

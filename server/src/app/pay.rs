@@ -4,6 +4,16 @@
 //! before Prepay, and moved to PAYING after. An INIT attempt whose Prepay answer was lost is
 //! retried with the same `out_trade_no`, which the platforms treat as the same trade, so a retry
 //! never opens a second one.
+//!
+//! The rules that keep one order from having two payable trades:
+//! - every trade gets a channel-side deadline (`pay_deadline`, sent as the platform's
+//!   `time_expire`/`payTimeout`), no later than the order's expiry;
+//! - a trade whose parameters were handed out (PAYING) stays payable until its channel confirms
+//!   it closed or its deadline has lapsed: "no such trade" is not "closed" (Alipay and UnionPay
+//!   create a trade only when the payer scans or submits), so a switch or a close waits;
+//! - the last write of Pay re-checks, under the order's row lock, what the Redis lock promised
+//!   (attempt still open, order still payable, no newer fence); when it fails, the trade just
+//!   opened is closed again and the caller gets an error, never parameters.
 use std::collections::BTreeMap;
 
 use chrono::Utc;
@@ -12,16 +22,110 @@ use payproto::channel::v1 as cpb;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::results::PaymentResult;
+use std::time::Duration;
+
+use chrono::DateTime;
+
+use super::results::{PaymentResult, ResultOutcome};
 use super::{App, IdemWrite, Outcome, ServiceError};
 use crate::domain::{
     AppId, AttemptEvent, AttemptStatus, Channel, IllegalTransition, OrderEvent, OrderId,
     OrderStatus, PayMethod, TradeState,
 };
 use crate::locks::LockGuard;
-use crate::storage::attempts::{self, AttemptChange, AttemptRow, NewAttemptRow};
+use crate::storage::attempts::{self, AttemptChange, AttemptRow, InsertRefused, NewAttemptRow};
 use crate::storage::idempotency;
 use crate::storage::orders::{self, OrderRow, Transition, WriteRefused};
+
+/// How long a new trade stays payable at each channel, and how long past a deadline a channel's
+/// "no such trade" or "pending" is still not taken as closed.
+#[derive(Debug, Clone, Copy)]
+pub struct PayWindows {
+    pub wechat: Duration,
+    pub alipay: Duration,
+    pub unionpay: Duration,
+    pub deadline_margin: Duration,
+}
+
+impl PayWindows {
+    pub fn window(&self, c: Channel) -> Duration {
+        match c {
+            Channel::Wechat => self.wechat,
+            Channel::Alipay => self.alipay,
+            Channel::Unionpay => self.unionpay,
+        }
+    }
+
+    /// The deadline of a trade opened `now` for an order expiring at `order_expires_at`: whole
+    /// seconds (the platforms' formats), rounded down so the platform never accepts longer.
+    pub fn deadline(
+        &self,
+        c: Channel,
+        now: DateTime<Utc>,
+        order_expires_at: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        let window = chrono::Duration::from_std(self.window(c)).unwrap_or(chrono::Duration::MAX);
+        let d = now
+            .checked_add_signed(window)
+            .unwrap_or(order_expires_at)
+            .min(order_expires_at);
+        DateTime::from_timestamp(d.timestamp(), 0).unwrap_or(d)
+    }
+
+    /// Whether the attempt's trade can no longer be paid at its channel: its deadline plus the
+    /// margin has passed.
+    pub fn lapsed(&self, a: &AttemptRow, now: DateTime<Utc>) -> bool {
+        let margin = chrono::Duration::from_std(self.deadline_margin).unwrap_or_default();
+        now > a.pay_deadline + margin
+    }
+
+    /// Whether a PAYING attempt's parameters may still be handed out: enough of its window is
+    /// left for a payer to use them (a quarter of the window, at most a minute).
+    pub fn reusable(&self, a: &AttemptRow, now: DateTime<Utc>) -> bool {
+        let window = a.pay_deadline - a.created_at;
+        let margin = (window / 4).min(chrono::Duration::seconds(60));
+        now + margin < a.pay_deadline
+    }
+}
+
+impl Default for PayWindows {
+    fn default() -> Self {
+        Self {
+            wechat: Duration::from_secs(7_200),
+            alipay: Duration::from_secs(900),
+            unionpay: Duration::from_secs(900),
+            deadline_margin: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How payd reads a failed adapter call (see the status table in `channel.v1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallFailure {
+    /// The platform (or the adapter, for a request it cannot express) refused: final for this
+    /// request, but not proof of what the trade's state is.
+    Refused,
+    /// Nothing is known: the call may or may not have reached the platform.
+    Unknown,
+}
+
+fn call_failure(s: &tonic::Status) -> CallFailure {
+    match s.code() {
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => CallFailure::Refused,
+        _ => CallFailure::Unknown,
+    }
+}
+
+/// Why the last write of a Pay was refused.
+#[derive(Debug)]
+enum FinishRefused {
+    /// The attempt is no longer open: another call closed or failed it (or it was paid).
+    AttemptGone(AttemptStatus),
+    /// The order can no longer be paid.
+    OrderFinal(OrderStatus),
+    /// A newer lock holder has written the order.
+    Fenced,
+}
 
 /// A validated Pay.
 #[derive(Debug, Clone)]
@@ -104,21 +208,12 @@ impl App {
         cmd: PayCommand,
         idem: Option<IdemWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
-        if let Some(i) = &idem {
-            let claim = i.claim.clone();
-            let retention = self.idempotency_retention;
-            let replay = self
-                .db
-                .run(move |conn| idempotency::lookup(conn, &claim, retention))
-                .await
-                .map_err(ServiceError::from)?;
-            if let Some(bytes) = replay {
-                return Ok(Outcome::Replayed(bytes));
-            }
-        }
         let guard = self.lock_order(cmd.order_id).await?;
         let r = self.pay_locked(app, cmd, &guard, idem).await;
         self.unlock(guard).await;
+        if let Err(ServiceError::Fenced(_)) = &r {
+            self.metrics.fence_rejections.inc();
+        }
         r
     }
 
@@ -129,17 +224,32 @@ impl App {
         guard: &LockGuard,
         idem: Option<IdemWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
+        // The key is checked under the lock and before any channel call: a concurrent Pay with
+        // the same key and other parameters must not close this one's trade.
+        if let Some(i) = &idem {
+            let claim = i.claim.clone();
+            let retention = self.idempotency_retention;
+            if let Some(bytes) = self
+                .db
+                .run(move |conn| idempotency::lookup(conn, &claim, retention))
+                .await?
+            {
+                return Ok(Outcome::Replayed(bytes));
+            }
+        }
         let id = cmd.order_id;
         let channel = cmd.method.channel();
         let digest = payer_digest(&cmd.payer_id);
         let (order, open) = self.read_order_and_open_attempt(&app, id).await?;
         ensure_payable(&order)?;
+        let now = Utc::now();
 
         let attempt = match open {
             Some(a)
                 if a.channel()? == channel
                     && a.method()? == cmd.method
-                    && a.payer_digest == digest =>
+                    && a.payer_digest == digest
+                    && self.pay_windows.reusable(&a, now) =>
             {
                 if a.status()? == AttemptStatus::Paying && a.pay_params.is_some() {
                     self.metrics
@@ -147,20 +257,25 @@ impl App {
                         .with_label_values(&[channel.as_str()])
                         .inc();
                     return self
-                        .finish(id, a.out_trade_no.clone(), None, guard.fence(), idem)
+                        .commit_prepay(id, a.out_trade_no.clone(), None, guard.fence(), idem)
                         .await;
                 }
                 // INIT: an earlier Prepay's answer was lost; ask again with the same out_trade_no.
                 a
             }
+            // Another channel, method or payer, or parameters too close to their deadline: the
+            // old trade is closed at its channel first (or this call waits until it can be).
             Some(other) => {
                 self.close_at_channel(&other).await?;
-                // The close may have revealed a payment.
                 let (order, _) = self.read_order_and_open_attempt(&app, id).await?;
                 ensure_payable(&order)?;
-                self.create_attempt(&order, &cmd, &digest).await?
+                self.create_attempt(&order, &cmd, &digest, guard.fence())
+                    .await?
             }
-            None => self.create_attempt(&order, &cmd, &digest).await?,
+            None => {
+                self.create_attempt(&order, &cmd, &digest, guard.fence())
+                    .await?
+            }
         };
 
         let mut client = self.channels.get(channel)?;
@@ -173,7 +288,8 @@ impl App {
                     currency: order.currency.trim().to_owned(),
                 }),
                 subject: order.subject.clone(),
-                expires_at: Some(crate::grpc::convert::timestamp(order.expires_at)),
+                // The trade's own deadline at the channel, never past the order's expiry.
+                expires_at: Some(crate::grpc::convert::timestamp(attempt.pay_deadline)),
                 payer_id: cmd.payer_id.clone(),
                 payer_ip: cmd.client_ip.clone(),
                 created_at: Some(crate::grpc::convert::timestamp(attempt.created_at)),
@@ -181,43 +297,90 @@ impl App {
             .await;
         match prepay {
             Ok(resp) => {
-                let resp = resp.into_inner();
-                self.finish(id, attempt.out_trade_no, Some(resp), guard.fence(), idem)
-                    .await
+                self.commit_prepay(
+                    id,
+                    attempt.out_trade_no,
+                    Some(resp.into_inner()),
+                    guard.fence(),
+                    idem,
+                )
+                .await
             }
-            Err(status) => match status.code() {
-                tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
-                    // A final refusal: this attempt will never be payable.
-                    let out = attempt.out_trade_no.clone();
-                    self.db
-                        .run(move |conn| {
-                            conn.transaction(|conn| {
-                                let a = attempts::find_by_out_trade_no_for_update(conn, &out)?
-                                    .ok_or_else(|| {
-                                        ServiceError::Internal("attempt vanished".into())
-                                    })?;
-                                let from = a.status()?;
-                                if let Ok(to) = from.apply(AttemptEvent::Failed) {
-                                    attempts::transition(
-                                        conn,
-                                        a.id,
-                                        from,
-                                        to,
-                                        AttemptChange::default(),
-                                    )?;
-                                }
-                                Ok::<_, ServiceError>(())
-                            })
-                        })
-                        .await?;
-                    Err(ServiceError::ChannelRefused(status.message().to_owned()))
-                }
-                _ => Err(ServiceError::ChannelUnavailable(
+            Err(status) => match call_failure(&status) {
+                CallFailure::Refused => self.settle_refused_prepay(&attempt, &status).await,
+                CallFailure::Unknown => Err(ServiceError::ChannelUnavailable(
                     channel.to_string(),
                     status.message().to_owned(),
                 )),
             },
         }
+    }
+
+    /// A refused Prepay says nothing certain about the trade (Alipay answers
+    /// `ACQ.TRADE_HAS_SUCCESS` for a trade that was paid meanwhile): ask the channel and apply
+    /// what it says before answering.
+    async fn settle_refused_prepay(
+        &self,
+        attempt: &AttemptRow,
+        refusal: &tonic::Status,
+    ) -> Result<Outcome<PayOutcome>, ServiceError> {
+        let channel = attempt.channel()?;
+        let mut r = match self.query_at_channel(attempt).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(out_trade_no = %attempt.out_trade_no, error = ?e, "prepay refused and the trade could not be queried; it stays open until it can be");
+                return Err(ServiceError::ChannelUnavailable(
+                    channel.to_string(),
+                    format!(
+                        "the channel refused ({}) and the trade's state could not be confirmed",
+                        refusal.message()
+                    ),
+                ));
+            }
+        };
+        // No trade at the channel, and our Prepay was refused: it will never exist (this
+        // attempt's parameters were never handed out).
+        if r.state == TradeState::NotFound && attempt.status()? == AttemptStatus::Init {
+            r.state = TradeState::Failed;
+        }
+        r.event_id = format!(
+            "prepay-refused:{}:{}",
+            attempt.out_trade_no,
+            r.state.as_str()
+        );
+        let outcome = match r.state {
+            TradeState::Succeeded | TradeState::Failed | TradeState::Closed => {
+                Some(self.apply_payment_result(r).await?)
+            }
+            TradeState::Pending | TradeState::NotFound | TradeState::Unknown => None,
+        };
+        if outcome == Some(ResultOutcome::AmountMismatch) {
+            return Err(ServiceError::AmountHeld {
+                channel: channel.to_string(),
+                out_trade_no: attempt.out_trade_no.clone(),
+            });
+        }
+        let order = self
+            .order_by_id(OrderId::from_uuid(attempt.order_id))
+            .await?;
+        let status = order.status()?;
+        if !matches!(status, OrderStatus::Pending | OrderStatus::Paying) {
+            return Err(IllegalTransition {
+                from: status,
+                event: OrderEvent::PaymentStarted,
+            }
+            .into());
+        }
+        Err(ServiceError::ChannelRefused(refusal.message().to_owned()))
+    }
+
+    async fn order_by_id(&self, id: OrderId) -> Result<OrderRow, ServiceError> {
+        self.db
+            .run(move |conn| {
+                orders::find_by_id(conn, id)?
+                    .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))
+            })
+            .await
     }
 
     async fn read_order_and_open_attempt(
@@ -236,43 +399,71 @@ impl App {
             .await
     }
 
+    /// Commits a new INIT attempt, as the holder of `fence`: under the order's row lock, only
+    /// while the order can be paid and no newer lock holder has written it.
     async fn create_attempt(
         &self,
         order: &OrderRow,
         cmd: &PayCommand,
         digest: &[u8],
+        fence: i64,
     ) -> Result<AttemptRow, ServiceError> {
-        let out_trade_no = self.ids.out_trade_no();
+        let out_trade_no = self.ids.out_trade_no().ok_or(ServiceError::LeaseLost)?;
         let row_id = Uuid::now_v7();
-        let order_id = order.id;
+        let order_id = order.order_id();
         let amount = order.amount_minor;
         let currency = order.currency.clone();
         let method = cmd.method;
         let digest = digest.to_vec();
+        let pay_deadline =
+            self.pay_windows
+                .deadline(method.channel(), Utc::now(), order.expires_at);
         self.db
             .run(move |conn| {
-                let row = NewAttemptRow {
-                    id: row_id,
-                    order_id,
-                    out_trade_no: &out_trade_no,
-                    channel: method.channel().as_str(),
-                    method: method.as_str(),
-                    amount_minor: amount,
-                    currency: &currency,
-                    status: AttemptStatus::Init.as_str(),
-                    payer_digest: &digest,
-                };
-                // The partial unique index refuses a second open attempt even if two callers got
-                // past the Redis lock (an expired lease): the loser is told to retry.
-                attempts::insert(conn, &row)?
-                    .ok_or_else(|| ServiceError::Conflict(order_id.to_string()))
+                conn.transaction(|conn| {
+                    let current = orders::find_for_update(conn, order_id)?
+                        .ok_or_else(|| ServiceError::NotFound(format!("order {order_id}")))?;
+                    current.status()?.apply(OrderEvent::PaymentStarted)?;
+                    match orders::claim_fence(conn, order_id, fence)? {
+                        Ok(_) => {}
+                        Err(WriteRefused::StaleFence { .. }) => {
+                            return Err(ServiceError::Fenced(order_id.to_string()));
+                        }
+                        Err(WriteRefused::Conflict { .. } | WriteRefused::Missing) => {
+                            return Err(ServiceError::Conflict(order_id.to_string()));
+                        }
+                    }
+                    let row = NewAttemptRow {
+                        id: row_id,
+                        order_id: order_id.as_uuid(),
+                        out_trade_no: &out_trade_no,
+                        channel: method.channel().as_str(),
+                        method: method.as_str(),
+                        amount_minor: amount,
+                        currency: &currency,
+                        status: AttemptStatus::Init.as_str(),
+                        payer_digest: &digest,
+                        pay_deadline,
+                    };
+                    match attempts::insert(conn, &row)? {
+                        Ok(a) => Ok(a),
+                        // The partial unique index refuses a second open attempt even if two
+                        // callers got past the Redis lock; a taken out_trade_no means two
+                        // minters shared a worker id. Both: retry.
+                        Err(InsertRefused::OpenAttemptExists | InsertRefused::TradeNoTaken) => {
+                            Err(ServiceError::Conflict(order_id.to_string()))
+                        }
+                    }
+                })
             })
             .await
     }
 
-    /// Commits the Prepay answer (if any): attempt INIT → PAYING, order PENDING → PAYING (fenced
-    /// by this call's lock), and the idempotency record; all in one transaction.
-    async fn finish(
+    /// The last write of Pay: attempt INIT → PAYING with the Prepay answer (if any), order
+    /// PENDING → PAYING, and the idempotency record, in one transaction that re-checks, under
+    /// the order's row lock, what the Redis lock promised. When the check fails, a trade this
+    /// call has just opened is closed again, and the caller gets an error, not parameters.
+    async fn commit_prepay(
         &self,
         id: OrderId,
         out_trade_no: String,
@@ -281,25 +472,40 @@ impl App {
         idem: Option<IdemWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         let retention = self.idempotency_retention;
-        self.db
+        let opened = prepay.is_some();
+        let out = out_trade_no.clone();
+        let committed = self
+            .db
             .run(move |conn| {
                 conn.transaction(|conn| {
                     let order = orders::find_for_update(conn, id)?
                         .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
-                    let mut attempt =
-                        attempts::find_by_out_trade_no_for_update(conn, &out_trade_no)?
-                            .ok_or_else(|| ServiceError::Internal("attempt vanished".into()))?;
-                    if let Some(p) = prepay {
-                        let from = attempt.status()?;
+                    let mut attempt = attempts::find_by_out_trade_no_for_update(conn, &out)?
+                        .ok_or_else(|| ServiceError::Internal("attempt vanished".into()))?;
+                    let a_status = attempt.status()?;
+                    let o_status = order.status()?;
+                    if !a_status.is_open() {
+                        return Ok(Err((FinishRefused::AttemptGone(a_status), attempt)));
+                    }
+                    if !matches!(o_status, OrderStatus::Pending | OrderStatus::Paying) {
+                        return Ok(Err((FinishRefused::OrderFinal(o_status), attempt)));
+                    }
+                    let order = match orders::claim_fence(conn, id, fence)? {
+                        Ok(o) => o,
+                        Err(_) => return Ok(Err((FinishRefused::Fenced, attempt))),
+                    };
+                    if let Some(p) = prepay
+                        && a_status == AttemptStatus::Init
+                    {
                         let params = serde_json::to_value(&p.pay_params)
                             .map_err(|e| ServiceError::Internal(e.to_string()))?;
-                        // A callback may have beaten us here (the payer was quick): keep its state.
-                        let to = from.apply(AttemptEvent::Prepared).unwrap_or(from);
                         attempt = attempts::transition(
                             conn,
                             attempt.id,
-                            from,
-                            to,
+                            a_status,
+                            a_status
+                                .apply(AttemptEvent::Prepared)
+                                .map_err(|e| ServiceError::Internal(e.to_string()))?,
                             AttemptChange {
                                 pay_params: Some(params),
                                 channel_prepay_id: Some(p.channel_prepay_id)
@@ -309,13 +515,11 @@ impl App {
                         )?
                         .ok_or_else(|| ServiceError::Conflict(id.to_string()))?;
                     }
-                    let from = order.status()?;
-                    let order = if from == OrderStatus::Pending && attempt.status()?.is_open() {
-                        let to = from.apply(OrderEvent::PaymentStarted)?;
+                    let order = if o_status == OrderStatus::Pending {
                         let t = Transition {
                             id,
-                            from,
-                            to,
+                            from: o_status,
+                            to: o_status.apply(OrderEvent::PaymentStarted)?,
                             expected_version: order.version,
                             fence,
                             reason: "payment started",
@@ -325,7 +529,7 @@ impl App {
                         match orders::transition(conn, &t)? {
                             Ok(row) => row,
                             Err(WriteRefused::StaleFence { .. }) => {
-                                return Err(ServiceError::Fenced(id.to_string()));
+                                return Ok(Err((FinishRefused::Fenced, attempt)));
                             }
                             Err(WriteRefused::Conflict { .. } | WriteRefused::Missing) => {
                                 return Err(ServiceError::Conflict(id.to_string()));
@@ -349,22 +553,83 @@ impl App {
                                 )?;
                             }
                             idempotency::Claimed::Replay(bytes) => {
-                                return Ok(Outcome::Replayed(bytes));
+                                return Ok(Ok(Outcome::Replayed(bytes)));
                             }
                         }
                     }
-                    Ok::<_, ServiceError>(Outcome::Done(outcome))
+                    Ok::<_, ServiceError>(Ok(Outcome::Done(outcome)))
                 })
             })
-            .await
+            .await?;
+        let (why, attempt) = match committed {
+            Ok(done) => return Ok(done),
+            Err(refused) => refused,
+        };
+        tracing::warn!(%out_trade_no, reason = ?why, "pay refused at its last write");
+        // The trade this call opened or refreshed must not stay payable: close it unless the
+        // attempt is still someone's open attempt (a newer holder reused it) or was paid.
+        let close = opened
+            && match why {
+                FinishRefused::AttemptGone(s) => s != AttemptStatus::Succeeded,
+                FinishRefused::OrderFinal(_) => true,
+                FinishRefused::Fenced => false,
+            };
+        if close && let Err(e) = self.close_at_channel(&attempt).await {
+            tracing::warn!(%out_trade_no, error = ?e, "closing a superseded trade failed; it lapses at its deadline");
+        }
+        match why {
+            FinishRefused::OrderFinal(from) => Err(IllegalTransition {
+                from,
+                event: OrderEvent::PaymentStarted,
+            }
+            .into()),
+            FinishRefused::AttemptGone(AttemptStatus::Succeeded) => Err(IllegalTransition {
+                from: OrderStatus::Paid,
+                event: OrderEvent::PaymentStarted,
+            }
+            .into()),
+            FinishRefused::AttemptGone(_) | FinishRefused::Fenced => {
+                Err(ServiceError::Fenced(id.to_string()))
+            }
+        }
     }
 
-    /// Closes an open attempt at its channel and applies what the channel says. If the channel
-    /// says the attempt was paid, the order becomes PAID and the caller's action is refused.
+    /// Asks the channel for the attempt's trade.
+    async fn query_at_channel(&self, attempt: &AttemptRow) -> Result<PaymentResult, ServiceError> {
+        let channel = attempt.channel()?;
+        let mut client = self.channels.get(channel)?;
+        let resp = client
+            .query_payment(cpb::QueryPaymentRequest {
+                out_trade_no: attempt.out_trade_no.clone(),
+                method: method_to_pb(attempt.method()?) as i32,
+                channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
+            })
+            .await
+            .map_err(|s| {
+                ServiceError::ChannelUnavailable(channel.to_string(), s.message().to_owned())
+            })?
+            .into_inner();
+        let result = resp.result.ok_or_else(|| {
+            ServiceError::ChannelUnavailable(
+                channel.to_string(),
+                "query answered without a result".into(),
+            )
+        })?;
+        let mut r = result_from_pb(channel, String::new(), result);
+        r.out_trade_no = attempt.out_trade_no.clone();
+        Ok(r)
+    }
+
+    /// Closes an open attempt at its channel and applies what the channel says.
+    ///
+    /// "No such trade" or "still pending" is taken as closed only when the attempt's parameters
+    /// were never handed out (INIT) or its deadline has lapsed: an Alipay QR or a UnionPay form
+    /// that was handed out can still become a trade and be paid until then.
     ///
     /// # Errors
-    /// `ChannelUnavailable` when the channel cannot confirm the close: nothing else may start
-    /// while the old trade might still be paid.
+    /// `IllegalTransition` naming the order's real state when the channel says the trade was
+    /// paid; `AmountHeld` when it was paid with another amount; `TradeStillPayable` when it
+    /// cannot be closed yet; `ChannelUnavailable` when the channel cannot confirm anything.
     pub async fn close_at_channel(&self, attempt: &AttemptRow) -> Result<(), ServiceError> {
         let channel = attempt.channel()?;
         let mut client = self.channels.get(channel)?;
@@ -387,10 +652,13 @@ impl App {
         })?;
         let mut r = result_from_pb(channel, String::new(), result);
         r.out_trade_no = attempt.out_trade_no.clone();
-        // A trade the channel never created (its Prepay never arrived) is as closed as can be.
-        if r.state == TradeState::NotFound {
-            r.state = TradeState::Closed;
-        }
+        let handed_out = attempt.status()? == AttemptStatus::Paying;
+        let lapsed = self.pay_windows.lapsed(attempt, Utc::now());
+        r.state = match r.state {
+            TradeState::NotFound if !handed_out || lapsed => TradeState::Closed,
+            TradeState::Pending if lapsed => TradeState::Closed,
+            s => s,
+        };
         r.event_id = format!("close:{}:{}", attempt.out_trade_no, r.state.as_str());
         match r.state {
             TradeState::Closed | TradeState::Failed => {
@@ -398,20 +666,33 @@ impl App {
                 Ok(())
             }
             TradeState::Succeeded => {
-                self.apply_payment_result(r).await?;
+                if self.apply_payment_result(r).await? == ResultOutcome::AmountMismatch {
+                    return Err(ServiceError::AmountHeld {
+                        channel: channel.to_string(),
+                        out_trade_no: attempt.out_trade_no.clone(),
+                    });
+                }
+                let order = self
+                    .order_by_id(OrderId::from_uuid(attempt.order_id))
+                    .await?;
                 Err(IllegalTransition {
-                    from: OrderStatus::Paid,
+                    from: order.status()?,
                     event: OrderEvent::PaymentStarted,
                 }
                 .into())
             }
-            // Still open and payable at the channel (UnionPay has no close: its trades lapse at
-            // their pay timeout). Nothing new may start while the old trade can still be paid.
-            TradeState::Pending => Err(ServiceError::ChannelRefused(format!(
-                "the open {channel} trade {} cannot be closed at the channel ({}); pay it, or retry after it expires",
-                attempt.out_trade_no, r.channel_status
-            ))),
-            TradeState::Unknown | TradeState::NotFound => Err(ServiceError::ChannelUnavailable(
+            TradeState::Pending | TradeState::NotFound => {
+                let margin = chrono::Duration::from_std(self.pay_windows.deadline_margin)
+                    .unwrap_or_default();
+                Err(ServiceError::TradeStillPayable {
+                    channel: channel.to_string(),
+                    out_trade_no: attempt.out_trade_no.clone(),
+                    until: attempt.pay_deadline.to_rfc3339(),
+                    retry_after: (attempt.pay_deadline + margin).to_rfc3339(),
+                    detail: r.channel_status,
+                })
+            }
+            TradeState::Unknown => Err(ServiceError::ChannelUnavailable(
                 channel.to_string(),
                 "the channel could not confirm the close; retry".into(),
             )),
@@ -427,4 +708,57 @@ fn ensure_payable(order: &OrderRow) -> Result<(), ServiceError> {
         return Err(ServiceError::Expired(order.expires_at.to_rfc3339()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn attempt(created: DateTime<Utc>, deadline: DateTime<Utc>) -> AttemptRow {
+        AttemptRow {
+            id: Uuid::nil(),
+            order_id: Uuid::nil(),
+            out_trade_no: "P1".into(),
+            channel: "WECHAT".into(),
+            method: "WECHAT_NATIVE".into(),
+            amount_minor: 1,
+            currency: "CNY".into(),
+            status: "PAYING".into(),
+            payer_digest: vec![],
+            pay_params: None,
+            channel_prepay_id: None,
+            channel_trade_no: None,
+            paid_minor: None,
+            version: 0,
+            created_at: created,
+            updated_at: created,
+            succeeded_at: None,
+            pay_deadline: deadline,
+        }
+    }
+
+    #[test]
+    fn a_deadline_is_the_window_in_whole_seconds_and_never_past_the_order() {
+        let w = PayWindows::default();
+        let now = DateTime::from_timestamp(1_800_000_000, 700_000_000).unwrap();
+        let far = now + chrono::Duration::days(7);
+        assert_eq!(
+            w.deadline(Channel::Wechat, now, far),
+            DateTime::from_timestamp(1_800_000_000 + 7_200, 0).unwrap()
+        );
+        let soon = now + chrono::Duration::seconds(30);
+        assert!(w.deadline(Channel::Alipay, now, soon) <= soon);
+    }
+
+    #[test]
+    fn parameters_near_their_deadline_are_not_handed_out_again() {
+        let w = PayWindows::default();
+        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let a = attempt(t0, t0 + chrono::Duration::seconds(7_200));
+        assert!(w.reusable(&a, t0 + chrono::Duration::seconds(7_000)));
+        assert!(!w.reusable(&a, t0 + chrono::Duration::seconds(7_150)));
+        assert!(!w.lapsed(&a, t0 + chrono::Duration::seconds(7_250)));
+        assert!(w.lapsed(&a, t0 + chrono::Duration::seconds(7_261)));
+    }
 }

@@ -70,24 +70,29 @@ impl App {
         r: PaymentResult,
     ) -> Result<ResultOutcome, ServiceError> {
         let channel = r.channel;
-        let outcome = self
+        let (outcome, superseded) = self
             .db
             .run(move |conn| {
                 // A repeat costs one index read: no lock, no write.
                 if events::seen(conn, channel.as_str(), &r.event_id)? {
-                    return Ok(ResultOutcome::Repeated);
+                    return Ok((ResultOutcome::Repeated, Vec::new()));
                 }
                 match conn.transaction(|conn| apply_in_tx(conn, &r)) {
                     // Another delivery of this very event committed first.
                     Err(ServiceError::Conflict(_))
                         if events::seen(conn, channel.as_str(), &r.event_id)? =>
                     {
-                        Ok(ResultOutcome::Repeated)
+                        Ok((ResultOutcome::Repeated, Vec::new()))
                     }
                     other => other,
                 }
             })
             .await?;
+        // The order is paid: any other trade of it still open at a channel (a second QR on the
+        // payer's screen) is closed, so it cannot be paid too.
+        for attempt in superseded {
+            self.spawn_close_superseded(attempt);
+        }
         let m = &self.metrics;
         m.channel_events
             .with_label_values(&[channel.as_str(), "PAYMENT", outcome.as_str()])
@@ -114,8 +119,16 @@ impl App {
     }
 }
 
-fn apply_in_tx(conn: &mut PgConnection, r: &PaymentResult) -> Result<ResultOutcome, ServiceError> {
-    let outcome = decide_and_apply(conn, r)?;
+/// Applies the result; also returns the order's other open attempts when this result paid it.
+fn apply_in_tx(
+    conn: &mut PgConnection,
+    r: &PaymentResult,
+) -> Result<(ResultOutcome, Vec<attempts::AttemptRow>), ServiceError> {
+    let (outcome, paid) = decide_and_apply(conn, r)?;
+    let superseded = match paid {
+        Some((order, attempt)) => attempts::find_open_others(conn, order, attempt)?,
+        None => Vec::new(),
+    };
     let payload = serde_json::json!({
         "out_trade_no": r.out_trade_no,
         "state": r.state.as_str(),
@@ -144,15 +157,15 @@ fn apply_in_tx(conn: &mut PgConnection, r: &PaymentResult) -> Result<ResultOutco
             r.event_id
         )));
     }
-    Ok(outcome)
+    Ok((outcome, superseded))
 }
 
-fn decide_and_apply(
-    conn: &mut PgConnection,
-    r: &PaymentResult,
-) -> Result<ResultOutcome, ServiceError> {
+/// The outcome, plus (order, attempt) when this result made the order PAID.
+type Decided = (ResultOutcome, Option<(OrderId, uuid::Uuid)>);
+
+fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decided, ServiceError> {
     let Some(peek) = attempts::find_by_out_trade_no(conn, &r.out_trade_no)? else {
-        return Ok(ResultOutcome::UnknownAttempt);
+        return Ok((ResultOutcome::UnknownAttempt, None));
     };
     if peek.channel()? != r.channel {
         return Err(ServiceError::PermissionDenied(format!(
@@ -172,15 +185,15 @@ fn decide_and_apply(
     match r.state {
         TradeState::Succeeded => {
             let Some((paid_minor, paid_currency)) = &r.paid else {
-                return Ok(ResultOutcome::AmountMismatch);
+                return Ok((ResultOutcome::AmountMismatch, None));
             };
             if *paid_minor != attempt.amount_minor
                 || paid_currency.trim() != attempt.currency.trim()
             {
-                return Ok(ResultOutcome::AmountMismatch);
+                return Ok((ResultOutcome::AmountMismatch, None));
             }
             if a_status == AttemptStatus::Succeeded {
-                return Ok(ResultOutcome::NoChange);
+                return Ok((ResultOutcome::NoChange, None));
             }
             let next = a_status
                 .apply(AttemptEvent::Succeeded)
@@ -206,7 +219,7 @@ fn decide_and_apply(
                         "paid"
                     };
                     transition_unlocked(conn, &order, o_status, to, reason, *paid_minor)?;
-                    Ok(ResultOutcome::Applied)
+                    Ok((ResultOutcome::Applied, Some((order_id, attempt.id))))
                 }
                 Err(_) => {
                     events::record_duplicate(
@@ -216,13 +229,13 @@ fn decide_and_apply(
                         *paid_minor,
                         &attempt.currency,
                     )?;
-                    Ok(ResultOutcome::DuplicatePayment)
+                    Ok((ResultOutcome::DuplicatePayment, None))
                 }
             }
         }
         TradeState::Failed | TradeState::Closed => {
             if !a_status.is_open() {
-                return Ok(ResultOutcome::NoChange);
+                return Ok((ResultOutcome::NoChange, None));
             }
             let event = if r.state == TradeState::Failed {
                 AttemptEvent::Failed
@@ -246,11 +259,44 @@ fn decide_and_apply(
                     order.paid_minor,
                 )?;
             }
-            Ok(ResultOutcome::Applied)
+            Ok((ResultOutcome::Applied, None))
         }
         TradeState::Pending | TradeState::Unknown | TradeState::NotFound => {
-            Ok(ResultOutcome::NoChange)
+            Ok((ResultOutcome::NoChange, None))
         }
+    }
+}
+
+impl App {
+    /// Closes, in the background, an open attempt of an order that another attempt has paid.
+    /// A trade that cannot be closed yet (it may still come into existence until its deadline)
+    /// is tried again once its deadline has lapsed; if the payer pays it meanwhile, that is a
+    /// duplicate payment, recorded and counted like any other.
+    fn spawn_close_superseded(&self, attempt: attempts::AttemptRow) {
+        let app = self.clone();
+        let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = Box::pin(
+            async move {
+                for _ in 0..10 {
+                    let wait = match app.close_at_channel(&attempt).await {
+                        Ok(()) | Err(ServiceError::IllegalTransition(_)) => return,
+                        Err(ServiceError::TradeStillPayable { .. }) => {
+                            let margin = app.pay_windows.deadline_margin;
+                            let left = (attempt.pay_deadline - Utc::now())
+                                .to_std()
+                                .unwrap_or_default();
+                            left + margin + std::time::Duration::from_millis(100)
+                        }
+                        Err(e) => {
+                            tracing::warn!(out_trade_no = %attempt.out_trade_no, error = ?e, "closing a superseded trade failed; retrying");
+                            std::time::Duration::from_secs(5)
+                        }
+                    };
+                    tokio::time::sleep(wait).await;
+                }
+                tracing::error!(out_trade_no = %attempt.out_trade_no, "a superseded trade could not be closed at its channel");
+            },
+        );
+        tokio::spawn(task);
     }
 }
 

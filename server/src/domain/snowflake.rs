@@ -3,6 +3,7 @@
 //! one connection for the process's life), so live replicas never share one; the UNIQUE index on
 //! `out_trade_no` remains the last word.
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 /// 2026-01-01T00:00:00Z in Unix milliseconds.
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
@@ -10,7 +11,10 @@ pub const MAX_WORKER: u16 = 1023;
 
 #[derive(Debug)]
 pub struct Snowflake {
-    worker: u16,
+    worker: AtomicU16,
+    /// False while the worker-id lease is not known to be held: no id is minted then, since
+    /// another replica may have taken the same worker id.
+    leased: AtomicBool,
     state: Mutex<(i64, u16)>,
 }
 
@@ -19,13 +23,29 @@ impl Snowflake {
     /// Never; a worker id above [`MAX_WORKER`] is masked to 10 bits by the caller's lease.
     pub fn new(worker: u16) -> Self {
         Self {
-            worker: worker & MAX_WORKER,
+            worker: AtomicU16::new(worker & MAX_WORKER),
+            leased: AtomicBool::new(true),
             state: Mutex::new((0, 0)),
         }
     }
 
     pub fn worker(&self) -> u16 {
-        self.worker
+        self.worker.load(Ordering::SeqCst)
+    }
+
+    /// The lease was lost: stop minting until [`Snowflake::leased_again`].
+    pub fn lease_lost(&self) {
+        self.leased.store(false, Ordering::SeqCst);
+    }
+
+    /// A lease on `worker` is held again (maybe another id than before).
+    pub fn leased_again(&self, worker: u16) {
+        self.worker.store(worker & MAX_WORKER, Ordering::SeqCst);
+        self.leased.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_leased(&self) -> bool {
+        self.leased.load(Ordering::SeqCst)
     }
 
     /// The next id for `now_ms`; monotonic even if the clock steps back (it then borrows from the
@@ -45,17 +65,21 @@ impl Snowflake {
         };
         *st = (ms, seq);
         let t = u64::try_from(ms - EPOCH_MS).unwrap_or(0) & ((1 << 41) - 1);
-        (t << 22) | (u64::from(self.worker) << 12) | u64::from(seq)
+        (t << 22) | (u64::from(self.worker()) << 12) | u64::from(seq)
     }
 
     /// `out_trade_no`: "P" plus the decimal id (at most 20 characters), alphanumeric only so every
     /// channel accepts it (UnionPay's orderId allows no punctuation).
-    pub fn out_trade_no(&self) -> String {
-        format!("P{}", self.next_at(chrono::Utc::now().timestamp_millis()))
+    ///
+    /// `None` while the worker-id lease is lost.
+    pub fn out_trade_no(&self) -> Option<String> {
+        self.is_leased()
+            .then(|| format!("P{}", self.next_at(chrono::Utc::now().timestamp_millis())))
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -83,8 +107,18 @@ mod tests {
     }
 
     #[test]
+    fn no_id_is_minted_while_the_lease_is_lost() {
+        let s = Snowflake::new(3);
+        s.lease_lost();
+        assert_eq!(s.out_trade_no(), None);
+        s.leased_again(4);
+        assert_eq!(s.worker(), 4);
+        assert!(s.out_trade_no().is_some());
+    }
+
+    #[test]
     fn out_trade_no_fits_every_channel() {
-        let no = Snowflake::new(1023).out_trade_no();
+        let no = Snowflake::new(1023).out_trade_no().unwrap();
         assert!(no.len() <= 32 && no.len() >= 8, "{no}");
         assert!(no.chars().all(|c| c.is_ascii_alphanumeric()));
     }

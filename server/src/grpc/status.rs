@@ -8,9 +8,9 @@
 //! | `AlreadyExists`, `IdempotencyMismatch` | ALREADY_EXISTS   |
 //! | `IllegalTransition` (state named)   | FAILED_PRECONDITION |
 //! | `Busy`, `Fenced`, `Conflict`        | ABORTED             |
-//! | `ChannelRefused`, `ChannelDisabled` | FAILED_PRECONDITION |
+//! | `ChannelRefused`, `ChannelDisabled`, `TradeStillPayable`, `AmountHeld` | FAILED_PRECONDITION |
 //! | `PermissionDenied`                  | PERMISSION_DENIED   |
-//! | `Unavailable`, `ChannelUnavailable` | UNAVAILABLE         |
+//! | `Unavailable`, `ChannelUnavailable`, `LeaseLost` | UNAVAILABLE |
 //! | `Internal`                          | INTERNAL, opaque; the chain is logged |
 use tonic::{Code, Status};
 
@@ -32,7 +32,10 @@ impl From<ServiceError> for Status {
             }
             e @ (ServiceError::ChannelRefused(_)
             | ServiceError::ChannelDisabled(_)
-            | ServiceError::Expired(_)) => Status::failed_precondition(e.to_string()),
+            | ServiceError::Expired(_)
+            | ServiceError::TradeStillPayable { .. }
+            | ServiceError::AmountHeld { .. }) => Status::failed_precondition(e.to_string()),
+            e @ ServiceError::LeaseLost => Status::unavailable(e.to_string()),
             ServiceError::PermissionDenied(m) => Status::permission_denied(m),
             ServiceError::ChannelUnavailable(channel, m) => {
                 tracing::warn!(%channel, error = %m, "channel unavailable");

@@ -27,6 +27,8 @@ pub struct AttemptRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub succeeded_at: Option<DateTime<Utc>>,
+    /// When the channel stops accepting payment for this trade (never after the order's expiry).
+    pub pay_deadline: DateTime<Utc>,
 }
 
 impl AttemptRow {
@@ -61,28 +63,57 @@ pub struct NewAttemptRow<'a> {
     pub currency: &'a str,
     pub status: &'a str,
     pub payer_digest: &'a [u8],
+    pub pay_deadline: DateTime<Utc>,
 }
 
-/// Inserts a new INIT attempt. `Ok(None)` when the order already has an open attempt (the partial
-/// unique index refused it): another caller got there first.
+/// Why an attempt insert was refused by a unique index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertRefused {
+    /// The order already has an open attempt (`payment_attempts_one_open_per_order`): another
+    /// caller got there first.
+    OpenAttemptExists,
+    /// The `out_trade_no` is taken: two minters shared a worker id (a lost lease). Retryable with
+    /// a fresh number.
+    TradeNoTaken,
+}
+
+/// Inserts a new INIT attempt, or says which unique index refused it.
 pub fn insert(
     conn: &mut PgConnection,
     row: &NewAttemptRow<'_>,
-) -> Result<Option<AttemptRow>, StorageError> {
+) -> Result<Result<AttemptRow, InsertRefused>, StorageError> {
     use diesel::result::{DatabaseErrorKind, Error};
     match diesel::insert_into(payment_attempts::table)
         .values(row)
         .returning(AttemptRow::as_returning())
         .get_result(conn)
     {
-        Ok(a) => Ok(Some(a)),
-        Err(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
-            if info.constraint_name() == Some("payment_attempts_one_open_per_order") =>
-        {
-            Ok(None)
+        Ok(a) => Ok(Ok(a)),
+        Err(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) => {
+            match info.constraint_name() {
+                Some("payment_attempts_one_open_per_order") => {
+                    Ok(Err(InsertRefused::OpenAttemptExists))
+                }
+                Some("payment_attempts_out_trade_no_key") => Ok(Err(InsertRefused::TradeNoTaken)),
+                _ => Err(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info).into()),
+            }
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The order's attempts that are still open (INIT or PAYING) other than `except`.
+pub fn find_open_others(
+    conn: &mut PgConnection,
+    order: OrderId,
+    except: Uuid,
+) -> Result<Vec<AttemptRow>, StorageError> {
+    Ok(payment_attempts::table
+        .filter(payment_attempts::order_id.eq(order.as_uuid()))
+        .filter(payment_attempts::status.eq_any(["INIT", "PAYING"]))
+        .filter(payment_attempts::id.ne(except))
+        .select(AttemptRow::as_select())
+        .load(conn)?)
 }
 
 /// The order's open attempt (INIT or PAYING), if any.

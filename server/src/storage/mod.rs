@@ -117,6 +117,29 @@ pub fn run_migrations(conn: &mut PgConnection) -> Result<usize, StorageError> {
     result
 }
 
+/// First key of the worker-id advisory locks ("SFLK"); the second is the worker id.
+pub const WORKER_LEASE_NAMESPACE: i32 = 0x5346_4c4b;
+
+/// Whether `conn` still holds the advisory lock on worker id `id`: false when the lock is gone
+/// or the connection is (a Postgres restart, a terminated backend, a network cut).
+pub fn worker_lease_held(conn: &mut PgConnection, id: u16) -> bool {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        held: bool,
+    }
+    diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::oid \
+         AND objid = $2::oid AND objsubid = 2 AND pid = pg_backend_pid() AND granted) AS held",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(i64::from(WORKER_LEASE_NAMESPACE))
+    .bind::<diesel::sql_types::BigInt, _>(i64::from(id))
+    .get_result::<Held>(conn)
+    .map(|h| h.held)
+    .unwrap_or(false)
+}
+
 /// Leases a snowflake worker id: the first free one of 0..=1023, held as a session advisory lock
 /// by a dedicated connection for as long as the returned connection lives. A crashed process's
 /// lease ends with its connection, so ids are reused only when their holder is gone.
@@ -130,12 +153,11 @@ pub fn lease_worker_id(url: &str) -> Result<(PgConnection, u16), StorageError> {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         ok: bool,
     }
-    const NAMESPACE: i32 = 0x5346_4c4b; // "SFLK"
     let mut conn =
         PgConnection::establish(url).map_err(|e| StorageError::Unavailable(e.to_string()))?;
     for id in 0..=1023u16 {
         let got: Got = diesel::sql_query("SELECT pg_try_advisory_lock($1, $2) AS ok")
-            .bind::<diesel::sql_types::Integer, _>(NAMESPACE)
+            .bind::<diesel::sql_types::Integer, _>(WORKER_LEASE_NAMESPACE)
             .bind::<diesel::sql_types::Integer, _>(i32::from(id))
             .get_result(&mut conn)?;
         if got.ok {

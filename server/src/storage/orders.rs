@@ -70,21 +70,29 @@ pub struct NewOrderRow<'a> {
     pub subject: &'a str,
     pub metadata: serde_json::Value,
     pub status: &'a str,
-    pub expires_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
 }
 
-/// Inserts the order unless the app already has one with this merchant_order_no.
+/// Inserts the order unless the app already has one with this merchant_order_no. `created_at`
+/// is the database's clock (the column default), and `expires_at` is that clock plus
+/// `expires_in`, so list cursors and expiry never depend on a replica's clock.
 ///
 /// Returns `None` on that conflict. Concurrent inserts of one number serialize on the unique index:
 /// the losers wait for the winner's commit and then see its row.
 pub fn insert(
     conn: &mut PgConnection,
     row: &NewOrderRow<'_>,
+    expires_in: std::time::Duration,
 ) -> Result<Option<OrderRow>, StorageError> {
+    use diesel::sql_types::{Interval, Timestamptz};
+    let expires_in = diesel::pg::data_types::PgInterval::from_microseconds(
+        i64::try_from(expires_in.as_micros()).unwrap_or(i64::MAX),
+    );
     let inserted = diesel::insert_into(orders::table)
-        .values(row)
+        .values((
+            row,
+            orders::expires_at
+                .eq(diesel::dsl::sql::<Timestamptz>("now() + ").bind::<Interval, _>(expires_in)),
+        ))
         .on_conflict((orders::app_id, orders::merchant_order_no))
         .do_nothing()
         .returning(OrderRow::as_returning())
@@ -96,6 +104,53 @@ pub fn insert(
     Ok(inserted)
 }
 
+/// A fresh lock fencing token from the `lock_fences` sequence: strictly greater than every token
+/// minted before, by any replica, whatever Redis lost or whatever its clock says.
+pub fn mint_fence(conn: &mut PgConnection) -> Result<i64, StorageError> {
+    Ok(
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "nextval('lock_fences')",
+        ))
+        .get_result(conn)?,
+    )
+}
+
+/// Claims the order row for the lock holder with `fence` (inside the caller's transaction, on a
+/// row it has locked): refused when a newer holder has written. Every write of a locked section
+/// goes through here or [`transition`], so a stale holder cannot write after a newer one.
+pub fn claim_fence(
+    conn: &mut PgConnection,
+    id: OrderId,
+    fence: i64,
+) -> Result<Result<OrderRow, WriteRefused>, StorageError> {
+    let updated = diesel::update(
+        orders::table
+            .filter(orders::id.eq(id.as_uuid()))
+            .filter(orders::fence.le(fence)),
+    )
+    .set(orders::fence.eq(fence))
+    .returning(OrderRow::as_returning())
+    .get_result(conn)
+    .optional()?;
+    match updated {
+        Some(row) => Ok(Ok(row)),
+        None => {
+            let current: Option<i64> = orders::table
+                .filter(orders::id.eq(id.as_uuid()))
+                .select(orders::fence)
+                .first(conn)
+                .optional()?;
+            Ok(Err(match current {
+                None => WriteRefused::Missing,
+                Some(c) => WriteRefused::StaleFence {
+                    ours: fence,
+                    current: c,
+                },
+            }))
+        }
+    }
+}
+
 pub fn find(
     conn: &mut PgConnection,
     app: &AppId,
@@ -104,6 +159,15 @@ pub fn find(
     Ok(orders::table
         .filter(orders::id.eq(id.as_uuid()))
         .filter(orders::app_id.eq(app.as_str()))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The order by id alone, for internal paths that already hold an attempt of it.
+pub fn find_by_id(conn: &mut PgConnection, id: OrderId) -> Result<Option<OrderRow>, StorageError> {
+    Ok(orders::table
+        .filter(orders::id.eq(id.as_uuid()))
         .select(OrderRow::as_select())
         .first(conn)
         .optional()?)

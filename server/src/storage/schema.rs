@@ -62,6 +62,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         succeeded_at -> Nullable<Timestamptz>,
+        pay_deadline -> Timestamptz,
     }
 }
 

@@ -11,8 +11,8 @@ use crate::helpers::*;
 /// Arranges an open attempt for `order` directly in the database (as Pay would leave it).
 fn open_attempt(app: &TestApp, order: &pb::Order, out_trade_no: &str, status: &str) {
     diesel::sql_query(format!(
-        "INSERT INTO payment_attempts (id, order_id, out_trade_no, channel, method, amount_minor, currency, status, payer_digest) \
-         VALUES (gen_random_uuid(), '{}', '{out_trade_no}', 'WECHAT', 'WECHAT_NATIVE', {}, 'CNY', '{status}', '\\x00')",
+        "INSERT INTO payment_attempts (id, order_id, out_trade_no, channel, method, amount_minor, currency, status, payer_digest, pay_deadline) \
+         VALUES (gen_random_uuid(), '{}', '{out_trade_no}', 'WECHAT', 'WECHAT_NATIVE', {}, 'CNY', '{status}', '\\x00', now() + interval '1 hour')",
         order.order_id,
         order.amount.as_ref().unwrap().amount_minor
     ))
@@ -186,8 +186,8 @@ async fn a_second_successful_attempt_is_recorded_as_a_duplicate_payment() {
     .unwrap();
     // An older attempt, closed on our side, that the payer paid anyway.
     diesel::sql_query(format!(
-        "INSERT INTO payment_attempts (id, order_id, out_trade_no, channel, method, amount_minor, currency, status, payer_digest) \
-         VALUES (gen_random_uuid(), '{}', 'P1000000004', 'WECHAT', 'WECHAT_NATIVE', 300, 'CNY', 'CLOSED', '\\x00')",
+        "INSERT INTO payment_attempts (id, order_id, out_trade_no, channel, method, amount_minor, currency, status, payer_digest, pay_deadline) \
+         VALUES (gen_random_uuid(), '{}', 'P1000000004', 'WECHAT', 'WECHAT_NATIVE', 300, 'CNY', 'CLOSED', '\\x00', now())",
         order.order_id
     ))
     .execute(&mut app.conn())

@@ -164,7 +164,7 @@ impl Alipay {
     }
 
     fn find_trade(&self, biz: &Node) -> Option<Trade> {
-        let ledger = lock(&self.core.ledger);
+        let ledger = self.core.ledger();
         match (str_of(biz, "out_trade_no"), str_of(biz, "trade_no")) {
             (Some(no), _) => ledger.trade(no).cloned(),
             (None, Some(id)) => ledger.trade_by_channel_no(id).cloned(),
@@ -188,6 +188,31 @@ impl Alipay {
             return Answer::Node(business_error("ACQ.INVALID_PARAMETER", "total_amount 无效"));
         };
         let notify_url = params.get("notify_url").cloned().unwrap_or_default();
+        // The payable window: `time_expire` (Beijing wall clock) or `timeout_express` (1m–15d,
+        // counted from now); the trade is closed when it has passed.
+        let pay_deadline = match (str_of(biz, "time_expire"), str_of(biz, "timeout_express")) {
+            (Some(t), _) => match super::proto::parse_timestamp(t)
+                .and_then(|n| n.checked_sub_signed(chrono::Duration::hours(8)))
+            {
+                Some(utc) => Some(utc.and_utc()),
+                None => {
+                    return Answer::Node(business_error(
+                        "ACQ.INVALID_PARAMETER",
+                        "time_expire 格式错误",
+                    ));
+                }
+            },
+            (None, Some(e)) => match parse_timeout_express(e) {
+                Some(d) => Some(Utc::now() + d),
+                None => {
+                    return Answer::Node(business_error(
+                        "ACQ.INVALID_PARAMETER",
+                        "timeout_express 格式错误",
+                    ));
+                }
+            },
+            (None, None) => None,
+        };
         let mut extra = BTreeMap::new();
         extra.insert("buyer_id".to_owned(), format!("2088{}", random_digits(12)));
         extra.insert(
@@ -203,7 +228,7 @@ impl Alipay {
         let fingerprint =
             json!([kind, amount, subject, notify_url, biz.get("product_code")]).to_string();
         let result = {
-            let mut ledger = lock(&self.core.ledger);
+            let mut ledger = self.core.ledger();
             let trade_no = ledger.next_channel_no("", 28);
             let qr_code = format!("https://qr.alipay.com/bax0{}", random_digits(20));
             ledger.prepay(
@@ -216,6 +241,7 @@ impl Alipay {
                     notify_url,
                     fingerprint,
                     extra,
+                    pay_deadline,
                 },
                 trade_no,
                 qr_code,
@@ -277,7 +303,7 @@ impl Alipay {
         let Some(trade) = self.find_trade(biz) else {
             return business_error("ACQ.TRADE_NOT_EXIST", "交易不存在");
         };
-        match lock(&self.core.ledger).close(&trade.out_trade_no) {
+        match self.core.ledger().close(&trade.out_trade_no) {
             Ok(_) => success(json!({
                 "trade_no": trade.channel_trade_no,
                 "out_trade_no": trade.out_trade_no,
@@ -296,7 +322,7 @@ impl Alipay {
         // Without out_request_no Alipay treats the call as one refund named by the trade.
         let out_request_no = str_of(biz, "out_request_no").unwrap_or(&trade.out_trade_no);
         let result = {
-            let mut ledger = lock(&self.core.ledger);
+            let mut ledger = self.core.ledger();
             let refund_no = ledger.next_channel_no("R", 28);
             ledger.refund_trade(
                 &trade.out_trade_no,
@@ -380,7 +406,7 @@ impl Alipay {
             return business_error("isv.invalid-bill-type", "账单类型不正确 (only trade)");
         }
         let (name, content) = {
-            let ledger = lock(&self.core.ledger);
+            let ledger = self.core.ledger();
             let trades: Vec<&Trade> = ledger.trades().collect();
             super::bill::trade_bill_zip(&self.seller_id, &trades, date)
         };
@@ -703,4 +729,18 @@ async fn download_bill(
             .into_response(),
         None => (StatusCode::OK, "下载超时，请重新下载").into_response(),
     }
+}
+
+/// `timeout_express`: `1m`–`15d` in minutes (`m`), hours (`h`) or days (`d`); `1c` (until the
+/// end of the day) is not modelled.
+fn parse_timeout_express(text: &str) -> Option<chrono::Duration> {
+    let (n, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
+    let d = match unit {
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => return None,
+    };
+    (d <= chrono::Duration::days(15)).then_some(d)
 }

@@ -30,7 +30,7 @@ use crate::http_client::{OutgoingRequest, Reply};
 use crate::keyfiles::{UNIONPAY_PLATFORM_CN, UnionpayKeyFiles};
 use crate::keys;
 use crate::ledger::{NewRefund, NewTrade, PrepayError, RefundError, Trade, TradeState};
-use crate::platform::{BuildError, Core, Platform, Tamper, lock};
+use crate::platform::{BuildError, Core, Platform, Tamper};
 
 /// ASSUMPTION: UnionPay documents no `backUrl` retry schedule. The sandbox retries after
 /// 30s, 1m, 2m, 5m, 10m, 30m, 1h, 2h (9 attempts in about 4 h).
@@ -206,6 +206,17 @@ impl Unionpay {
         if get("backUrl").is_empty() {
             return Err(Answer::new(RespCode::MissingElement));
         }
+        // `payTimeout` (Beijing wall clock): the gateway refuses payment after it.
+        let pay_deadline = match get("payTimeout") {
+            "" => None,
+            t => match chrono::NaiveDateTime::parse_from_str(t, "%Y%m%d%H%M%S")
+                .ok()
+                .and_then(|n| n.checked_sub_signed(chrono::Duration::hours(8)))
+            {
+                Some(utc) => Some(utc.and_utc()),
+                None => return Err(Answer::new(RespCode::FormatError)),
+            },
+        };
         let mut extra = BTreeMap::new();
         for key in [
             "txnTime",
@@ -227,7 +238,7 @@ impl Unionpay {
         ])
         .to_string();
         let result = {
-            let mut ledger = lock(&self.core.ledger);
+            let mut ledger = self.core.ledger();
             ledger.prepay(
                 NewTrade {
                     out_trade_no: order_id.to_owned(),
@@ -238,6 +249,7 @@ impl Unionpay {
                     notify_url: get("backUrl").to_owned(),
                     fingerprint,
                     extra,
+                    pay_deadline,
                 },
                 format!("{}{}", beijing_now("%m%d%H%M%S"), random_digits(11)),
                 String::new(),
@@ -260,7 +272,7 @@ impl Unionpay {
             return Answer::new(RespCode::MissingElement);
         }
         let result = {
-            let mut ledger = lock(&self.core.ledger);
+            let mut ledger = self.core.ledger();
             let Some(out_trade_no) = ledger
                 .trade_by_channel_no(get("origQryId"))
                 .map(|t| t.out_trade_no.clone())
@@ -303,7 +315,7 @@ impl Unionpay {
         let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
         let order_id = get("orderId");
         let txn_time = get("txnTime");
-        let ledger = lock(&self.core.ledger);
+        let ledger = self.core.ledger();
         let mut echo = Params::new();
         for key in [
             "version",

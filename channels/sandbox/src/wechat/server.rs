@@ -258,9 +258,11 @@ impl Wechat {
             value["bank_type"] = json!("OTHERS");
             value["success_time"] = json!(rfc3339(paid_at));
             value["payer"] = json!({"openid": trade.extra("openid")});
+            let delta = self.core.faults().reported_amount_delta_minor;
+            let reported = trade.amount_minor.saturating_add_signed(delta);
             value["amount"] = json!({
-                "total": trade.amount_minor,
-                "payer_total": trade.amount_minor,
+                "total": reported,
+                "payer_total": reported,
                 "currency": trade.currency,
                 "payer_currency": trade.currency,
             });
@@ -602,12 +604,20 @@ fn prepay(
         body["time_expire"],
     ])
     .to_string();
+    // `time_expire` (RFC 3339): WeChat closes the trade when it has passed.
+    let pay_deadline = match text_field(&body, "/time_expire") {
+        None => None,
+        Some(t) => match DateTime::parse_from_rfc3339(t) {
+            Ok(d) => Some(d.with_timezone(&Utc)),
+            Err(_) => return wechat.param_error("/time_expire", "must be RFC 3339"),
+        },
+    };
     let mut extra = BTreeMap::new();
     extra.insert("appid".to_owned(), appid.to_owned());
     extra.insert("openid".to_owned(), openid);
     extra.insert("attach".to_owned(), attach.to_owned());
     let result = {
-        let mut ledger = lock(&wechat.core.ledger);
+        let mut ledger = wechat.core.ledger();
         let channel_no = ledger.next_channel_no("42000", 28);
         let prepay_result = if kind == "jsapi" {
             format!(
@@ -632,6 +642,7 @@ fn prepay(
                     .to_owned(),
                 fingerprint,
                 extra,
+                pay_deadline,
             },
             channel_no,
             prepay_result,
@@ -677,7 +688,7 @@ async fn query(
     let response = (|| {
         wechat.admit(&method, &uri, &headers, b"")?;
         check_mchid_query(&wechat, &query)?;
-        let trade = lock(&wechat.core.ledger).trade(&out_trade_no).cloned();
+        let trade = wechat.core.ledger().trade(&out_trade_no).cloned();
         Ok::<_, Response>(match trade {
             Some(trade) => wechat.json(&wechat.transaction(&trade)),
             None => wechat.fail(ErrorBody::new(ErrorCode::OrderNotExist, "订单不存在")),
@@ -698,7 +709,9 @@ async fn query_by_id(
     let response = (|| {
         wechat.admit(&method, &uri, &headers, b"")?;
         check_mchid_query(&wechat, &query)?;
-        let trade = lock(&wechat.core.ledger)
+        let trade = wechat
+            .core
+            .ledger()
             .trade_by_channel_no(&transaction_id)
             .filter(|t| t.paid_at.is_some())
             .cloned();
@@ -726,7 +739,7 @@ async fn close(
         if text_field(&parsed, "/mchid") != Some(wechat.mchid.as_str()) {
             return Err(wechat.param_error("/mchid", "missing or not this merchant"));
         }
-        let result = lock(&wechat.core.ledger).close(&out_trade_no);
+        let result = wechat.core.ledger().close(&out_trade_no);
         Ok(match result {
             Ok(_) => wechat.signed(StatusCode::NO_CONTENT, String::new()),
             Err(crate::ledger::TransitionError::NotFound) => {
@@ -775,7 +788,7 @@ fn refund_inner(
         .and_then(Value::as_u64)
         .ok_or_else(|| wechat.param_error("/amount/total", "must be an integer (fen)"))?;
     let out_trade_no = {
-        let ledger = lock(&wechat.core.ledger);
+        let ledger = wechat.core.ledger();
         match (
             text_field(&body, "/out_trade_no"),
             text_field(&body, "/transaction_id"),
@@ -793,7 +806,7 @@ fn refund_inner(
     let out_trade_no = out_trade_no.ok_or_else(not_found)?;
     let notify_url = text_field(&body, "/notify_url").map(str::to_owned);
     let result = {
-        let mut ledger = lock(&wechat.core.ledger);
+        let mut ledger = wechat.core.ledger();
         let trade_total = ledger.trade(&out_trade_no).map(|t| t.amount_minor);
         match trade_total {
             None => return Err(not_found()),
@@ -854,7 +867,7 @@ async fn query_refund(
 ) -> Response {
     let response = (|| {
         wechat.admit(&method, &uri, &headers, b"")?;
-        let ledger = lock(&wechat.core.ledger);
+        let ledger = wechat.core.ledger();
         Ok::<_, Response>(match ledger.refund(&out_refund_no) {
             Some((trade, refund)) => wechat.json(&Wechat::refund_object(trade, refund, "SUCCESS")),
             None => wechat.fail(ErrorBody::new(ErrorCode::ResourceNotExists, "退款单不存在")),
@@ -879,7 +892,7 @@ async fn trade_bill(
             .ok_or_else(|| wechat.param_error("bill_date", "yyyy-MM-dd"))?;
         let bill_type = query.get("bill_type").map(String::as_str).unwrap_or("ALL");
         let content = {
-            let ledger = lock(&wechat.core.ledger);
+            let ledger = wechat.core.ledger();
             let trades: Vec<&Trade> = ledger.trades().collect();
             super::bill::trade_bill(&wechat.mchid, &trades, date, bill_type)
         }

@@ -1,0 +1,2 @@
+DROP SEQUENCE lock_fences;
+ALTER TABLE payment_attempts DROP COLUMN pay_deadline;
