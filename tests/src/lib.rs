@@ -6,6 +6,7 @@
 //! `postgres://postgres@127.0.0.1:5432`), `TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod calls;
 pub mod platform;
 
 use std::net::{SocketAddr, TcpListener};
@@ -272,6 +273,21 @@ impl Payd {
             assert!(Instant::now() < deadline, "payd did not exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGSTOP: the process stops running (a long GC pause, a frozen VM) but keeps its sockets.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Payd::pause`].
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, sig).expect("signal payd");
     }
 
     /// SIGKILL: no chance to clean up, as in a crash.

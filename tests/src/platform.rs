@@ -53,8 +53,20 @@ pub struct AdapterAddrs {
     pub metrics: SocketAddr,
 }
 
+/// Extra settings for [`Platform::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct PlatformOptions {
+    /// Added to every payd's environment (e.g. a short `PAYD_LOCK_TTL_MS`).
+    pub payd_env: Vec<(String, String)>,
+    /// Added to the environment of one adapter.
+    pub adapter_env: Vec<(Ch, String, String)>,
+}
+
 pub struct Platform {
     pub payd: Payd,
+    /// The environment every payd of this platform gets (for [`Platform::spawn_payd`]).
+    payd_env: Vec<(String, String)>,
+    opts: PlatformOptions,
     pub adapters: HashMap<Ch, Proc>,
     pub adapter_addrs: HashMap<Ch, AdapterAddrs>,
     pub sandboxes: HashMap<Ch, Proc>,
@@ -76,6 +88,11 @@ impl Platform {
     /// Starts payd plus the sandbox and adapter of each channel in `channels` (payd knows all
     /// three endpoints; the others are simply down).
     pub fn start_channels(channels: &[Ch], time_scale: f64) -> Self {
+        Self::start_with(channels, time_scale, PlatformOptions::default())
+    }
+
+    /// As [`Platform::start_channels`], with extra settings.
+    pub fn start_with(channels: &[Ch], time_scale: f64, opts: PlatformOptions) -> Self {
         let db = TestDb::create();
         let ns = RedisNamespace::new();
         let keys = std::env::temp_dir().join(format!(
@@ -140,18 +157,22 @@ impl Platform {
             .map(|c| format!("{}:{}", c.name(), tokens[c]))
             .collect::<Vec<_>>()
             .join(",");
-        let payd = Payd::start(
-            &db,
-            &ns,
-            &[
-                ("PAYD_CHANNEL_WECHAT_ENDPOINT", &ep(Ch::Wechat)),
-                ("PAYD_CHANNEL_ALIPAY_ENDPOINT", &ep(Ch::Alipay)),
-                ("PAYD_CHANNEL_UNIONPAY_ENDPOINT", &ep(Ch::Unionpay)),
-                ("PAYD_ADAPTER_TOKENS", &token_list),
-            ],
-        );
+        let mut payd_env: Vec<(String, String)> = vec![
+            ("PAYD_CHANNEL_WECHAT_ENDPOINT".into(), ep(Ch::Wechat)),
+            ("PAYD_CHANNEL_ALIPAY_ENDPOINT".into(), ep(Ch::Alipay)),
+            ("PAYD_CHANNEL_UNIONPAY_ENDPOINT".into(), ep(Ch::Unionpay)),
+            ("PAYD_ADAPTER_TOKENS".into(), token_list),
+        ];
+        payd_env.extend(opts.payd_env.iter().cloned());
+        let env: Vec<(&str, &str)> = payd_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let payd = Payd::start(&db, &ns, &env);
         let mut p = Self {
             payd,
+            payd_env,
+            opts,
             adapters: HashMap::new(),
             adapter_addrs,
             sandboxes,
@@ -214,6 +235,11 @@ impl Platform {
         for (var, file) in files {
             env.push(((*var).to_owned(), k(file)));
         }
+        for (c, key, value) in &self.opts.adapter_env {
+            if *c == ch {
+                env.push((key.clone(), value.clone()));
+            }
+        }
         match ch {
             Ch::Wechat => env.push(("WECHAT_API_BASE".to_owned(), base)),
             Ch::Alipay => env.push(("ALIPAY_GATEWAY".to_owned(), format!("{base}/gateway.do"))),
@@ -247,6 +273,16 @@ impl Platform {
             panic!("{bin}: {e}");
         }
         self.adapters.insert(ch, Proc { child, name: bin });
+    }
+
+    /// Another payd replica on the same database, Redis prefix and adapters.
+    pub fn spawn_payd(&self) -> Payd {
+        let env: Vec<(&str, &str)> = self
+            .payd_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Payd::start(&self.db, &self.ns, &env)
     }
 
     /// SIGKILL: the adapter dies without a chance to answer anyone.

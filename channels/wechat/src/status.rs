@@ -158,6 +158,7 @@ pub fn classify_error(http_status: u16, code: &str) -> ErrorClass {
         | "MCH_NOT_EXISTS"
         | "OUT_TRADE_NO_USED"
         | "ORDER_CLOSED"
+        | "ORDERPAID"
         | "NOT_ENOUGH"
         | "INVALID_TRANSACTIONID"
         | "USER_ACCOUNT_ABNORMAL" => ErrorClass::Rejected,
@@ -231,6 +232,8 @@ mod tests {
         assert_eq!(classify_error(503, "PARAM_ERROR"), ErrorClass::Unknown);
         assert_eq!(classify_error(400, "SOMETHING_NEW"), ErrorClass::Unknown);
         assert_eq!(classify_error(404, "ORDER_NOT_EXIST"), ErrorClass::NotFound);
+        // A prepay of a trade already paid: final, and the core asks the channel what happened.
+        assert_eq!(classify_error(400, "ORDERPAID"), ErrorClass::Rejected);
         assert_eq!(classify_error(401, "SIGN_ERROR"), ErrorClass::Rejected);
         assert_eq!(
             classify_error(429, "RATELIMIT_EXCEEDED"),

@@ -4,6 +4,7 @@
 mod events;
 mod helpers;
 mod idempotency;
+mod lease;
 mod locks;
 mod orders;
 mod validation;

@@ -1,0 +1,206 @@
+//! Typed `payment.v1` calls for the cross-process tests, as an app (`shop-1`) would make them,
+//! and the payer's side of a payment at the sandboxes.
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use payproto::channel::v1 as cpb;
+use payproto::payment::v1 as pb;
+use payproto::payment::v1::payment_service_client::PaymentServiceClient;
+use tonic::transport::Channel;
+
+use crate::platform::{Ch, Platform};
+
+pub type Client = PaymentServiceClient<Channel>;
+
+/// A request from the app `shop-1`.
+pub fn req<T>(body: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(body);
+    r.metadata_mut()
+        .insert("x-app-id", "shop-1".parse().expect("ascii"));
+    r
+}
+
+pub async fn client(endpoint: String) -> Client {
+    PaymentServiceClient::connect(endpoint)
+        .await
+        .expect("connect to payd")
+}
+
+/// The QR (or form) method of each channel, which needs no payer id.
+pub fn qr_method(ch: Ch) -> cpb::PayMethod {
+    match ch {
+        Ch::Wechat => cpb::PayMethod::WechatNative,
+        Ch::Alipay => cpb::PayMethod::AlipayQr,
+        Ch::Unionpay => cpb::PayMethod::UnionpayFront,
+    }
+}
+
+pub fn channel_of(ch: Ch) -> cpb::Channel {
+    match ch {
+        Ch::Wechat => cpb::Channel::Wechat,
+        Ch::Alipay => cpb::Channel::Alipay,
+        Ch::Unionpay => cpb::Channel::Unionpay,
+    }
+}
+
+/// CreateOrder, expiring in 15 minutes.
+pub async fn create(c: &mut Client, no: &str, amount: i64) -> pb::Order {
+    c.create_order(req(pb::CreateOrderRequest {
+        merchant_order_no: no.into(),
+        amount: Some(pb::Money {
+            amount_minor: amount,
+            currency: "CNY".into(),
+        }),
+        subject: "Concert ticket".into(),
+        expires_in_seconds: 900,
+        metadata: BTreeMap::new(),
+        idempotency_key: String::new(),
+    }))
+    .await
+    .expect("create order")
+    .into_inner()
+    .order
+    .expect("order")
+}
+
+/// Pay by `method` (of channel `ch`), for `payer_id`, with an optional idempotency key.
+pub async fn pay_by(
+    c: &mut Client,
+    order_id: &str,
+    ch: Ch,
+    method: cpb::PayMethod,
+    payer_id: &str,
+    idempotency_key: &str,
+) -> Result<pb::PayResponse, tonic::Status> {
+    c.pay(req(pb::PayRequest {
+        order_id: order_id.into(),
+        channel: channel_of(ch) as i32,
+        method: method as i32,
+        payer: Some(pb::Payer {
+            payer_id: payer_id.into(),
+            client_ip: "203.0.113.7".into(),
+        }),
+        idempotency_key: idempotency_key.into(),
+    }))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// Pay by the channel's QR (or form) method.
+pub async fn pay(c: &mut Client, order_id: &str, ch: Ch) -> Result<pb::PayResponse, tonic::Status> {
+    pay_by(c, order_id, ch, qr_method(ch), "", "").await
+}
+
+pub async fn close(c: &mut Client, order_id: &str) -> Result<pb::Order, tonic::Status> {
+    c.close_order(req(pb::CloseOrderRequest {
+        order_id: order_id.into(),
+        idempotency_key: String::new(),
+    }))
+    .await
+    .map(|r| r.into_inner().order.expect("order"))
+}
+
+pub async fn order_of(c: &mut Client, id: &str) -> pb::Order {
+    c.get_order(req(pb::GetOrderRequest {
+        lookup: Some(pb::get_order_request::Lookup::OrderId(id.into())),
+    }))
+    .await
+    .expect("get order")
+    .into_inner()
+    .order
+    .expect("order")
+}
+
+/// Polls GetOrder until the order is in `want`.
+///
+/// # Panics
+/// When it is not within `within`.
+pub async fn wait_status(
+    c: &mut Client,
+    id: &str,
+    want: pb::OrderStatus,
+    within: Duration,
+) -> pb::Order {
+    let deadline = Instant::now() + within;
+    loop {
+        let o = order_of(c, id).await;
+        if o.status == want as i32 {
+            return o;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order {id} is {:?}, wanted {want:?}",
+            pb::OrderStatus::try_from(o.status)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `SELECT count(*) AS n …` on the platform's database.
+pub fn count(p: &Platform, sql: &str) -> i64 {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let rows: Vec<N> = diesel::sql_query(sql)
+        .load(&mut p.db.connect())
+        .expect("count query");
+    rows[0].n
+}
+
+impl Platform {
+    /// The payer's browser submits a UnionPay front form (`pay_params` from Pay: the signed
+    /// fields plus `action`), which is what creates the trade at UnionPay. Returns the HTTP
+    /// status and body of the gateway's answer.
+    pub async fn payer_submits_form(&self, pay_params: &HashMap<String, String>) -> (u16, String) {
+        let mut form = pay_params.clone();
+        let action = form.remove("action").expect("front form has an action");
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form.iter())
+            .finish();
+        let r = reqwest::Client::new()
+            .post(action)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("gateway reachable");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
+    }
+
+    /// The payer pays what Pay handed out, as a person would: a UnionPay form is submitted
+    /// first (creating the trade), then the payer completes the payment at the platform.
+    /// Returns the control API's HTTP status (200 paid; 404 no such trade; 409 not payable).
+    pub async fn payer_pays(&self, ch: Ch, pay: &pb::PayResponse, outcome: &str) -> u16 {
+        let out_trade_no = &pay.attempt.as_ref().expect("attempt").out_trade_no;
+        if ch == Ch::Unionpay {
+            let params: HashMap<String, String> = pay.pay_params.clone().into_iter().collect();
+            self.payer_submits_form(&params).await;
+        }
+        let (status, _) = self
+            .sandbox_post(
+                ch,
+                &format!("/sandbox/trades/{out_trade_no}/pay"),
+                serde_json::json!({ "outcome": outcome }),
+            )
+            .await;
+        status
+    }
+
+    /// Successful trades in a sandbox's ledger, by out_trade_no.
+    pub async fn sandbox_successes(&self, ch: Ch) -> Vec<String> {
+        let trades = self.sandbox_get(ch, "/sandbox/trades").await;
+        trades
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|t| t["state"] == "SUCCEEDED")
+                    .filter_map(|t| t["out_trade_no"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
