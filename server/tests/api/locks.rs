@@ -132,3 +132,108 @@ async fn with_redis_unreachable_a_close_fails_fast_as_unavailable() {
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert_eq!(app.snapshot(), before);
 }
+
+/// A private `redis-server` on a free port, killed on drop.
+struct PrivateRedis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/services.sh installs it)");
+        let url = format!("redis://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection())
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kleppmann's case with a Redis failover: A holds the lock, Redis fails over to a replica that
+/// never saw the lock (nor any fence), B takes the lock and writes, then A wakes up and writes:
+/// refused. The tokens come from Postgres, so they would keep increasing even if the new
+/// Redis's clock were behind (a token from Redis data or time would then be lower for B than
+/// for A, and A's stale write would win).
+#[tokio::test]
+async fn fences_keep_increasing_across_a_failover_to_a_redis_that_lost_everything() {
+    let port = e2e::free_addr().port();
+    let primary = PrivateRedis::start(port);
+    let mut app = spawn_app_with(|s| s.redis_url = payd::config::Secret::new(primary.url())).await;
+    let order = create_order(&mut app, "FAILOVER-01", 100).await;
+    let id: OrderId = order.order_id.parse().unwrap();
+    let a = app.app.locks.acquire(&format!("order:{id}")).await.unwrap();
+
+    drop(primary);
+    let _replica = PrivateRedis::start(port);
+    // The lock's connection manager reconnects to the new Redis on the same address.
+    let b = loop {
+        match app.app.locks.acquire(&format!("order:{id}")).await {
+            Ok(b) => break b,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    assert!(b.fence() > a.fence(), "{} <= {}", b.fence(), a.fence());
+    app.app
+        .apply_event(app_id(), id, OrderEvent::PaymentStarted, "B", &b, None)
+        .await
+        .unwrap();
+    let r = app
+        .app
+        .apply_event(
+            app_id(),
+            id,
+            OrderEvent::Closed,
+            "A's stale write",
+            &a,
+            None,
+        )
+        .await;
+    assert!(matches!(r, Err(ServiceError::Fenced(_))), "{r:?}");
+}
+
+/// The lock outlives the chain of channel calls it guards: while its holder runs, it is renewed
+/// past its TTL; once released (or its holder stops), it is free again.
+#[tokio::test]
+async fn a_held_lock_is_renewed_past_its_ttl_while_its_holder_runs() {
+    let app = spawn_app_with(|s| {
+        s.lock_ttl_ms = 300;
+        s.lock_wait_ms = 100;
+    })
+    .await;
+    let held = app.app.locks.acquire("order:renewed").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        matches!(
+            app.app.locks.acquire("order:renewed").await,
+            Err(payd::locks::LockError::Busy(_))
+        ),
+        "the lock expired under a running holder"
+    );
+    assert!(app.app.locks.release(held).await.unwrap());
+    let again = app.app.locks.acquire("order:renewed").await.unwrap();
+    app.app.locks.release(again).await.unwrap();
+}
