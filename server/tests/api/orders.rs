@@ -369,3 +369,20 @@ async fn closing_an_order_takes_and_releases_its_lock() {
         Ok(row) if row.status == "CLOSED"
     ));
 }
+
+/// `created_at` (the list cursor) and `expires_at` come from the database's clock, not the
+/// replica's: the order row is stamped with the same `now()` as its first transition, in the
+/// same transaction.
+#[tokio::test]
+async fn an_order_is_stamped_by_the_database_clock() {
+    let mut app = spawn_app().await;
+    create_order(&mut app, "DBCLOCK-0001", 100).await;
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM orders o JOIN order_transitions t ON t.order_id = o.id \
+             WHERE t.version = 0 AND o.created_at = t.created_at \
+             AND o.expires_at = t.created_at + interval '900 seconds'"
+        ),
+        1
+    );
+}
