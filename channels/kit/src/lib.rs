@@ -223,12 +223,14 @@ impl Listeners {
         };
 
         let forwarder = callbacks::Forwarder::new(&settings, channel)?;
-        let cb_router = callbacks::router(adapter.clone(), forwarder, metrics.clone());
-        let cb = tokio::spawn(
-            axum::serve(self.callbacks.tap_io(nodelay), cb_router)
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
-        );
+        let cb_router = callbacks::router(adapter.clone(), forwarder, metrics.clone(), &settings);
+        let cb = tokio::spawn(callbacks::serve(
+            self.callbacks,
+            cb_router,
+            settings.callback_header_timeout,
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        ));
         let m = metrics.clone();
         let metrics_router = axum::Router::new()
             .route(

@@ -78,6 +78,18 @@ pub fn parse_ms(key: &str, default: u64) -> Result<Duration, SettingError> {
     }
 }
 
+/// A positive count, with a default.
+pub fn parse_count(key: &str, default: usize) -> Result<usize, SettingError> {
+    match std::env::var(key) {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(0) => Err(bad(key, "must be at least 1")),
+            Ok(n) => Ok(n),
+            Err(e) => Err(bad(key, format!("not a count: {e}"))),
+        },
+        Err(_) => Ok(default),
+    }
+}
+
 /// What every adapter process needs regardless of platform.
 #[derive(Debug, Clone)]
 pub struct KitSettings {
@@ -95,6 +107,15 @@ pub struct KitSettings {
     /// `ADAPTER_FORWARD_BUDGET_MS`: how long a callback may spend getting the core's ack before
     /// the platform is told to retry (WeChat wants an answer within 5 s).
     pub forward_budget: Duration,
+    /// `ADAPTER_CALLBACK_HEADER_TIMEOUT_MS`: a callback connection that has not sent a complete
+    /// request header within this is closed (slowloris).
+    pub callback_header_timeout: Duration,
+    /// `ADAPTER_CALLBACK_BODY_TIMEOUT_MS`: time to receive a callback's body once its header is
+    /// in; slower bodies get the platform's failure reply.
+    pub callback_body_timeout: Duration,
+    /// `ADAPTER_CALLBACK_MAX_IN_FLIGHT`: callbacks handled at once; more are shed at once with
+    /// the platform's failure reply (the platform retries) instead of queueing.
+    pub callback_max_in_flight: usize,
     /// `ADAPTER_PLATFORM_TIMEOUT_MS`: per-request timeout towards the platform.
     pub platform_timeout: Duration,
     /// `ADAPTER_SHUTDOWN_GRACE_MS`.
@@ -121,6 +142,9 @@ impl KitSettings {
             core_endpoint: var_or("ADAPTER_CORE_ENDPOINT", "http://127.0.0.1:50051"),
             core_token: secret("ADAPTER_CORE_TOKEN")?,
             forward_budget: parse_ms("ADAPTER_FORWARD_BUDGET_MS", 3_000)?,
+            callback_header_timeout: parse_ms("ADAPTER_CALLBACK_HEADER_TIMEOUT_MS", 5_000)?,
+            callback_body_timeout: parse_ms("ADAPTER_CALLBACK_BODY_TIMEOUT_MS", 5_000)?,
+            callback_max_in_flight: parse_count("ADAPTER_CALLBACK_MAX_IN_FLIGHT", 256)?,
             platform_timeout: parse_ms("ADAPTER_PLATFORM_TIMEOUT_MS", 10_000)?,
             shutdown_grace: parse_ms("ADAPTER_SHUTDOWN_GRACE_MS", 10_000)?,
         })
