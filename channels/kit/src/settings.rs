@@ -62,6 +62,16 @@ pub fn secret(key: &str) -> Result<Secret, SettingError> {
     }
 }
 
+/// A bearer token: a [`secret`] of at least 16 printable ASCII characters (it travels in an
+/// HTTP/2 header).
+pub fn token(key: &str) -> Result<Secret, SettingError> {
+    let t = secret(key)?;
+    if t.0.len() < 16 || !t.0.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(key, "must be at least 16 printable ASCII characters"));
+    }
+    Ok(t)
+}
+
 pub fn parse_addr(key: &str, default: &str) -> Result<SocketAddr, SettingError> {
     var_or(key, default)
         .parse()
@@ -104,6 +114,9 @@ pub struct KitSettings {
     /// `ADAPTER_CORE_TOKEN` (or `_FILE`): this adapter's secret for payd's `ChannelEvents`;
     /// payd maps it to the one channel this adapter may report for.
     pub core_token: Secret,
+    /// `ADAPTER_GRPC_TOKEN` (or `_FILE`): payd's credential for this adapter's
+    /// `channel.v1.ChannelAdapter` (`authorization: Bearer …`); every other caller is refused.
+    pub grpc_token: Secret,
     /// `ADAPTER_FORWARD_BUDGET_MS`: how long a callback may spend getting the core's ack before
     /// the platform is told to retry (WeChat wants an answer within 5 s).
     pub forward_budget: Duration,
@@ -141,6 +154,7 @@ impl KitSettings {
             )?,
             core_endpoint: var_or("ADAPTER_CORE_ENDPOINT", "http://127.0.0.1:50051"),
             core_token: secret("ADAPTER_CORE_TOKEN")?,
+            grpc_token: token("ADAPTER_GRPC_TOKEN")?,
             forward_budget: parse_ms("ADAPTER_FORWARD_BUDGET_MS", 3_000)?,
             callback_header_timeout: parse_ms("ADAPTER_CALLBACK_HEADER_TIMEOUT_MS", 5_000)?,
             callback_body_timeout: parse_ms("ADAPTER_CALLBACK_BODY_TIMEOUT_MS", 5_000)?,

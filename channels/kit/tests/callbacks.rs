@@ -114,6 +114,7 @@ fn settings(core: SocketAddr) -> KitSettings {
         metrics_listen: any,
         core_endpoint: format!("http://{core}"),
         core_token: Secret::new("test-core-token-0123456789"),
+        grpc_token: Secret::new("test-grpc-token-0123456789"),
         forward_budget: Duration::from_millis(1_500),
         callback_header_timeout: Duration::from_millis(500),
         callback_body_timeout: Duration::from_millis(500),
