@@ -106,13 +106,21 @@ impl Forwarder {
             })
     }
 
-    /// Reports the notification until the core acknowledges it or the budget runs out. The
-    /// budget is a total over all attempts and backoffs.
+    /// When a callback that arrived now must have been answered.
+    pub fn deadline_from_now(&self) -> Instant {
+        Instant::now() + self.budget
+    }
+
+    /// Reports the notification until the core acknowledges it or `deadline` passes (see
+    /// [`Forwarder::deadline_from_now`]): the budget is a total over all attempts and backoffs.
     ///
     /// # Errors
-    /// The last status when the core never acknowledged within the budget.
-    pub async fn forward(&self, n: &Notification) -> Result<bool, tonic::Status> {
-        let deadline = Instant::now() + self.budget;
+    /// The last status when the core never acknowledged in time.
+    pub async fn forward(
+        &self,
+        n: &Notification,
+        deadline: Instant,
+    ) -> Result<bool, tonic::Status> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -184,6 +192,8 @@ async fn handle<A: Adapter>(State(s): State<Arc<Shared<A>>>, req: Request) -> Re
         reply.status = StatusCode::SERVICE_UNAVAILABLE.as_u16();
         return to_response(reply);
     };
+    // The budget runs from the moment the header is in: that is the platform's clock too.
+    let deadline = s.forwarder.deadline_from_now();
     let (parts, body) = req.into_parts();
     let body: Bytes =
         match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
@@ -217,7 +227,7 @@ async fn handle<A: Adapter>(State(s): State<Arc<Shared<A>>>, req: Request) -> Re
             return to_response(s.adapter.nack("verification failed"));
         }
     };
-    match s.forwarder.forward(&notification).await {
+    match s.forwarder.forward(&notification, deadline).await {
         Ok(first_time) => {
             count_callback(
                 &s.metrics,
