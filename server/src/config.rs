@@ -384,6 +384,22 @@ mod tests {
     }
 
     #[test]
+    fn an_adapter_token_can_come_from_a_file() {
+        let path = std::env::temp_dir().join(format!("payd-token-{}", uuid::Uuid::new_v4()));
+        let written = std::fs::write(&path, "unionpay-token-from-a-file\n");
+        assert!(written.is_ok());
+        let s = Settings {
+            channel_unionpay_endpoint: Some("http://127.0.0.1:50063".into()),
+            channel_unionpay_token_file: Some(path.clone()),
+            ..Settings::default()
+        };
+        let enabled = s.adapter_endpoints().unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(enabled.len(), 1);
+        assert_eq!(enabled[0].token.expose(), "unionpay-token-from-a-file");
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let s = Settings::default();
         assert!(!format!("{s:?}").contains("postgres://"));
