@@ -42,6 +42,10 @@ if [ ! -f "$KEYS/adapter_tokens" ]; then
         "$(cat "$KEYS/alipay/core_token")" "$(cat "$KEYS/unionpay/core_token")" >"$KEYS/adapter_tokens"
     chmod 600 "$KEYS/adapter_tokens" "$KEYS"/*/core_token
 fi
+# And payd's secret for each adapter's ChannelAdapter port: nobody else may prepay, close or refund.
+for ch in wechat alipay unionpay; do
+    [ -f "$KEYS/$ch/grpc_token" ] || { token >"$KEYS/$ch/grpc_token"; chmod 600 "$KEYS/$ch/grpc_token"; }
+done
 
 log "starting the sandboxes: WeChat :8091, Alipay :8092, UnionPay :8093"
 start sandbox-wechat   "$BIN/sandbox" wechat   --listen 127.0.0.1:8091 --keys-dir "$KEYS"
@@ -54,6 +58,9 @@ export PAYD_LISTEN=127.0.0.1:50051 PAYD_METRICS_LISTEN=127.0.0.1:9464
 export PAYD_CHANNEL_WECHAT_ENDPOINT=http://127.0.0.1:50061
 export PAYD_CHANNEL_ALIPAY_ENDPOINT=http://127.0.0.1:50062
 export PAYD_CHANNEL_UNIONPAY_ENDPOINT=http://127.0.0.1:50063
+export PAYD_CHANNEL_WECHAT_TOKEN_FILE=$KEYS/wechat/grpc_token
+export PAYD_CHANNEL_ALIPAY_TOKEN_FILE=$KEYS/alipay/grpc_token
+export PAYD_CHANNEL_UNIONPAY_TOKEN_FILE=$KEYS/unionpay/grpc_token
 export PAYD_ADAPTER_TOKENS_FILE=$KEYS/adapter_tokens
 log "applying migrations"
 "$BIN/payd" migrate 2>>"$RUN/payd.log"
@@ -63,17 +70,20 @@ wait_http "http://$PAYD_METRICS_LISTEN/healthz" payd
 
 export ADAPTER_CORE_ENDPOINT=http://$PAYD_LISTEN
 log "starting the adapters: wechat :50061, alipay :50062, unionpay :50063 (callbacks on :8081-8083)"
-ADAPTER_CORE_TOKEN_FILE=$KEYS/wechat/core_token WECHAT_API_BASE=http://127.0.0.1:8091 \
+ADAPTER_CORE_TOKEN_FILE=$KEYS/wechat/core_token ADAPTER_GRPC_TOKEN_FILE=$KEYS/wechat/grpc_token \
+WECHAT_API_BASE=http://127.0.0.1:8091 \
 WECHAT_MCHID_FILE=$KEYS/wechat/mchid.txt WECHAT_APPID_FILE=$KEYS/wechat/appid.txt \
 WECHAT_MERCHANT_KEY_FILE=$KEYS/wechat/merchant_key.pem WECHAT_MERCHANT_SERIAL_FILE=$KEYS/wechat/merchant_serial.txt \
 WECHAT_PLATFORM_PUBLIC_KEY_FILE=$KEYS/wechat/platform_public.pem WECHAT_PLATFORM_SERIAL_FILE=$KEYS/wechat/platform_serial.txt \
 WECHAT_APIV3_KEY_FILE=$KEYS/wechat/apiv3_key.txt ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8081 \
     start wechat-adapter "$BIN/wechat-adapter"
-ADAPTER_CORE_TOKEN_FILE=$KEYS/alipay/core_token ALIPAY_GATEWAY=http://127.0.0.1:8092/gateway.do \
+ADAPTER_CORE_TOKEN_FILE=$KEYS/alipay/core_token ADAPTER_GRPC_TOKEN_FILE=$KEYS/alipay/grpc_token \
+ALIPAY_GATEWAY=http://127.0.0.1:8092/gateway.do \
 ALIPAY_APP_ID_FILE=$KEYS/alipay/app_id.txt ALIPAY_APP_PRIVATE_KEY_FILE=$KEYS/alipay/app_private_key.pem \
 ALIPAY_PUBLIC_KEY_FILE=$KEYS/alipay/alipay_public_key.pem ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8082 \
     start alipay-adapter "$BIN/alipay-adapter"
-ADAPTER_CORE_TOKEN_FILE=$KEYS/unionpay/core_token UNIONPAY_GATEWAY_BASE=http://127.0.0.1:8093 \
+ADAPTER_CORE_TOKEN_FILE=$KEYS/unionpay/core_token ADAPTER_GRPC_TOKEN_FILE=$KEYS/unionpay/grpc_token \
+UNIONPAY_GATEWAY_BASE=http://127.0.0.1:8093 \
 UNIONPAY_MER_ID_FILE=$KEYS/unionpay/mer_id.txt UNIONPAY_SIGN_KEY_FILE=$KEYS/unionpay/merchant_sign_key.pem \
 UNIONPAY_SIGN_CERT_ID_FILE=$KEYS/unionpay/merchant_cert_id.txt UNIONPAY_PLATFORM_CERT_FILE=$KEYS/unionpay/platform_sign_cert.pem \
 UNIONPAY_ACCEPT_TEST_CN=true ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8083 \

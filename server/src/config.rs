@@ -31,6 +31,16 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// One enabled adapter process.
+#[derive(Debug, Clone)]
+pub struct AdapterEndpoint {
+    pub channel: crate::domain::Channel,
+    /// Its `channel.v1.ChannelAdapter` gRPC endpoint.
+    pub url: String,
+    /// What payd presents to it as `authorization: Bearer …`.
+    pub token: Secret,
+}
+
 /// Every setting, with its environment variable in the doc line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +83,16 @@ pub struct Settings {
     pub channel_wechat_endpoint: Option<String>,
     pub channel_alipay_endpoint: Option<String>,
     pub channel_unionpay_endpoint: Option<String>,
+    /// `PAYD_CHANNEL_WECHAT_TOKEN`, `PAYD_CHANNEL_ALIPAY_TOKEN`, `PAYD_CHANNEL_UNIONPAY_TOKEN`
+    /// (or the `…_TOKEN_FILE` variants naming a file with it): payd's credential for that
+    /// adapter's `ChannelAdapter` (`authorization: Bearer …` on every call). Required for each
+    /// channel with an endpoint.
+    pub channel_wechat_token: Option<Secret>,
+    pub channel_wechat_token_file: Option<std::path::PathBuf>,
+    pub channel_alipay_token: Option<Secret>,
+    pub channel_alipay_token_file: Option<std::path::PathBuf>,
+    pub channel_unionpay_token: Option<Secret>,
+    pub channel_unionpay_token_file: Option<std::path::PathBuf>,
     /// `PAYD_CHANNEL_TIMEOUT_MS`: deadline of one call to an adapter (which has its own, shorter,
     /// deadline towards the platform).
     pub channel_timeout_ms: u64,
@@ -122,6 +142,12 @@ impl Default for Settings {
             channel_wechat_endpoint: None,
             channel_alipay_endpoint: None,
             channel_unionpay_endpoint: None,
+            channel_wechat_token: None,
+            channel_wechat_token_file: None,
+            channel_alipay_token: None,
+            channel_alipay_token_file: None,
+            channel_unionpay_token: None,
+            channel_unionpay_token_file: None,
             channel_timeout_ms: 15_000,
             adapter_tokens: None,
             adapter_tokens_file: None,
@@ -205,6 +231,7 @@ impl Settings {
             return bad("worker_lease_check_ms", "must be at least 1");
         }
         self.adapter_tokens()?;
+        self.adapter_endpoints()?;
         Ok(())
     }
 
@@ -216,6 +243,73 @@ impl Settings {
             unionpay: Duration::from_secs(self.pay_window_unionpay_secs),
             deadline_margin: Duration::from_millis(self.pay_deadline_margin_ms),
         }
+    }
+
+    /// The enabled adapters: each channel with an endpoint, and the token payd presents to it.
+    ///
+    /// # Errors
+    /// An endpoint without its token, a token that is too short or not printable ASCII, or an
+    /// unreadable token file, with the key named.
+    pub fn adapter_endpoints(&self) -> Result<Vec<AdapterEndpoint>, ConfigError> {
+        use crate::domain::Channel;
+        let table = [
+            (
+                Channel::Wechat,
+                &self.channel_wechat_endpoint,
+                &self.channel_wechat_token,
+                &self.channel_wechat_token_file,
+                ["channel_wechat_token", "channel_wechat_token_file"],
+            ),
+            (
+                Channel::Alipay,
+                &self.channel_alipay_endpoint,
+                &self.channel_alipay_token,
+                &self.channel_alipay_token_file,
+                ["channel_alipay_token", "channel_alipay_token_file"],
+            ),
+            (
+                Channel::Unionpay,
+                &self.channel_unionpay_endpoint,
+                &self.channel_unionpay_token,
+                &self.channel_unionpay_token_file,
+                ["channel_unionpay_token", "channel_unionpay_token_file"],
+            ),
+        ];
+        let mut enabled = Vec::new();
+        for (channel, endpoint, token, file, [key, file_key]) in table {
+            let Some(url) = endpoint else { continue };
+            let token = match (token, file) {
+                (Some(t), _) => t.expose().to_owned(),
+                (None, Some(path)) => std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::Invalid {
+                        key: file_key,
+                        reason: format!("cannot read {}: {e}", path.display()),
+                    })?
+                    .trim()
+                    .to_owned(),
+                (None, None) => {
+                    return Err(ConfigError::Invalid {
+                        key,
+                        reason: format!(
+                            "required when the {channel} endpoint is set (PAYD_{up} or PAYD_{up}_FILE)",
+                            up = key.to_uppercase()
+                        ),
+                    });
+                }
+            };
+            if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 16 printable ASCII characters".to_owned(),
+                });
+            }
+            enabled.push(AdapterEndpoint {
+                channel,
+                url: url.clone(),
+                token: Secret::new(token),
+            });
+        }
+        Ok(enabled)
     }
 
     pub fn order_limits(&self) -> OrderLimits {
@@ -300,6 +394,51 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("idempotency_retention_secs"), "{e}");
+    }
+
+    #[test]
+    fn an_adapter_endpoint_without_its_token_is_refused_by_name() {
+        let s = Settings {
+            channel_alipay_endpoint: Some("http://127.0.0.1:50062".into()),
+            ..Settings::default()
+        };
+        let e = s
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("channel_alipay_token"), "{e}");
+        assert!(e.contains("PAYD_CHANNEL_ALIPAY_TOKEN_FILE"), "{e}");
+    }
+
+    #[test]
+    fn each_adapter_endpoint_comes_with_its_own_token() {
+        let s = Settings {
+            channel_wechat_endpoint: Some("http://127.0.0.1:50061".into()),
+            channel_wechat_token: Some(Secret::new("wechat-token-0123456789")),
+            channel_alipay_token: Some(Secret::new("ignored: no alipay endpoint")),
+            ..Settings::default()
+        };
+        let enabled = s.adapter_endpoints().unwrap_or_default();
+        assert_eq!(enabled.len(), 1);
+        assert_eq!(enabled[0].channel, crate::domain::Channel::Wechat);
+        assert_eq!(enabled[0].token.expose(), "wechat-token-0123456789");
+    }
+
+    #[test]
+    fn an_adapter_token_can_come_from_a_file() {
+        let path = std::env::temp_dir().join(format!("payd-token-{}", uuid::Uuid::new_v4()));
+        let written = std::fs::write(&path, "unionpay-token-from-a-file\n");
+        assert!(written.is_ok());
+        let s = Settings {
+            channel_unionpay_endpoint: Some("http://127.0.0.1:50063".into()),
+            channel_unionpay_token_file: Some(path.clone()),
+            ..Settings::default()
+        };
+        let enabled = s.adapter_endpoints().unwrap_or_default();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(enabled.len(), 1);
+        assert_eq!(enabled[0].token.expose(), "unionpay-token-from-a-file");
     }
 
     #[test]

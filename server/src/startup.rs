@@ -14,7 +14,6 @@ use std::sync::Arc;
 use crate::app::App;
 use crate::app::channels::ChannelClients;
 use crate::config::Settings;
-use crate::domain::Channel;
 use crate::domain::snowflake::Snowflake;
 use crate::grpc::{build_grpc_router, payment::PaymentApi};
 use crate::locks::Locks;
@@ -57,14 +56,7 @@ impl Application {
             db.clone(),
         );
         let channels = ChannelClients::new(
-            &[
-                (Channel::Wechat, settings.channel_wechat_endpoint.clone()),
-                (Channel::Alipay, settings.channel_alipay_endpoint.clone()),
-                (
-                    Channel::Unionpay,
-                    settings.channel_unionpay_endpoint.clone(),
-                ),
-            ],
+            &settings.adapter_endpoints()?,
             Duration::from_millis(settings.channel_timeout_ms),
         )
         .context("channel endpoints")?;

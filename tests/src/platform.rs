@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use payproto::channel::v1::channel_adapter_client::ChannelAdapterClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+
 use crate::{Payd, RedisNamespace, TestDb, binary, free_addr, start_listening, wait_listening};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +29,23 @@ impl Ch {
             Ch::Alipay => "alipay",
             Ch::Unionpay => "unionpay",
         }
+    }
+}
+
+/// A `ChannelAdapter` client as payd holds one (with whatever credential the test chose).
+pub type AdapterClient =
+    ChannelAdapterClient<InterceptedService<tonic::transport::Channel, Bearer>>;
+
+/// Sends `authorization: Bearer …` when it has a token.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
     }
 }
 
@@ -74,6 +95,8 @@ pub struct Platform {
     pub keys: PathBuf,
     /// Each adapter's secret for payd's ChannelEvents.
     pub tokens: HashMap<Ch, String>,
+    /// payd's secret for each adapter's ChannelAdapter.
+    pub grpc_tokens: HashMap<Ch, String>,
     pub ns: RedisNamespace,
     pub db: TestDb,
     http: reqwest::Client,
@@ -152,6 +175,16 @@ impl Platform {
             .into_iter()
             .map(|c| (c, format!("{}-{}", c.name(), uuid::Uuid::new_v4().simple())))
             .collect();
+        // And payd's credential towards each adapter, fresh per run too.
+        let grpc_tokens: HashMap<Ch, String> = Ch::ALL
+            .into_iter()
+            .map(|c| {
+                (
+                    c,
+                    format!("payd-{}-{}", c.name(), uuid::Uuid::new_v4().simple()),
+                )
+            })
+            .collect();
         let token_list = Ch::ALL
             .iter()
             .map(|c| format!("{}:{}", c.name(), tokens[c]))
@@ -161,6 +194,18 @@ impl Platform {
             ("PAYD_CHANNEL_WECHAT_ENDPOINT".into(), ep(Ch::Wechat)),
             ("PAYD_CHANNEL_ALIPAY_ENDPOINT".into(), ep(Ch::Alipay)),
             ("PAYD_CHANNEL_UNIONPAY_ENDPOINT".into(), ep(Ch::Unionpay)),
+            (
+                "PAYD_CHANNEL_WECHAT_TOKEN".into(),
+                grpc_tokens[&Ch::Wechat].clone(),
+            ),
+            (
+                "PAYD_CHANNEL_ALIPAY_TOKEN".into(),
+                grpc_tokens[&Ch::Alipay].clone(),
+            ),
+            (
+                "PAYD_CHANNEL_UNIONPAY_TOKEN".into(),
+                grpc_tokens[&Ch::Unionpay].clone(),
+            ),
             ("PAYD_ADAPTER_TOKENS".into(), token_list),
         ];
         payd_env.extend(opts.payd_env.iter().cloned());
@@ -179,6 +224,7 @@ impl Platform {
             sandbox_addrs,
             keys,
             tokens,
+            grpc_tokens,
             ns,
             db,
             http: reqwest::Client::new(),
@@ -204,6 +250,10 @@ impl Platform {
             ("ADAPTER_METRICS_LISTEN".to_owned(), a.metrics.to_string()),
             ("ADAPTER_CORE_ENDPOINT".to_owned(), self.payd.endpoint()),
             ("ADAPTER_CORE_TOKEN".to_owned(), self.tokens[&ch].clone()),
+            (
+                "ADAPTER_GRPC_TOKEN".to_owned(),
+                self.grpc_tokens[&ch].clone(),
+            ),
             (
                 "ADAPTER_PUBLIC_CALLBACK_BASE".to_owned(),
                 format!("http://{}", a.callback),
@@ -340,6 +390,27 @@ impl Platform {
             .text()
             .await
             .unwrap_or_default()
+    }
+
+    /// A `ChannelAdapter` client for adapter `ch` presenting `token` (payd's is
+    /// `self.grpc_tokens[&ch]`; `None` sends no credential at all).
+    pub async fn adapter_client_with(&self, ch: Ch, token: Option<&str>) -> AdapterClient {
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            self.adapter_addrs[&ch].grpc
+        ))
+        .expect("adapter endpoint")
+        .connect()
+        .await
+        .expect("adapter reachable");
+        let auth = token.map(|t| format!("Bearer {t}").parse().expect("ASCII token"));
+        ChannelAdapterClient::with_interceptor(channel, Bearer(auth))
+    }
+
+    /// A `ChannelAdapter` client for adapter `ch` with payd's credential, as payd calls it.
+    pub async fn adapter_client(&self, ch: Ch) -> AdapterClient {
+        let token = self.grpc_tokens[&ch].clone();
+        self.adapter_client_with(ch, Some(&token)).await
     }
 
     pub fn keys_dir(&self) -> &Path {

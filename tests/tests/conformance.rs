@@ -4,11 +4,9 @@
 //! close of a paid trade answering SUCCEEDED, and (where the platform has one) the day's statement.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use e2e::platform::{Ch, Platform};
+use e2e::platform::{AdapterClient, Ch, Platform};
 use payproto::channel::v1 as cpb;
-use payproto::channel::v1::channel_adapter_client::ChannelAdapterClient;
 use serde_json::json;
-use tonic::transport::Channel;
 
 fn method(ch: Ch) -> cpb::PayMethod {
     match ch {
@@ -40,18 +38,11 @@ fn now() -> prost_types::Timestamp {
     }
 }
 
-async fn adapter(p: &Platform, ch: Ch) -> ChannelAdapterClient<Channel> {
-    ChannelAdapterClient::connect(format!("http://{}", p.adapter_addrs[&ch].grpc))
-        .await
-        .unwrap()
+async fn adapter(p: &Platform, ch: Ch) -> AdapterClient {
+    p.adapter_client(ch).await
 }
 
-async fn query(
-    a: &mut ChannelAdapterClient<Channel>,
-    ch: Ch,
-    no: &str,
-    prepay_id: &str,
-) -> cpb::PaymentResult {
+async fn query(a: &mut AdapterClient, ch: Ch, no: &str, prepay_id: &str) -> cpb::PaymentResult {
     a.query_payment(cpb::QueryPaymentRequest {
         out_trade_no: no.into(),
         method: method(ch) as i32,

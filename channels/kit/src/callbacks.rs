@@ -1,8 +1,12 @@
 //! The platform callback listener. Order of work for every callback:
-//! 1. verify (signature, key id, time window, decryption) — a failure is counted and answered
+//! 1. admit it only if fewer than `ADAPTER_CALLBACK_MAX_IN_FLIGHT` are being handled (otherwise
+//!    shed it at once with the platform's failure reply: the platform retries, nothing queues),
+//!    and read its header and body within their timeouts (a stalled client is cut off);
+//! 2. verify (signature, key id, time window, decryption) — a failure is counted and answered
 //!    with the platform's failure reply, and nothing is forwarded;
-//! 2. forward to the core's `ChannelEvents`, retrying within the forward budget;
-//! 3. only when the core answered OK (the event is durably recorded) reply with the platform's
+//! 3. forward to the core's `ChannelEvents`, retrying within the forward budget: a total, each
+//!    attempt only gets what is left of it;
+//! 4. only when the core answered OK (the event is durably recorded) reply with the platform's
 //!    success form. If the core cannot be reached, reply failure so the platform retries: a crash
 //!    anywhere loses nothing.
 use std::sync::Arc;
@@ -12,7 +16,11 @@ use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use payproto::channel::v1::channel_events_client::ChannelEventsClient;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{Adapter, Callback, KitSettings, Metrics, Notification, Reply, pb};
@@ -32,9 +40,9 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(settings: &KitSettings, channel: pb::Channel) -> anyhow::Result<Self> {
+        // No per-request timeout here: each attempt carries what is left of the budget.
         let endpoint = Endpoint::from_shared(settings.core_endpoint.clone())?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(settings.forward_budget);
+            .connect_timeout(settings.forward_budget.min(Duration::from_secs(1)));
         let auth = format!("Bearer {}", settings.core_token.expose())
             .parse()
             .map_err(|_| anyhow::anyhow!("ADAPTER_CORE_TOKEN must be printable ASCII"))?;
@@ -46,28 +54,29 @@ impl Forwarder {
         })
     }
 
-    fn authorized<T>(&self, body: T) -> tonic::Request<T> {
+    /// The request with payd's credential and a gRPC deadline of `timeout`.
+    fn authorized<T>(&self, body: T, timeout: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(body);
         r.metadata_mut().insert("authorization", self.auth.clone());
+        r.set_timeout(timeout);
         r
     }
 
-    /// Reports the notification until the core acknowledges it or the budget runs out.
-    ///
-    /// # Errors
-    /// The last status when the core never acknowledged within the budget.
-    pub async fn forward(&self, n: &Notification) -> Result<bool, tonic::Status> {
-        let deadline = tokio::time::Instant::now() + self.budget;
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let mut client = self.client.clone();
-            let r = match n.clone() {
+    /// One report, given `remaining` of the budget. The local timeout also bounds the wait for
+    /// a connection (the gRPC deadline only starts once the request is sent).
+    async fn report(&self, n: &Notification, remaining: Duration) -> Result<bool, tonic::Status> {
+        let mut client = self.client.clone();
+        let call = async {
+            match n.clone() {
                 Notification::Payment { event_id, result } => client
-                    .report_payment(self.authorized(pb::ReportPaymentRequest {
-                        channel: self.channel as i32,
-                        channel_event_id: event_id,
-                        result: Some(result),
-                    }))
+                    .report_payment(self.authorized(
+                        pb::ReportPaymentRequest {
+                            channel: self.channel as i32,
+                            channel_event_id: event_id,
+                            result: Some(result),
+                        },
+                        remaining,
+                    ))
                     .await
                     .map(|r| r.into_inner().first_time),
                 Notification::Refund {
@@ -75,16 +84,52 @@ impl Forwarder {
                     out_trade_no,
                     result,
                 } => client
-                    .report_refund(self.authorized(pb::ReportRefundRequest {
-                        channel: self.channel as i32,
-                        channel_event_id: event_id,
-                        out_trade_no,
-                        result: Some(result),
-                    }))
+                    .report_refund(self.authorized(
+                        pb::ReportRefundRequest {
+                            channel: self.channel as i32,
+                            channel_event_id: event_id,
+                            out_trade_no,
+                            result: Some(result),
+                        },
+                        remaining,
+                    ))
                     .await
                     .map(|r| r.into_inner().first_time),
-            };
-            match r {
+            }
+        };
+        tokio::time::timeout(remaining, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(
+                    "the core did not answer within the forward budget",
+                ))
+            })
+    }
+
+    /// When a callback that arrived now must have been answered.
+    pub fn deadline_from_now(&self) -> Instant {
+        Instant::now() + self.budget
+    }
+
+    /// Reports the notification until the core acknowledges it or `deadline` passes (see
+    /// [`Forwarder::deadline_from_now`]): the budget is a total over all attempts and backoffs.
+    ///
+    /// # Errors
+    /// The last status when the core never acknowledged in time.
+    pub async fn forward(
+        &self,
+        n: &Notification,
+        deadline: Instant,
+    ) -> Result<bool, tonic::Status> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(tonic::Status::deadline_exceeded(
+                    "forward budget spent before an attempt",
+                ));
+            }
+            match self.report(n, remaining).await {
                 Ok(first) => return Ok(first),
                 // Only transient failures are worth a retry inside one callback.
                 Err(s)
@@ -97,8 +142,7 @@ impl Forwarder {
                             | tonic::Code::Cancelled
                     ) =>
                 {
-                    let now = tokio::time::Instant::now();
-                    if now + backoff >= deadline {
+                    if Instant::now() + backoff >= deadline {
                         return Err(s);
                     }
                     tokio::time::sleep(backoff).await;
@@ -114,15 +158,25 @@ struct Shared<A> {
     adapter: Arc<A>,
     forwarder: Forwarder,
     metrics: Metrics,
+    /// One permit per callback being handled (`ADAPTER_CALLBACK_MAX_IN_FLIGHT`).
+    in_flight: Arc<Semaphore>,
+    body_timeout: Duration,
 }
 
 /// Every path under `/notify/` is a callback endpoint (payment and refund URLs differ only in
 /// their path, which the adapter chose when it gave the platform its `notify_url`).
-pub fn router<A: Adapter>(adapter: Arc<A>, forwarder: Forwarder, metrics: Metrics) -> axum::Router {
+pub fn router<A: Adapter>(
+    adapter: Arc<A>,
+    forwarder: Forwarder,
+    metrics: Metrics,
+    settings: &KitSettings,
+) -> axum::Router {
     let shared = Arc::new(Shared {
         adapter,
         forwarder,
         metrics,
+        in_flight: Arc::new(Semaphore::new(settings.callback_max_in_flight)),
+        body_timeout: settings.callback_body_timeout,
     });
     axum::Router::new()
         .route("/notify/{*rest}", axum::routing::any(handle::<A>))
@@ -130,14 +184,30 @@ pub fn router<A: Adapter>(adapter: Arc<A>, forwarder: Forwarder, metrics: Metric
 }
 
 async fn handle<A: Adapter>(State(s): State<Arc<Shared<A>>>, req: Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let body: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
-            count_rejection(&s.metrics, "malformed");
-            return to_response(s.adapter.nack("body too large or unreadable"));
-        }
+    // Shed before reading the body: a flood (forged or not) must not queue in front of the
+    // callbacks already being handled. The permit is held until the reply is built.
+    let Ok(_permit) = s.in_flight.clone().try_acquire_owned() else {
+        count_callback(&s.metrics, "shed");
+        let mut reply = s.adapter.nack("overloaded; retry later");
+        reply.status = StatusCode::SERVICE_UNAVAILABLE.as_u16();
+        return to_response(reply);
     };
+    // The budget runs from the moment the header is in: that is the platform's clock too.
+    let deadline = s.forwarder.deadline_from_now();
+    let (parts, body) = req.into_parts();
+    let body: Bytes =
+        match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                count_rejection(&s.metrics, "malformed");
+                return to_response(s.adapter.nack("body too large or unreadable"));
+            }
+            Err(_) => {
+                count_callback(&s.metrics, "body_timeout");
+                count_timeout(&s.metrics, "body");
+                return to_response(s.adapter.nack("body not received in time"));
+            }
+        };
     let target = parts
         .uri
         .path_and_query()
@@ -157,30 +227,37 @@ async fn handle<A: Adapter>(State(s): State<Arc<Shared<A>>>, req: Request) -> Re
             return to_response(s.adapter.nack("verification failed"));
         }
     };
-    match s.forwarder.forward(&notification).await {
+    match s.forwarder.forward(&notification, deadline).await {
         Ok(first_time) => {
-            let outcome = if first_time { "accepted" } else { "duplicate" };
-            s.metrics
-                .callbacks
-                .with_label_values(&[s.metrics.channel(), outcome])
-                .inc();
+            count_callback(
+                &s.metrics,
+                if first_time { "accepted" } else { "duplicate" },
+            );
             to_response(s.adapter.ack())
         }
         Err(status) => {
-            s.metrics
-                .callbacks
-                .with_label_values(&[s.metrics.channel(), "forward_failed"])
-                .inc();
+            count_callback(&s.metrics, "forward_failed");
+            if status.code() == tonic::Code::DeadlineExceeded {
+                count_timeout(&s.metrics, "forward");
+            }
             tracing::warn!(code = ?status.code(), message = status.message(), "core did not record the callback; asking the platform to retry");
             to_response(s.adapter.nack("not recorded yet"))
         }
     }
 }
 
-fn count_rejection(m: &Metrics, reason: &str) {
-    m.callbacks
-        .with_label_values(&[m.channel(), "rejected"])
+fn count_callback(m: &Metrics, outcome: &str) {
+    m.callbacks.with_label_values(&[m.channel(), outcome]).inc();
+}
+
+fn count_timeout(m: &Metrics, phase: &str) {
+    m.callback_timeouts
+        .with_label_values(&[m.channel(), phase])
         .inc();
+}
+
+fn count_rejection(m: &Metrics, reason: &str) {
+    count_callback(m, "rejected");
     m.callback_rejections
         .with_label_values(&[m.channel(), reason])
         .inc();
@@ -194,4 +271,53 @@ fn to_response(r: Reply) -> Response {
         HeaderValue::from_static(r.content_type),
     );
     resp
+}
+
+/// Serves `router` over HTTP/1.1 (platforms call back with HTTP/1.1) until `stop` resolves,
+/// then lets the open connections finish (the caller bounds that wait). A connection whose
+/// request header is not complete within `header_timeout` is closed and counted.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    header_timeout: Duration,
+    metrics: Metrics,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting a callback connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // TCP_NODELAY: see `crate::nodelay`.
+        let _ = stream.set_nodelay(true);
+        let conn = graceful.watch(http.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        ));
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                if e.is_timeout() {
+                    count_timeout(&metrics, "header");
+                } else {
+                    tracing::debug!(error = %e, "callback connection ended with an error");
+                }
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }

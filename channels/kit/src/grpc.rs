@@ -8,12 +8,66 @@
 //! | Timeout          | DEADLINE_EXCEEDED   | outcome unknown: query later       |
 //! | BadResponse      | UNAUTHENTICATED     | answer not trusted: query later    |
 //! | Internal         | INTERNAL            | a bug                              |
+//!
+//! Every call must carry payd's token ([`RequirePaydToken`]); the health service stays open.
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
 use crate::pb::channel_adapter_server::ChannelAdapter;
+use crate::settings::Secret;
 use crate::{Adapter, ChannelError, Metrics, pb};
+
+/// Compares secrets without an early exit on the first differing byte, so response timing does
+/// not reveal how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Admits a `ChannelAdapter` call only with `authorization: Bearer <ADAPTER_GRPC_TOKEN>`:
+/// anyone else reaching the port could refund or close trades with the merchant's key. Refusals
+/// are `UNAUTHENTICATED`, counted in `adapter_grpc_auth_failures_total` by reason.
+#[derive(Clone)]
+pub struct RequirePaydToken {
+    expected: Arc<Secret>,
+    metrics: Metrics,
+}
+
+impl RequirePaydToken {
+    pub fn new(expected: Secret, metrics: Metrics) -> Self {
+        Self {
+            expected: Arc::new(expected),
+            metrics,
+        }
+    }
+
+    fn refuse(&self, reason: &str, message: &'static str) -> Status {
+        self.metrics
+            .grpc_auth_failures
+            .with_label_values(&[self.metrics.channel(), reason])
+            .inc();
+        tracing::warn!(reason, "ChannelAdapter call refused");
+        Status::unauthenticated(message)
+    }
+}
+
+impl tonic::service::Interceptor for RequirePaydToken {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(value) = req.metadata().get("authorization") else {
+            return Err(self.refuse(
+                "missing",
+                "payd's token is required (authorization: Bearer …)",
+            ));
+        };
+        let Some(presented) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+            return Err(self.refuse("malformed", "authorization must be Bearer <token>"));
+        };
+        if !constant_time_eq(presented.as_bytes(), self.expected.expose().as_bytes()) {
+            return Err(self.refuse("wrong", "wrong token for this adapter"));
+        }
+        Ok(req)
+    }
+}
 
 impl From<ChannelError> for Status {
     fn from(e: ChannelError) -> Self {
@@ -138,5 +192,61 @@ impl<A: Adapter> ChannelAdapter for AdapterService<A> {
             .await
             .map(|lines| pb::FetchStatementResponse { lines });
         self.count("fetch_statement", r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use tonic::service::Interceptor;
+
+    use super::*;
+
+    fn call(auth: Option<&str>) -> (Result<Request<()>, Status>, Metrics) {
+        let metrics = Metrics::new(pb::Channel::Alipay).unwrap();
+        let mut i = RequirePaydToken::new(Secret::new("0123456789abcdef-payd"), metrics.clone());
+        let mut req = Request::new(());
+        if let Some(a) = auth {
+            req.metadata_mut()
+                .insert("authorization", a.parse().unwrap());
+        }
+        (i.call(req), metrics)
+    }
+
+    fn refused(auth: Option<&str>) -> (String, String) {
+        let (r, metrics) = call(auth);
+        let s = r.err().unwrap();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        (s.message().to_owned(), metrics.render())
+    }
+
+    #[test]
+    fn payds_token_is_admitted() {
+        assert!(call(Some("Bearer 0123456789abcdef-payd")).0.is_ok());
+    }
+
+    #[test]
+    fn a_missing_token_is_refused_as_missing() {
+        let (message, metrics) = refused(None);
+        assert!(message.contains("required"), "{message}");
+        assert!(metrics.contains(r#"reason="missing"} 1"#), "{metrics}");
+    }
+
+    #[test]
+    fn a_wrong_or_truncated_token_is_refused_as_wrong() {
+        for t in [
+            "Bearer 0123456789abcdef-payX",
+            "Bearer 0123456789abcdef-pay",
+        ] {
+            let (message, metrics) = refused(Some(t));
+            assert!(message.contains("wrong token"), "{message}");
+            assert!(metrics.contains(r#"reason="wrong"} 1"#), "{metrics}");
+        }
+    }
+
+    #[test]
+    fn a_token_without_the_bearer_scheme_is_refused_as_malformed() {
+        let (_, metrics) = refused(Some("0123456789abcdef-payd"));
+        assert!(metrics.contains(r#"reason="malformed"} 1"#), "{metrics}");
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! # Layout
 //! - [`Adapter`]: the trait an adapter implements (platform calls + callback verification).
-//! - [`grpc`]: serves `channel.v1.ChannelAdapter` over any [`Adapter`], mapping [`ChannelError`]
-//!   to gRPC statuses.
+//! - [`grpc`]: serves `channel.v1.ChannelAdapter` over any [`Adapter`] to payd only (bearer
+//!   token), mapping [`ChannelError`] to gRPC statuses.
 //! - [`callbacks`]: the HTTP listener for the platform's signed callbacks. A callback is verified,
 //!   forwarded to the core's `ChannelEvents`, and acknowledged to the platform **only after** the
 //!   core has durably recorded it; otherwise the platform is told to retry.
@@ -223,12 +223,14 @@ impl Listeners {
         };
 
         let forwarder = callbacks::Forwarder::new(&settings, channel)?;
-        let cb_router = callbacks::router(adapter.clone(), forwarder, metrics.clone());
-        let cb = tokio::spawn(
-            axum::serve(self.callbacks.tap_io(nodelay), cb_router)
-                .with_graceful_shutdown(stopped(stop_rx.clone()))
-                .into_future(),
-        );
+        let cb_router = callbacks::router(adapter.clone(), forwarder, metrics.clone(), &settings);
+        let cb = tokio::spawn(callbacks::serve(
+            self.callbacks,
+            cb_router,
+            settings.callback_header_timeout,
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        ));
         let m = metrics.clone();
         let metrics_router = axum::Router::new()
             .route(
@@ -248,9 +250,13 @@ impl Listeners {
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health)
-                .add_service(pb::channel_adapter_server::ChannelAdapterServer::new(
-                    grpc::AdapterService::new(adapter, metrics),
-                ))
+                // Health stays open for probes; ChannelAdapter only admits payd's token.
+                .add_service(
+                    pb::channel_adapter_server::ChannelAdapterServer::with_interceptor(
+                        grpc::AdapterService::new(adapter, metrics.clone()),
+                        grpc::RequirePaydToken::new(settings.grpc_token.clone(), metrics),
+                    ),
+                )
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                     stopped(stop_rx.clone()),

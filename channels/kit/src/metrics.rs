@@ -7,8 +7,15 @@ use crate::pb;
 pub struct Metrics {
     registry: Registry,
     channel: &'static str,
-    /// Callbacks by outcome: accepted (forwarded and acknowledged), rejected, forward_failed.
+    /// Callbacks by outcome: accepted (forwarded and acknowledged), duplicate, rejected,
+    /// forward_failed, shed (over `ADAPTER_CALLBACK_MAX_IN_FLIGHT`), body_timeout.
     pub callbacks: IntCounterVec,
+    /// Callback deadlines that ran out, by phase: header (connection closed), body, forward
+    /// (the core did not acknowledge within the forward budget).
+    pub callback_timeouts: IntCounterVec,
+    /// `channel.v1.ChannelAdapter` calls refused for their credential, by reason (missing,
+    /// malformed, wrong).
+    pub grpc_auth_failures: IntCounterVec,
     /// Refused callbacks by reason (bad_signature, unknown_key, stale_timestamp, …).
     pub callback_rejections: IntCounterVec,
     /// Calls to the platform by operation and outcome.
@@ -34,6 +41,16 @@ impl Metrics {
             callback_rejections: reg(
                 "adapter_callback_rejections_total",
                 "Platform callbacks refused before forwarding, by reason.",
+                &["channel", "reason"],
+            )?,
+            callback_timeouts: reg(
+                "adapter_callback_timeouts_total",
+                "Callback deadlines that ran out, by phase (header, body, forward).",
+                &["channel", "phase"],
+            )?,
+            grpc_auth_failures: reg(
+                "adapter_grpc_auth_failures_total",
+                "ChannelAdapter calls refused as UNAUTHENTICATED, by reason (missing, malformed, wrong).",
                 &["channel", "reason"],
             )?,
             platform_requests: reg(

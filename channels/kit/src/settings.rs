@@ -62,6 +62,16 @@ pub fn secret(key: &str) -> Result<Secret, SettingError> {
     }
 }
 
+/// A bearer token: a [`secret`] of at least 16 printable ASCII characters (it travels in an
+/// HTTP/2 header).
+pub fn token(key: &str) -> Result<Secret, SettingError> {
+    let t = secret(key)?;
+    if t.0.len() < 16 || !t.0.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(key, "must be at least 16 printable ASCII characters"));
+    }
+    Ok(t)
+}
+
 pub fn parse_addr(key: &str, default: &str) -> Result<SocketAddr, SettingError> {
     var_or(key, default)
         .parse()
@@ -75,6 +85,18 @@ pub fn parse_ms(key: &str, default: u64) -> Result<Duration, SettingError> {
             .map(Duration::from_millis)
             .map_err(|e| bad(key, format!("not milliseconds: {e}"))),
         Err(_) => Ok(Duration::from_millis(default)),
+    }
+}
+
+/// A positive count, with a default.
+pub fn parse_count(key: &str, default: usize) -> Result<usize, SettingError> {
+    match std::env::var(key) {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(0) => Err(bad(key, "must be at least 1")),
+            Ok(n) => Ok(n),
+            Err(e) => Err(bad(key, format!("not a count: {e}"))),
+        },
+        Err(_) => Ok(default),
     }
 }
 
@@ -92,9 +114,21 @@ pub struct KitSettings {
     /// `ADAPTER_CORE_TOKEN` (or `_FILE`): this adapter's secret for payd's `ChannelEvents`;
     /// payd maps it to the one channel this adapter may report for.
     pub core_token: Secret,
+    /// `ADAPTER_GRPC_TOKEN` (or `_FILE`): payd's credential for this adapter's
+    /// `channel.v1.ChannelAdapter` (`authorization: Bearer …`); every other caller is refused.
+    pub grpc_token: Secret,
     /// `ADAPTER_FORWARD_BUDGET_MS`: how long a callback may spend getting the core's ack before
     /// the platform is told to retry (WeChat wants an answer within 5 s).
     pub forward_budget: Duration,
+    /// `ADAPTER_CALLBACK_HEADER_TIMEOUT_MS`: a callback connection that has not sent a complete
+    /// request header within this is closed (slowloris).
+    pub callback_header_timeout: Duration,
+    /// `ADAPTER_CALLBACK_BODY_TIMEOUT_MS`: time to receive a callback's body once its header is
+    /// in; slower bodies get the platform's failure reply.
+    pub callback_body_timeout: Duration,
+    /// `ADAPTER_CALLBACK_MAX_IN_FLIGHT`: callbacks handled at once; more are shed at once with
+    /// the platform's failure reply (the platform retries) instead of queueing.
+    pub callback_max_in_flight: usize,
     /// `ADAPTER_PLATFORM_TIMEOUT_MS`: per-request timeout towards the platform.
     pub platform_timeout: Duration,
     /// `ADAPTER_SHUTDOWN_GRACE_MS`.
@@ -120,7 +154,11 @@ impl KitSettings {
             )?,
             core_endpoint: var_or("ADAPTER_CORE_ENDPOINT", "http://127.0.0.1:50051"),
             core_token: secret("ADAPTER_CORE_TOKEN")?,
+            grpc_token: token("ADAPTER_GRPC_TOKEN")?,
             forward_budget: parse_ms("ADAPTER_FORWARD_BUDGET_MS", 3_000)?,
+            callback_header_timeout: parse_ms("ADAPTER_CALLBACK_HEADER_TIMEOUT_MS", 5_000)?,
+            callback_body_timeout: parse_ms("ADAPTER_CALLBACK_BODY_TIMEOUT_MS", 5_000)?,
+            callback_max_in_flight: parse_count("ADAPTER_CALLBACK_MAX_IN_FLIGHT", 256)?,
             platform_timeout: parse_ms("ADAPTER_PLATFORM_TIMEOUT_MS", 10_000)?,
             shutdown_grace: parse_ms("ADAPTER_SHUTDOWN_GRACE_MS", 10_000)?,
         })

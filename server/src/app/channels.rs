@@ -1,16 +1,46 @@
-//! Clients of the adapter processes, one per enabled channel.
+//! Clients of the adapter processes, one per enabled channel, each presenting payd's token for
+//! that adapter on every call.
 use std::collections::HashMap;
 use std::time::Duration;
 
 use payproto::channel::v1::channel_adapter_client::ChannelAdapterClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
 
 use super::ServiceError;
+use crate::config::AdapterEndpoint;
 use crate::domain::Channel;
+
+/// A `channel.v1.ChannelAdapter` client that sends `authorization: Bearer <token>`.
+pub type AdapterClient = ChannelAdapterClient<InterceptedService<GrpcChannel, BearerToken>>;
+
+/// Adds payd's credential for one adapter to every request.
+#[derive(Clone)]
+pub struct BearerToken(MetadataValue<Ascii>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert("authorization", self.0.clone());
+        Ok(req)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelClientsError {
+    #[error("{channel} endpoint: {source}")]
+    Endpoint {
+        channel: Channel,
+        source: tonic::transport::Error,
+    },
+    #[error("{channel} token is not a valid header value")]
+    Token { channel: Channel },
+}
 
 #[derive(Clone, Default)]
 pub struct ChannelClients {
-    clients: HashMap<Channel, ChannelAdapterClient<GrpcChannel>>,
+    clients: HashMap<Channel, AdapterClient>,
 }
 
 impl ChannelClients {
@@ -18,24 +48,31 @@ impl ChannelClients {
     /// with UNAVAILABLE until it is back.
     ///
     /// # Errors
-    /// When an endpoint is not a valid URI.
+    /// When an endpoint is not a valid URI or a token not a valid header value.
     pub fn new(
-        endpoints: &[(Channel, Option<String>)],
+        adapters: &[AdapterEndpoint],
         timeout: Duration,
-    ) -> Result<Self, tonic::transport::Error> {
+    ) -> Result<Self, ChannelClientsError> {
         let mut clients = HashMap::new();
-        for (channel, endpoint) in endpoints {
-            if let Some(url) = endpoint {
-                let ep = Endpoint::from_shared(url.clone())?
-                    .connect_timeout(Duration::from_secs(2))
-                    .timeout(timeout);
-                clients.insert(*channel, ChannelAdapterClient::new(ep.connect_lazy()));
-            }
+        for a in adapters {
+            let channel = a.channel;
+            let ep = Endpoint::from_shared(a.url.clone())
+                .map_err(|source| ChannelClientsError::Endpoint { channel, source })?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(timeout);
+            let mut auth: MetadataValue<Ascii> = format!("Bearer {}", a.token.expose())
+                .parse()
+                .map_err(|_| ChannelClientsError::Token { channel })?;
+            auth.set_sensitive(true);
+            clients.insert(
+                channel,
+                ChannelAdapterClient::with_interceptor(ep.connect_lazy(), BearerToken(auth)),
+            );
         }
         Ok(Self { clients })
     }
 
-    pub fn get(&self, channel: Channel) -> Result<ChannelAdapterClient<GrpcChannel>, ServiceError> {
+    pub fn get(&self, channel: Channel) -> Result<AdapterClient, ServiceError> {
         self.clients
             .get(&channel)
             .cloned()

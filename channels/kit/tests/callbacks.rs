@@ -1,0 +1,289 @@
+//! The callback listener over real TCP, with a tiny test adapter (the kit has no platform of its
+//! own) and a "core" that accepts connections and never answers: the forward budget is a total,
+//! a stalled header is cut off, and callbacks beyond the in-flight limit are shed at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use channel_kit::settings::Secret;
+use channel_kit::{
+    Adapter, Callback, ChannelError, KitSettings, Listeners, Notification, RejectReason, Rejection,
+    Reply, pb,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Verifies nothing: a body `pay:<event id>` is a successful payment of that id.
+#[derive(Default)]
+struct TestAdapter {
+    verified: AtomicUsize,
+}
+
+#[tonic::async_trait]
+impl Adapter for TestAdapter {
+    fn channel(&self) -> pb::Channel {
+        pb::Channel::Wechat
+    }
+    async fn prepay(&self, _: pb::PrepayRequest) -> Result<pb::PrepayResponse, ChannelError> {
+        Err(ChannelError::InvalidArgument("test adapter".into()))
+    }
+    async fn query_payment(
+        &self,
+        _: pb::QueryPaymentRequest,
+    ) -> Result<pb::PaymentResult, ChannelError> {
+        Err(ChannelError::InvalidArgument("test adapter".into()))
+    }
+    async fn close_payment(
+        &self,
+        _: pb::ClosePaymentRequest,
+    ) -> Result<pb::PaymentResult, ChannelError> {
+        Err(ChannelError::InvalidArgument("test adapter".into()))
+    }
+    async fn refund(&self, _: pb::RefundRequest) -> Result<pb::RefundResult, ChannelError> {
+        Err(ChannelError::InvalidArgument("test adapter".into()))
+    }
+    async fn query_refund(
+        &self,
+        _: pb::QueryRefundRequest,
+    ) -> Result<pb::RefundResult, ChannelError> {
+        Err(ChannelError::InvalidArgument("test adapter".into()))
+    }
+    async fn fetch_statement(
+        &self,
+        _: pb::FetchStatementRequest,
+    ) -> Result<Vec<pb::StatementLine>, ChannelError> {
+        Ok(Vec::new())
+    }
+    fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
+        let body = std::str::from_utf8(&cb.body)
+            .map_err(|_| Rejection::new(RejectReason::Malformed, "not utf-8"))?;
+        let id = body
+            .strip_prefix("pay:")
+            .ok_or_else(|| Rejection::new(RejectReason::Malformed, "not pay:<id>"))?;
+        self.verified.fetch_add(1, Ordering::SeqCst);
+        Ok(Notification::Payment {
+            event_id: id.to_owned(),
+            result: pb::PaymentResult {
+                out_trade_no: id.to_owned(),
+                state: pb::TradeState::Succeeded as i32,
+                ..Default::default()
+            },
+        })
+    }
+    fn ack(&self) -> Reply {
+        Reply {
+            status: 200,
+            content_type: "text/plain",
+            body: "SUCCESS".into(),
+        }
+    }
+    fn nack(&self, why: &str) -> Reply {
+        Reply {
+            status: 500,
+            content_type: "text/plain",
+            body: format!("FAIL: {why}"),
+        }
+    }
+}
+
+/// A core that accepts TCP connections and never says a word; it hangs up on each connection
+/// after `hold` (so the forwarder sees a transient failure and retries).
+async fn black_hole(hold: Duration) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                drop(s);
+            });
+        }
+    });
+    addr
+}
+
+const FOREVER: Duration = Duration::from_secs(3600);
+
+fn settings(core: SocketAddr) -> KitSettings {
+    let any = "127.0.0.1:0".parse().unwrap();
+    KitSettings {
+        grpc_listen: any,
+        callback_listen: any,
+        metrics_listen: any,
+        core_endpoint: format!("http://{core}"),
+        core_token: Secret::new("test-core-token-0123456789"),
+        grpc_token: Secret::new("test-grpc-token-0123456789"),
+        forward_budget: Duration::from_millis(1_500),
+        callback_header_timeout: Duration::from_millis(500),
+        callback_body_timeout: Duration::from_millis(500),
+        callback_max_in_flight: 64,
+        platform_timeout: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(1),
+    }
+}
+
+struct Running {
+    callbacks: SocketAddr,
+    metrics: SocketAddr,
+    adapter: Arc<TestAdapter>,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn start(s: KitSettings) -> Running {
+    let listeners = Listeners::bind(&s).await.unwrap();
+    let callbacks = listeners.callbacks.local_addr().unwrap();
+    let metrics = listeners.metrics.local_addr().unwrap();
+    let adapter = Arc::new(TestAdapter::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(listeners.run(adapter.clone(), s, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        callbacks,
+        metrics,
+        adapter,
+        _stop: stop,
+    }
+}
+
+async fn post_callback(addr: SocketAddr, body: impl Into<String>) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/notify/payment"))
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_core_that_never_answers_gets_the_failure_reply_within_the_forward_budget() {
+    // Each connection dies after two thirds of the budget: one attempt must not get a fresh
+    // full budget after the first failed.
+    let s = settings(black_hole(Duration::from_millis(1_000)).await);
+    let budget = s.forward_budget;
+    let app = start(s).await;
+
+    let t = Instant::now();
+    let (status, body) =
+        tokio::time::timeout(budget * 3, post_callback(app.callbacks, "pay:P0001"))
+            .await
+            .expect("the listener answers at all");
+    let took = t.elapsed();
+
+    assert_eq!(status, 500, "{body}");
+    assert!(body.starts_with("FAIL"), "{body}");
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callbacks_total{channel="wechat",outcome="forward_failed"} 1"#),
+        "{m}"
+    );
+    assert!(
+        took < budget + Duration::from_millis(300),
+        "answered after {took:?}, budget {budget:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_header_is_disconnected_after_the_header_timeout() {
+    let s = settings(black_hole(FOREVER).await);
+    let header_timeout = s.callback_header_timeout;
+    let app = start(s).await;
+
+    let mut c = tokio::net::TcpStream::connect(app.callbacks).await.unwrap();
+    c.write_all(b"POST /notify/payment HTTP/1.1\r\nHost: adapter\r\nContent-Le")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut rest)).await;
+    let took = t.elapsed();
+
+    assert!(closed.is_ok(), "still connected after {took:?}");
+    assert!(
+        took >= header_timeout - Duration::from_millis(100)
+            && took < header_timeout + Duration::from_millis(700),
+        "disconnected after {took:?}, header timeout {header_timeout:?}"
+    );
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callback_timeouts_total{channel="wechat",phase="header"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_never_finishes_gets_the_failure_reply_after_the_body_timeout() {
+    let s = settings(black_hole(FOREVER).await);
+    let body_timeout = s.callback_body_timeout;
+    let app = start(s).await;
+
+    let mut c = tokio::net::TcpStream::connect(app.callbacks).await.unwrap();
+    c.write_all(
+        b"POST /notify/payment HTTP/1.1\r\nHost: adapter\r\nContent-Length: 100\r\n\r\npay:",
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let took = t.elapsed();
+
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    assert!(answer.contains("FAIL"), "{answer}");
+    assert!(took < body_timeout + Duration::from_millis(500), "{took:?}");
+    assert_eq!(app.adapter.verified.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn beyond_the_in_flight_limit_a_callback_is_shed_at_once() {
+    let mut s = settings(black_hole(FOREVER).await);
+    s.callback_max_in_flight = 2;
+    s.forward_budget = Duration::from_secs(5);
+    let app = start(s).await;
+
+    // Two callbacks stuck forwarding to a core that never answers.
+    let stuck: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(post_callback(app.callbacks, format!("pay:P{i}"))))
+        .collect::<Vec<_>>();
+    let wait = Instant::now();
+    while app.adapter.verified.load(Ordering::SeqCst) < 2 {
+        assert!(
+            wait.elapsed() < Duration::from_secs(5),
+            "callbacks not in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let t = Instant::now();
+    let (status, body) = post_callback(app.callbacks, "pay:P2").await;
+    let took = t.elapsed();
+
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("FAIL"), "{body}");
+    assert!(took < Duration::from_millis(300), "shed after {took:?}");
+    assert_eq!(app.adapter.verified.load(Ordering::SeqCst), 2);
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callbacks_total{channel="wechat",outcome="shed"} 1"#),
+        "{m}"
+    );
+    for h in stuck {
+        h.abort();
+    }
+}
+
+async fn metrics_text(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
