@@ -764,6 +764,7 @@ impl UnionpayMerchant {
             ("txnType", "00"),
             ("txnSubType", "00"),
             ("bizType", "000000"),
+            ("channelType", "07"),
             ("orderId", order_id),
             ("txnTime", txn_time),
         ]);
@@ -830,4 +831,98 @@ async fn unionpay_consume_query_notify_and_refund() {
     forged.insert("txnAmt".into(), "2".into());
     let refused = m.post("/gateway/api/backTransReq.do", &forged).await;
     assert_eq!(refused["respCode"], "11");
+}
+
+/// `issuer` signed `cert` (sha256WithRSA) and names it as its issuer.
+fn issued_by(cert: &x509_cert::Certificate, issuer: &x509_cert::Certificate) -> bool {
+    use rsa::pkcs1v15::{Signature, VerifyingKey};
+    use rsa::pkcs8::DecodePublicKey as _;
+    use rsa::signature::Verifier as _;
+    use x509_cert::der::Encode as _;
+    let spki = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .unwrap();
+    let key = rsa::RsaPublicKey::from_public_key_der(&spki).unwrap();
+    let signature = Signature::try_from(cert.signature.raw_bytes()).unwrap();
+    cert.tbs_certificate.issuer == issuer.tbs_certificate.subject
+        && VerifyingKey::<sha2::Sha256>::new(key)
+            .verify(&cert.tbs_certificate.to_der().unwrap(), &signature)
+            .is_ok()
+}
+
+#[tokio::test]
+async fn unionpay_signs_with_a_certificate_issued_by_its_middle_and_root() {
+    use x509_cert::der::DecodePem as _;
+    let m = UnionpayMerchant::start().await;
+    let answer = m.query("UP00000404", "20240101120000").await;
+    let pem = |text: &str| x509_cert::Certificate::from_pem(text.as_bytes()).unwrap();
+    let leaf = pem(&answer["signPubKeyCert"]);
+    let middle = pem(&read("unionpay", "middle_cert.pem"));
+    let root = pem(&read("unionpay", "root_cert.pem"));
+    assert!(
+        issued_by(&leaf, &middle),
+        "signPubKeyCert is issued by the middle"
+    );
+    assert!(
+        issued_by(&middle, &root),
+        "the middle is issued by the root"
+    );
+    assert!(issued_by(&root, &root), "the root is self-signed");
+    assert!(
+        !issued_by(&leaf, &root),
+        "the root does not sign answers' certificates"
+    );
+}
+
+#[tokio::test]
+async fn unionpay_answers_and_notifies_carry_signed_empty_fields() {
+    let m = UnionpayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "ok").await;
+    let created = m.consume("UP00000077", "100", &url).await;
+    // No reqReserved was sent: the answer still carries it, empty, and signed.
+    assert_eq!(created["reqReserved"], "");
+    assert!(unionpay::platform_signing_string(&created).contains("&reqReserved=&"));
+    // A merchant that drops blanks before verifying refuses the genuine answer.
+    let mut without = created.clone();
+    without.retain(|_, v| !v.is_empty());
+    assert!(unionpay::verify_platform_message(&without, None).is_err());
+    pay(&m.base, "UP00000077").await;
+    let seen = receiver.wait_for(1).await;
+    let notify = form::decode(&String::from_utf8_lossy(&seen[0].body)).unwrap();
+    assert_eq!(notify["reqReserved"], "");
+    unionpay::verify_platform_message(&notify, None).unwrap();
+}
+
+#[tokio::test]
+async fn unionpay_query_needs_channel_type_and_order_ids_are_8_to_40_alphanumerics() {
+    let m = UnionpayMerchant::start().await;
+    let no_channel_type = m.sign(&[
+        ("txnType", "00"),
+        ("txnSubType", "00"),
+        ("bizType", "000000"),
+        ("orderId", "UP00000001"),
+        ("txnTime", "20240101120000"),
+    ]);
+    let answer = m.post("/gateway/api/queryTrans.do", &no_channel_type).await;
+    assert_eq!(answer["respCode"], "13");
+    let (url, _receiver) = start_receiver(vec![200], "ok").await;
+    let forty = "A1".repeat(20);
+    assert_eq!(m.consume(&forty, "100", &url).await["respCode"], "00");
+    for bad in [
+        "UP00001".to_owned(),
+        "A".repeat(41),
+        "UP_0000001".to_owned(),
+    ] {
+        assert_eq!(
+            m.consume(&bad, "100", &url).await["respCode"],
+            "10",
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        m.query(&"A".repeat(41), "20240101120000").await["respCode"],
+        "10"
+    );
 }

@@ -227,6 +227,7 @@ impl UnionpayAdapter {
             mer_id: self.mer_id.clone(),
             order_id: order_id.to_owned(),
             txn_time,
+            channel_type: self.channel_type,
         }
         .to_fields()
         .map_err(wire_error)?;

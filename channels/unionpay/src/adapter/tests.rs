@@ -51,6 +51,7 @@ fn adapter_at(now: fn() -> DateTime<Utc>) -> UnionpayAdapter {
         sign_cert_id: "69903319369".into(),
         platform_cert: Some(certificate("good").0),
         middle_cert: None,
+        root_cert: None,
         accept_test_cn: false,
         back_url: "http://127.0.0.1:8083/notify/payment".into(),
         refund_back_url: "http://127.0.0.1:8083/notify/refund".into(),
@@ -303,4 +304,26 @@ async fn front_prepay_returns_the_signed_form_and_its_action() {
         a.prepay(wrong).await,
         Err(ChannelError::InvalidArgument(_))
     ));
+}
+
+#[tokio::test]
+async fn order_numbers_outside_8_to_40_alphanumerics_are_invalid_arguments() {
+    let adapter = adapter();
+    for bad in ["SHORT1", "ORDER_00000001", &"A".repeat(41)] {
+        let req = pb::PrepayRequest {
+            out_trade_no: bad.to_owned(),
+            method: pb::PayMethod::UnionpayFront as i32,
+            amount: Some(pb::Amount {
+                amount_minor: 100,
+                currency: "CNY".into(),
+            }),
+            subject: "tea".into(),
+            created_at: Some(timestamp(in_2026())),
+            ..Default::default()
+        };
+        match adapter.prepay(req).await {
+            Err(ChannelError::InvalidArgument(why)) => assert!(why.contains("orderId"), "{why}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
 }
