@@ -474,7 +474,7 @@ impl Adapter for AlipayAdapter {
             .map_err(|e| ChannelError::BadResponse(format!("trade bill of {day}: {e}")))
     }
 
-    fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
+    async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
         let malformed = |e: String| Rejection::new(RejectReason::Malformed, e);
         let body = std::str::from_utf8(&cb.body).map_err(|e| malformed(e.to_string()))?;
         let params = wire::parse_form(body).map_err(|e| malformed(e.to_string()))?;

@@ -497,7 +497,7 @@ impl Adapter for UnionpayAdapter {
 
     /// Back (and front) notifications: form bodies signed like answers. `respCode` 00/A6 is a
     /// success; anything else is UNKNOWN so that the core asks with a query.
-    fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
+    async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
         let fields = self.verified_fields(cb)?;
         let malformed = |e: String| Rejection::new(RejectReason::Malformed, e);
         let r = TransactionResult::from_fields(&fields).map_err(|e| malformed(e.to_string()))?;

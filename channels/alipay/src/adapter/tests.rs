@@ -102,10 +102,11 @@ fn reason(result: Result<Notification, Rejection>) -> RejectReason {
     result.unwrap_err().reason
 }
 
-#[test]
-fn a_signed_payment_notification_is_accepted_with_its_notify_id_and_amount_in_fen() {
+#[tokio::test]
+async fn a_signed_payment_notification_is_accepted_with_its_notify_id_and_amount_in_fen() {
     let cb = callback(params(APP_ID), &keys().alipay);
-    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).unwrap() else {
+    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).await.unwrap()
+    else {
         panic!("expected a payment");
     };
     assert_eq!(event_id, "2024010101222162644199160501632046");
@@ -115,8 +116,8 @@ fn a_signed_payment_notification_is_accepted_with_its_notify_id_and_amount_in_fe
     assert_eq!(result.paid_at.unwrap().seconds, 1_704_081_600);
 }
 
-#[test]
-fn a_changed_amount_is_a_bad_signature() {
+#[tokio::test]
+async fn a_changed_amount_is_a_bad_signature() {
     let cb = callback(params(APP_ID), &keys().alipay);
     let body = String::from_utf8(cb.body.to_vec())
         .unwrap()
@@ -126,16 +127,16 @@ fn a_changed_amount_is_a_bad_signature() {
         ..cb
     };
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::BadSignature
     );
 }
 
-#[test]
-fn a_notification_signed_by_another_key_or_unsigned_is_a_bad_signature() {
+#[tokio::test]
+async fn a_notification_signed_by_another_key_or_unsigned_is_a_bad_signature() {
     let cb = callback(params(APP_ID), &keys().stranger);
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::BadSignature
     );
     let unsigned = Callback {
@@ -143,22 +144,22 @@ fn a_notification_signed_by_another_key_or_unsigned_is_a_bad_signature() {
         ..cb
     };
     assert_eq!(
-        reason(adapter().verify_callback(&unsigned)),
+        reason(adapter().verify_callback(&unsigned).await),
         RejectReason::BadSignature
     );
 }
 
-#[test]
-fn a_notification_for_another_app_is_refused() {
+#[tokio::test]
+async fn a_notification_for_another_app_is_refused() {
     let cb = callback(params("2021000000000002"), &keys().alipay);
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::WrongMerchant
     );
 }
 
-#[test]
-fn a_refund_notification_becomes_a_refund_result() {
+#[tokio::test]
+async fn a_refund_notification_becomes_a_refund_result() {
     let mut p = params(APP_ID);
     p.insert("out_biz_no".into(), "R20240101000001".into());
     p.insert("refund_fee".into(), "8.88".into());
@@ -168,7 +169,7 @@ fn a_refund_notification_becomes_a_refund_result() {
         out_trade_no,
         result,
         ..
-    } = adapter().verify_callback(&cb).unwrap()
+    } = adapter().verify_callback(&cb).await.unwrap()
     else {
         panic!("expected a refund");
     };
