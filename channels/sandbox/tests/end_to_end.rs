@@ -337,6 +337,9 @@ async fn wechat_bad_signature_is_refused_with_401_sign_error() {
     .await;
     assert_eq!(reply.status, 401);
     assert_eq!(json_body(&reply)["code"], "SIGN_ERROR");
+    // WeChat does not sign its answer to a request whose signature it rejected.
+    assert!(reply.header("Wechatpay-Signature").is_none());
+    assert!(reply.header("Wechatpay-Serial").is_none());
 }
 
 #[tokio::test]
@@ -925,4 +928,155 @@ async fn unionpay_query_needs_channel_type_and_order_ids_are_8_to_40_alphanumeri
         m.query(&"A".repeat(41), "20240101120000").await["respCode"],
         "10"
     );
+}
+
+impl WechatMerchant {
+    /// A signed request carrying `Wechatpay-Serial` (the key the merchant can verify); the answer
+    /// is returned unverified.
+    async fn call_asking_for(&self, method: &str, target: &str, serial: &str) -> Reply {
+        let timestamp = chrono::Utc::now().timestamp();
+        let nonce = "C5AC7061FCCAB6BF3E254DCF98995B8C";
+        let message = wechat::request_message(method, target, timestamp, nonce, b"");
+        let auth = wechat::Authorization {
+            mchid: self.mchid.clone(),
+            nonce_str: nonce.into(),
+            timestamp,
+            serial_no: self.serial.clone(),
+            signature: keys::sign_sha256_rsa(&self.key, &message).unwrap(),
+        };
+        send(OutgoingRequest {
+            method: method.into(),
+            url: format!("{}{target}", self.base),
+            headers: vec![
+                ("Authorization".into(), auth.to_header_value()),
+                ("Accept".into(), "application/json".into()),
+                ("Wechatpay-Serial".into(), serial.into()),
+            ],
+            body: Vec::new(),
+        })
+        .await
+    }
+}
+
+fn signature_headers(get: impl Fn(&str) -> String) -> wechat::SignatureHeaders {
+    wechat::SignatureHeaders {
+        timestamp: get("wechatpay-timestamp").parse().unwrap(),
+        nonce: get("wechatpay-nonce"),
+        signature: get("wechatpay-signature"),
+        serial: get("wechatpay-serial"),
+    }
+}
+
+#[tokio::test]
+async fn wechat_rotation_publishes_a_certificate_signs_with_both_keys_then_only_the_new_one() {
+    let m = WechatMerchant::start().await;
+    let public_key_id = read("wechat", "platform_serial.txt");
+    let (url, receiver) = start_receiver(vec![200], "").await;
+    m.native("WXROT0001", 100, &url).await;
+    let rotated = control(&m.base, "POST", "/sandbox/keys/rotate", Value::Null).await;
+    let serial = rotated["serial"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["active"], json!([public_key_id, serial]));
+
+    // /v3/certificates lists the new certificate, sealed with the APIv3 key; the answer is
+    // signed with the key the request asked for.
+    let reply = m
+        .call_asking_for("GET", "/v3/certificates", &public_key_id)
+        .await;
+    assert_eq!(reply.status, 200);
+    let headers = signature_headers(|n| reply.header(n).unwrap().to_owned());
+    assert_eq!(headers.serial, public_key_id);
+    wechat::verify_platform_signature(&m.platform_key, &headers, &reply.body).unwrap();
+    let listed = json_body(&reply);
+    let entry = &listed["data"][0];
+    assert_eq!(entry["serial_no"], serial.as_str());
+    let sealed = &entry["encrypt_certificate"];
+    assert_eq!(sealed["associated_data"], "certificate");
+    let pem = m
+        .apiv3
+        .open(
+            sealed["nonce"].as_str().unwrap(),
+            "certificate",
+            sealed["ciphertext"].as_str().unwrap(),
+        )
+        .unwrap();
+    let cert = keys::CertificateInfo::from_pem(&String::from_utf8(pem).unwrap()).unwrap();
+    assert_eq!(cert.serial_hex(), serial);
+    let verify_with = |headers: &wechat::SignatureHeaders, body: &[u8]| {
+        let key = if headers.serial == public_key_id {
+            &m.platform_key
+        } else {
+            assert_eq!(headers.serial, serial);
+            cert.public_key()
+        };
+        wechat::verify_platform_signature(key, headers, body).unwrap();
+    };
+
+    // Both keys sign callbacks, at random, while both are active.
+    for _ in 0..24 {
+        control(
+            &m.base,
+            "POST",
+            "/sandbox/trades/WXROT0001/notify",
+            json!({"tamper": "none"}),
+        )
+        .await;
+    }
+    let seen = receiver.wait_for(24).await;
+    let serials: std::collections::BTreeSet<String> = seen
+        .iter()
+        .map(|r| {
+            let h = signature_headers(|n| r.headers[n].to_str().unwrap().to_owned());
+            verify_with(&h, &r.body);
+            h.serial
+        })
+        .collect();
+    assert_eq!(serials.len(), 2, "both keys in use: {serials:?}");
+
+    // After retirement only the new certificate signs, answers included.
+    let retired = control(&m.base, "POST", "/sandbox/keys/retire", Value::Null).await;
+    assert_eq!(retired["active"], json!([serial]));
+    for _ in 0..6 {
+        control(
+            &m.base,
+            "POST",
+            "/sandbox/trades/WXROT0001/notify",
+            json!({"tamper": "none"}),
+        )
+        .await;
+    }
+    let seen = receiver.wait_for(30).await;
+    for r in &seen[24..] {
+        let h = signature_headers(|n| r.headers[n].to_str().unwrap().to_owned());
+        assert_eq!(h.serial, serial);
+        verify_with(&h, &r.body);
+    }
+    let target = format!(
+        "/v3/pay/transactions/out-trade-no/WXROT0001?mchid={}",
+        m.mchid
+    );
+    let answer = m.call_asking_for("GET", &target, &public_key_id).await;
+    let h = signature_headers(|n| answer.header(n).unwrap().to_owned());
+    assert_eq!(h.serial, serial, "a retired key no longer signs answers");
+    verify_with(&h, &answer.body);
+}
+
+#[tokio::test]
+async fn wechat_out_trade_no_must_be_6_to_32_of_its_characters() {
+    let m = WechatMerchant::start().await;
+    assert_eq!(
+        m.native("WX|*_-01", 100, "http://127.0.0.1:9/n")
+            .await
+            .status,
+        200
+    );
+    for bad in [
+        "WX001".to_owned(),
+        "W".repeat(33),
+        "WX 00001".to_owned(),
+        "WX@00001".to_owned(),
+    ] {
+        let reply = m.native(&bad, 100, "http://127.0.0.1:9/n").await;
+        assert_eq!(reply.status, 400, "{bad}");
+        assert_eq!(json_body(&reply)["code"], "PARAM_ERROR", "{bad}");
+    }
 }
