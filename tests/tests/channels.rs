@@ -524,3 +524,79 @@ async fn an_open_unionpay_trade_which_cannot_be_closed_blocks_a_switch_instead_o
     )
     .await;
 }
+
+/// Pays one order through `ch` and waits until it is PAID.
+async fn pay_one(p: &Platform, c: &mut PaymentServiceClient<Channel>, ch: Ch, no: &str) {
+    let order = create(c, no, 100).await;
+    let paying = pay(c, &order, ch).await.expect("pay");
+    let out_trade_no = paying.attempt.as_ref().unwrap().out_trade_no.clone();
+    let (status, body) = p
+        .sandbox_post(
+            ch,
+            &format!("/sandbox/trades/{out_trade_no}/pay"),
+            json!({"outcome": "success"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_status(
+        c,
+        &order.order_id,
+        pb::OrderStatus::Paid,
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+/// WeChat rotates its platform key in the middle of a run of 100 payments: public key only, then
+/// the public key and a new platform certificate at random, then the certificate only. The adapter
+/// (never restarted) learns the certificate from /v3/certificates when it first sees its serial,
+/// and every callback is accepted at its first delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechat_platform_key_rotation_during_100_payments_loses_no_callback() {
+    let p = Platform::start_channels(&[Ch::Wechat], 0.01);
+    let mut c = client(&p).await;
+    let adapter_pid = p.adapters[&Ch::Wechat].child.id();
+    for i in 0..30 {
+        pay_one(&p, &mut c, Ch::Wechat, &format!("ROT-{i:04}")).await;
+    }
+    let (status, rotated) = p
+        .sandbox_post(Ch::Wechat, "/sandbox/keys/rotate", json!({}))
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_serial = rotated["serial"].as_str().unwrap().to_owned();
+    for i in 30..70 {
+        pay_one(&p, &mut c, Ch::Wechat, &format!("ROT-{i:04}")).await;
+    }
+    let (status, retired) = p
+        .sandbox_post(Ch::Wechat, "/sandbox/keys/retire", json!({}))
+        .await;
+    assert_eq!(status, 200, "{retired}");
+    assert_eq!(retired["active"], json!([new_serial]));
+    for i in 70..100 {
+        pay_one(&p, &mut c, Ch::Wechat, &format!("ROT-{i:04}")).await;
+    }
+
+    assert_eq!(
+        p.adapters[&Ch::Wechat].child.id(),
+        adapter_pid,
+        "no restart"
+    );
+    let log = p.sandbox_get(Ch::Wechat, "/sandbox/callbacks").await;
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 100, "one delivery per payment, no retry");
+    assert!(
+        log.iter()
+            .all(|e| e["delivered"] == json!(true) && e["attempt"] == json!(1)),
+        "{log:?}"
+    );
+    let m = p.adapter_metrics(Ch::Wechat).await;
+    assert_eq!(
+        metric_sum(&m, "adapter_callback_rejections_total{"),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) AS n FROM orders WHERE status = 'PAID'"),
+        100
+    );
+}

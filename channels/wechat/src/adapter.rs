@@ -185,13 +185,10 @@ impl WechatAdapter {
     ///
     /// # Errors
     /// See [`WechatClient::refresh_certificates`].
+    /// Scheduled refreshes do not count against the unknown-serial rate limit: that limit is
+    /// there against floods of forged serials, not to delay the first sight of a new key.
     pub async fn refresh_certificates(&self) -> Result<Vec<String>, ChannelError> {
-        let slot = self.client.keys().refresh_slot(None, true).await;
-        let result = self.client.refresh_certificates().await;
-        if let Some(slot) = slot {
-            slot.done();
-        }
-        result
+        self.client.refresh_certificates().await
     }
 
     /// Refreshes the platform certificates every [`crate::platform_keys::RefreshPolicy::every`]

@@ -34,7 +34,7 @@ pub struct PlatformKeys {
     public_key_ids: Vec<String>,
     /// Downloaded certificates: serial → end of validity (Unix seconds).
     certificates: RwLock<HashMap<String, i64>>,
-    /// Last refresh attempt; the mutex also serializes refreshes.
+    /// Last refresh caused by an unknown serial; the mutex also serializes those refreshes.
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
     policy: RefreshPolicy,
 }
@@ -128,9 +128,10 @@ impl PlatformKeys {
             .map(|(serial, _)| serial.clone())
     }
 
-    /// Takes the refresh slot: `Some(guard)` when a refresh for `serial` should run now (it is still
-    /// unknown and the last attempt is older than the minimum interval, or `force`), `None`
-    /// otherwise. Holding the guard serializes refreshes; [`RefreshSlot::done`] records the attempt.
+    /// Takes the unknown-serial refresh slot: `Some(guard)` when a refresh for `serial` should run
+    /// now (it is still unknown and the last unknown-serial refresh is older than the minimum
+    /// interval, or `force`), `None` otherwise. Holding the guard serializes these refreshes;
+    /// [`RefreshSlot::done`] records the attempt.
     pub async fn refresh_slot(&self, serial: Option<&str>, force: bool) -> Option<RefreshSlot<'_>> {
         if !self.policy.download {
             return None;
