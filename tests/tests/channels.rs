@@ -600,3 +600,64 @@ async fn wechat_platform_key_rotation_during_100_payments_loses_no_callback() {
         100
     );
 }
+
+/// Alipay creates a precreate's trade only when the payer scans the QR code: until then the
+/// sandbox (like Alipay) answers ACQ.TRADE_NOT_EXIST, which the adapter reports as NOT_FOUND, for
+/// as long as nobody scans it. After the scan it is PENDING, and a payment makes the order PAID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alipay_qr_that_is_never_scanned_stays_not_found_until_scanned() {
+    use payproto::channel::v1::channel_adapter_client::ChannelAdapterClient;
+    let p = Platform::start_channels(&[Ch::Alipay], 0.01);
+    let mut c = client(&p).await;
+    let order = create(&mut c, "E2E-alipay-unscanned", 500).await;
+    let paying = pay(&mut c, &order, Ch::Alipay).await.expect("pay");
+    let out_trade_no = paying.attempt.as_ref().unwrap().out_trade_no.clone();
+    let mut a =
+        ChannelAdapterClient::connect(format!("http://{}", p.adapter_addrs[&Ch::Alipay].grpc))
+            .await
+            .unwrap();
+    let mut query = async || {
+        a.query_payment(cpb::QueryPaymentRequest {
+            out_trade_no: out_trade_no.clone(),
+            method: cpb::PayMethod::AlipayQr as i32,
+            channel_prepay_id: String::new(),
+        })
+        .await
+        .expect("query")
+        .into_inner()
+        .result
+        .unwrap()
+    };
+    for _ in 0..5 {
+        let r = query().await;
+        assert_eq!(r.state, cpb::TradeState::NotFound as i32, "{r:?}");
+        assert_eq!(r.channel_status, "ACQ.TRADE_NOT_EXIST");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (status, body) = p
+        .sandbox_post(
+            Ch::Alipay,
+            &format!("/sandbox/trades/{out_trade_no}/scan"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let r = query().await;
+    assert_eq!(r.state, cpb::TradeState::Pending as i32, "{r:?}");
+    let (status, body) = p
+        .sandbox_post(
+            Ch::Alipay,
+            &format!("/sandbox/trades/{out_trade_no}/pay"),
+            json!({"outcome": "success"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_status(
+        &mut c,
+        &order.order_id,
+        pb::OrderStatus::Paid,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(query().await.state, cpb::TradeState::Succeeded as i32);
+}

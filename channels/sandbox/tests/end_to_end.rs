@@ -603,6 +603,16 @@ async fn alipay_precreate_query_duplicate_and_bad_signature() {
         ),
         (json!(2), json!(8888))
     );
+    // A precreated QR code is no trade until the payer scans it.
+    let query = m
+        .call(
+            "alipay.trade.query",
+            json!({"out_trade_no": "AP0001"}),
+            None,
+        )
+        .await;
+    assert_eq!(query["sub_code"], "ACQ.TRADE_NOT_EXIST");
+    control(&m.base, "POST", "/sandbox/trades/AP0001/scan", Value::Null).await;
     let query = m
         .call(
             "alipay.trade.query",
@@ -1079,4 +1089,89 @@ async fn wechat_out_trade_no_must_be_6_to_32_of_its_characters() {
         assert_eq!(reply.status, 400, "{bad}");
         assert_eq!(json_body(&reply)["code"], "PARAM_ERROR", "{bad}");
     }
+}
+
+#[tokio::test]
+async fn alipay_precreated_qr_is_not_found_and_cannot_be_closed_until_scanned() {
+    let m = AlipayMerchant::start().await;
+    let biz = json!({"out_trade_no": "AP0010", "total_amount": "1.00", "subject": "s"});
+    m.call("alipay.trade.precreate", biz, Some("http://127.0.0.1:9/n"))
+        .await;
+    let by_no = json!({"out_trade_no": "AP0010"});
+    for method in ["alipay.trade.query", "alipay.trade.close"] {
+        let node = m.call(method, by_no.clone(), None).await;
+        assert_eq!(
+            (node["code"].as_str(), node["sub_code"].as_str()),
+            (Some("40004"), Some("ACQ.TRADE_NOT_EXIST")),
+            "{method}"
+        );
+    }
+    // The control API still shows the QR, pending.
+    let trade = control(&m.base, "GET", "/sandbox/trades/AP0010", Value::Null).await;
+    assert_eq!(trade["state"], "PENDING");
+    let scanned = control(&m.base, "POST", "/sandbox/trades/AP0010/scan", Value::Null).await;
+    assert_eq!(scanned["trade_status"], "WAIT_BUYER_PAY");
+    let node = m.call("alipay.trade.query", by_no.clone(), None).await;
+    assert_eq!(node["trade_status"], "WAIT_BUYER_PAY");
+    let closed = m.call("alipay.trade.close", by_no, None).await;
+    assert_eq!(closed["code"], "10000");
+}
+
+#[tokio::test]
+async fn alipay_full_refund_without_out_request_no_notifies_trade_closed_without_out_biz_no() {
+    let m = AlipayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "success").await;
+    let biz = json!({"out_trade_no": "AP0011", "total_amount": "5.00", "subject": "s"});
+    m.call("alipay.trade.precreate", biz, Some(&url)).await;
+    pay(&m.base, "AP0011").await;
+    receiver.wait_for(1).await;
+    let ok = m
+        .call(
+            "alipay.trade.refund",
+            json!({"out_trade_no": "AP0011", "refund_amount": "5.00"}),
+            None,
+        )
+        .await;
+    assert_eq!(ok["fund_change"], "Y");
+    let seen = receiver.wait_for(2).await;
+    let notify = form::decode(&String::from_utf8_lossy(&seen[1].body)).unwrap();
+    alipay::verify_notify(&m.alipay_key, &notify).unwrap();
+    assert_eq!(notify["trade_status"], "TRADE_CLOSED");
+    assert_eq!(notify["refund_fee"], "5.00");
+    assert!(notify.contains_key("gmt_refund") && notify.contains_key("gmt_close"));
+    assert!(!notify.contains_key("out_biz_no"), "{notify:?}");
+}
+
+#[tokio::test]
+async fn alipay_unknown_app_id_is_answered_unsigned_and_long_out_trade_no_refused() {
+    let m = AlipayMerchant::start().await;
+    let mut params = m.signed_params("alipay.trade.query", &json!({"out_trade_no": "AP1"}), None);
+    params.insert("app_id".into(), "2021999999999999".into());
+    let body = form::encode(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let reply = send(OutgoingRequest::post(
+        format!("{}/gateway.do", m.base),
+        "application/x-www-form-urlencoded;charset=utf-8",
+        body,
+    ))
+    .await;
+    let answer: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert!(answer.get("sign").is_none(), "{answer}");
+    assert_eq!(answer["error_response"]["code"], "40002");
+    let long = "A".repeat(65);
+    let node = m
+        .call(
+            "alipay.trade.precreate",
+            json!({"out_trade_no": long, "total_amount": "1.00", "subject": "s"}),
+            None,
+        )
+        .await;
+    assert_eq!(node["sub_code"], "ACQ.INVALID_PARAMETER");
+    let node = m
+        .call(
+            "alipay.trade.precreate",
+            json!({"out_trade_no": "A".repeat(64), "total_amount": "1.00", "subject": "s"}),
+            None,
+        )
+        .await;
+    assert_eq!(node["code"], "10000");
 }
