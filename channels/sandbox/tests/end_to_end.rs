@@ -595,6 +595,12 @@ async fn alipay_precreate_query_duplicate_and_bad_signature() {
         .call("alipay.trade.precreate", biz, Some("http://127.0.0.1:9/n"))
         .await;
     assert_eq!(first["qr_code"], second["qr_code"]);
+    assert!(
+        first["qr_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://qr.alipay.com/")
+    );
     let trade = control(&m.base, "GET", "/sandbox/trades/AP0001", Value::Null).await;
     assert_eq!(
         (
@@ -1174,4 +1180,39 @@ async fn alipay_unknown_app_id_is_answered_unsigned_and_long_out_trade_no_refuse
         )
         .await;
     assert_eq!(node["code"], "10000");
+}
+
+#[tokio::test]
+async fn alipay_precreate_answers_escape_slashes_in_the_node_but_sign_them_plain() {
+    let m = AlipayMerchant::start().await;
+    let params = m.signed_params(
+        "alipay.trade.precreate",
+        &json!({"out_trade_no": "AP0020", "total_amount": "1.00", "subject": "s"}),
+        Some("http://127.0.0.1:9/n"),
+    );
+    let body = form::encode(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let reply = send(OutgoingRequest::post(
+        format!("{}/gateway.do", m.base),
+        "application/x-www-form-urlencoded;charset=utf-8",
+        body,
+    ))
+    .await;
+    let text = reply.text();
+    assert!(text.contains(r"https:\/\/qr.alipay.com\/"), "{text}");
+    let top: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_str(&text).unwrap();
+    let node = top["alipay_trade_precreate_response"].get();
+    let sign: String = serde_json::from_str(top["sign"].get()).unwrap();
+    let signature = BASE64.decode(sign).unwrap();
+    // The escaped text as sent does not verify; the same text with `\/` read as `/` does.
+    assert!(!keys::verify_sha256_rsa(
+        &m.alipay_key,
+        node.as_bytes(),
+        &signature
+    ));
+    assert!(keys::verify_sha256_rsa(
+        &m.alipay_key,
+        node.replace(r"\/", "/").as_bytes(),
+        &signature
+    ));
 }

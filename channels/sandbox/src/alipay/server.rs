@@ -732,6 +732,20 @@ fn gateway_answer(
         params.insert("__host".to_owned(), host.to_owned());
     }
     match alipay.handle(alipay, &call, &params) {
+        Answer::Node(node) if call.method == "alipay.trade.precreate" => {
+            match alipay
+                .signer
+                .sign_response_escaping_slashes(&node_name, &node)
+            {
+                Ok(body) => {
+                    ([("Content-Type", "application/json;charset=utf-8")], body).into_response()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "signing a response failed");
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+            }
+        }
         Answer::Node(node) => alipay.signed_json(&node_name, &node),
         Answer::Page(html) => Html(html).into_response(),
     }

@@ -318,6 +318,8 @@ fn march_2024() -> DateTime<Utc> {
 #[derive(Clone, Default)]
 struct Mock {
     downloads: Arc<std::sync::atomic::AtomicUsize>,
+    /// Serve the certificate list with a genuine signature over another message.
+    forge: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A stand-in for WeChat serving `/v3/certificates` (the vector) and, for every other path, an
@@ -327,7 +329,9 @@ async fn mock_wechat() -> (String, Mock) {
     use axum::response::IntoResponse;
     let mock = Mock::default();
     let v: serde_json::Value = serde_json::from_str(INDEPENDENT).unwrap();
-    let c = v["certificate_download"].clone();
+    let mut c = v["certificate_download"].clone();
+    // A genuine platform signature, but over another answer.
+    c["forged_signature"] = v["response_signatures"][0]["signature"].clone();
     let state = mock.clone();
     let app = axum::Router::new()
         .route(
@@ -340,6 +344,11 @@ async fn mock_wechat() -> (String, Mock) {
                         .downloads
                         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let r = &c["response"];
+                    let signature = if state.forge.load(std::sync::atomic::Ordering::SeqCst) {
+                        &c["forged_signature"]
+                    } else {
+                        &r["signature"]
+                    };
                     (
                         [
                             (
@@ -350,7 +359,7 @@ async fn mock_wechat() -> (String, Mock) {
                             ("Wechatpay-Serial", r["serial"].as_str().unwrap().to_owned()),
                             (
                                 "Wechatpay-Signature",
-                                r["signature"].as_str().unwrap().to_owned(),
+                                signature.as_str().unwrap().to_owned(),
                             ),
                         ],
                         c["body"].as_str().unwrap().to_owned(),
@@ -531,4 +540,26 @@ async fn out_trade_no_follows_wechats_rule_of_6_to_32_characters() {
         a.prepay(r).await,
         Err(ChannelError::InvalidArgument(_))
     ));
+}
+
+#[tokio::test]
+async fn a_certificate_list_whose_answer_does_not_verify_is_not_trusted() {
+    let (base, mock) = mock_wechat().await;
+    mock.forge.store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = adapter_with(&base, true, march_2024);
+    let refreshed = a.refresh_certificates().await;
+    assert!(
+        matches!(refreshed, Err(ChannelError::BadResponse(_))),
+        "{refreshed:?}"
+    );
+    let new = callback(
+        &payment_body(),
+        1_710_000_305,
+        "123456789ABCDEF0123",
+        &published_platform_key(),
+    );
+    assert_eq!(
+        reason(a.verify_callback(&new).await),
+        RejectReason::UnknownKey
+    );
 }
