@@ -265,3 +265,74 @@ impl WechatKeys {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rsa::RsaPrivateKey;
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+
+    use super::*;
+
+    fn settings(
+        public_keys: Option<String>,
+        serials: Option<&str>,
+        download: bool,
+    ) -> WechatSettings {
+        let merchant = RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        WechatSettings {
+            api_base: DEFAULT_API_BASE.into(),
+            mchid: "1900000001".into(),
+            appid: "wxd678efh567hg6787".into(),
+            merchant_key: Secret::new(merchant.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()),
+            merchant_serial: "5F1C72E2A8931B72A2E13AF8DEE92471EB397115".into(),
+            platform_public_key: public_keys,
+            platform_serial: serials.map(str::to_owned),
+            certificate_download: download,
+            certificate_refresh_secs: 3600,
+            certificate_min_refresh_secs: 30,
+            apiv3_key: Secret::new("a7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb"),
+            notify_url: "https://example.com/notify/payment".into(),
+            refund_notify_url: "https://example.com/notify/refund".into(),
+            timestamp_window_secs: 300,
+        }
+    }
+
+    #[test]
+    fn several_public_keys_are_trusted_under_their_ids_in_order() {
+        let mut rng = rand::thread_rng();
+        let pems: String = (0..2)
+            .map(|_| {
+                RsaPrivateKey::new(&mut rng, 2048)
+                    .unwrap()
+                    .to_public_key()
+                    .to_public_key_pem(LineEnding::LF)
+                    .unwrap()
+            })
+            .collect();
+        let ids = "PUB_KEY_ID_0100000000000000000000000000000001, PUB_KEY_ID_0100000000000000000000000000000002";
+        let keys = WechatKeys::load(&settings(Some(pems.clone()), Some(ids), false)).unwrap();
+        assert!(
+            keys.platform
+                .contains("PUB_KEY_ID_0100000000000000000000000000000001")
+        );
+        assert!(
+            keys.platform
+                .contains("PUB_KEY_ID_0100000000000000000000000000000002")
+        );
+        assert_eq!(
+            keys.platform.preferred_serial().as_deref(),
+            Some("PUB_KEY_ID_0100000000000000000000000000000001")
+        );
+        // One id for two keys is a configuration error naming the variable.
+        let e = WechatKeys::load(&settings(Some(pems), Some("PUB_KEY_ID_01"), false)).unwrap_err();
+        assert_eq!(e.key, "WECHAT_PLATFORM_SERIAL");
+    }
+
+    #[test]
+    fn certificate_mode_alone_is_enough_but_nothing_at_all_is_refused() {
+        let keys = WechatKeys::load(&settings(None, None, true)).unwrap();
+        assert_eq!(keys.platform.preferred_serial(), None);
+        let e = WechatKeys::load(&settings(None, None, false)).unwrap_err();
+        assert_eq!(e.key, "WECHAT_PLATFORM_PUBLIC_KEY");
+    }
+}
