@@ -228,10 +228,11 @@ impl WechatAdapter {
         match self.client.get(&path).await? {
             Answer::Ok(v) => {
                 let t: Transaction = parse(&v, "query")?;
-                if t.out_trade_no != out_trade_no || t.mchid != self.mchid {
+                if t.out_trade_no != out_trade_no || t.mchid != self.mchid || t.appid != self.appid
+                {
                     return Err(ChannelError::BadResponse(format!(
-                        "query answer names trade {:?} of merchant {:?}",
-                        t.out_trade_no, t.mchid
+                        "query answer names trade {:?} of merchant {:?}, app {:?}",
+                        t.out_trade_no, t.mchid, t.appid
                     )));
                 }
                 payment_result(&t).map_err(ChannelError::BadResponse)
