@@ -1216,3 +1216,35 @@ async fn alipay_precreate_answers_escape_slashes_in_the_node_but_sign_them_plain
         &signature
     ));
 }
+
+#[tokio::test]
+async fn unionpay_refuses_a_second_front_submission_of_the_same_order_as_a_duplicate() {
+    let m = UnionpayMerchant::start().await;
+    let fields = m.sign(&[
+        ("txnType", "01"),
+        ("txnSubType", "01"),
+        ("bizType", "000201"),
+        ("channelType", "07"),
+        ("orderId", "UPFRONT0001"),
+        ("txnTime", "20240101120000"),
+        ("txnAmt", "100"),
+        ("backUrl", "http://127.0.0.1:9/n"),
+        ("frontUrl", "http://127.0.0.1:9/f"),
+    ]);
+    let submit = || async {
+        let body = form::encode(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        send(OutgoingRequest::post(
+            format!("{}/gateway/api/frontTransReq.do", m.base),
+            "application/x-www-form-urlencoded;charset=UTF-8",
+            body,
+        ))
+        .await
+        .text()
+    };
+    // The payer's browser: the cashier page.
+    assert!(submit().await.trim_start().starts_with('<'));
+    // The same form again (a merchant submitting it too): a signed duplicate refusal.
+    let again = unionpay::parse_sync_response(&submit().await);
+    unionpay::verify_platform_message(&again, None).unwrap();
+    assert_eq!(again["respCode"], "12");
+}

@@ -75,6 +75,8 @@ pub enum RespCode {
     FormatError,
     /// `11`: signature verification failed.
     SignatureInvalid,
+    /// `12`: duplicate transaction.
+    Duplicate,
     /// `13`: required element missing.
     MissingElement,
     /// `34`: no such transaction.
@@ -96,6 +98,7 @@ impl RespCode {
             Self::Accepted => "05",
             Self::FormatError => "10",
             Self::SignatureInvalid => "11",
+            Self::Duplicate => "12",
             Self::MissingElement => "13",
             Self::NoSuchTransaction => "34",
             Self::FileNotFound => "98",
@@ -113,6 +116,7 @@ impl RespCode {
             Self::Accepted,
             Self::FormatError,
             Self::SignatureInvalid,
+            Self::Duplicate,
             Self::MissingElement,
             Self::NoSuchTransaction,
             Self::FileNotFound,
@@ -132,6 +136,7 @@ impl RespCode {
             Self::Accepted => "交易已受理",
             Self::FormatError => "报文格式错误",
             Self::SignatureInvalid => "验证签名失败",
+            Self::Duplicate => "重复交易",
             Self::MissingElement => "报文交易要素缺失",
             Self::NoSuchTransaction => "查无此交易",
             Self::FileNotFound => "文件不存在",

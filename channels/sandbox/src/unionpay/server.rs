@@ -593,6 +593,16 @@ async fn front_trans(State(unionpay): State<Arc<Unionpay>>, body: Bytes) -> Resp
         Ok(fields) if fields.get("txnType").map(String::as_str) != Some("01") => {
             unionpay.respond(&fields, Answer::new(RespCode::FormatError))
         }
+        // The payer's browser submits the form once: the gateway refuses a second submission of
+        // the same orderId as a duplicate (ASSUMPTION: respCode 12 "重复交易", from the public
+        // ACP code list the notes could not cite), even with identical fields.
+        Ok(fields)
+            if fields
+                .get("orderId")
+                .is_some_and(|o| lock(&unionpay.core.ledger).trade(o).is_some()) =>
+        {
+            unionpay.respond(&fields, Answer::new(RespCode::Duplicate))
+        }
         Ok(fields) => match unionpay.consume(&fields, "front") {
             Ok(trade) => Html(format!(
                 "<!DOCTYPE html><html><head><meta charset=\"UTF-8\"><title>银联在线支付 (sandbox)</title></head>\
