@@ -48,6 +48,15 @@ fn adapter() -> WechatAdapter {
 }
 
 fn adapter_with(api_base: &str, download: bool, now: fn() -> DateTime<Utc>) -> WechatAdapter {
+    adapter_refreshing_every(api_base, download, now, 3600)
+}
+
+fn adapter_refreshing_every(
+    api_base: &str,
+    download: bool,
+    now: fn() -> DateTime<Utc>,
+    refresh_secs: u64,
+) -> WechatAdapter {
     let k = keys();
     let settings = WechatSettings {
         api_base: api_base.into(),
@@ -63,7 +72,7 @@ fn adapter_with(api_base: &str, download: bool, now: fn() -> DateTime<Utc>) -> W
         ),
         platform_serial: Some(PLATFORM_SERIAL.into()),
         certificate_download: download,
-        certificate_refresh_secs: 3600,
+        certificate_refresh_secs: refresh_secs,
         certificate_min_refresh_secs: 30,
         apiv3_key: Secret::new(APIV3_KEY),
         notify_url: "http://127.0.0.1:8081/notify/payment".into(),
@@ -562,4 +571,23 @@ async fn a_certificate_list_whose_answer_does_not_verify_is_not_trusted() {
         reason(a.verify_callback(&new).await),
         RejectReason::UnknownKey
     );
+}
+
+#[tokio::test]
+async fn certificates_are_refreshed_periodically_without_any_callback() {
+    let (base, mock) = mock_wechat().await;
+    let a = Arc::new(adapter_refreshing_every(&base, true, march_2024, 1));
+    a.spawn_certificate_refresh();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(mock.downloads.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    // Learnt in the background: a callback under the new serial needs no download of its own.
+    let before = mock.downloads.load(std::sync::atomic::Ordering::SeqCst);
+    let new = callback(
+        &payment_body(),
+        1_710_000_305,
+        "123456789ABCDEF0123",
+        &published_platform_key(),
+    );
+    assert!(a.verify_callback(&new).await.is_ok());
+    assert!(mock.downloads.load(std::sync::atomic::Ordering::SeqCst) <= before + 1);
 }
