@@ -85,7 +85,7 @@ ALIPAY_PUBLIC_KEY_FILE=$KEYS/alipay/alipay_public_key.pem ADAPTER_PUBLIC_CALLBAC
 ADAPTER_CORE_TOKEN_FILE=$KEYS/unionpay/core_token ADAPTER_GRPC_TOKEN_FILE=$KEYS/unionpay/grpc_token \
 UNIONPAY_GATEWAY_BASE=http://127.0.0.1:8093 \
 UNIONPAY_MER_ID_FILE=$KEYS/unionpay/mer_id.txt UNIONPAY_SIGN_KEY_FILE=$KEYS/unionpay/merchant_sign_key.pem \
-UNIONPAY_SIGN_CERT_ID_FILE=$KEYS/unionpay/merchant_cert_id.txt UNIONPAY_PLATFORM_CERT_FILE=$KEYS/unionpay/platform_sign_cert.pem \
+UNIONPAY_SIGN_CERT_ID_FILE=$KEYS/unionpay/merchant_cert_id.txt UNIONPAY_MIDDLE_CERT_FILE=$KEYS/unionpay/middle_cert.pem UNIONPAY_ROOT_CERT_FILE=$KEYS/unionpay/root_cert.pem \
 UNIONPAY_ACCEPT_TEST_CN=true ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8083 \
     start unionpay-adapter "$BIN/unionpay-adapter"
 for port in 9561 9562 9563; do wait_http "http://127.0.0.1:$port/healthz" "adapter metrics :$port"; done

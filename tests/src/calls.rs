@@ -172,13 +172,26 @@ impl Platform {
     }
 
     /// The payer pays what Pay handed out, as a person would: a UnionPay form is submitted
-    /// first (creating the trade), then the payer completes the payment at the platform.
+    /// first (creating the trade), an Alipay QR code scanned, then the payer completes the
+    /// payment at the platform.
     /// Returns the control API's HTTP status (200 paid; 404 no such trade; 409 not payable).
     pub async fn payer_pays(&self, ch: Ch, pay: &pb::PayResponse, outcome: &str) -> u16 {
         let out_trade_no = &pay.attempt.as_ref().expect("attempt").out_trade_no;
-        if ch == Ch::Unionpay {
-            let params: HashMap<String, String> = pay.pay_params.clone().into_iter().collect();
-            self.payer_submits_form(&params).await;
+        match ch {
+            Ch::Unionpay => {
+                let params: HashMap<String, String> = pay.pay_params.clone().into_iter().collect();
+                self.payer_submits_form(&params).await;
+            }
+            // A precreated Alipay trade exists once the payer's app scans the QR code.
+            Ch::Alipay if pay.pay_params.contains_key("qr_code") => {
+                self.sandbox_post(
+                    ch,
+                    &format!("/sandbox/trades/{out_trade_no}/scan"),
+                    serde_json::json!({}),
+                )
+                .await;
+            }
+            Ch::Alipay | Ch::Wechat => {}
         }
         let (status, _) = self
             .sandbox_post(

@@ -279,7 +279,9 @@ impl Platform {
                 ("UNIONPAY_MER_ID_FILE", "mer_id.txt"),
                 ("UNIONPAY_SIGN_KEY_FILE", "merchant_sign_key.pem"),
                 ("UNIONPAY_SIGN_CERT_ID_FILE", "merchant_cert_id.txt"),
-                ("UNIONPAY_PLATFORM_CERT_FILE", "platform_sign_cert.pem"),
+                // The full trust path: signPubKeyCert → middle → root, nothing pinned.
+                ("UNIONPAY_MIDDLE_CERT_FILE", "middle_cert.pem"),
+                ("UNIONPAY_ROOT_CERT_FILE", "root_cert.pem"),
             ],
         };
         for (var, file) in files {

@@ -524,3 +524,136 @@ async fn an_open_unionpay_trade_which_cannot_be_closed_blocks_a_switch_instead_o
     )
     .await;
 }
+
+/// Pays one order through `ch` and waits until it is PAID.
+async fn pay_one(p: &Platform, c: &mut PaymentServiceClient<Channel>, ch: Ch, no: &str) {
+    let order = create(c, no, 100).await;
+    let paying = pay(c, &order, ch).await.expect("pay");
+    let out_trade_no = paying.attempt.as_ref().unwrap().out_trade_no.clone();
+    let (status, body) = p
+        .sandbox_post(
+            ch,
+            &format!("/sandbox/trades/{out_trade_no}/pay"),
+            json!({"outcome": "success"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_status(
+        c,
+        &order.order_id,
+        pb::OrderStatus::Paid,
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+/// WeChat rotates its platform key in the middle of a run of 100 payments: public key only, then
+/// the public key and a new platform certificate at random, then the certificate only. The adapter
+/// (never restarted) learns the certificate from /v3/certificates when it first sees its serial,
+/// and every callback is accepted at its first delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechat_platform_key_rotation_during_100_payments_loses_no_callback() {
+    let p = Platform::start_channels(&[Ch::Wechat], 0.01);
+    let mut c = client(&p).await;
+    let adapter_pid = p.adapters[&Ch::Wechat].child.id();
+    for i in 0..30 {
+        pay_one(&p, &mut c, Ch::Wechat, &format!("ROT-{i:04}")).await;
+    }
+    let (status, rotated) = p
+        .sandbox_post(Ch::Wechat, "/sandbox/keys/rotate", json!({}))
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_serial = rotated["serial"].as_str().unwrap().to_owned();
+    for i in 30..70 {
+        pay_one(&p, &mut c, Ch::Wechat, &format!("ROT-{i:04}")).await;
+    }
+    let (status, retired) = p
+        .sandbox_post(Ch::Wechat, "/sandbox/keys/retire", json!({}))
+        .await;
+    assert_eq!(status, 200, "{retired}");
+    assert_eq!(retired["active"], json!([new_serial]));
+    for i in 70..100 {
+        pay_one(&p, &mut c, Ch::Wechat, &format!("ROT-{i:04}")).await;
+    }
+
+    assert_eq!(
+        p.adapters[&Ch::Wechat].child.id(),
+        adapter_pid,
+        "no restart"
+    );
+    let log = p.sandbox_get(Ch::Wechat, "/sandbox/callbacks").await;
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 100, "one delivery per payment, no retry");
+    assert!(
+        log.iter()
+            .all(|e| e["delivered"] == json!(true) && e["attempt"] == json!(1)),
+        "{log:?}"
+    );
+    let m = p.adapter_metrics(Ch::Wechat).await;
+    assert_eq!(
+        metric_sum(&m, "adapter_callback_rejections_total{"),
+        0.0,
+        "{m}"
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) AS n FROM orders WHERE status = 'PAID'"),
+        100
+    );
+}
+
+/// Alipay creates a precreate's trade only when the payer scans the QR code: until then the
+/// sandbox (like Alipay) answers ACQ.TRADE_NOT_EXIST, which the adapter reports as NOT_FOUND, for
+/// as long as nobody scans it. After the scan it is PENDING, and a payment makes the order PAID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alipay_qr_that_is_never_scanned_stays_not_found_until_scanned() {
+    let p = Platform::start_channels(&[Ch::Alipay], 0.01);
+    let mut c = client(&p).await;
+    let order = create(&mut c, "E2E-alipay-unscanned", 500).await;
+    let paying = pay(&mut c, &order, Ch::Alipay).await.expect("pay");
+    let out_trade_no = paying.attempt.as_ref().unwrap().out_trade_no.clone();
+    let mut a = p.adapter_client(Ch::Alipay).await;
+    let mut query = async || {
+        a.query_payment(cpb::QueryPaymentRequest {
+            out_trade_no: out_trade_no.clone(),
+            method: cpb::PayMethod::AlipayQr as i32,
+            channel_prepay_id: String::new(),
+        })
+        .await
+        .expect("query")
+        .into_inner()
+        .result
+        .unwrap()
+    };
+    for _ in 0..5 {
+        let r = query().await;
+        assert_eq!(r.state, cpb::TradeState::NotFound as i32, "{r:?}");
+        assert_eq!(r.channel_status, "ACQ.TRADE_NOT_EXIST");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (status, body) = p
+        .sandbox_post(
+            Ch::Alipay,
+            &format!("/sandbox/trades/{out_trade_no}/scan"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let r = query().await;
+    assert_eq!(r.state, cpb::TradeState::Pending as i32, "{r:?}");
+    let (status, body) = p
+        .sandbox_post(
+            Ch::Alipay,
+            &format!("/sandbox/trades/{out_trade_no}/pay"),
+            json!({"outcome": "success"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_status(
+        &mut c,
+        &order.order_id,
+        pb::OrderStatus::Paid,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(query().await.state, cpb::TradeState::Succeeded as i32);
+}

@@ -529,7 +529,10 @@ async fn when_an_order_is_paid_its_other_open_trade_is_closed_at_its_channel() {
         "SELECT count(*) AS n FROM payment_attempts WHERE out_trade_no = '{b}' AND status = 'CLOSED'"
     );
     while count(&p, &sql) != 1 {
-        assert!(std::time::Instant::now() < deadline, "the second attempt stayed open");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second attempt stayed open"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -101,6 +101,22 @@ fn outcome(status: &ResponseStatus) -> CallOutcome {
     classify(&status.code, status.sub_code.as_deref())
 }
 
+/// `out_trade_no` as Alipay documents it for the trade APIs: at most 64 characters, letters,
+/// digits and underscores.
+///
+/// # Errors
+/// `InvalidArgument` naming the rule.
+pub fn out_trade_no(value: &str) -> Result<&str, ChannelError> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    if (1..=64).contains(&value.len()) && value.bytes().all(allowed) {
+        Ok(value)
+    } else {
+        Err(ChannelError::InvalidArgument(format!(
+            "out_trade_no {value:?}: Alipay takes 1 to 64 characters of [A-Za-z0-9_]"
+        )))
+    }
+}
+
 /// The Alipay adapter. Stateless: every id comes in the request.
 pub struct AlipayAdapter {
     client: AlipayClient,
@@ -263,7 +279,7 @@ impl Adapter for AlipayAdapter {
     async fn prepay(&self, req: pb::PrepayRequest) -> Result<pb::PrepayResponse, ChannelError> {
         let method = pb::PayMethod::try_from(req.method).unwrap_or(pb::PayMethod::Unspecified);
         let total_amount = cny_yuan(req.amount.as_ref(), "amount")?;
-        let out_trade_no = required(&req.out_trade_no, "out_trade_no")?.to_owned();
+        let out_trade_no = out_trade_no(&req.out_trade_no)?.to_owned();
         let subject = required(&req.subject, "subject")?.to_owned();
         let time_expire = req
             .expires_at
@@ -347,8 +363,7 @@ impl Adapter for AlipayAdapter {
         &self,
         req: pb::QueryPaymentRequest,
     ) -> Result<pb::PaymentResult, ChannelError> {
-        self.query(required(&req.out_trade_no, "out_trade_no")?)
-            .await
+        self.query(out_trade_no(&req.out_trade_no)?).await
     }
 
     /// Closes at Alipay. A refusal (e.g. the trade was paid meanwhile) is checked against a query,
@@ -357,7 +372,7 @@ impl Adapter for AlipayAdapter {
         &self,
         req: pb::ClosePaymentRequest,
     ) -> Result<pb::PaymentResult, ChannelError> {
-        let out_trade_no = required(&req.out_trade_no, "out_trade_no")?;
+        let out_trade_no = out_trade_no(&req.out_trade_no)?;
         let node = self
             .client
             .call(
@@ -474,7 +489,7 @@ impl Adapter for AlipayAdapter {
             .map_err(|e| ChannelError::BadResponse(format!("trade bill of {day}: {e}")))
     }
 
-    fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
+    async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
         let malformed = |e: String| Rejection::new(RejectReason::Malformed, e);
         let body = std::str::from_utf8(&cb.body).map_err(|e| malformed(e.to_string()))?;
         let params = wire::parse_form(body).map_err(|e| malformed(e.to_string()))?;
@@ -492,14 +507,27 @@ impl Adapter for AlipayAdapter {
                 format!("notification for app {:?}", n.app_id),
             ));
         }
-        if let (Some(out_refund_no), Some(refund_fee)) = (&n.out_biz_no, n.refund_fee) {
+        // A refund notify is told by its refund fields (`refund_fee`, `gmt_refund`), not by
+        // `out_biz_no` alone, which is absent when the refund was made without `out_request_no`.
+        // A full refund shows `TRADE_CLOSED`: read as a payment it would look like a closed,
+        // unpaid trade, so it must never reach the payment path.
+        if n.refund_fee.is_some() || n.gmt_refund.is_some() || n.out_biz_no.is_some() {
+            let refund_fee = n
+                .refund_fee
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| "?".to_owned());
+            // Without out_request_no Alipay names the refund by the trade's out_trade_no.
+            let out_refund_no = n
+                .out_biz_no
+                .clone()
+                .unwrap_or_else(|| n.out_trade_no.clone());
             // `refund_fee` is the trade's *cumulative* refunded amount, not this refund's, so it is
             // reported as status text only; the core takes the amount from its refund (or a query).
             return Ok(Notification::Refund {
                 event_id: n.notify_id,
                 out_trade_no: n.out_trade_no,
                 result: pb::RefundResult {
-                    out_refund_no: out_refund_no.clone(),
+                    out_refund_no,
                     state: pb::RefundState::Succeeded as i32,
                     channel_refund_no: n.trade_no,
                     refunded: None,

@@ -9,8 +9,9 @@ use channel_kit::ChannelError;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::signature::{AlipayVerifier, AppSigner, ResponseError};
-use crate::wire::{GatewayParams, encode_form, format_timestamp};
+use crate::signature::{AlipayVerifier, AppSigner, ResponseError, extract_response};
+use crate::status::{CallOutcome, classify};
+use crate::wire::{GatewayParams, ResponseStatus, encode_form, format_timestamp};
 
 /// Signs gateway parameters and verifies answers.
 #[derive(Clone)]
@@ -112,6 +113,11 @@ impl AlipayClient {
                 "HTTP {status} from the Alipay gateway for {method}"
             )));
         }
+        if let Ok(raw) = extract_response(&body, method)
+            && raw.sign.is_none()
+        {
+            return Err(unsigned_answer(method, raw.node_text));
+        }
         let signed = self
             .verifier
             .verify_response(&body, method)
@@ -136,5 +142,76 @@ impl AlipayClient {
             )));
         }
         Ok(body)
+    }
+}
+
+/// An answer without `sign`. The gateway does not sign some of its own errors (an unknown
+/// `app_id` has no key to sign with); the official SDK verifies an answer only when it is a
+/// success or carries a sign, and otherwise reads the failure by its code. So: an unsigned
+/// success is never trusted; an unsigned failure is classified by `code`/`sub_code` into a
+/// definite refusal or an outage. It may not assert a state: an unsigned `ACQ.TRADE_NOT_EXIST`
+/// says nothing.
+fn unsigned_answer(method: &str, node_text: &str) -> ChannelError {
+    let Ok(status) = serde_json::from_str::<ResponseStatus>(node_text) else {
+        return ChannelError::BadResponse(format!(
+            "unsigned answer to {method} without code: {}",
+            &node_text[..node_text.len().min(200)]
+        ));
+    };
+    let code = status
+        .sub_code
+        .clone()
+        .unwrap_or_else(|| status.code.clone());
+    let message = status.sub_msg.clone().unwrap_or_else(|| status.msg.clone());
+    match classify(&status.code, status.sub_code.as_deref()) {
+        CallOutcome::Success => ChannelError::BadResponse(format!(
+            "unsigned success answer to {method}: {}",
+            ResponseError::MissingSign
+        )),
+        CallOutcome::Rejected => ChannelError::Refused { code, message },
+        CallOutcome::InProgress
+        | CallOutcome::TradeNotExist
+        | CallOutcome::RateLimited
+        | CallOutcome::Unknown => {
+            ChannelError::Unavailable(format!("unsigned answer to {method}: {code}: {message}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsigned_failures_are_classified_by_code_and_unsigned_successes_refused() {
+        let invalid_app = r#"{"code":"40002","msg":"Invalid Arguments","sub_code":"isv.invalid-app-id","sub_msg":"无效的AppID参数"}"#;
+        match unsigned_answer("alipay.trade.query", invalid_app) {
+            ChannelError::Refused { code, .. } => assert_eq!(code, "isv.invalid-app-id"),
+            other => panic!("{other:?}"),
+        }
+        let busy = r#"{"code":"20000","msg":"Service Currently Unavailable","sub_code":"isp.unknow-error","sub_msg":"系统繁忙"}"#;
+        assert!(matches!(
+            unsigned_answer("alipay.trade.query", busy),
+            ChannelError::Unavailable(_)
+        ));
+        let not_exist = r#"{"code":"40004","msg":"Business Failed","sub_code":"ACQ.TRADE_NOT_EXIST","sub_msg":"交易不存在"}"#;
+        assert!(matches!(
+            unsigned_answer("alipay.trade.query", not_exist),
+            ChannelError::Unavailable(_)
+        ));
+        let limited = r#"{"code":"40005","msg":"Call Limited"}"#;
+        assert!(matches!(
+            unsigned_answer("alipay.trade.query", limited),
+            ChannelError::Unavailable(_)
+        ));
+        let success = r#"{"code":"10000","msg":"Success","trade_status":"TRADE_SUCCESS"}"#;
+        assert!(matches!(
+            unsigned_answer("alipay.trade.query", success),
+            ChannelError::BadResponse(_)
+        ));
+        assert!(matches!(
+            unsigned_answer("alipay.trade.query", "{}"),
+            ChannelError::BadResponse(_)
+        ));
     }
 }

@@ -48,8 +48,8 @@ pub enum ResponseError {
     Json(String),
     #[error("response has neither {0:?} nor \"error_response\"")]
     MissingNode(String),
-    /// Gateway errors can come unsigned; an unsigned answer proves nothing, so treat the call as
-    /// having an unknown outcome.
+    /// A success must be signed. (Unsigned *failures* are classified by their code instead, as
+    /// the official SDK does: see [`AlipayVerifier::verify_response`].)
     #[error("response carries no sign")]
     MissingSign,
     #[error("signature does not verify over the response node")]
@@ -242,13 +242,31 @@ impl AlipayVerifier {
     ) -> Result<SignedResponse<'b>, ResponseError> {
         let raw = extract_response(body, method)?;
         let sign = raw.sign.as_deref().ok_or(ResponseError::MissingSign)?;
-        self.verify(raw.node_text.as_bytes(), sign)
-            .map_err(|_| ResponseError::BadSignature)?;
+        self.verify_node(raw.node_text, sign)?;
         Ok(SignedResponse {
             node_text: raw.node_text,
             is_error_response: raw.is_error_response,
             alipay_cert_sn: raw.alipay_cert_sn,
         })
+    }
+
+    /// The node text as sent, then (as the official SDKs do for JSON's optional escaping of `/`)
+    /// the same text with every `\/` read as `/`: Alipay may have signed either form.
+    ///
+    /// # Errors
+    /// [`ResponseError::BadSignature`] when neither form verifies.
+    pub fn verify_node(&self, node_text: &str, sign: &str) -> Result<(), ResponseError> {
+        if self.verify(node_text.as_bytes(), sign).is_ok() {
+            return Ok(());
+        }
+        if node_text.contains("\\/")
+            && self
+                .verify(node_text.replace("\\/", "/").as_bytes(), sign)
+                .is_ok()
+        {
+            return Ok(());
+        }
+        Err(ResponseError::BadSignature)
     }
 
     /// Verifies an asynchronous notification or a return-URL query, given its parameters decoded once

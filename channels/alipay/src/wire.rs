@@ -17,7 +17,6 @@ pub const SANDBOX_GATEWAY: &str = "https://openapi-sandbox.dl.alipaydev.com/gate
 pub mod method {
     pub const PRECREATE: &str = "alipay.trade.precreate";
     pub const PAGE_PAY: &str = "alipay.trade.page.pay";
-    pub const WAP_PAY: &str = "alipay.trade.wap.pay";
     pub const APP_PAY: &str = "alipay.trade.app.pay";
     pub const QUERY: &str = "alipay.trade.query";
     pub const CLOSE: &str = "alipay.trade.close";
@@ -161,7 +160,7 @@ pub struct GatewayParams {
     /// [`format_timestamp`] of the send time.
     pub timestamp: String,
     pub notify_url: Option<String>,
-    /// Page and wap pay only.
+    /// Page pay only.
     pub return_url: Option<String>,
     pub app_auth_token: Option<String>,
     /// Certificate mode only.
@@ -233,13 +232,11 @@ pub struct PrecreateBiz {
 pub mod product_code {
     /// `alipay.trade.page.pay`.
     pub const PAGE: &str = "FAST_INSTANT_TRADE_PAY";
-    /// `alipay.trade.wap.pay`.
-    pub const WAP: &str = "QUICK_WAP_WAY";
     /// `alipay.trade.app.pay`.
     pub const APP: &str = "QUICK_MSECURITY_PAY";
 }
 
-/// `alipay.trade.page.pay` / `wap.pay` / `app.pay`: not called server-side; the signed parameters go
+/// `alipay.trade.page.pay` / `app.pay`: not called server-side; the signed parameters go
 /// to the browser (redirect or auto-submitted form) or to the app SDK.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PagePayBiz {

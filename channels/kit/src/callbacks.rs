@@ -219,7 +219,7 @@ async fn handle<A: Adapter>(State(s): State<Arc<Shared<A>>>, req: Request) -> Re
         headers: parts.headers,
         body,
     };
-    let notification = match s.adapter.verify_callback(&cb) {
+    let notification = match s.adapter.verify_callback(&cb).await {
         Ok(n) => n,
         Err(rej) => {
             count_rejection(&s.metrics, rej.reason.label());

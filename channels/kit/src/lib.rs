@@ -163,10 +163,12 @@ pub trait Adapter: Send + Sync + 'static {
         req: pb::FetchStatementRequest,
     ) -> Result<Vec<pb::StatementLine>, ChannelError>;
     /// Verifies a platform callback (signature, key id, time window, decryption) and parses it.
+    /// Async because a key the adapter does not know yet may have to be fetched first (WeChat's
+    /// platform certificates rotate).
     ///
     /// # Errors
     /// A [`Rejection`] for anything not provably from the platform; nothing is forwarded.
-    fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection>;
+    async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection>;
     /// The platform's documented "received" reply.
     fn ack(&self) -> Reply;
     /// The platform's documented failure reply (the platform will retry).

@@ -56,7 +56,7 @@ impl Adapter for TestAdapter {
     ) -> Result<Vec<pb::StatementLine>, ChannelError> {
         Ok(Vec::new())
     }
-    fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
+    async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
         let body = std::str::from_utf8(&cb.body)
             .map_err(|_| Rejection::new(RejectReason::Malformed, "not utf-8"))?;
         let id = body

@@ -12,11 +12,16 @@ use rand::Rng;
 use rsa::RsaPrivateKey;
 use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 
-use crate::keys::{self, CertificateInfo, KeyError};
+use crate::keys::{self, CertificateInfo, CertificateRole, Issuer, KeyError};
 
 /// Subject CN of the platform's UnionPay signing certificate: the third `@` element is what
 /// merchants check.
 pub const UNIONPAY_PLATFORM_CN: &str = "041@8310000000083040@中国银联股份有限公司@00016495";
+
+/// Subject CN of the sandbox's UnionPay root certificate (`acp_test_root.cer` plays this part).
+pub const UNIONPAY_ROOT_CN: &str = "Sandbox UnionPay Test Root";
+/// Subject CN of the sandbox's UnionPay middle certificate (`acp_test_middle.cer`).
+pub const UNIONPAY_MIDDLE_CN: &str = "Sandbox UnionPay Test OCA1";
 
 /// Certificates are issued valid from a day ago for ten years, so clock skew never matters.
 const CERT_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -225,10 +230,56 @@ pub fn generate_unionpay(dir: &Path) -> Result<(), KeyFileError> {
         &format!("041@Z2014-11-11@{mer_id}:SIGN@00000003"),
         merchant_serial,
     )?;
+    // UnionPay's own hierarchy, as in production: a root, a middle CA issued by it, and the
+    // signing certificate issued by the middle (what answers carry in signPubKeyCert).
+    let key_err = |source| KeyFileError::Key {
+        path: dir.to_owned(),
+        source,
+    };
+    let validity = (
+        SystemTime::now() - Duration::from_secs(86_400),
+        CERT_VALIDITY,
+    );
+    let root = generate(dir)?;
+    let root_cert = keys::issue_certificate(
+        &root,
+        UNIONPAY_ROOT_CN,
+        rand::thread_rng().gen_range(1_000..1_000_000u64),
+        validity,
+        CertificateRole::Root,
+        None,
+    )
+    .map_err(key_err)?;
+    let middle = generate(dir)?;
+    let middle_cert = keys::issue_certificate(
+        &middle,
+        UNIONPAY_MIDDLE_CN,
+        rand::thread_rng().gen_range(1_000..1_000_000u64),
+        validity,
+        CertificateRole::Middle,
+        Some(Issuer {
+            common_name: UNIONPAY_ROOT_CN,
+            key: &root,
+        }),
+    )
+    .map_err(key_err)?;
     let platform = generate(dir)?;
     let platform_serial = rand::thread_rng().gen_range(10_000_000_000..100_000_000_000u64);
-    let platform_cert = certificate(dir, &platform, UNIONPAY_PLATFORM_CN, platform_serial)?;
+    let platform_cert = keys::issue_certificate(
+        &platform,
+        UNIONPAY_PLATFORM_CN,
+        platform_serial,
+        validity,
+        CertificateRole::Leaf,
+        Some(Issuer {
+            common_name: UNIONPAY_MIDDLE_CN,
+            key: &middle,
+        }),
+    )
+    .map_err(key_err)?;
     write(dir, "mer_id.txt", &mer_id)?;
+    write(dir, "root_cert.pem", root_cert.pem())?;
+    write(dir, "middle_cert.pem", middle_cert.pem())?;
     write(dir, "merchant_sign_key.pem", &private_pem(&merchant)?)?;
     write(dir, "merchant_sign_cert.pem", merchant_cert.pem())?;
     write(dir, "merchant_cert_id.txt", &merchant_cert.serial_decimal())?;

@@ -288,6 +288,37 @@ pub fn issue_self_signed_certificate(
     not_before: SystemTime,
     valid_for: Duration,
 ) -> Result<CertificateInfo, KeyError> {
+    issue_certificate(
+        key,
+        common_name,
+        serial,
+        (not_before, valid_for),
+        CertificateRole::Leaf,
+        None,
+    )
+}
+
+/// What a certificate made by [`issue_certificate`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateRole {
+    /// A self-signed trust anchor (`basicConstraints cA`).
+    Root,
+    /// An intermediate ("middle") CA (`basicConstraints cA`, path length 0).
+    Middle,
+    /// An end-entity signing certificate.
+    Leaf,
+}
+
+/// The issuer of a certificate: its subject CN and private key.
+#[derive(Debug, Clone, Copy)]
+pub struct Issuer<'a> {
+    /// The issuer's subject CN (the sandbox's names are a single CN).
+    pub common_name: &'a str,
+    /// The issuer's private key, which signs the new certificate.
+    pub key: &'a RsaPrivateKey,
+}
+
+fn name_of(common_name: &str) -> Result<Name, KeyError> {
     let build_err = |e: &dyn std::fmt::Display| KeyError::Build(e.to_string());
     let cn = Utf8StringRef::new(common_name).map_err(|e| build_err(&e))?;
     let atv = x509_cert::attr::AttributeTypeAndValue {
@@ -295,7 +326,29 @@ pub fn issue_self_signed_certificate(
         value: Any::encode_from(&cn).map_err(|e| build_err(&e))?,
     };
     let rdn = RelativeDistinguishedName(SetOfVec::try_from(vec![atv]).map_err(|e| build_err(&e))?);
-    let subject: Name = RdnSequence(vec![rdn]);
+    Ok(RdnSequence(vec![rdn]))
+}
+
+/// Issues a SHA256withRSA certificate for `key`, signed by `issuer` (self-signed when `None`),
+/// valid from `validity.0` for `validity.1`. The PEM uses CRLF line breaks.
+///
+/// # Errors
+/// [`KeyError::Build`] if the name, validity or signature cannot be encoded.
+pub fn issue_certificate(
+    key: &RsaPrivateKey,
+    common_name: &str,
+    serial: u64,
+    validity: (SystemTime, Duration),
+    role: CertificateRole,
+    issuer: Option<Issuer<'_>>,
+) -> Result<CertificateInfo, KeyError> {
+    let build_err = |e: &dyn std::fmt::Display| KeyError::Build(e.to_string());
+    let subject = name_of(common_name)?;
+    let issuer_name = match issuer {
+        Some(i) => name_of(i.common_name)?,
+        None => subject.clone(),
+    };
+    let (not_before, valid_for) = validity;
     let validity = Validity {
         not_before: Time::try_from(not_before).map_err(|e| build_err(&e))?,
         not_after: Time::try_from(not_before + valid_for).map_err(|e| build_err(&e))?,
@@ -306,13 +359,22 @@ pub fn issue_self_signed_certificate(
         .map_err(|e| build_err(&e))?;
     let spki =
         SubjectPublicKeyInfoOwned::from_der(spki_der.as_bytes()).map_err(|e| build_err(&e))?;
-    let signer = rsa::pkcs1v15::SigningKey::<Sha256>::new(key.clone());
-    let builder = CertificateBuilder::new(
-        Profile::Leaf {
-            issuer: subject.clone(),
+    let signing_key = issuer.map_or(key, |i| i.key);
+    let signer = rsa::pkcs1v15::SigningKey::<Sha256>::new(signing_key.clone());
+    let profile = match role {
+        CertificateRole::Root => Profile::Root,
+        CertificateRole::Middle => Profile::SubCA {
+            issuer: issuer_name,
+            path_len_constraint: Some(0),
+        },
+        CertificateRole::Leaf => Profile::Leaf {
+            issuer: issuer_name,
             enable_key_agreement: false,
             enable_key_encipherment: false,
         },
+    };
+    let builder = CertificateBuilder::new(
+        profile,
         SerialNumber::from(serial),
         validity,
         subject,

@@ -337,6 +337,9 @@ async fn wechat_bad_signature_is_refused_with_401_sign_error() {
     .await;
     assert_eq!(reply.status, 401);
     assert_eq!(json_body(&reply)["code"], "SIGN_ERROR");
+    // WeChat does not sign its answer to a request whose signature it rejected.
+    assert!(reply.header("Wechatpay-Signature").is_none());
+    assert!(reply.header("Wechatpay-Serial").is_none());
 }
 
 #[tokio::test]
@@ -592,6 +595,12 @@ async fn alipay_precreate_query_duplicate_and_bad_signature() {
         .call("alipay.trade.precreate", biz, Some("http://127.0.0.1:9/n"))
         .await;
     assert_eq!(first["qr_code"], second["qr_code"]);
+    assert!(
+        first["qr_code"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://qr.alipay.com/")
+    );
     let trade = control(&m.base, "GET", "/sandbox/trades/AP0001", Value::Null).await;
     assert_eq!(
         (
@@ -600,6 +609,16 @@ async fn alipay_precreate_query_duplicate_and_bad_signature() {
         ),
         (json!(2), json!(8888))
     );
+    // A precreated QR code is no trade until the payer scans it.
+    let query = m
+        .call(
+            "alipay.trade.query",
+            json!({"out_trade_no": "AP0001"}),
+            None,
+        )
+        .await;
+    assert_eq!(query["sub_code"], "ACQ.TRADE_NOT_EXIST");
+    control(&m.base, "POST", "/sandbox/trades/AP0001/scan", Value::Null).await;
     let query = m
         .call(
             "alipay.trade.query",
@@ -764,6 +783,7 @@ impl UnionpayMerchant {
             ("txnType", "00"),
             ("txnSubType", "00"),
             ("bizType", "000000"),
+            ("channelType", "07"),
             ("orderId", order_id),
             ("txnTime", txn_time),
         ]);
@@ -830,4 +850,401 @@ async fn unionpay_consume_query_notify_and_refund() {
     forged.insert("txnAmt".into(), "2".into());
     let refused = m.post("/gateway/api/backTransReq.do", &forged).await;
     assert_eq!(refused["respCode"], "11");
+}
+
+/// `issuer` signed `cert` (sha256WithRSA) and names it as its issuer.
+fn issued_by(cert: &x509_cert::Certificate, issuer: &x509_cert::Certificate) -> bool {
+    use rsa::pkcs1v15::{Signature, VerifyingKey};
+    use rsa::pkcs8::DecodePublicKey as _;
+    use rsa::signature::Verifier as _;
+    use x509_cert::der::Encode as _;
+    let spki = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .unwrap();
+    let key = rsa::RsaPublicKey::from_public_key_der(&spki).unwrap();
+    let signature = Signature::try_from(cert.signature.raw_bytes()).unwrap();
+    cert.tbs_certificate.issuer == issuer.tbs_certificate.subject
+        && VerifyingKey::<sha2::Sha256>::new(key)
+            .verify(&cert.tbs_certificate.to_der().unwrap(), &signature)
+            .is_ok()
+}
+
+#[tokio::test]
+async fn unionpay_signs_with_a_certificate_issued_by_its_middle_and_root() {
+    use x509_cert::der::DecodePem as _;
+    let m = UnionpayMerchant::start().await;
+    let answer = m.query("UP00000404", "20240101120000").await;
+    let pem = |text: &str| x509_cert::Certificate::from_pem(text.as_bytes()).unwrap();
+    let leaf = pem(&answer["signPubKeyCert"]);
+    let middle = pem(&read("unionpay", "middle_cert.pem"));
+    let root = pem(&read("unionpay", "root_cert.pem"));
+    assert!(
+        issued_by(&leaf, &middle),
+        "signPubKeyCert is issued by the middle"
+    );
+    assert!(
+        issued_by(&middle, &root),
+        "the middle is issued by the root"
+    );
+    assert!(issued_by(&root, &root), "the root is self-signed");
+    assert!(
+        !issued_by(&leaf, &root),
+        "the root does not sign answers' certificates"
+    );
+}
+
+#[tokio::test]
+async fn unionpay_answers_and_notifies_carry_signed_empty_fields() {
+    let m = UnionpayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "ok").await;
+    let created = m.consume("UP00000077", "100", &url).await;
+    // No reqReserved was sent: the answer still carries it, empty, and signed.
+    assert_eq!(created["reqReserved"], "");
+    assert!(unionpay::platform_signing_string(&created).contains("&reqReserved=&"));
+    // A merchant that drops blanks before verifying refuses the genuine answer.
+    let mut without = created.clone();
+    without.retain(|_, v| !v.is_empty());
+    assert!(unionpay::verify_platform_message(&without, None).is_err());
+    pay(&m.base, "UP00000077").await;
+    let seen = receiver.wait_for(1).await;
+    let notify = form::decode(&String::from_utf8_lossy(&seen[0].body)).unwrap();
+    assert_eq!(notify["reqReserved"], "");
+    unionpay::verify_platform_message(&notify, None).unwrap();
+}
+
+#[tokio::test]
+async fn unionpay_query_needs_channel_type_and_order_ids_are_8_to_40_alphanumerics() {
+    let m = UnionpayMerchant::start().await;
+    let no_channel_type = m.sign(&[
+        ("txnType", "00"),
+        ("txnSubType", "00"),
+        ("bizType", "000000"),
+        ("orderId", "UP00000001"),
+        ("txnTime", "20240101120000"),
+    ]);
+    let answer = m.post("/gateway/api/queryTrans.do", &no_channel_type).await;
+    assert_eq!(answer["respCode"], "13");
+    let (url, _receiver) = start_receiver(vec![200], "ok").await;
+    let forty = "A1".repeat(20);
+    assert_eq!(m.consume(&forty, "100", &url).await["respCode"], "00");
+    for bad in [
+        "UP00001".to_owned(),
+        "A".repeat(41),
+        "UP_0000001".to_owned(),
+    ] {
+        assert_eq!(
+            m.consume(&bad, "100", &url).await["respCode"],
+            "10",
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        m.query(&"A".repeat(41), "20240101120000").await["respCode"],
+        "10"
+    );
+}
+
+impl WechatMerchant {
+    /// A signed request carrying `Wechatpay-Serial` (the key the merchant can verify); the answer
+    /// is returned unverified.
+    async fn call_asking_for(&self, method: &str, target: &str, serial: &str) -> Reply {
+        let timestamp = chrono::Utc::now().timestamp();
+        let nonce = "C5AC7061FCCAB6BF3E254DCF98995B8C";
+        let message = wechat::request_message(method, target, timestamp, nonce, b"");
+        let auth = wechat::Authorization {
+            mchid: self.mchid.clone(),
+            nonce_str: nonce.into(),
+            timestamp,
+            serial_no: self.serial.clone(),
+            signature: keys::sign_sha256_rsa(&self.key, &message).unwrap(),
+        };
+        send(OutgoingRequest {
+            method: method.into(),
+            url: format!("{}{target}", self.base),
+            headers: vec![
+                ("Authorization".into(), auth.to_header_value()),
+                ("Accept".into(), "application/json".into()),
+                ("Wechatpay-Serial".into(), serial.into()),
+            ],
+            body: Vec::new(),
+        })
+        .await
+    }
+}
+
+fn signature_headers(get: impl Fn(&str) -> String) -> wechat::SignatureHeaders {
+    wechat::SignatureHeaders {
+        timestamp: get("wechatpay-timestamp").parse().unwrap(),
+        nonce: get("wechatpay-nonce"),
+        signature: get("wechatpay-signature"),
+        serial: get("wechatpay-serial"),
+    }
+}
+
+#[tokio::test]
+async fn wechat_rotation_publishes_a_certificate_signs_with_both_keys_then_only_the_new_one() {
+    let m = WechatMerchant::start().await;
+    let public_key_id = read("wechat", "platform_serial.txt");
+    let (url, receiver) = start_receiver(vec![200], "").await;
+    m.native("WXROT0001", 100, &url).await;
+    let rotated = control(&m.base, "POST", "/sandbox/keys/rotate", Value::Null).await;
+    let serial = rotated["serial"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["active"], json!([public_key_id, serial]));
+
+    // /v3/certificates lists the new certificate, sealed with the APIv3 key; the answer is
+    // signed with the key the request asked for.
+    let reply = m
+        .call_asking_for("GET", "/v3/certificates", &public_key_id)
+        .await;
+    assert_eq!(reply.status, 200);
+    let headers = signature_headers(|n| reply.header(n).unwrap().to_owned());
+    assert_eq!(headers.serial, public_key_id);
+    wechat::verify_platform_signature(&m.platform_key, &headers, &reply.body).unwrap();
+    let listed = json_body(&reply);
+    let entry = &listed["data"][0];
+    assert_eq!(entry["serial_no"], serial.as_str());
+    let sealed = &entry["encrypt_certificate"];
+    assert_eq!(sealed["associated_data"], "certificate");
+    let pem = m
+        .apiv3
+        .open(
+            sealed["nonce"].as_str().unwrap(),
+            "certificate",
+            sealed["ciphertext"].as_str().unwrap(),
+        )
+        .unwrap();
+    let cert = keys::CertificateInfo::from_pem(&String::from_utf8(pem).unwrap()).unwrap();
+    assert_eq!(cert.serial_hex(), serial);
+    let verify_with = |headers: &wechat::SignatureHeaders, body: &[u8]| {
+        let key = if headers.serial == public_key_id {
+            &m.platform_key
+        } else {
+            assert_eq!(headers.serial, serial);
+            cert.public_key()
+        };
+        wechat::verify_platform_signature(key, headers, body).unwrap();
+    };
+
+    // Both keys sign callbacks, at random, while both are active.
+    for _ in 0..24 {
+        control(
+            &m.base,
+            "POST",
+            "/sandbox/trades/WXROT0001/notify",
+            json!({"tamper": "none"}),
+        )
+        .await;
+    }
+    let seen = receiver.wait_for(24).await;
+    let serials: std::collections::BTreeSet<String> = seen
+        .iter()
+        .map(|r| {
+            let h = signature_headers(|n| r.headers[n].to_str().unwrap().to_owned());
+            verify_with(&h, &r.body);
+            h.serial
+        })
+        .collect();
+    assert_eq!(serials.len(), 2, "both keys in use: {serials:?}");
+
+    // After retirement only the new certificate signs, answers included.
+    let retired = control(&m.base, "POST", "/sandbox/keys/retire", Value::Null).await;
+    assert_eq!(retired["active"], json!([serial]));
+    for _ in 0..6 {
+        control(
+            &m.base,
+            "POST",
+            "/sandbox/trades/WXROT0001/notify",
+            json!({"tamper": "none"}),
+        )
+        .await;
+    }
+    let seen = receiver.wait_for(30).await;
+    for r in &seen[24..] {
+        let h = signature_headers(|n| r.headers[n].to_str().unwrap().to_owned());
+        assert_eq!(h.serial, serial);
+        verify_with(&h, &r.body);
+    }
+    let target = format!(
+        "/v3/pay/transactions/out-trade-no/WXROT0001?mchid={}",
+        m.mchid
+    );
+    let answer = m.call_asking_for("GET", &target, &public_key_id).await;
+    let h = signature_headers(|n| answer.header(n).unwrap().to_owned());
+    assert_eq!(h.serial, serial, "a retired key no longer signs answers");
+    verify_with(&h, &answer.body);
+}
+
+#[tokio::test]
+async fn wechat_out_trade_no_must_be_6_to_32_of_its_characters() {
+    let m = WechatMerchant::start().await;
+    assert_eq!(
+        m.native("WX|*_-01", 100, "http://127.0.0.1:9/n")
+            .await
+            .status,
+        200
+    );
+    for bad in [
+        "WX001".to_owned(),
+        "W".repeat(33),
+        "WX 00001".to_owned(),
+        "WX@00001".to_owned(),
+    ] {
+        let reply = m.native(&bad, 100, "http://127.0.0.1:9/n").await;
+        assert_eq!(reply.status, 400, "{bad}");
+        assert_eq!(json_body(&reply)["code"], "PARAM_ERROR", "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn alipay_precreated_qr_is_not_found_and_cannot_be_closed_until_scanned() {
+    let m = AlipayMerchant::start().await;
+    let biz = json!({"out_trade_no": "AP0010", "total_amount": "1.00", "subject": "s"});
+    m.call("alipay.trade.precreate", biz, Some("http://127.0.0.1:9/n"))
+        .await;
+    let by_no = json!({"out_trade_no": "AP0010"});
+    for method in ["alipay.trade.query", "alipay.trade.close"] {
+        let node = m.call(method, by_no.clone(), None).await;
+        assert_eq!(
+            (node["code"].as_str(), node["sub_code"].as_str()),
+            (Some("40004"), Some("ACQ.TRADE_NOT_EXIST")),
+            "{method}"
+        );
+    }
+    // The control API still shows the QR, pending.
+    let trade = control(&m.base, "GET", "/sandbox/trades/AP0010", Value::Null).await;
+    assert_eq!(trade["state"], "PENDING");
+    let scanned = control(&m.base, "POST", "/sandbox/trades/AP0010/scan", Value::Null).await;
+    assert_eq!(scanned["trade_status"], "WAIT_BUYER_PAY");
+    let node = m.call("alipay.trade.query", by_no.clone(), None).await;
+    assert_eq!(node["trade_status"], "WAIT_BUYER_PAY");
+    let closed = m.call("alipay.trade.close", by_no, None).await;
+    assert_eq!(closed["code"], "10000");
+}
+
+#[tokio::test]
+async fn alipay_full_refund_without_out_request_no_notifies_trade_closed_without_out_biz_no() {
+    let m = AlipayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "success").await;
+    let biz = json!({"out_trade_no": "AP0011", "total_amount": "5.00", "subject": "s"});
+    m.call("alipay.trade.precreate", biz, Some(&url)).await;
+    pay(&m.base, "AP0011").await;
+    receiver.wait_for(1).await;
+    let ok = m
+        .call(
+            "alipay.trade.refund",
+            json!({"out_trade_no": "AP0011", "refund_amount": "5.00"}),
+            None,
+        )
+        .await;
+    assert_eq!(ok["fund_change"], "Y");
+    let seen = receiver.wait_for(2).await;
+    let notify = form::decode(&String::from_utf8_lossy(&seen[1].body)).unwrap();
+    alipay::verify_notify(&m.alipay_key, &notify).unwrap();
+    assert_eq!(notify["trade_status"], "TRADE_CLOSED");
+    assert_eq!(notify["refund_fee"], "5.00");
+    assert!(notify.contains_key("gmt_refund") && notify.contains_key("gmt_close"));
+    assert!(!notify.contains_key("out_biz_no"), "{notify:?}");
+}
+
+#[tokio::test]
+async fn alipay_unknown_app_id_is_answered_unsigned_and_long_out_trade_no_refused() {
+    let m = AlipayMerchant::start().await;
+    let mut params = m.signed_params("alipay.trade.query", &json!({"out_trade_no": "AP1"}), None);
+    params.insert("app_id".into(), "2021999999999999".into());
+    let body = form::encode(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let reply = send(OutgoingRequest::post(
+        format!("{}/gateway.do", m.base),
+        "application/x-www-form-urlencoded;charset=utf-8",
+        body,
+    ))
+    .await;
+    let answer: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert!(answer.get("sign").is_none(), "{answer}");
+    assert_eq!(answer["error_response"]["code"], "40002");
+    let long = "A".repeat(65);
+    let node = m
+        .call(
+            "alipay.trade.precreate",
+            json!({"out_trade_no": long, "total_amount": "1.00", "subject": "s"}),
+            None,
+        )
+        .await;
+    assert_eq!(node["sub_code"], "ACQ.INVALID_PARAMETER");
+    let node = m
+        .call(
+            "alipay.trade.precreate",
+            json!({"out_trade_no": "A".repeat(64), "total_amount": "1.00", "subject": "s"}),
+            None,
+        )
+        .await;
+    assert_eq!(node["code"], "10000");
+}
+
+#[tokio::test]
+async fn alipay_precreate_answers_escape_slashes_in_the_node_but_sign_them_plain() {
+    let m = AlipayMerchant::start().await;
+    let params = m.signed_params(
+        "alipay.trade.precreate",
+        &json!({"out_trade_no": "AP0020", "total_amount": "1.00", "subject": "s"}),
+        Some("http://127.0.0.1:9/n"),
+    );
+    let body = form::encode(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let reply = send(OutgoingRequest::post(
+        format!("{}/gateway.do", m.base),
+        "application/x-www-form-urlencoded;charset=utf-8",
+        body,
+    ))
+    .await;
+    let text = reply.text();
+    assert!(text.contains(r"https:\/\/qr.alipay.com\/"), "{text}");
+    let top: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_str(&text).unwrap();
+    let node = top["alipay_trade_precreate_response"].get();
+    let sign: String = serde_json::from_str(top["sign"].get()).unwrap();
+    let signature = BASE64.decode(sign).unwrap();
+    // The escaped text as sent does not verify; the same text with `\/` read as `/` does.
+    assert!(!keys::verify_sha256_rsa(
+        &m.alipay_key,
+        node.as_bytes(),
+        &signature
+    ));
+    assert!(keys::verify_sha256_rsa(
+        &m.alipay_key,
+        node.replace(r"\/", "/").as_bytes(),
+        &signature
+    ));
+}
+
+#[tokio::test]
+async fn unionpay_refuses_a_second_front_submission_of_the_same_order_as_a_duplicate() {
+    let m = UnionpayMerchant::start().await;
+    let fields = m.sign(&[
+        ("txnType", "01"),
+        ("txnSubType", "01"),
+        ("bizType", "000201"),
+        ("channelType", "07"),
+        ("orderId", "UPFRONT0001"),
+        ("txnTime", "20240101120000"),
+        ("txnAmt", "100"),
+        ("backUrl", "http://127.0.0.1:9/n"),
+        ("frontUrl", "http://127.0.0.1:9/f"),
+    ]);
+    let submit = || async {
+        let body = form::encode(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        send(OutgoingRequest::post(
+            format!("{}/gateway/api/frontTransReq.do", m.base),
+            "application/x-www-form-urlencoded;charset=UTF-8",
+            body,
+        ))
+        .await
+        .text()
+    };
+    // The payer's browser: the cashier page.
+    assert!(submit().await.trim_start().starts_with('<'));
+    // The same form again (a merchant submitting it too): a signed duplicate refusal.
+    let again = unionpay::parse_sync_response(&submit().await);
+    unionpay::verify_platform_message(&again, None).unwrap();
+    assert_eq!(again["respCode"], "12");
 }

@@ -227,6 +227,7 @@ impl UnionpayAdapter {
             mer_id: self.mer_id.clone(),
             order_id: order_id.to_owned(),
             txn_time,
+            channel_type: self.channel_type,
         }
         .to_fields()
         .map_err(wire_error)?;
@@ -260,6 +261,23 @@ impl UnionpayAdapter {
         }
         let status = query_status(&r.resp_code, r.orig_resp_code.as_deref());
         payment_result(out_trade_no, &r, status).map_err(ChannelError::BadResponse)
+    }
+
+    /// Whether UnionPay knows the transaction `order_id` sent at `txn_time` (query `respCode=00`);
+    /// `34` means it does not.
+    ///
+    /// # Errors
+    /// `Unavailable` when the query does not say either way.
+    async fn trade_exists(&self, order_id: &str, txn_time: &str) -> Result<bool, ChannelError> {
+        let r = self.query(order_id, txn_time, "out_trade_no").await?;
+        match r.resp_code.as_str() {
+            "00" => Ok(true),
+            "34" => Ok(false),
+            other => Err(ChannelError::Unavailable(format!(
+                "query before the front submission answered respCode={other}: {}",
+                r.resp_msg
+            ))),
+        }
     }
 
     fn verified_fields(&self, cb: &Callback) -> Result<BTreeMap<String, String>, Rejection> {
@@ -333,7 +351,13 @@ impl Adapter for UnionpayAdapter {
         .map_err(wire_error)?;
         self.client.sign(&mut fields)?;
         let action = self.url(FRONT_TRANS_PATH);
-        if self.front_register {
+        // A retried Prepay must not submit the same orderId/txnTime twice (the gateway refuses a
+        // second submission as a duplicate): ask first whether the trade already exists.
+        if self.front_register
+            && !self
+                .trade_exists(&req.out_trade_no, &channel_prepay_id)
+                .await?
+        {
             // Success is the cashier page (HTML, unsigned); a refusal is a signed k=v answer.
             let body = self.client.post_form(&action, &fields).await?;
             if !body.trim_start().starts_with('<') {
@@ -496,7 +520,7 @@ impl Adapter for UnionpayAdapter {
 
     /// Back (and front) notifications: form bodies signed like answers. `respCode` 00/A6 is a
     /// success; anything else is UNKNOWN so that the core asks with a query.
-    fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
+    async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
         let fields = self.verified_fields(cb)?;
         let malformed = |e: String| Rejection::new(RejectReason::Malformed, e);
         let r = TransactionResult::from_fields(&fields).map_err(|e| malformed(e.to_string()))?;

@@ -28,6 +28,9 @@ pub struct UnionpaySettings {
     pub platform_cert: Option<String>,
     /// `UNIONPAY_MIDDLE_CERT`: UnionPay's middle certificate, issuer of the signing certificates.
     pub middle_cert: Option<String>,
+    /// `UNIONPAY_ROOT_CERT`: UnionPay's root certificate, issuer of the middle one (required with
+    /// `UNIONPAY_MIDDLE_CERT`: the trust path ends at a configured root).
+    pub root_cert: Option<String>,
     /// `UNIONPAY_ACCEPT_TEST_CN`: also accept the test environment's `00040000:SIGN` subjects.
     pub accept_test_cn: bool,
     /// `UNIONPAY_BACK_URL`, else `ADAPTER_PUBLIC_CALLBACK_BASE` + `/notify/payment`.
@@ -40,9 +43,10 @@ pub struct UnionpaySettings {
     /// `UNIONPAY_CHANNEL_TYPE`: `07` (PC, default) or `08` (mobile).
     pub channel_type: String,
     /// `UNIONPAY_FRONT_REGISTER`: when true, Prepay also POSTs the signed front form itself, so
-    /// the trade exists without a browser (sandbox end-to-end runs). Default: false for the
-    /// production gateway, where the payer's browser must be the one to submit the form (a second
-    /// submission of the same orderId/txnTime would be a duplicate), true for any other gateway.
+    /// the trade exists without a browser (sandbox end-to-end runs). Default: false for UnionPay's
+    /// own gateways (production `gateway.95516.com` and test `gateway.test.95516.com`), where the
+    /// payer's browser must be the one to submit the form (its submission of the same
+    /// orderId/txnTime would be refused as a duplicate), true for any other host.
     pub front_register: bool,
 }
 
@@ -90,6 +94,18 @@ fn url(key: &str, base: Option<&str>, path: &str) -> Result<String, SettingError
     } else {
         Err(bad(key, "must be an absolute http(s) URL"))
     }
+}
+
+/// Whether `base` is one of UnionPay's own hosts (`…95516.com`), production or test.
+pub fn is_unionpay_host(base: &str) -> bool {
+    let host = base
+        .split_once("://")
+        .map_or(base, |(_, rest)| rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    host == "95516.com" || host.ends_with(".95516.com")
 }
 
 impl UnionpaySettings {
@@ -143,7 +159,8 @@ impl UnionpaySettings {
             (Err(_), Some(base)) => Some(format!("{base}/notify/front")),
             (Err(_), None) => None,
         };
-        let front_register = flag("UNIONPAY_FRONT_REGISTER")?.unwrap_or(gateway_base != GATEWAY);
+        let front_register =
+            flag("UNIONPAY_FRONT_REGISTER")?.unwrap_or(!is_unionpay_host(&gateway_base));
         Ok(Self {
             gateway_base,
             file_trans_url,
@@ -152,6 +169,7 @@ impl UnionpaySettings {
             sign_cert_id,
             platform_cert: optional("UNIONPAY_PLATFORM_CERT")?,
             middle_cert: optional("UNIONPAY_MIDDLE_CERT")?,
+            root_cert: optional("UNIONPAY_ROOT_CERT")?,
             accept_test_cn: flag("UNIONPAY_ACCEPT_TEST_CN")?.unwrap_or(false),
             back_url: url("UNIONPAY_BACK_URL", base, "/notify/payment")?,
             refund_back_url: url("UNIONPAY_REFUND_BACK_URL", base, "/notify/refund")?,
@@ -183,10 +201,28 @@ impl UnionpayKeys {
                 .add_pinned_certificate_pem(pem)
                 .map_err(|e| bad("UNIONPAY_PLATFORM_CERT", e.to_string()))?;
         }
-        if let Some(pem) = &s.middle_cert {
-            verifier
-                .add_issuer_pem(pem)
-                .map_err(|e| bad("UNIONPAY_MIDDLE_CERT", e.to_string()))?;
+        match (&s.middle_cert, &s.root_cert) {
+            (Some(middle), Some(root)) => {
+                verifier
+                    .add_root_pem(root)
+                    .map_err(|e| bad("UNIONPAY_ROOT_CERT", e.to_string()))?;
+                verifier
+                    .add_middle_pem(middle)
+                    .map_err(|e| bad("UNIONPAY_MIDDLE_CERT", e.to_string()))?;
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "UNIONPAY_ROOT_CERT",
+                    "UNIONPAY_MIDDLE_CERT needs UNIONPAY_ROOT_CERT(_FILE): a trust path ends at a configured root",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "UNIONPAY_MIDDLE_CERT",
+                    "UNIONPAY_ROOT_CERT needs UNIONPAY_MIDDLE_CERT(_FILE): signing certificates are issued by the middle one",
+                ));
+            }
+            (None, None) => {}
         }
         if s.platform_cert.is_none() && s.middle_cert.is_none() {
             return Err(bad(
@@ -195,5 +231,21 @@ impl UnionpayKeys {
             ));
         }
         Ok(Self { signer, verifier })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn front_register_is_off_for_unionpays_own_gateways() {
+        // The payer's browser submits the same orderId/txnTime; a second submission by the adapter
+        // would be refused as a duplicate by the real gateways, test included.
+        assert!(is_unionpay_host("https://gateway.95516.com"));
+        assert!(is_unionpay_host("https://gateway.test.95516.com"));
+        assert!(is_unionpay_host("https://GATEWAY.TEST.95516.COM:443/"));
+        assert!(!is_unionpay_host("http://127.0.0.1:8093"));
+        assert!(!is_unionpay_host("https://95516.com.example.org"));
     }
 }

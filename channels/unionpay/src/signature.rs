@@ -71,7 +71,7 @@ pub enum VerifyError {
     CertIdMismatch { cert_id: String, serial: String },
     #[error("no pinned certificate with certId {0:?}")]
     UnknownCertId(String),
-    #[error("certificate {0} was not issued by a configured UnionPay issuer")]
+    #[error("certificate {0} (no trust path to a configured root)")]
     UntrustedCertificate(String),
     #[error("certificate subject CN {0:?} is not a UnionPay signing certificate")]
     WrongSubject(String),
@@ -81,12 +81,25 @@ pub enum VerifyError {
     BadSignature,
 }
 
-/// The sorted `k=v&…` string: every field but `signature`, empty values dropped, raw values.
+/// The sorted `k=v&…` string the merchant signs: every field but `signature`, empty values
+/// dropped (the official SDK's `filterBlank` before signing a request), raw values.
 /// `BTreeMap` order is byte order, i.e. ASCII order.
 pub fn signing_string(fields: &BTreeMap<String, String>) -> String {
+    join_fields(fields, false)
+}
+
+/// The sorted `k=v&…` string an answer or notification is verified over: every field but
+/// `signature`, **empty values kept** (`key=`). UnionPay signs its answers over all the fields it
+/// sends, blanks included (the official SDK's `coverMap2String` in `validate` filters nothing), so
+/// dropping them would refuse genuine answers that carry an empty field.
+pub fn verification_string(fields: &BTreeMap<String, String>) -> String {
+    join_fields(fields, true)
+}
+
+fn join_fields(fields: &BTreeMap<String, String>, keep_empty: bool) -> String {
     let mut content = String::new();
     for (key, value) in fields {
-        if key == "signature" || value.is_empty() {
+        if key == "signature" || (value.is_empty() && !keep_empty) {
             continue;
         }
         if !content.is_empty() {
@@ -102,6 +115,11 @@ pub fn signing_string(fields: &BTreeMap<String, String>) -> String {
 /// Lower-case hex SHA-256 of [`signing_string`]: the 64 ASCII bytes that the RSA signature covers.
 pub fn signing_digest_hex(fields: &BTreeMap<String, String>) -> String {
     hex::encode(Sha256::digest(signing_string(fields).as_bytes()))
+}
+
+/// Lower-case hex SHA-256 of [`verification_string`].
+pub fn verification_digest_hex(fields: &BTreeMap<String, String>) -> String {
+    hex::encode(Sha256::digest(verification_string(fields).as_bytes()))
 }
 
 /// The merchant's signing key (from the PFX UnionPay issues) and its `certId`.
@@ -178,7 +196,10 @@ pub struct SigningCertificate {
     subject_cn: Option<String>,
     not_before: i64,
     not_after: i64,
+    subject_der: Vec<u8>,
     issuer_der: Vec<u8>,
+    /// `basicConstraints` says this certificate may issue others.
+    is_ca: bool,
     tbs_der: Vec<u8>,
     signature_algorithm: ObjectIdentifier,
     signature: Vec<u8>,
@@ -204,12 +225,20 @@ impl SigningCertificate {
             subject_cn: subject_cn(&cert),
             not_before: seconds(tbs.validity.not_before)?,
             not_after: seconds(tbs.validity.not_after)?,
+            subject_der: tbs.subject.to_der().map_err(|e| bad(&e))?,
             issuer_der: tbs.issuer.to_der().map_err(|e| bad(&e))?,
+            is_ca: is_ca(&cert),
             tbs_der: tbs.to_der().map_err(|e| bad(&e))?,
             signature_algorithm: cert.signature_algorithm.oid,
             signature: cert.signature.raw_bytes().to_vec(),
             key,
         })
+    }
+
+    fn serial_hex(&self) -> String {
+        BigUint::parse_bytes(self.cert_id.as_bytes(), 10)
+            .map(|n| n.to_str_radix(16).to_ascii_uppercase())
+            .unwrap_or_default()
     }
 
     /// The certificate serial in decimal: what `certId` holds.
@@ -255,12 +284,12 @@ impl SigningCertificate {
         let signature =
             Signature::try_from(raw.as_slice()).map_err(|_| VerifyError::BadSignature)?;
         VerifyingKey::<Sha256>::new(self.key.clone())
-            .verify(signing_digest_hex(fields).as_bytes(), &signature)
+            .verify(verification_digest_hex(fields).as_bytes(), &signature)
             .map_err(|_| VerifyError::BadSignature)
     }
 
     /// Whether `issuer` signed this certificate (sha256WithRSA, or sha1WithRSA as CFCA still uses).
-    fn is_issued_by(&self, issuer: &Issuer) -> bool {
+    fn is_issued_by(&self, issuer: &SigningCertificate) -> bool {
         if self.issuer_der != issuer.subject_der {
             return false;
         }
@@ -285,6 +314,20 @@ impl SigningCertificate {
     }
 }
 
+/// The `cA` flag of `basicConstraints`; a certificate without the extension is not a CA.
+fn is_ca(cert: &Certificate) -> bool {
+    use x509_cert::der::Decode as _;
+    use x509_cert::ext::pkix::BasicConstraints;
+    const BASIC_CONSTRAINTS: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.19");
+    cert.tbs_certificate
+        .extensions
+        .iter()
+        .flatten()
+        .find(|ext| ext.extn_id == BASIC_CONSTRAINTS)
+        .and_then(|ext| BasicConstraints::from_der(ext.extn_value.as_bytes()).ok())
+        .is_some_and(|bc| bc.ca)
+}
+
 fn subject_cn(cert: &Certificate) -> Option<String> {
     cert.tbs_certificate
         .subject
@@ -296,19 +339,15 @@ fn subject_cn(cert: &Certificate) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// An intermediate ("middle") certificate allowed to issue UnionPay signing certificates, e.g.
-/// `acp_prod_middle.cer`. It is trusted as configured; its own chain to the root is the operator's
-/// choice of file.
-#[derive(Debug, Clone)]
-struct Issuer {
-    subject_der: Vec<u8>,
-    key: RsaPublicKey,
-}
-
-/// What the adapter trusts to sign UnionPay answers and notifications.
+/// What the adapter trusts to sign UnionPay answers and notifications: as the official SDK does
+/// (`CertUtil.verifyCertificateChain`), a `signPubKeyCert` is trusted when a path leads from it
+/// through a configured middle certificate (`acp_prod_middle.cer`) to a configured root
+/// (`acp_prod_root.cer`), every signature on the path verifies and every link is valid at the time
+/// of verification. Pinned certificates (configured by hand) are the alternative.
 #[derive(Debug, Clone, Default)]
 pub struct PlatformVerifier {
-    issuers: Vec<Issuer>,
+    roots: Vec<SigningCertificate>,
+    middles: Vec<SigningCertificate>,
     /// Certificates configured by hand, keyed by `certId`: the 5.0.0 way, and a pin for 5.1.0.
     pinned: HashMap<String, SigningCertificate>,
     accept_test_cn: bool,
@@ -321,7 +360,7 @@ pub struct VerifiedBy {
 }
 
 impl PlatformVerifier {
-    /// Production rules: a `signPubKeyCert` must come from a configured issuer (or be pinned), name
+    /// Production rules: a `signPubKeyCert` must have a trust path to a configured root (or be pinned), name
     /// [`UNIONPAY_COMPANY_NAME`] and be valid now. With no issuer and no pin, nothing verifies.
     pub fn new() -> Self {
         Self::default()
@@ -334,23 +373,74 @@ impl PlatformVerifier {
         self
     }
 
-    /// Adds a middle certificate allowed to issue signing certificates.
+    /// Adds a root certificate: the anchor every trust path must end at.
     ///
     /// # Errors
-    /// [`KeyError::Certificate`].
-    pub fn add_issuer_pem(&mut self, pem: &str) -> Result<(), KeyError> {
-        let bad = |e: &dyn fmt::Display| KeyError::Certificate(e.to_string());
-        let cert = Certificate::from_pem(pem.as_bytes()).map_err(|e| bad(&e))?;
-        let spki = cert
-            .tbs_certificate
-            .subject_public_key_info
-            .to_der()
-            .map_err(|e| bad(&e))?;
-        self.issuers.push(Issuer {
-            subject_der: cert.tbs_certificate.subject.to_der().map_err(|e| bad(&e))?,
-            key: RsaPublicKey::from_public_key_der(&spki).map_err(|e| bad(&e))?,
-        });
+    /// [`KeyError::Certificate`] when the PEM is unreadable or not a CA certificate.
+    pub fn add_root_pem(&mut self, pem: &str) -> Result<(), KeyError> {
+        let cert = SigningCertificate::from_pem(pem)?;
+        if !cert.is_ca {
+            return Err(KeyError::Certificate(
+                "the root certificate is not a CA (basicConstraints cA)".to_owned(),
+            ));
+        }
+        self.roots.push(cert);
         Ok(())
+    }
+
+    /// Adds a middle certificate allowed to issue signing certificates; it is trusted only through
+    /// a path to a root added with [`PlatformVerifier::add_root_pem`].
+    ///
+    /// # Errors
+    /// [`KeyError::Certificate`] when the PEM is unreadable or not a CA certificate.
+    pub fn add_middle_pem(&mut self, pem: &str) -> Result<(), KeyError> {
+        let cert = SigningCertificate::from_pem(pem)?;
+        if !cert.is_ca {
+            return Err(KeyError::Certificate(
+                "the middle certificate is not a CA (basicConstraints cA)".to_owned(),
+            ));
+        }
+        self.middles.push(cert);
+        Ok(())
+    }
+
+    /// Whether a path leaf → middle → root exists with every signature verifying and every link
+    /// valid at `now`. The error names the most specific reason found.
+    fn check_path(&self, leaf: &SigningCertificate, now: DateTime<Utc>) -> Result<(), VerifyError> {
+        let mut reason = VerifyError::UntrustedCertificate(format!(
+            "{}: no configured middle certificate issued it",
+            leaf.cert_id
+        ));
+        for middle in self.middles.iter().filter(|m| leaf.is_issued_by(m)) {
+            let roots: Vec<_> = self
+                .roots
+                .iter()
+                .filter(|r| middle.is_issued_by(r))
+                .collect();
+            if roots.is_empty() {
+                reason = VerifyError::UntrustedCertificate(format!(
+                    "{}: its middle certificate {} was not issued by a configured root",
+                    leaf.cert_id,
+                    middle.serial_hex()
+                ));
+                continue;
+            }
+            if !middle.is_valid_at(now) {
+                reason = VerifyError::OutsideValidity {
+                    serial: format!("middle {}", middle.serial_hex()),
+                    at: now,
+                };
+                continue;
+            }
+            if roots.iter().any(|r| r.is_valid_at(now)) {
+                return Ok(());
+            }
+            reason = VerifyError::OutsideValidity {
+                serial: "root".to_owned(),
+                at: now,
+            };
+        }
+        Err(reason)
     }
 
     /// Pins a signing certificate and returns its `certId`.
@@ -413,8 +503,8 @@ impl PlatformVerifier {
                     .pinned
                     .get(&owned.cert_id)
                     .is_some_and(|pin| pin.same_key(&owned));
-                if !pinned && !self.issuers.iter().any(|issuer| owned.is_issued_by(issuer)) {
-                    return Err(VerifyError::UntrustedCertificate(owned.cert_id.clone()));
+                if !pinned {
+                    self.check_path(&owned, now)?;
                 }
                 if !owned.has_unionpay_subject(self.accept_test_cn) {
                     return Err(VerifyError::WrongSubject(

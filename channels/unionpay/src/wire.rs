@@ -43,7 +43,7 @@ pub enum WireError {
     Amount(String),
     #[error("amount {0} fen is out of range for txnAmt")]
     AmountRange(i64),
-    #[error("orderId {0:?} must be 8 to 32 characters of [0-9A-Za-z]")]
+    #[error("orderId {0:?} must be 8 to 40 characters of [0-9A-Za-z]")]
     OrderId(String),
     #[error("txnTime {0:?} must be 14 digits (YYYYMMDDhhmmss)")]
     TxnTime(String),
@@ -91,8 +91,17 @@ pub fn format_txn_amt(fen: i64) -> Result<String, WireError> {
     Ok(fen.to_string())
 }
 
-fn check_order_id(order_id: &str) -> Result<(), WireError> {
-    if !(8..=32).contains(&order_id.len()) || !order_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+/// `orderId` is `AN8..40` in the 5.1.0 specification: 8 to 40 letters and digits, no `-` or `_`.
+pub const ORDER_ID_LEN: std::ops::RangeInclusive<usize> = 8..=40;
+
+/// Checks a merchant order number (`orderId`, also a refund's own `orderId`) against the spec.
+///
+/// # Errors
+/// [`WireError::OrderId`].
+pub fn check_order_id(order_id: &str) -> Result<(), WireError> {
+    if !ORDER_ID_LEN.contains(&order_id.len())
+        || !order_id.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
         return Err(WireError::OrderId(order_id.to_owned()));
     }
     Ok(())
@@ -198,6 +207,9 @@ pub struct QueryRequest {
     pub mer_id: String,
     pub order_id: String,
     pub txn_time: String,
+    /// `channelType` is a required field of the query in the 5.1.0 interface (the official demo
+    /// `Form_6_5_Query` sends `07`).
+    pub channel_type: ChannelType,
 }
 
 impl QueryRequest {
@@ -207,6 +219,7 @@ impl QueryRequest {
         check_order_id(&self.order_id)?;
         check_txn_time(&self.txn_time)?;
         let mut fields = base_fields("00", "00", "000000", &self.mer_id);
+        fields.insert("channelType".into(), self.channel_type.code().into());
         fields.insert("orderId".into(), self.order_id.clone());
         fields.insert("txnTime".into(), self.txn_time.clone());
         Ok(fields)
@@ -443,6 +456,7 @@ mod tests {
             mer_id: "777290058167151".into(),
             order_id: "ORDER0001".into(),
             txn_time: "20240310120000".into(),
+            channel_type: ChannelType::Pc,
         }
         .to_fields()
         .unwrap();
@@ -455,6 +469,8 @@ mod tests {
             ("00", "00", "000000")
         );
         assert!(!query.contains_key("txnAmt"));
+        // The official query demo (Form_6_5_Query) sends channelType; the 5.1.0 spec requires it.
+        assert_eq!(query["channelType"], "07");
 
         let refund = RefundRequest {
             mer_id: "777290058167151".into(),
@@ -483,6 +499,7 @@ mod tests {
             mer_id: "777290058167151".into(),
             order_id: "ORDER-0001".into(),
             txn_time: "20240310120000".into(),
+            channel_type: ChannelType::Pc,
         };
         assert_eq!(
             request.to_fields(),
@@ -496,6 +513,20 @@ mod tests {
             request.to_fields(),
             Err(WireError::TxnTime("2024-03-10 12:00".into()))
         );
+    }
+
+    #[test]
+    fn order_ids_follow_the_spec_length_of_8_to_40_alphanumerics() {
+        // 5.1.0 specification: orderId AN8..40 (the official consume demo: "8-40位数字字母").
+        assert!(check_order_id(&"A".repeat(8)).is_ok());
+        assert!(check_order_id(&"A1".repeat(20)).is_ok());
+        assert!(check_order_id(&"A".repeat(7)).is_err());
+        assert!(check_order_id(&"A".repeat(41)).is_err());
+        for bad in ["ORDER_0001", "ORDER-0001", "ORDER 0001", "订单00000001"] {
+            assert!(check_order_id(bad).is_err(), "{bad}");
+        }
+        // A snowflake out_trade_no of the core (P + up to 19 digits) fits.
+        assert!(check_order_id("P9223372036854775807").is_ok());
     }
 
     #[test]

@@ -11,8 +11,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use crate::client::{Answer, WechatClient, parse};
 use crate::config::{WechatKeys, WechatSettings};
 use crate::signature::{
-    ApiV3Key, MerchantSigner, PlatformVerifier, VerifyError, WechatpayHeaders, decrypt_resource,
-    generate_nonce,
+    ApiV3Key, MerchantSigner, VerifyError, WechatpayHeaders, decrypt_resource, generate_nonce,
 };
 use crate::status::{ErrorClass, PaymentStatus, RefundState, RefundStatus, TradeState};
 use crate::wire::{
@@ -125,11 +124,26 @@ fn not_found_payment(out_trade_no: &str, code: &str) -> pb::PaymentResult {
     }
 }
 
+/// `out_trade_no` as WeChat Pay documents it: 6 to 32 characters of letters, digits and
+/// `_ - | *`, unique per merchant.
+///
+/// # Errors
+/// `InvalidArgument` naming the rule.
+pub fn out_trade_no(value: &str) -> Result<&str, ChannelError> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'|' | b'*');
+    if (6..=32).contains(&value.len()) && value.bytes().all(allowed) {
+        Ok(value)
+    } else {
+        Err(ChannelError::InvalidArgument(format!(
+            "out_trade_no {value:?}: WeChat Pay takes 6 to 32 characters of [A-Za-z0-9_-|*]"
+        )))
+    }
+}
+
 /// The WeChat Pay adapter. Stateless: every id comes in the request.
 pub struct WechatAdapter {
     client: WechatClient,
     signer: Arc<MerchantSigner>,
-    verifier: Arc<PlatformVerifier>,
     apiv3_key: ApiV3Key,
     mchid: String,
     appid: String,
@@ -148,18 +162,16 @@ impl WechatAdapter {
         now: fn() -> DateTime<Utc>,
     ) -> Self {
         let signer = Arc::new(keys.signer);
-        let verifier = Arc::new(keys.verifier);
         Self {
             client: WechatClient::new(
                 http,
                 &settings.api_base,
                 signer.clone(),
-                verifier.clone(),
-                &settings.platform_serial,
+                Arc::new(keys.platform),
+                keys.apiv3_key.clone(),
                 now,
             ),
             signer,
-            verifier,
             apiv3_key: keys.apiv3_key,
             mchid: settings.mchid.clone(),
             appid: settings.appid.clone(),
@@ -167,6 +179,39 @@ impl WechatAdapter {
             refund_notify_url: settings.refund_notify_url.clone(),
             now,
         }
+    }
+
+    /// Downloads the platform certificates now (at start).
+    ///
+    /// # Errors
+    /// See [`WechatClient::refresh_certificates`].
+    /// Scheduled refreshes do not count against the unknown-serial rate limit: that limit is
+    /// there against floods of forged serials, not to delay the first sight of a new key.
+    pub async fn refresh_certificates(&self) -> Result<Vec<String>, ChannelError> {
+        self.client.refresh_certificates().await
+    }
+
+    /// Refreshes the platform certificates every [`crate::platform_keys::RefreshPolicy::every`]
+    /// until the process ends (nothing when downloads are off).
+    pub fn spawn_certificate_refresh(self: &Arc<Self>) {
+        let policy = self.client.keys().policy();
+        if !policy.download {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(policy.every);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                match this.refresh_certificates().await {
+                    Ok(serials) => tracing::debug!(?serials, "platform certificates refreshed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "periodic platform certificate refresh failed")
+                    }
+                }
+            }
+        });
     }
 
     /// `time_expire`: RFC 3339 in Beijing time, e.g. `2018-06-08T10:34:56+08:00`.
@@ -183,10 +228,11 @@ impl WechatAdapter {
         match self.client.get(&path).await? {
             Answer::Ok(v) => {
                 let t: Transaction = parse(&v, "query")?;
-                if t.out_trade_no != out_trade_no || t.mchid != self.mchid {
+                if t.out_trade_no != out_trade_no || t.mchid != self.mchid || t.appid != self.appid
+                {
                     return Err(ChannelError::BadResponse(format!(
-                        "query answer names trade {:?} of merchant {:?}",
-                        t.out_trade_no, t.mchid
+                        "query answer names trade {:?} of merchant {:?}, app {:?}",
+                        t.out_trade_no, t.mchid, t.appid
                     )));
                 }
                 payment_result(&t).map_err(ChannelError::BadResponse)
@@ -205,6 +251,14 @@ impl WechatAdapter {
                 format!("notification for merchant {:?}", t.mchid),
             ));
         }
+        // A payment notification names the app it was made for: a trade of another app of the
+        // same merchant is not one of ours.
+        if t.appid != self.appid {
+            return Err(Rejection::new(
+                RejectReason::WrongMerchant,
+                format!("notification for app {:?}", t.appid),
+            ));
+        }
         payment_result(t).map_err(|e| Rejection::new(RejectReason::Malformed, e))
     }
 }
@@ -218,7 +272,7 @@ impl Adapter for WechatAdapter {
     async fn prepay(&self, req: pb::PrepayRequest) -> Result<pb::PrepayResponse, ChannelError> {
         let method = pb::PayMethod::try_from(req.method).unwrap_or(pb::PayMethod::Unspecified);
         let total = cny_fen(req.amount.as_ref(), "amount", PLATFORM)?;
-        let out_trade_no = required(&req.out_trade_no, "out_trade_no")?.to_owned();
+        let out_trade_no = out_trade_no(&req.out_trade_no)?.to_owned();
         let description = required(&req.subject, "subject")?.to_owned();
         let time_expire = Self::time_expire(req.expires_at.as_ref());
         let amount = OrderAmount {
@@ -304,8 +358,7 @@ impl Adapter for WechatAdapter {
         &self,
         req: pb::QueryPaymentRequest,
     ) -> Result<pb::PaymentResult, ChannelError> {
-        self.query(required(&req.out_trade_no, "out_trade_no")?)
-            .await
+        self.query(out_trade_no(&req.out_trade_no)?).await
     }
 
     /// Closes at WeChat, then asks for the trade's state, so that a trade paid just before the
@@ -314,7 +367,7 @@ impl Adapter for WechatAdapter {
         &self,
         req: pb::ClosePaymentRequest,
     ) -> Result<pb::PaymentResult, ChannelError> {
-        let out_trade_no = required(&req.out_trade_no, "out_trade_no")?;
+        let out_trade_no = out_trade_no(&req.out_trade_no)?;
         let body = CloseRequest {
             mchid: self.mchid.clone(),
         };
@@ -431,7 +484,7 @@ impl Adapter for WechatAdapter {
             .map_err(|e| ChannelError::BadResponse(format!("trade bill of {day}: {e}")))
     }
 
-    fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
+    async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
         let header = |name: &str| -> Result<&str, Rejection> {
             cb.headers
                 .get(name)
@@ -448,8 +501,9 @@ impl Adapter for WechatAdapter {
                 .get("Wechatpay-Signature-Type")
                 .and_then(|v| v.to_str().ok()),
         };
-        self.verifier
-            .verify(&headers, &cb.body, (self.now)())
+        self.client
+            .verify_signed(&headers, &cb.body)
+            .await
             .map_err(|e| {
                 let reason = match &e {
                     VerifyError::StaleTimestamp { .. } => RejectReason::StaleTimestamp,

@@ -11,11 +11,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha1::{Digest, Sha1};
 
+use crate::platform_keys::PlatformKeys;
 use crate::signature::{
-    MerchantSigner, PlatformVerifier, VerifyError, WechatpayHeaders, generate_nonce,
+    ApiV3Key, MerchantSigner, VerifyError, WechatpayHeaders, generate_nonce, open_certificates,
 };
 use crate::status::{ErrorClass, classify_error};
-use crate::wire::ErrorResponse;
+use crate::wire::{CERTIFICATES_PATH, CertificatesResponse, ErrorResponse};
 
 /// A verified answer: HTTP status and the exact body bytes that were signed.
 #[derive(Debug)]
@@ -58,16 +59,18 @@ pub enum Answer {
     Refused(PlatformRefusal),
 }
 
-/// Signs requests with the merchant key and verifies answers with the platform key.
+/// Signs requests with the merchant key and verifies answers with the platform keys.
 #[derive(Clone)]
 pub struct WechatClient {
     http: reqwest::Client,
     api_base: String,
     signer: Arc<MerchantSigner>,
-    verifier: Arc<PlatformVerifier>,
-    /// Sent as `Wechatpay-Serial` on requests, so that WeChat signs answers with the key we hold
-    /// (the documented way to ask for public-key-mode signatures during key migration).
-    platform_serial: String,
+    /// The trusted platform keys; [`PlatformKeys::preferred_serial`] goes out as
+    /// `Wechatpay-Serial` on requests, so that WeChat signs answers with a key we hold (the
+    /// documented way to choose the key during the migration to public keys).
+    keys: Arc<PlatformKeys>,
+    /// Decrypts downloaded platform certificates.
+    api_v3_key: ApiV3Key,
     now: fn() -> DateTime<Utc>,
 }
 
@@ -76,17 +79,99 @@ impl WechatClient {
         http: reqwest::Client,
         api_base: &str,
         signer: Arc<MerchantSigner>,
-        verifier: Arc<PlatformVerifier>,
-        platform_serial: &str,
+        keys: Arc<PlatformKeys>,
+        api_v3_key: ApiV3Key,
         now: fn() -> DateTime<Utc>,
     ) -> Self {
         Self {
             http,
             api_base: api_base.trim_end_matches('/').to_owned(),
             signer,
-            verifier,
-            platform_serial: platform_serial.to_owned(),
+            keys,
+            api_v3_key,
             now,
+        }
+    }
+
+    pub fn keys(&self) -> &Arc<PlatformKeys> {
+        &self.keys
+    }
+
+    /// Downloads `/v3/certificates`, decrypts every certificate with the APIv3 key, verifies the
+    /// answer's signature (with a key already trusted or one of the certificates it brings, as
+    /// the official SDKs bootstrap), and adds the certificates valid now. Returns their serials.
+    ///
+    /// # Errors
+    /// Transport errors as usual; `BadResponse` when the answer does not verify or an entry does
+    /// not decrypt; a refusal's error otherwise.
+    pub async fn refresh_certificates(&self) -> Result<Vec<String>, ChannelError> {
+        let url = format!("{}{CERTIFICATES_PATH}", self.api_base);
+        let response = self.send(Method::GET, &url, None).await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await?.to_vec();
+        if status != 200 {
+            return Err(match refusal(status, &bytes) {
+                Some(r) => r.into_error(),
+                None => ChannelError::Unavailable(format!(
+                    "HTTP {status} downloading platform certificates: {}",
+                    snippet(&bytes)
+                )),
+            });
+        }
+        let listed: CertificatesResponse = serde_json::from_slice(&bytes).map_err(|e| {
+            ChannelError::BadResponse(format!("/v3/certificates is not the expected JSON: {e}"))
+        })?;
+        let now = (self.now)();
+        let certs = open_certificates(&listed, &self.api_v3_key, now)
+            .map_err(|e| ChannelError::BadResponse(format!("/v3/certificates: {e}")))?;
+        let candidate = self.keys.verifier_with(&certs);
+        let wechatpay = wechatpay_headers(&headers)
+            .map_err(|why| ChannelError::BadResponse(format!("/v3/certificates: {why}")))?;
+        candidate.verify(&wechatpay, &bytes, now).map_err(|e| {
+            ChannelError::BadResponse(format!("/v3/certificates answer does not verify: {e}"))
+        })?;
+        self.keys.add_certificates(&certs);
+        Ok(certs.into_iter().map(|c| c.serial).collect())
+    }
+
+    /// On a serial we do not know: refreshes the certificates (rate limited) and says whether
+    /// the serial is known afterwards.
+    pub async fn refresh_for_unknown_serial(&self, serial: &str) -> bool {
+        let Some(slot) = self.keys.refresh_slot(Some(serial), false).await else {
+            return self.keys.contains(serial);
+        };
+        match self.refresh_certificates().await {
+            Ok(serials) => {
+                tracing::info!(unknown = serial, downloaded = ?serials, "platform certificates refreshed on an unknown serial");
+            }
+            Err(e) => {
+                tracing::warn!(unknown = serial, error = %e, "platform certificate refresh failed");
+            }
+        }
+        slot.done();
+        self.keys.contains(serial)
+    }
+
+    /// Verifies `Wechatpay-*` headers over `body`; an unknown serial first refreshes the
+    /// platform certificates (rate limited) and is retried once.
+    ///
+    /// # Errors
+    /// The [`VerifyError`] of the last attempt.
+    pub async fn verify_signed(
+        &self,
+        headers: &WechatpayHeaders<'_>,
+        body: &[u8],
+    ) -> Result<(), VerifyError> {
+        match self.keys.verify(headers, body, (self.now)()) {
+            Err(VerifyError::UnknownSerial(serial)) => {
+                if self.refresh_for_unknown_serial(&serial).await {
+                    self.keys.verify(headers, body, (self.now)())
+                } else {
+                    Err(VerifyError::UnknownSerial(serial))
+                }
+            }
+            other => other,
         }
     }
 
@@ -131,7 +216,23 @@ impl WechatClient {
                 snippet(&bytes)
             )));
         }
-        self.verify(&headers, &bytes).map_err(|why| {
+        if (400..500).contains(&status) && !headers.contains_key("Wechatpay-Signature") {
+            // WeChat does not sign its answer to a request whose signature it rejected (401
+            // SIGN_ERROR), and the official SDKs read every non-2xx answer by status and code
+            // before (and without) verifying it. An unsigned answer may refuse, but may not
+            // assert a state: "no such order" must come signed.
+            let mut r = refusal(status, &bytes).ok_or_else(|| {
+                ChannelError::BadResponse(format!(
+                    "unsigned HTTP {status} answer to {path_and_query} without an error body: {}",
+                    snippet(&bytes)
+                ))
+            })?;
+            if r.class == ErrorClass::NotFound {
+                r.class = ErrorClass::Unknown;
+            }
+            return Ok(Answer::Refused(r));
+        }
+        self.verify(&headers, &bytes).await.map_err(|why| {
             ChannelError::BadResponse(format!("HTTP {status} answer to {path_and_query}: {why}"))
         })?;
         if (200..300).contains(&status) {
@@ -140,15 +241,9 @@ impl WechatClient {
                 body: bytes,
             }));
         }
-        let error: ErrorResponse = serde_json::from_slice(&bytes).map_err(|e| {
-            ChannelError::BadResponse(format!("HTTP {status} without an error body: {e}"))
-        })?;
-        Ok(Answer::Refused(PlatformRefusal {
-            status,
-            class: classify_error(status, &error.code),
-            code: error.code,
-            message: error.message,
-        }))
+        refusal(status, &bytes).map(Answer::Refused).ok_or_else(|| {
+            ChannelError::BadResponse(format!("HTTP {status} without an error body"))
+        })
     }
 
     /// Fetches a bill file from the `download_url` the bill API gave: a signed `GET` whose answer
@@ -214,8 +309,10 @@ impl WechatClient {
             .request(method, url)
             .header("Authorization", authorization)
             .header("Accept", "application/json")
-            .header("User-Agent", "payplatform-wechat-adapter")
-            .header("Wechatpay-Serial", &self.platform_serial);
+            .header("User-Agent", "payplatform-wechat-adapter");
+        if let Some(serial) = self.keys.preferred_serial() {
+            request = request.header("Wechatpay-Serial", serial);
+        }
         if let Some(body) = body {
             request = request
                 .header("Content-Type", "application/json")
@@ -224,26 +321,47 @@ impl WechatClient {
         Ok(request.send().await?)
     }
 
-    fn verify(&self, headers: &reqwest::header::HeaderMap, body: &[u8]) -> Result<(), String> {
-        let header = |name: &str| -> Result<&str, String> {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| format!("no {name} header"))
-        };
-        let wechatpay = WechatpayHeaders {
-            timestamp: header("Wechatpay-Timestamp")?,
-            nonce: header("Wechatpay-Nonce")?,
-            signature: header("Wechatpay-Signature")?,
-            serial: header("Wechatpay-Serial")?,
-            signature_type: headers
-                .get("Wechatpay-Signature-Type")
-                .and_then(|v| v.to_str().ok()),
-        };
-        self.verifier
-            .verify(&wechatpay, body, (self.now)())
+    async fn verify(
+        &self,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let wechatpay = wechatpay_headers(headers)?;
+        self.verify_signed(&wechatpay, body)
+            .await
             .map_err(|e: VerifyError| e.to_string())
     }
+}
+
+/// The `Wechatpay-*` headers of an answer.
+fn wechatpay_headers(headers: &reqwest::header::HeaderMap) -> Result<WechatpayHeaders<'_>, String> {
+    let header = |name: &str| -> Result<&str, String> {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| format!("no {name} header"))
+    };
+    Ok(WechatpayHeaders {
+        timestamp: header("Wechatpay-Timestamp")?,
+        nonce: header("Wechatpay-Nonce")?,
+        signature: header("Wechatpay-Signature")?,
+        serial: header("Wechatpay-Serial")?,
+        signature_type: headers
+            .get("Wechatpay-Signature-Type")
+            .and_then(|v| v.to_str().ok()),
+    })
+}
+
+/// A non-2xx answer's error body as a refusal classified by status and code; `None` when the
+/// body is not WeChat's error JSON.
+pub fn refusal(status: u16, body: &[u8]) -> Option<PlatformRefusal> {
+    let error: ErrorResponse = serde_json::from_slice(body).ok()?;
+    Some(PlatformRefusal {
+        status,
+        class: classify_error(status, &error.code),
+        code: error.code,
+        message: error.message,
+    })
 }
 
 /// Parses a verified 2xx body.

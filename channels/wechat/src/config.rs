@@ -3,6 +3,9 @@
 //! payment.
 use channel_kit::settings::{self, Secret, SettingError};
 
+use std::time::Duration;
+
+use crate::platform_keys::{PlatformKeys, RefreshPolicy};
 use crate::signature::{ApiV3Key, MerchantSigner, PlatformVerifier, TIMESTAMP_WINDOW_SECS};
 
 /// Production API host; the sandbox is reached by changing only this and the keys.
@@ -26,10 +29,19 @@ pub struct WechatSettings {
     pub merchant_key: Secret,
     /// `WECHAT_MERCHANT_SERIAL`: serial of the merchant API certificate.
     pub merchant_serial: String,
-    /// `WECHAT_PLATFORM_PUBLIC_KEY`: the WeChat Pay public key, SPKI PEM.
-    pub platform_public_key: String,
-    /// `WECHAT_PLATFORM_SERIAL`: the `Wechatpay-Serial` the platform signs under.
-    pub platform_serial: String,
+    /// `WECHAT_PLATFORM_PUBLIC_KEY`: WeChat Pay public keys (public-key mode), SPKI PEM; several
+    /// PEM blocks when WeChat has issued a new one and both are in use.
+    pub platform_public_key: Option<String>,
+    /// `WECHAT_PLATFORM_SERIAL`: the `PUB_KEY_ID_…` of each public key, comma-separated, in the
+    /// order of the PEM blocks.
+    pub platform_serial: Option<String>,
+    /// `WECHAT_CERTIFICATE_DOWNLOAD` (default true): use `/v3/certificates` (certificate mode).
+    pub certificate_download: bool,
+    /// `WECHAT_CERTIFICATE_REFRESH_SECS` (default 3600): periodic certificate refresh.
+    pub certificate_refresh_secs: u64,
+    /// `WECHAT_CERTIFICATE_MIN_REFRESH_SECS` (default 30): an unknown serial refreshes at most
+    /// this often.
+    pub certificate_min_refresh_secs: u64,
     /// `WECHAT_APIV3_KEY`: 32 ASCII characters.
     pub apiv3_key: Secret,
     /// `WECHAT_NOTIFY_URL`, else `ADAPTER_PUBLIC_CALLBACK_BASE` + `/notify/payment`.
@@ -89,6 +101,55 @@ pub fn notify_urls(prefix: &str) -> Result<(String, String), SettingError> {
     Ok((payment, refund))
 }
 
+/// `KEY` or `KEY_FILE` when either is set.
+fn optional(key: &str) -> Result<Option<String>, SettingError> {
+    if std::env::var(key).is_ok() || std::env::var(format!("{key}_FILE")).is_ok() {
+        settings::required(key).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+fn flag(key: &str) -> Result<Option<bool>, SettingError> {
+    match std::env::var(key) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(Some(true)),
+            "0" | "false" | "no" | "off" => Ok(Some(false)),
+            _ => Err(bad(key, "must be true or false")),
+        },
+    }
+}
+
+fn seconds(key: &str, default: u64) -> Result<u64, SettingError> {
+    match std::env::var(key) {
+        Err(_) => Ok(default),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .ok_or_else(|| bad(key, "must be a positive number of seconds")),
+    }
+}
+
+/// Splits concatenated PEM blocks.
+fn pem_blocks(text: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if line.starts_with("-----BEGIN ") {
+            current.clear();
+        }
+        current.push_str(line);
+        current.push('\n');
+        if line.starts_with("-----END ") {
+            blocks.push(std::mem::take(&mut current));
+        }
+    }
+    blocks
+}
+
 impl WechatSettings {
     /// Reads every `WECHAT_*` variable.
     ///
@@ -114,8 +175,11 @@ impl WechatSettings {
             appid: settings::required("WECHAT_APPID")?,
             merchant_key: settings::secret("WECHAT_MERCHANT_KEY")?,
             merchant_serial: settings::required("WECHAT_MERCHANT_SERIAL")?,
-            platform_public_key: settings::required("WECHAT_PLATFORM_PUBLIC_KEY")?,
-            platform_serial: settings::required("WECHAT_PLATFORM_SERIAL")?,
+            platform_public_key: optional("WECHAT_PLATFORM_PUBLIC_KEY")?,
+            platform_serial: optional("WECHAT_PLATFORM_SERIAL")?,
+            certificate_download: flag("WECHAT_CERTIFICATE_DOWNLOAD")?.unwrap_or(true),
+            certificate_refresh_secs: seconds("WECHAT_CERTIFICATE_REFRESH_SECS", 3600)?,
+            certificate_min_refresh_secs: seconds("WECHAT_CERTIFICATE_MIN_REFRESH_SECS", 30)?,
             apiv3_key: settings::secret("WECHAT_APIV3_KEY")?,
             notify_url,
             refund_notify_url,
@@ -128,7 +192,7 @@ impl WechatSettings {
 #[derive(Debug)]
 pub struct WechatKeys {
     pub signer: MerchantSigner,
-    pub verifier: PlatformVerifier,
+    pub platform: PlatformKeys,
     pub apiv3_key: ApiV3Key,
 }
 
@@ -142,15 +206,133 @@ impl WechatKeys {
             MerchantSigner::from_pkcs8_pem(&s.mchid, &s.merchant_serial, s.merchant_key.expose())
                 .map_err(|e| bad("WECHAT_MERCHANT_KEY", e.to_string()))?;
         let mut verifier = PlatformVerifier::new().with_window_secs(s.timestamp_window_secs);
-        verifier
-            .add_public_key_pem(&s.platform_serial, &s.platform_public_key)
-            .map_err(|e| bad("WECHAT_PLATFORM_PUBLIC_KEY", e.to_string()))?;
+        let mut ids = Vec::new();
+        match (&s.platform_public_key, &s.platform_serial) {
+            (Some(pems), Some(serials)) => {
+                let blocks = pem_blocks(pems);
+                ids = serials
+                    .split(',')
+                    .map(|id| id.trim().to_owned())
+                    .filter(|id| !id.is_empty())
+                    .collect();
+                if blocks.len() != ids.len() {
+                    return Err(bad(
+                        "WECHAT_PLATFORM_SERIAL",
+                        format!(
+                            "names {} key ids for {} public keys in WECHAT_PLATFORM_PUBLIC_KEY",
+                            ids.len(),
+                            blocks.len()
+                        ),
+                    ));
+                }
+                for (id, pem) in ids.iter().zip(&blocks) {
+                    verifier
+                        .add_public_key_pem(id, pem)
+                        .map_err(|e| bad("WECHAT_PLATFORM_PUBLIC_KEY", e.to_string()))?;
+                }
+            }
+            (None, None) if s.certificate_download => {}
+            (None, None) => {
+                return Err(bad(
+                    "WECHAT_PLATFORM_PUBLIC_KEY",
+                    "set WECHAT_PLATFORM_PUBLIC_KEY and WECHAT_PLATFORM_SERIAL, or leave WECHAT_CERTIFICATE_DOWNLOAD on: otherwise no answer verifies",
+                ));
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "WECHAT_PLATFORM_SERIAL",
+                    "required with WECHAT_PLATFORM_PUBLIC_KEY",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "WECHAT_PLATFORM_PUBLIC_KEY",
+                    "required with WECHAT_PLATFORM_SERIAL",
+                ));
+            }
+        }
         let apiv3_key = ApiV3Key::new(s.apiv3_key.expose())
             .map_err(|e| bad("WECHAT_APIV3_KEY", e.to_string()))?;
+        let policy = RefreshPolicy {
+            download: s.certificate_download,
+            every: Duration::from_secs(s.certificate_refresh_secs),
+            min_interval: Duration::from_secs(s.certificate_min_refresh_secs),
+        };
         Ok(Self {
             signer,
-            verifier,
+            platform: PlatformKeys::new(verifier, ids, policy),
             apiv3_key,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rsa::RsaPrivateKey;
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+
+    use super::*;
+
+    fn settings(
+        public_keys: Option<String>,
+        serials: Option<&str>,
+        download: bool,
+    ) -> WechatSettings {
+        let merchant = RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        WechatSettings {
+            api_base: DEFAULT_API_BASE.into(),
+            mchid: "1900000001".into(),
+            appid: "wxd678efh567hg6787".into(),
+            merchant_key: Secret::new(merchant.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()),
+            merchant_serial: "5F1C72E2A8931B72A2E13AF8DEE92471EB397115".into(),
+            platform_public_key: public_keys,
+            platform_serial: serials.map(str::to_owned),
+            certificate_download: download,
+            certificate_refresh_secs: 3600,
+            certificate_min_refresh_secs: 30,
+            apiv3_key: Secret::new("a7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb"),
+            notify_url: "https://example.com/notify/payment".into(),
+            refund_notify_url: "https://example.com/notify/refund".into(),
+            timestamp_window_secs: 300,
+        }
+    }
+
+    #[test]
+    fn several_public_keys_are_trusted_under_their_ids_in_order() {
+        let mut rng = rand::thread_rng();
+        let pems: String = (0..2)
+            .map(|_| {
+                RsaPrivateKey::new(&mut rng, 2048)
+                    .unwrap()
+                    .to_public_key()
+                    .to_public_key_pem(LineEnding::LF)
+                    .unwrap()
+            })
+            .collect();
+        let ids = "PUB_KEY_ID_0100000000000000000000000000000001, PUB_KEY_ID_0100000000000000000000000000000002";
+        let keys = WechatKeys::load(&settings(Some(pems.clone()), Some(ids), false)).unwrap();
+        assert!(
+            keys.platform
+                .contains("PUB_KEY_ID_0100000000000000000000000000000001")
+        );
+        assert!(
+            keys.platform
+                .contains("PUB_KEY_ID_0100000000000000000000000000000002")
+        );
+        assert_eq!(
+            keys.platform.preferred_serial().as_deref(),
+            Some("PUB_KEY_ID_0100000000000000000000000000000001")
+        );
+        // One id for two keys is a configuration error naming the variable.
+        let e = WechatKeys::load(&settings(Some(pems), Some("PUB_KEY_ID_01"), false)).unwrap_err();
+        assert_eq!(e.key, "WECHAT_PLATFORM_SERIAL");
+    }
+
+    #[test]
+    fn certificate_mode_alone_is_enough_but_nothing_at_all_is_refused() {
+        let keys = WechatKeys::load(&settings(None, None, true)).unwrap();
+        assert_eq!(keys.platform.preferred_serial(), None);
+        let e = WechatKeys::load(&settings(None, None, false)).unwrap_err();
+        assert_eq!(e.key, "WECHAT_PLATFORM_PUBLIC_KEY");
     }
 }

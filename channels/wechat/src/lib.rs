@@ -9,6 +9,8 @@
 //! - [`status`]: exhaustive mapping of `trade_state` / refund `status` to the few outcomes the core
 //!   understands; only an explicit success or failure is final.
 //! - [`config`]: `WECHAT_*` settings (secrets also from `*_FILE`), validated at start.
+//! - [`platform_keys`]: the trusted platform keys (configured public keys and certificates from
+//!   `/v3/certificates`), chosen by `Wechatpay-Serial` and refreshed as WeChat rotates them.
 //! - [`client`]: signed HTTP calls; every answer's signature is verified before it is parsed.
 //! - [`statement`]: the trade bill (backtick-prefixed CSV) as statement lines.
 //! - [`adapter`]: [`channel_kit::Adapter`] over the above, including callback verification.
@@ -16,6 +18,7 @@
 pub mod adapter;
 pub mod client;
 pub mod config;
+pub mod platform_keys;
 pub mod signature;
 pub mod statement;
 pub mod status;

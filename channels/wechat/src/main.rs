@@ -15,5 +15,14 @@ async fn main() -> anyhow::Result<()> {
     let http = kit.http_client().context("building the HTTP client")?;
     tracing::info!(api_base = %settings.api_base, mchid = %settings.mchid, "wechat adapter configured");
     let adapter = Arc::new(WechatAdapter::new(&settings, keys, http, chrono::Utc::now));
+    if settings.certificate_download {
+        // A failure is not fatal: configured public keys may suffice, and an unknown serial
+        // retries the download.
+        match adapter.refresh_certificates().await {
+            Ok(serials) => tracing::info!(?serials, "platform certificates downloaded"),
+            Err(e) => tracing::warn!(error = %e, "platform certificate download at start failed"),
+        }
+        adapter.spawn_certificate_refresh();
+    }
     channel_kit::serve(adapter, kit, channel_kit::shutdown_signal()).await
 }

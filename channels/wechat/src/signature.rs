@@ -456,7 +456,7 @@ impl OpenedNotification {
 
 /// Certificate serials are compared as WeChat prints them (upper-case hex, no leading zeros);
 /// public-key ids are kept as they are.
-fn normalize_serial(serial: &str) -> String {
+pub fn normalize_serial(serial: &str) -> String {
     if serial.starts_with("PUB_KEY_ID_") {
         return serial.to_owned();
     }
@@ -488,6 +488,89 @@ pub fn read_certificate(pem: &str) -> Result<(String, RsaPublicKey), KeyError> {
     let key = RsaPublicKey::from_public_key_der(&spki)
         .map_err(|e| KeyError::Certificate(e.to_string()))?;
     Ok((serial, key))
+}
+
+/// A platform certificate taken from a `/v3/certificates` answer: decrypted, parsed, and checked
+/// to be the one the entry names and valid now.
+#[derive(Debug, Clone)]
+pub struct DownloadedCertificate {
+    /// Upper-case hex, as WeChat sends it in `Wechatpay-Serial`.
+    pub serial: String,
+    pub key: RsaPublicKey,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+}
+
+/// A `/v3/certificates` entry could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CertificateError {
+    #[error("certificate {serial}: {source}")]
+    Decrypt {
+        serial: String,
+        source: DecryptError,
+    },
+    #[error("certificate {serial}: associated data {associated_data:?} is not \"certificate\"")]
+    AssociatedData {
+        serial: String,
+        associated_data: String,
+    },
+    #[error("certificate {0}: not an X.509 RSA certificate")]
+    Unreadable(String),
+    #[error("entry {entry} decrypts to a certificate with serial {actual}")]
+    SerialMismatch { entry: String, actual: String },
+}
+
+/// Decrypts every entry of a `/v3/certificates` answer with the APIv3 key (AEAD_AES_256_GCM,
+/// associated data `certificate`) and keeps the certificates valid at `now`. The GCM tag proves
+/// the certificate came from someone holding the APIv3 key; the caller must still verify the
+/// answer's own signature (with a key it knows or one of these, as the official SDKs do).
+///
+/// # Errors
+/// [`CertificateError`] for the first entry that does not decrypt, is not a certificate, or is not
+/// the certificate its `serial_no` names: a tampered list is refused as a whole.
+pub fn open_certificates(
+    response: &crate::wire::CertificatesResponse,
+    key: &ApiV3Key,
+    now: DateTime<Utc>,
+) -> Result<Vec<DownloadedCertificate>, CertificateError> {
+    let mut out = Vec::new();
+    for entry in &response.data {
+        let serial = normalize_serial(&entry.serial_no);
+        let sealed = &entry.encrypt_certificate;
+        if sealed.associated_data != "certificate" {
+            return Err(CertificateError::AssociatedData {
+                serial,
+                associated_data: sealed.associated_data.clone(),
+            });
+        }
+        let pem = decrypt_resource(key, sealed).map_err(|source| CertificateError::Decrypt {
+            serial: serial.clone(),
+            source,
+        })?;
+        let cert = Certificate::from_pem(pem.as_bytes())
+            .map_err(|_| CertificateError::Unreadable(serial.clone()))?;
+        let (actual, public_key) =
+            read_certificate(&pem).map_err(|_| CertificateError::Unreadable(serial.clone()))?;
+        if actual != serial {
+            return Err(CertificateError::SerialMismatch {
+                entry: serial,
+                actual,
+            });
+        }
+        let validity = &cert.tbs_certificate.validity;
+        let seconds = |t: x509_cert::time::Time| {
+            i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
+        };
+        let (not_before, not_after) = (seconds(validity.not_before), seconds(validity.not_after));
+        if (not_before..=not_after).contains(&now.timestamp()) {
+            out.push(DownloadedCertificate {
+                serial,
+                key: public_key,
+                not_after,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The 32-byte APIv3 key. The ASCII characters set in the merchant portal are the key bytes.

@@ -102,10 +102,11 @@ fn reason(result: Result<Notification, Rejection>) -> RejectReason {
     result.unwrap_err().reason
 }
 
-#[test]
-fn a_signed_payment_notification_is_accepted_with_its_notify_id_and_amount_in_fen() {
+#[tokio::test]
+async fn a_signed_payment_notification_is_accepted_with_its_notify_id_and_amount_in_fen() {
     let cb = callback(params(APP_ID), &keys().alipay);
-    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).unwrap() else {
+    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).await.unwrap()
+    else {
         panic!("expected a payment");
     };
     assert_eq!(event_id, "2024010101222162644199160501632046");
@@ -115,8 +116,8 @@ fn a_signed_payment_notification_is_accepted_with_its_notify_id_and_amount_in_fe
     assert_eq!(result.paid_at.unwrap().seconds, 1_704_081_600);
 }
 
-#[test]
-fn a_changed_amount_is_a_bad_signature() {
+#[tokio::test]
+async fn a_changed_amount_is_a_bad_signature() {
     let cb = callback(params(APP_ID), &keys().alipay);
     let body = String::from_utf8(cb.body.to_vec())
         .unwrap()
@@ -126,16 +127,16 @@ fn a_changed_amount_is_a_bad_signature() {
         ..cb
     };
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::BadSignature
     );
 }
 
-#[test]
-fn a_notification_signed_by_another_key_or_unsigned_is_a_bad_signature() {
+#[tokio::test]
+async fn a_notification_signed_by_another_key_or_unsigned_is_a_bad_signature() {
     let cb = callback(params(APP_ID), &keys().stranger);
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::BadSignature
     );
     let unsigned = Callback {
@@ -143,22 +144,22 @@ fn a_notification_signed_by_another_key_or_unsigned_is_a_bad_signature() {
         ..cb
     };
     assert_eq!(
-        reason(adapter().verify_callback(&unsigned)),
+        reason(adapter().verify_callback(&unsigned).await),
         RejectReason::BadSignature
     );
 }
 
-#[test]
-fn a_notification_for_another_app_is_refused() {
+#[tokio::test]
+async fn a_notification_for_another_app_is_refused() {
     let cb = callback(params("2021000000000002"), &keys().alipay);
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::WrongMerchant
     );
 }
 
-#[test]
-fn a_refund_notification_becomes_a_refund_result() {
+#[tokio::test]
+async fn a_refund_notification_becomes_a_refund_result() {
     let mut p = params(APP_ID);
     p.insert("out_biz_no".into(), "R20240101000001".into());
     p.insert("refund_fee".into(), "8.88".into());
@@ -168,7 +169,7 @@ fn a_refund_notification_becomes_a_refund_result() {
         out_trade_no,
         result,
         ..
-    } = adapter().verify_callback(&cb).unwrap()
+    } = adapter().verify_callback(&cb).await.unwrap()
     else {
         panic!("expected a refund");
     };
@@ -219,6 +220,65 @@ async fn page_and_app_pay_are_signed_without_calling_the_gateway() {
     ));
     assert!(matches!(
         a.prepay(request(pb::PayMethod::WechatNative)).await,
+        Err(ChannelError::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_full_refund_notify_without_out_biz_no_is_a_refund_never_a_closed_payment() {
+    // A full refund shows TRADE_CLOSED; the refund fields (refund_fee, gmt_refund, gmt_close) say
+    // what it is, with or without out_biz_no (absent when the refund had no out_request_no).
+    let mut p = params(APP_ID);
+    p.insert("trade_status".into(), "TRADE_CLOSED".into());
+    p.insert("refund_fee".into(), "88.88".into());
+    p.insert("gmt_refund".into(), "2024-01-02 10:00:00.000".into());
+    p.insert("gmt_close".into(), "2024-01-02 10:00:00".into());
+    let cb = callback(p.clone(), &keys().alipay);
+    let Notification::Refund {
+        out_trade_no,
+        result,
+        ..
+    } = adapter().verify_callback(&cb).await.unwrap()
+    else {
+        panic!("a refund notify read as a payment");
+    };
+    assert_eq!(out_trade_no, "T20240101000001");
+    // Without out_request_no Alipay names the refund by the trade's out_trade_no.
+    assert_eq!(result.out_refund_no, "T20240101000001");
+    assert_eq!(result.state, pb::RefundState::Succeeded as i32);
+    // A partial refund without out_biz_no: TRADE_SUCCESS with refund fields, still a refund.
+    p.insert("trade_status".into(), "TRADE_SUCCESS".into());
+    p.insert("refund_fee".into(), "1.00".into());
+    p.remove("gmt_close");
+    let cb = callback(p, &keys().alipay);
+    assert!(matches!(
+        adapter().verify_callback(&cb).await.unwrap(),
+        Notification::Refund { .. }
+    ));
+}
+
+#[tokio::test]
+async fn out_trade_no_is_at_most_64_letters_digits_or_underscores() {
+    assert!(out_trade_no(&"A".repeat(64)).is_ok());
+    assert!(out_trade_no("P_2026_0001").is_ok());
+    for bad in ["", &"A".repeat(65), "ORDER-0001", "订单1"] {
+        assert!(
+            matches!(out_trade_no(bad), Err(ChannelError::InvalidArgument(_))),
+            "{bad}"
+        );
+    }
+    let req = pb::PrepayRequest {
+        out_trade_no: "A".repeat(65),
+        method: pb::PayMethod::AlipayQr as i32,
+        amount: Some(pb::Amount {
+            amount_minor: 100,
+            currency: "CNY".into(),
+        }),
+        subject: "tea".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        adapter().prepay(req).await,
         Err(ChannelError::InvalidArgument(_))
     ));
 }

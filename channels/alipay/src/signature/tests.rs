@@ -411,3 +411,32 @@ fn keys_that_are_not_rsa_keys_are_refused() {
     assert!(AlipayVerifier::from_certificate_pem(YANSONGDA_ALIPAY_PUBLIC_KEY).is_err());
     assert!(!format!("{:?}", AppSigner::from_pem(APP_KEY).unwrap()).contains("MII"));
 }
+
+#[test]
+fn a_node_signed_with_plain_slashes_verifies_in_its_escaped_form() {
+    let v = independent();
+    let case = &v["escaped_slash_response"];
+    let verifier =
+        AlipayVerifier::from_public_key_pem(v["gateway_public_key_pem"].as_str().unwrap()).unwrap();
+    let body = case["body"].as_str().unwrap();
+    let signed = verifier
+        .verify_response(body, case["method"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(signed.node_text, case["node_text"].as_str().unwrap());
+    assert!(signed.node_text.contains("\\/"));
+    // The raw text alone does not verify: it is the second, unescaped try that does.
+    assert!(
+        verifier
+            .verify(
+                case["node_text"].as_str().unwrap().as_bytes(),
+                case["sign"].as_str().unwrap()
+            )
+            .is_err()
+    );
+    // And a tampered node fails both tries.
+    let tampered = body.replace("ORDER20240310B", "ORDER20240310C");
+    assert_eq!(
+        verifier.verify_response(&tampered, "alipay.trade.precreate"),
+        Err(ResponseError::BadSignature)
+    );
+}

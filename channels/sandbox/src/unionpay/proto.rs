@@ -38,6 +38,24 @@ pub fn signing_digest(fields: &Params) -> String {
     hex::encode(Sha256::digest(signing_string(fields).as_bytes()))
 }
 
+/// What the platform signs on its own answers and notifications: `k=v&…` over **every** field
+/// but `signature`, empty values kept (`k=`). The official SDK verifies answers over all fields
+/// (its `coverMap2String` in `validate` drops nothing); only merchant requests drop blanks
+/// before signing.
+pub fn platform_signing_string(fields: &Params) -> String {
+    fields
+        .iter()
+        .filter(|(k, _)| k.as_str() != SIGNATURE_FIELD)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Lower-case hex SHA-256 of [`platform_signing_string`].
+pub fn platform_signing_digest(fields: &Params) -> String {
+    hex::encode(Sha256::digest(platform_signing_string(fields).as_bytes()))
+}
+
 /// `respCode` values. `00`, `03`, `04`, `05`, `34`, `98` and `A6` are in the shared protocol
 /// notes; `01`, `10`, `11`, `13` follow the public ACP specification appendix, which the notes
 /// could not cite.
@@ -57,6 +75,8 @@ pub enum RespCode {
     FormatError,
     /// `11`: signature verification failed.
     SignatureInvalid,
+    /// `12`: duplicate transaction.
+    Duplicate,
     /// `13`: required element missing.
     MissingElement,
     /// `34`: no such transaction.
@@ -78,6 +98,7 @@ impl RespCode {
             Self::Accepted => "05",
             Self::FormatError => "10",
             Self::SignatureInvalid => "11",
+            Self::Duplicate => "12",
             Self::MissingElement => "13",
             Self::NoSuchTransaction => "34",
             Self::FileNotFound => "98",
@@ -95,6 +116,7 @@ impl RespCode {
             Self::Accepted,
             Self::FormatError,
             Self::SignatureInvalid,
+            Self::Duplicate,
             Self::MissingElement,
             Self::NoSuchTransaction,
             Self::FileNotFound,
@@ -114,6 +136,7 @@ impl RespCode {
             Self::Accepted => "交易已受理",
             Self::FormatError => "报文格式错误",
             Self::SignatureInvalid => "验证签名失败",
+            Self::Duplicate => "重复交易",
             Self::MissingElement => "报文交易要素缺失",
             Self::NoSuchTransaction => "查无此交易",
             Self::FileNotFound => "文件不存在",
@@ -363,7 +386,8 @@ impl PlatformSigner {
         fields.remove("certId");
         fields.insert("signMethod".to_owned(), SIGN_METHOD_RSA.to_owned());
         fields.insert("signPubKeyCert".to_owned(), self.sign_pub_key_cert.clone());
-        let signature = keys::sign_sha256_rsa(&self.key, signing_digest(&fields).as_bytes())?;
+        let signature =
+            keys::sign_sha256_rsa(&self.key, platform_signing_digest(&fields).as_bytes())?;
         fields.insert(SIGNATURE_FIELD.to_owned(), BASE64.encode(signature));
         Ok(fields)
     }
@@ -400,7 +424,7 @@ pub fn verify_platform_message(
         .map_err(|_| UnionpayProtoError::SignatureMismatch)?;
     if !keys::verify_sha256_rsa(
         certificate.public_key(),
-        signing_digest(fields).as_bytes(),
+        platform_signing_digest(fields).as_bytes(),
         &signature,
     ) {
         return Err(UnionpayProtoError::SignatureMismatch);

@@ -45,6 +45,12 @@ const RETRY_SCHEDULE: [Duration; 8] = [
     Duration::from_secs(7200),
 ];
 
+/// `orderId` is AN8..40 in the 5.1.0 specification (the official consume demo: "8-40位数字字母"):
+/// 8 to 40 letters and digits, no `-` or `_`.
+fn valid_order_id(order_id: &str) -> bool {
+    (8..=40).contains(&order_id.len()) && order_id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 fn random_digits(len: usize) -> String {
     let mut rng = rand::thread_rng();
     (0..len)
@@ -106,11 +112,10 @@ impl Answer {
         }
     }
 
+    /// Adds a field, empty or not: the real gateway sends empty fields in its answers and
+    /// notifications (and signs them), so merchants must keep them when verifying.
     fn with(mut self, key: &str, value: impl Into<String>) -> Self {
-        let value = value.into();
-        if !value.is_empty() {
-            self.fields.insert(key.to_owned(), value);
-        }
+        self.fields.insert(key.to_owned(), value.into());
         self
     }
 }
@@ -149,12 +154,18 @@ impl Unionpay {
             "txnTime",
             "txnAmt",
             "currencyCode",
-            "reqReserved",
         ] {
             if let Some(v) = request.get(key).filter(|v| !v.is_empty()) {
                 fields.insert(key.to_owned(), v.clone());
             }
         }
+        // Echoed even when the merchant sent none: an empty, signed field (ASSUMPTION: which
+        // fields the real gateway leaves empty is not in the notes; that it sends and signs empty
+        // fields is what the official SDK's verification over all fields implies).
+        fields.insert(
+            "reqReserved".to_owned(),
+            request.get("reqReserved").cloned().unwrap_or_default(),
+        );
         fields.extend(answer.fields);
         fields.insert("respCode".to_owned(), answer.code);
         fields.insert("respMsg".to_owned(), answer.message);
@@ -195,8 +206,7 @@ impl Unionpay {
     fn consume(&self, fields: &Params, method: &str) -> Result<Trade, Answer> {
         let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
         let order_id = get("orderId");
-        let valid_order = (8..=32).contains(&order_id.len())
-            && order_id.bytes().all(|b| b.is_ascii_alphanumeric());
+        let valid_order = valid_order_id(order_id);
         let txn_time = get("txnTime");
         let valid_time = txn_time.len() == 14 && txn_time.bytes().all(|b| b.is_ascii_digit());
         let amount = get("txnAmt").parse::<u64>().ok().filter(|a| *a > 0);
@@ -270,6 +280,9 @@ impl Unionpay {
         };
         if order_id.is_empty() || get("origQryId").is_empty() || get("txnTime").len() != 14 {
             return Answer::new(RespCode::MissingElement);
+        }
+        if !valid_order_id(order_id) {
+            return Answer::new(RespCode::FormatError);
         }
         let result = {
             let mut ledger = self.core.ledger();
@@ -494,9 +507,8 @@ impl Unionpay {
                 refund.extra.get("reqReserved").cloned().unwrap_or_default(),
             ),
         ] {
-            if !v.is_empty() {
-                fields.insert(k.to_owned(), v);
-            }
+            // Empty fields (reqReserved without one) are sent and signed, as by the gateway.
+            fields.insert(k.to_owned(), v);
         }
         let notify_id = self.new_notify_id();
         let build = {
@@ -593,6 +605,16 @@ async fn front_trans(State(unionpay): State<Arc<Unionpay>>, body: Bytes) -> Resp
         Ok(fields) if fields.get("txnType").map(String::as_str) != Some("01") => {
             unionpay.respond(&fields, Answer::new(RespCode::FormatError))
         }
+        // The payer's browser submits the form once: the gateway refuses a second submission of
+        // the same orderId as a duplicate (ASSUMPTION: respCode 12 "重复交易", from the public
+        // ACP code list the notes could not cite), even with identical fields.
+        Ok(fields)
+            if fields
+                .get("orderId")
+                .is_some_and(|o| unionpay.core.ledger().trade(o).is_some()) =>
+        {
+            unionpay.respond(&fields, Answer::new(RespCode::Duplicate))
+        }
         Ok(fields) => match unionpay.consume(&fields, "front") {
             Ok(trade) => Html(format!(
                 "<!DOCTYPE html><html><head><meta charset=\"UTF-8\"><title>银联在线支付 (sandbox)</title></head>\
@@ -635,6 +657,14 @@ async fn query_trans(State(unionpay): State<Arc<Unionpay>>, body: Bytes) -> Resp
     let response = match unionpay.admit(&body) {
         Err(answer) => answer,
         Ok(fields) if fields.get("txnType").map(String::as_str) != Some("00") => {
+            unionpay.respond(&fields, Answer::new(RespCode::FormatError))
+        }
+        // channelType is a required element of the query (the official demo Form_6_5_Query
+        // sends 07).
+        Ok(fields) if fields.get("channelType").is_none_or(|c| c.is_empty()) => {
+            unionpay.respond(&fields, Answer::new(RespCode::MissingElement))
+        }
+        Ok(fields) if !fields.get("orderId").is_some_and(|o| valid_order_id(o)) => {
             unionpay.respond(&fields, Answer::new(RespCode::FormatError))
         }
         Ok(fields) => {

@@ -92,13 +92,71 @@ struct PendingBill {
     expires: std::time::Instant,
 }
 
+/// A platform certificate issued by `POST /sandbox/keys/rotate` (certificate mode).
+#[derive(Debug)]
+struct IssuedCertificate {
+    signer: Arc<PlatformSigner>,
+    pem: String,
+    effective: DateTime<Utc>,
+    expire: DateTime<Utc>,
+}
+
+/// The platform's signing keys. The public key of the key files (public-key mode, `PUB_KEY_ID_…`)
+/// is active at start; a rotation issues a platform certificate that signs alongside the active
+/// keys (answers and callbacks pick one at random, as during WeChat's migration), and a
+/// retirement leaves only the newest one signing.
+#[derive(Debug)]
+struct SigningKeys {
+    public_key: Arc<PlatformSigner>,
+    certificates: Vec<IssuedCertificate>,
+    /// Serials that sign now, oldest first.
+    active: Vec<String>,
+}
+
+impl SigningKeys {
+    fn signer(&self, serial: &str) -> Option<Arc<PlatformSigner>> {
+        if self.public_key.serial() == serial {
+            return Some(Arc::clone(&self.public_key));
+        }
+        self.certificates
+            .iter()
+            .find(|c| c.signer.serial() == serial)
+            .map(|c| Arc::clone(&c.signer))
+    }
+
+    /// For an answer: the key the request asked for with `Wechatpay-Serial` when it is active,
+    /// else the newest active key.
+    fn for_answer(&self, requested: Option<&str>) -> Arc<PlatformSigner> {
+        let serial = requested
+            .filter(|r| self.active.iter().any(|a| a == r))
+            .or_else(|| self.active.last().map(String::as_str))
+            .unwrap_or_else(|| self.public_key.serial());
+        self.signer(serial)
+            .unwrap_or_else(|| Arc::clone(&self.public_key))
+    }
+
+    /// For a callback: any active key, at random.
+    fn for_callback(&self) -> Arc<PlatformSigner> {
+        let pick = rand::thread_rng().gen_range(0..self.active.len().max(1));
+        self.active
+            .get(pick)
+            .and_then(|serial| self.signer(serial))
+            .unwrap_or_else(|| Arc::clone(&self.public_key))
+    }
+}
+
+tokio::task_local! {
+    /// The `Wechatpay-Serial` of the request being answered: which key the merchant can verify.
+    static REQUESTED_SERIAL: Option<String>;
+}
+
 /// The WeChat Pay stand-in.
 pub struct Wechat {
     core: Core,
     mchid: String,
     appid: String,
     merchants: MerchantKeys,
-    signer: PlatformSigner,
+    keys: Mutex<SigningKeys>,
     apiv3_key: ApiV3Key,
     bills: Mutex<HashMap<String, PendingBill>>,
 }
@@ -135,16 +193,80 @@ impl Wechat {
             mchid: files.mchid,
             appid: files.appid,
             merchants,
-            signer: PlatformSigner::new(files.platform_serial, files.platform_key),
+            keys: Mutex::new(SigningKeys {
+                active: vec![files.platform_serial.clone()],
+                public_key: Arc::new(PlatformSigner::new(
+                    files.platform_serial,
+                    files.platform_key,
+                )),
+                certificates: Vec::new(),
+            }),
             apiv3_key,
             bills: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn answer_signer(&self) -> Arc<PlatformSigner> {
+        let requested = REQUESTED_SERIAL.try_with(Clone::clone).ok().flatten();
+        lock(&self.keys).for_answer(requested.as_deref())
+    }
+
+    fn callback_signer(&self) -> Arc<PlatformSigner> {
+        lock(&self.keys).for_callback()
+    }
+
+    /// Issues a new platform certificate (fresh RSA-2048 key, serial in upper-case hex), lists it
+    /// in `/v3/certificates` and lets it sign next to the active keys.
+    ///
+    /// # Errors
+    /// A message when key generation or issuance fails.
+    pub fn rotate(&self) -> Result<Value, String> {
+        let key = crate::keys::generate_rsa_2048().map_err(|e| e.to_string())?;
+        let serial = rand::thread_rng().gen_range(1u64 << 60..u64::MAX);
+        let effective = Utc::now() - chrono::Duration::minutes(5);
+        let validity = Duration::from_secs(5 * 365 * 86_400);
+        let cert = crate::keys::issue_certificate(
+            &key,
+            "Tenpay.com sign",
+            serial,
+            (effective.into(), validity),
+            crate::keys::CertificateRole::Leaf,
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        let serial_hex = cert.serial_hex();
+        let mut keys = lock(&self.keys);
+        keys.certificates.push(IssuedCertificate {
+            signer: Arc::new(PlatformSigner::new(serial_hex.clone(), key)),
+            pem: cert.pem().replace("\r\n", "\n"),
+            effective,
+            expire: effective + chrono::Duration::from_std(validity).unwrap_or_default(),
+        });
+        keys.active.push(serial_hex.clone());
+        Ok(json!({"serial": serial_hex, "active": keys.active}))
+    }
+
+    /// Leaves only the newest key signing.
+    pub fn retire(&self) -> Value {
+        let mut keys = lock(&self.keys);
+        let newest = keys.active.last().cloned();
+        keys.active = newest.into_iter().collect();
+        json!({"active": keys.active})
+    }
+
+    fn key_view(&self) -> Value {
+        let keys = lock(&self.keys);
+        json!({
+            "public_key_id": keys.public_key.serial(),
+            "certificates": keys.certificates.iter().map(|c| c.signer.serial()).collect::<Vec<_>>(),
+            "active": keys.active,
         })
     }
 
     /// Signs `body` and wraps it in a response with the `Wechatpay-*` headers.
     fn signed(&self, status: StatusCode, body: String) -> Response {
         let headers = match self
-            .signer
+            .answer_signer()
             .sign_with_fresh_nonce(Utc::now().timestamp(), body.as_bytes())
         {
             Ok(h) => h,
@@ -184,6 +306,24 @@ impl Wechat {
         self.signed(status, text)
     }
 
+    /// WeChat does not sign its answer to a request whose signature it rejected (401
+    /// `SIGN_ERROR`): there is no authenticated merchant to sign for.
+    fn unsigned_fail(&self, body: &ErrorBody) -> Response {
+        let status = StatusCode::from_u16(body.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let text = body
+            .to_json()
+            .unwrap_or_else(|_| r#"{"code":"SIGN_ERROR","message":"签名错误"}"#.to_owned());
+        let mut response = (status, text).into_response();
+        let map = response.headers_mut();
+        if let Ok(v) = uuid::Uuid::new_v4().to_string().parse() {
+            map.insert("Request-ID", v);
+        }
+        if let Ok(v) = "application/json".parse() {
+            map.insert("Content-Type", v);
+        }
+        response
+    }
+
     fn param_error(&self, field: &str, issue: &str) -> Response {
         self.fail(
             ErrorBody::new(ErrorCode::ParamError, "参数错误").with_detail(ErrorDetail {
@@ -218,7 +358,7 @@ impl Wechat {
             .verify_request(&request, Utc::now().timestamp())
         {
             tracing::info!(%rejection, "request refused");
-            return Err(self.fail(rejection.error_body()));
+            return Err(self.unsigned_fail(&rejection.error_body()));
         }
         if self.core.inject_api_error() {
             return Err(self.fail(ErrorBody::new(ErrorCode::SystemError, "系统错误")));
@@ -339,8 +479,8 @@ impl Wechat {
         } else {
             now
         };
-        let mut headers = self
-            .signer
+        let signer = self.callback_signer();
+        let mut headers = signer
             .sign_with_fresh_nonce(timestamp, body.as_bytes())
             .map_err(|e| crypto(&e))?;
         let mut sent_body = body.clone();
@@ -348,8 +488,7 @@ impl Wechat {
             Tamper::None | Tamper::StaleTimestamp => {}
             Tamper::Signature => {
                 // A genuine signature, but over a different message.
-                let other = self
-                    .signer
+                let other = signer
                     .sign(timestamp, &headers.nonce, format!("{body} ").as_bytes())
                     .map_err(|e| crypto(&e))?;
                 headers.signature = other.signature;
@@ -494,8 +633,88 @@ pub fn router(wechat: Arc<Wechat>) -> Router {
         )
         .route("/v3/bill/tradebill", get(trade_bill))
         .route("/v3/billdownload/file", get(download_bill))
+        .route("/v3/certificates", get(certificates))
+        .layer(axum::middleware::from_fn(remember_requested_serial))
+        .route("/sandbox/keys", get(show_keys))
+        .route("/sandbox/keys/rotate", post(rotate_keys))
+        .route("/sandbox/keys/retire", post(retire_keys))
         .with_state(wechat)
         .merge(control::router(platform))
+}
+
+async fn remember_requested_serial(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let serial = request
+        .headers()
+        .get("Wechatpay-Serial")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    REQUESTED_SERIAL.scope(serial, next.run(request)).await
+}
+
+/// `GET /v3/certificates`: every issued platform certificate, sealed with the APIv3 key
+/// (AEAD_AES_256_GCM, associated data `certificate`), in a signed answer.
+async fn certificates(
+    State(wechat): State<Arc<Wechat>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    if let Err(answer) = wechat.admit(&method, &uri, &headers, &raw) {
+        return finish(&wechat, answer).await;
+    }
+    let listed: Result<Vec<Value>, String> = {
+        let keys = lock(&wechat.keys);
+        keys.certificates
+            .iter()
+            .map(|c| {
+                let nonce = random_alphanumeric(12);
+                let ciphertext = wechat
+                    .apiv3_key
+                    .seal(&nonce, "certificate", c.pem.as_bytes())
+                    .map_err(|e| e.to_string())?;
+                Ok(json!({
+                    "serial_no": c.signer.serial(),
+                    "effective_time": rfc3339(c.effective),
+                    "expire_time": rfc3339(c.expire),
+                    "encrypt_certificate": {
+                        "algorithm": "AEAD_AES_256_GCM",
+                        "associated_data": "certificate",
+                        "nonce": nonce,
+                        "ciphertext": ciphertext,
+                    },
+                }))
+            })
+            .collect()
+    };
+    let response = match listed {
+        Ok(data) => wechat.json(&json!({ "data": data })),
+        Err(e) => {
+            tracing::error!(error = %e, "sealing a certificate failed");
+            wechat.fail(ErrorBody::new(ErrorCode::SystemError, "系统错误"))
+        }
+    };
+    finish(&wechat, response).await
+}
+
+async fn show_keys(State(wechat): State<Arc<Wechat>>) -> Response {
+    axum::Json(wechat.key_view()).into_response()
+}
+
+async fn rotate_keys(State(wechat): State<Arc<Wechat>>) -> Response {
+    let this = Arc::clone(&wechat);
+    match tokio::task::spawn_blocking(move || this.rotate()).await {
+        Ok(Ok(view)) => axum::Json(view).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn retire_keys(State(wechat): State<Arc<Wechat>>) -> Response {
+    axum::Json(wechat.retire()).into_response()
 }
 
 async fn finish(wechat: &Wechat, response: Response) -> Response {
@@ -523,6 +742,14 @@ async fn prepay_native(
 ) -> Response {
     let response = prepay(&wechat, "native", &method, &uri, &headers, &body);
     finish(&wechat, response).await
+}
+
+/// WeChat Pay's rule for `out_trade_no`: 6 to 32 characters, letters, digits and `_ - | *`.
+fn valid_out_trade_no(no: &str) -> bool {
+    (6..=32).contains(&no.len())
+        && no
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'|' | b'*'))
 }
 
 fn text_field<'a>(body: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -560,6 +787,12 @@ fn prepay(
     }
     if let Some(pointer) = missing {
         return wechat.param_error(pointer, "missing or empty");
+    }
+    if !text_field(&body, "/out_trade_no").is_some_and(valid_out_trade_no) {
+        return wechat.param_error(
+            "/out_trade_no",
+            "out_trade_no must be 6 to 32 characters of [A-Za-z0-9_-|*]",
+        );
     }
     let Some(total) = body
         .pointer("/amount/total")

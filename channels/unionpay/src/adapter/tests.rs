@@ -51,6 +51,7 @@ fn adapter_at(now: fn() -> DateTime<Utc>) -> UnionpayAdapter {
         sign_cert_id: "69903319369".into(),
         platform_cert: Some(certificate("good").0),
         middle_cert: None,
+        root_cert: None,
         accept_test_cn: false,
         back_url: "http://127.0.0.1:8083/notify/payment".into(),
         refund_back_url: "http://127.0.0.1:8083/notify/refund".into(),
@@ -123,10 +124,11 @@ fn reason(result: Result<Notification, Rejection>) -> RejectReason {
     result.unwrap_err().reason
 }
 
-#[test]
-fn a_signed_payment_notification_is_accepted_with_query_id_and_trace_time_as_event_id() {
+#[tokio::test]
+async fn a_signed_payment_notification_is_accepted_with_query_id_and_trace_time_as_event_id() {
     let cb = good(fields("01", "20260101080000T0001", MER_ID));
-    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).unwrap() else {
+    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).await.unwrap()
+    else {
         panic!("expected a payment");
     };
     assert_eq!(event_id, "512601010800000000001:0101080005");
@@ -142,19 +144,19 @@ fn a_signed_payment_notification_is_accepted_with_query_id_and_trace_time_as_eve
     );
 }
 
-#[test]
-fn a_changed_amount_is_a_bad_signature() {
+#[tokio::test]
+async fn a_changed_amount_is_a_bad_signature() {
     let cb = good(fields("01", "20260101080000T0001", MER_ID));
     let mut f = wire::parse_notify_form(std::str::from_utf8(&cb.body).unwrap()).unwrap();
     f.insert("txnAmt".into(), "1".into());
     assert_eq!(
-        reason(adapter().verify_callback(&body_callback(&f))),
+        reason(adapter().verify_callback(&body_callback(&f)).await),
         RejectReason::BadSignature
     );
 }
 
-#[test]
-fn a_signature_by_another_key_is_a_bad_signature() {
+#[tokio::test]
+async fn a_signature_by_another_key_is_a_bad_signature() {
     let (pem, serial) = certificate("good");
     let cb = callback(
         fields("01", "20260101080000T0001", MER_ID),
@@ -163,13 +165,13 @@ fn a_signature_by_another_key_is_a_bad_signature() {
         &serial,
     );
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::BadSignature
     );
 }
 
-#[test]
-fn a_certificate_that_is_not_pinned_or_a_wrong_cert_id_is_an_unknown_key() {
+#[tokio::test]
+async fn a_certificate_that_is_not_pinned_or_a_wrong_cert_id_is_an_unknown_key() {
     let (other, other_serial) = certificate("expired");
     let cb = callback(
         fields("01", "20260101080000T0001", MER_ID),
@@ -178,7 +180,7 @@ fn a_certificate_that_is_not_pinned_or_a_wrong_cert_id_is_an_unknown_key() {
         &other_serial,
     );
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::UnknownKey
     );
     let (pem, _) = certificate("good");
@@ -189,37 +191,37 @@ fn a_certificate_that_is_not_pinned_or_a_wrong_cert_id_is_an_unknown_key() {
         "1",
     );
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::UnknownKey
     );
 }
 
-#[test]
-fn a_certificate_past_its_validity_is_refused() {
+#[tokio::test]
+async fn a_certificate_past_its_validity_is_refused() {
     let cb = good(fields("01", "20260101080000T0001", MER_ID));
     assert_eq!(
-        reason(adapter_at(in_2040).verify_callback(&cb)),
+        reason(adapter_at(in_2040).verify_callback(&cb).await),
         RejectReason::UnknownKey
     );
 }
 
-#[test]
-fn a_notification_for_another_merchant_is_refused() {
+#[tokio::test]
+async fn a_notification_for_another_merchant_is_refused() {
     let cb = good(fields("01", "20260101080000T0001", "777290058100000"));
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::WrongMerchant
     );
 }
 
-#[test]
-fn a_refund_notification_names_its_payment_through_req_reserved() {
+#[tokio::test]
+async fn a_refund_notification_names_its_payment_through_req_reserved() {
     let cb = good(fields("04", "20260101090000R0001", MER_ID));
     let Notification::Refund {
         out_trade_no,
         result,
         ..
-    } = adapter().verify_callback(&cb).unwrap()
+    } = adapter().verify_callback(&cb).await.unwrap()
     else {
         panic!("expected a refund");
     };
@@ -229,11 +231,12 @@ fn a_refund_notification_names_its_payment_through_req_reserved() {
     assert_eq!(result.refunded.unwrap().amount_minor, 8888);
 }
 
-#[test]
-fn any_other_resp_code_is_unknown_so_the_core_queries() {
+#[tokio::test]
+async fn any_other_resp_code_is_unknown_so_the_core_queries() {
     let mut f = fields("01", "20260101080000T0001", MER_ID);
     f.insert("respCode".into(), "61".into());
-    let Notification::Payment { result, .. } = adapter().verify_callback(&good(f)).unwrap() else {
+    let Notification::Payment { result, .. } = adapter().verify_callback(&good(f)).await.unwrap()
+    else {
         panic!("expected a payment");
     };
     assert_eq!(result.state, pb::TradeState::Unknown as i32);
@@ -303,4 +306,26 @@ async fn front_prepay_returns_the_signed_form_and_its_action() {
         a.prepay(wrong).await,
         Err(ChannelError::InvalidArgument(_))
     ));
+}
+
+#[tokio::test]
+async fn order_numbers_outside_8_to_40_alphanumerics_are_invalid_arguments() {
+    let adapter = adapter();
+    for bad in ["SHORT1", "ORDER_00000001", &"A".repeat(41)] {
+        let req = pb::PrepayRequest {
+            out_trade_no: bad.to_owned(),
+            method: pb::PayMethod::UnionpayFront as i32,
+            amount: Some(pb::Amount {
+                amount_minor: 100,
+                currency: "CNY".into(),
+            }),
+            subject: "tea".into(),
+            created_at: Some(timestamp(in_2026())),
+            ..Default::default()
+        };
+        match adapter.prepay(req).await {
+            Err(ChannelError::InvalidArgument(why)) => assert!(why.contains("orderId"), "{why}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
 }

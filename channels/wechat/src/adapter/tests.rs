@@ -1,6 +1,6 @@
 //! Callbacks built here with freshly generated keys: the adapter accepts a correctly signed and
 //! sealed notification and refuses each way of breaking one with the matching reason.
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -44,19 +44,36 @@ fn keys() -> &'static Keys {
 }
 
 fn adapter() -> WechatAdapter {
+    adapter_with("http://127.0.0.1:1", false, now)
+}
+
+fn adapter_with(api_base: &str, download: bool, now: fn() -> DateTime<Utc>) -> WechatAdapter {
+    adapter_refreshing_every(api_base, download, now, 3600)
+}
+
+fn adapter_refreshing_every(
+    api_base: &str,
+    download: bool,
+    now: fn() -> DateTime<Utc>,
+    refresh_secs: u64,
+) -> WechatAdapter {
     let k = keys();
     let settings = WechatSettings {
-        api_base: "http://127.0.0.1:1".into(),
+        api_base: api_base.into(),
         mchid: MCHID.into(),
         appid: "wxd678efh567hg6787".into(),
         merchant_key: Secret::new(k.merchant.to_pkcs8_pem(LineEnding::LF).unwrap().to_string()),
         merchant_serial: "5F1C72E2A8931B72A2E13AF8DEE92471EB397115".into(),
-        platform_public_key: k
-            .platform
-            .to_public_key()
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap(),
-        platform_serial: PLATFORM_SERIAL.into(),
+        platform_public_key: Some(
+            k.platform
+                .to_public_key()
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap(),
+        ),
+        platform_serial: Some(PLATFORM_SERIAL.into()),
+        certificate_download: download,
+        certificate_refresh_secs: refresh_secs,
+        certificate_min_refresh_secs: 30,
         apiv3_key: Secret::new(APIV3_KEY),
         notify_url: "http://127.0.0.1:8081/notify/payment".into(),
         refund_notify_url: "http://127.0.0.1:8081/notify/refund".into(),
@@ -129,10 +146,11 @@ fn reason(result: Result<Notification, Rejection>) -> RejectReason {
     result.unwrap_err().reason
 }
 
-#[test]
-fn a_signed_payment_notification_is_accepted_with_its_envelope_id_and_amount() {
+#[tokio::test]
+async fn a_signed_payment_notification_is_accepted_with_its_envelope_id_and_amount() {
     let cb = callback(&payment_body(), NOW - 10, PLATFORM_SERIAL, &keys().platform);
-    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).unwrap() else {
+    let Notification::Payment { event_id, result } = adapter().verify_callback(&cb).await.unwrap()
+    else {
         panic!("expected a payment");
     };
     assert_eq!(event_id, "EV-2018022511223320873");
@@ -149,30 +167,30 @@ fn a_signed_payment_notification_is_accepted_with_its_envelope_id_and_amount() {
     assert_eq!(result.paid_at.unwrap().seconds, 1_704_081_600);
 }
 
-#[test]
-fn a_body_changed_after_signing_is_a_bad_signature() {
+#[tokio::test]
+async fn a_body_changed_after_signing_is_a_bad_signature() {
     let mut cb = callback(&payment_body(), NOW, PLATFORM_SERIAL, &keys().platform);
     let tampered = String::from_utf8(cb.body.to_vec())
         .unwrap()
         .replace("EV-2018", "EV-2019");
     cb.body = tampered.into_bytes().into();
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::BadSignature
     );
 }
 
-#[test]
-fn a_notification_signed_by_another_key_is_a_bad_signature() {
+#[tokio::test]
+async fn a_notification_signed_by_another_key_is_a_bad_signature() {
     let cb = callback(&payment_body(), NOW, PLATFORM_SERIAL, &keys().stranger);
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::BadSignature
     );
 }
 
-#[test]
-fn an_unknown_serial_is_an_unknown_key() {
+#[tokio::test]
+async fn an_unknown_serial_is_an_unknown_key() {
     let cb = callback(
         &payment_body(),
         NOW,
@@ -180,13 +198,13 @@ fn an_unknown_serial_is_an_unknown_key() {
         &keys().platform,
     );
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::UnknownKey
     );
 }
 
-#[test]
-fn a_timestamp_outside_the_window_is_stale_even_when_signed() {
+#[tokio::test]
+async fn a_timestamp_outside_the_window_is_stale_even_when_signed() {
     for skew in [-300, 301, 3_600] {
         let cb = callback(
             &payment_body(),
@@ -195,15 +213,15 @@ fn a_timestamp_outside_the_window_is_stale_even_when_signed() {
             &keys().platform,
         );
         assert_eq!(
-            reason(adapter().verify_callback(&cb)),
+            reason(adapter().verify_callback(&cb).await),
             RejectReason::StaleTimestamp,
             "{skew}"
         );
     }
 }
 
-#[test]
-fn a_resource_sealed_with_another_key_fails_to_decrypt() {
+#[tokio::test]
+async fn a_resource_sealed_with_another_key_fails_to_decrypt() {
     let body = envelope(
         "TRANSACTION.SUCCESS",
         "transaction",
@@ -215,13 +233,13 @@ fn a_resource_sealed_with_another_key_fails_to_decrypt() {
     );
     let cb = callback(&body, NOW, PLATFORM_SERIAL, &keys().platform);
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::DecryptFailed
     );
 }
 
-#[test]
-fn a_notification_for_another_merchant_is_refused() {
+#[tokio::test]
+async fn a_notification_for_another_merchant_is_refused() {
     let body = envelope(
         "TRANSACTION.SUCCESS",
         "transaction",
@@ -229,13 +247,13 @@ fn a_notification_for_another_merchant_is_refused() {
     );
     let cb = callback(&body, NOW, PLATFORM_SERIAL, &keys().platform);
     assert_eq!(
-        reason(adapter().verify_callback(&cb)),
+        reason(adapter().verify_callback(&cb).await),
         RejectReason::WrongMerchant
     );
 }
 
-#[test]
-fn a_refund_notification_becomes_a_refund_result() {
+#[tokio::test]
+async fn a_refund_notification_becomes_a_refund_result() {
     let resource = format!(
         r#"{{"mchid":"{MCHID}","out_trade_no":"T20240101000001","transaction_id":"4200000000202401010000000001","out_refund_no":"R20240101000001","refund_id":"50000000382019052709732678859","refund_status":"SUCCESS","success_time":"2024-01-02T10:00:00+08:00","user_received_account":"招商银行信用卡0403","amount":{{"total":100,"refund":40,"payer_total":100,"payer_refund":40}}}}"#
     );
@@ -249,7 +267,7 @@ fn a_refund_notification_becomes_a_refund_result() {
         event_id,
         out_trade_no,
         result,
-    } = adapter().verify_callback(&cb).unwrap()
+    } = adapter().verify_callback(&cb).await.unwrap()
     else {
         panic!("expected a refund");
     };
@@ -292,4 +310,284 @@ async fn methods_and_currencies_the_channel_cannot_take_are_invalid_arguments() 
             Err(ChannelError::InvalidArgument(_))
         ));
     }
+}
+
+// ---------------------------------------------------------------- key rotation, unsigned 4xx, ids
+
+/// The independent vector's `/v3/certificates` answer (one certificate for the wechatpay-java
+/// published platform key, serial `123456789ABCDEF0123`, signed at 1710000300).
+const INDEPENDENT: &str = include_str!("../../tests/fixtures/independent_vectors.json");
+const PUBLISHED_PLATFORM_KEY: &str =
+    include_str!("../../tests/fixtures/wechatpay_java_sdk_test_platform_private_key.pem");
+
+fn march_2024() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_710_000_310, 0).unwrap()
+}
+
+#[derive(Clone, Default)]
+struct Mock {
+    downloads: Arc<std::sync::atomic::AtomicUsize>,
+    /// Serve the certificate list with a genuine signature over another message.
+    forge: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A stand-in for WeChat serving `/v3/certificates` (the vector) and, for every other path, an
+/// unsigned 401 SIGN_ERROR / 404 ORDER_NOT_EXIST / 400 non-JSON answer chosen by the path.
+async fn mock_wechat() -> (String, Mock) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let mock = Mock::default();
+    let v: serde_json::Value = serde_json::from_str(INDEPENDENT).unwrap();
+    let mut c = v["certificate_download"].clone();
+    // A genuine platform signature, but over another answer.
+    c["forged_signature"] = v["response_signatures"][0]["signature"].clone();
+    let state = mock.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v3/certificates",
+            axum::routing::get(move || {
+                let c = c.clone();
+                let state = state.clone();
+                async move {
+                    state
+                        .downloads
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let r = &c["response"];
+                    let signature = if state.forge.load(std::sync::atomic::Ordering::SeqCst) {
+                        &c["forged_signature"]
+                    } else {
+                        &r["signature"]
+                    };
+                    (
+                        [
+                            (
+                                "Wechatpay-Timestamp",
+                                r["timestamp"].as_str().unwrap().to_owned(),
+                            ),
+                            ("Wechatpay-Nonce", r["nonce"].as_str().unwrap().to_owned()),
+                            ("Wechatpay-Serial", r["serial"].as_str().unwrap().to_owned()),
+                            (
+                                "Wechatpay-Signature",
+                                signature.as_str().unwrap().to_owned(),
+                            ),
+                        ],
+                        c["body"].as_str().unwrap().to_owned(),
+                    )
+                }
+            }),
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            let path = uri.path().to_owned();
+            if path.contains("SIGNERR") {
+                (
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"code":"SIGN_ERROR","message":"签名信息错误，验签失败"}"#,
+                )
+                    .into_response()
+            } else if path.contains("NOTFOUND") {
+                (
+                    StatusCode::NOT_FOUND,
+                    r#"{"code":"ORDER_NOT_EXIST","message":"订单不存在"}"#,
+                )
+                    .into_response()
+            } else {
+                (StatusCode::BAD_REQUEST, "<html>bad gateway page</html>").into_response()
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), mock)
+}
+
+fn published_platform_key() -> RsaPrivateKey {
+    use rsa::pkcs8::DecodePrivateKey as _;
+    RsaPrivateKey::from_pkcs8_pem(PUBLISHED_PLATFORM_KEY).unwrap()
+}
+
+#[tokio::test]
+async fn a_callback_under_a_new_certificate_serial_downloads_the_certificates_and_verifies() {
+    let (base, mock) = mock_wechat().await;
+    let a = adapter_with(&base, true, march_2024);
+    // Signed by the old key (public-key mode) and by the new certificate: both are accepted, the
+    // second after one download of /v3/certificates.
+    let old = callback(
+        &payment_body(),
+        1_710_000_305,
+        PLATFORM_SERIAL,
+        &keys().platform,
+    );
+    assert!(a.verify_callback(&old).await.is_ok());
+    assert_eq!(mock.downloads.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let new = callback(
+        &payment_body(),
+        1_710_000_305,
+        "123456789ABCDEF0123",
+        &published_platform_key(),
+    );
+    let Notification::Payment { result, .. } = a.verify_callback(&new).await.unwrap() else {
+        panic!("expected a payment");
+    };
+    assert_eq!(result.state, pb::TradeState::Succeeded as i32);
+    assert_eq!(mock.downloads.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Known now: no further download; the old key still works too.
+    assert!(a.verify_callback(&new).await.is_ok());
+    assert!(a.verify_callback(&old).await.is_ok());
+    assert_eq!(mock.downloads.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn unknown_serials_download_at_most_once_per_interval_before_being_refused() {
+    let (base, mock) = mock_wechat().await;
+    let a = adapter_with(&base, true, march_2024);
+    for serial in ["0ABCDEF", "1ABCDEF", "2ABCDEF"] {
+        let cb = callback(&payment_body(), 1_710_000_305, serial, &keys().stranger);
+        assert_eq!(
+            reason(a.verify_callback(&cb).await),
+            RejectReason::UnknownKey
+        );
+    }
+    assert_eq!(mock.downloads.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn downloaded_certificates_open_only_with_the_apiv3_key_and_within_their_validity() {
+    let (base, _mock) = mock_wechat().await;
+    let a = adapter_with(&base, true, march_2024);
+    let v: serde_json::Value = serde_json::from_str(INDEPENDENT).unwrap();
+    let listed: crate::wire::CertificatesResponse =
+        serde_json::from_str(v["certificate_download"]["body"].as_str().unwrap()).unwrap();
+    let key = ApiV3Key::new(APIV3_KEY).unwrap();
+    let certs = crate::signature::open_certificates(&listed, &key, march_2024()).unwrap();
+    assert_eq!(certs.len(), 1);
+    // The adapter itself refreshed from a correctly signed list.
+    assert_eq!(
+        a.refresh_certificates().await.unwrap(),
+        vec!["123456789ABCDEF0123".to_owned()]
+    );
+    // A list sealed under another APIv3 key does not open.
+    let other = ApiV3Key::new("b7cde1ZJB1kG2e7VfTs3jQzaWizur8Gb").unwrap();
+    assert!(crate::signature::open_certificates(&listed, &other, march_2024()).is_err());
+    // Certificates outside their validity are dropped.
+    let later = DateTime::from_timestamp(2_100_000_000, 0).unwrap();
+    assert!(
+        crate::signature::open_certificates(&listed, &key, later)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_payment_notification_for_another_app_of_the_merchant_is_refused() {
+    let other_app = transaction(MCHID).replace("wxd678efh567hg6787", "wx0000000000000001");
+    let body = envelope(
+        "TRANSACTION.SUCCESS",
+        "transaction",
+        &seal(APIV3_KEY, &other_app, "transaction"),
+    );
+    let cb = callback(&body, NOW, PLATFORM_SERIAL, &keys().platform);
+    assert_eq!(
+        reason(adapter().verify_callback(&cb).await),
+        RejectReason::WrongMerchant
+    );
+}
+
+#[tokio::test]
+async fn unsigned_4xx_answers_are_refusals_by_status_and_code() {
+    let (base, _mock) = mock_wechat().await;
+    let a = adapter_with(&base, false, now);
+    let query = |no: &str| pb::QueryPaymentRequest {
+        out_trade_no: no.to_owned(),
+        ..Default::default()
+    };
+    // 401 SIGN_ERROR comes unsigned: a definite refusal, not a bad response.
+    match a.query_payment(query("SIGNERR0001")).await {
+        Err(ChannelError::Refused { code, .. }) => assert_eq!(code, "SIGN_ERROR"),
+        other => panic!("{other:?}"),
+    }
+    // An unsigned "no such order" may not assert a state: it says nothing.
+    assert!(matches!(
+        a.query_payment(query("NOTFOUND001")).await,
+        Err(ChannelError::Unavailable(_))
+    ));
+    // An unsigned 4xx without WeChat's error body is not trusted at all.
+    assert!(matches!(
+        a.query_payment(query("GARBAGE0001")).await,
+        Err(ChannelError::BadResponse(_))
+    ));
+}
+
+#[tokio::test]
+async fn out_trade_no_follows_wechats_rule_of_6_to_32_characters() {
+    assert!(out_trade_no("P12345").is_ok());
+    assert!(out_trade_no("A_b-c|d*e0123456789012345678901").is_ok());
+    assert!(out_trade_no(&"A".repeat(32)).is_ok());
+    for bad in [
+        "P1234",
+        &"A".repeat(33),
+        "ORDER 0001",
+        "ORDER@0001",
+        "订单000001",
+    ] {
+        assert!(
+            matches!(out_trade_no(bad), Err(ChannelError::InvalidArgument(_))),
+            "{bad}"
+        );
+    }
+    let a = adapter();
+    let r = pb::PrepayRequest {
+        out_trade_no: "P1234".into(),
+        method: pb::PayMethod::WechatNative as i32,
+        amount: Some(pb::Amount {
+            amount_minor: 100,
+            currency: "CNY".into(),
+        }),
+        subject: "coffee".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        a.prepay(r).await,
+        Err(ChannelError::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_certificate_list_whose_answer_does_not_verify_is_not_trusted() {
+    let (base, mock) = mock_wechat().await;
+    mock.forge.store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = adapter_with(&base, true, march_2024);
+    let refreshed = a.refresh_certificates().await;
+    assert!(
+        matches!(refreshed, Err(ChannelError::BadResponse(_))),
+        "{refreshed:?}"
+    );
+    let new = callback(
+        &payment_body(),
+        1_710_000_305,
+        "123456789ABCDEF0123",
+        &published_platform_key(),
+    );
+    assert_eq!(
+        reason(a.verify_callback(&new).await),
+        RejectReason::UnknownKey
+    );
+}
+
+#[tokio::test]
+async fn certificates_are_refreshed_periodically_without_any_callback() {
+    let (base, mock) = mock_wechat().await;
+    let a = Arc::new(adapter_refreshing_every(&base, true, march_2024, 1));
+    a.spawn_certificate_refresh();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(mock.downloads.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    // Learnt in the background: a callback under the new serial needs no download of its own.
+    let before = mock.downloads.load(std::sync::atomic::Ordering::SeqCst);
+    let new = callback(
+        &payment_body(),
+        1_710_000_305,
+        "123456789ABCDEF0123",
+        &published_platform_key(),
+    );
+    assert!(a.verify_callback(&new).await.is_ok());
+    assert!(mock.downloads.load(std::sync::atomic::Ordering::SeqCst) <= before + 1);
 }
