@@ -5,6 +5,7 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let files = [
+        "proto/common/v1/money.proto",
         "proto/payment/v1/payment.proto",
         "proto/channel/v1/channel.proto",
     ];

@@ -11,6 +11,23 @@ if ! command -v cargo-nextest >/dev/null; then
     cargo install --locked cargo-nextest
 fi
 
+# buf (proto lint, default STANDARD rules) ships as a binary inside an npm package; installed
+# under .tools/ when it is not on PATH.
+BUF_VERSION=1.75.0
+buf_bin() {
+    if command -v buf >/dev/null; then command -v buf; return; fi
+    local bin=.tools/buf/node_modules/.bin/buf
+    if [ ! -x "$bin" ]; then
+        command -v npm >/dev/null || { log "installing npm"; apt_install npm; }
+        log "installing buf $BUF_VERSION (npm @bufbuild/buf)"
+        npm install --silent --no-audit --no-fund --prefix .tools/buf "@bufbuild/buf@$BUF_VERSION" >/dev/null
+    fi
+    echo "$PWD/$bin"
+}
+log "buf lint"
+BUF=$(buf_bin)
+(cd proto && "$BUF" lint)
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

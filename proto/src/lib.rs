@@ -2,15 +2,23 @@
 //! contract between the core and each channel adapter process. Nothing generated is committed.
 #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod common {
+    pub mod v1 {
+        tonic::include_proto!("common.v1");
+    }
+}
+
 pub mod payment {
     pub mod v1 {
         tonic::include_proto!("payment.v1");
+        pub use crate::common::v1::Money;
     }
 }
 
 pub mod channel {
     pub mod v1 {
         tonic::include_proto!("channel.v1");
+        pub use crate::common::v1::Money;
     }
 }
 

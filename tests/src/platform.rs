@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use payproto::channel::v1::channel_adapter_client::ChannelAdapterClient;
+use payproto::channel::v1::channel_adapter_service_client::ChannelAdapterServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 
@@ -34,7 +34,7 @@ impl Ch {
 
 /// A `ChannelAdapter` client as payd holds one (with whatever credential the test chose).
 pub type AdapterClient =
-    ChannelAdapterClient<InterceptedService<tonic::transport::Channel, Bearer>>;
+    ChannelAdapterServiceClient<InterceptedService<tonic::transport::Channel, Bearer>>;
 
 /// Sends `authorization: Bearer …` when it has a token.
 #[derive(Clone)]
@@ -406,7 +406,7 @@ impl Platform {
         .await
         .expect("adapter reachable");
         let auth = token.map(|t| format!("Bearer {t}").parse().expect("ASCII token"));
-        ChannelAdapterClient::with_interceptor(channel, Bearer(auth))
+        ChannelAdapterServiceClient::with_interceptor(channel, Bearer(auth))
     }
 
     /// A `ChannelAdapter` client for adapter `ch` with payd's credential, as payd calls it.

@@ -7,8 +7,8 @@ use e2e::platform::{AdapterClient, Ch, Platform, metric_sum};
 use payproto::channel::v1 as cpb;
 use serde_json::json;
 
-fn cny(minor: i64) -> Option<cpb::Amount> {
-    Some(cpb::Amount {
+fn cny(minor: i64) -> Option<cpb::Money> {
+    Some(cpb::Money {
         amount_minor: minor,
         currency: "CNY".into(),
     })
@@ -182,7 +182,7 @@ async fn the_adapter_port_refuses_callers_without_payds_token() {
     .unwrap();
     let health = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest {
-            service: "channel.v1.ChannelAdapter".into(),
+            service: "channel.v1.ChannelAdapterService".into(),
         })
         .await
         .expect("health needs no token")

@@ -16,8 +16,8 @@ fn method(ch: Ch) -> cpb::PayMethod {
     }
 }
 
-fn cny(minor: i64) -> Option<cpb::Amount> {
-    Some(cpb::Amount {
+fn cny(minor: i64) -> Option<cpb::Money> {
+    Some(cpb::Money {
         amount_minor: minor,
         currency: "CNY".into(),
     })

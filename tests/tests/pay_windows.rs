@@ -8,7 +8,7 @@ use std::time::Duration;
 use e2e::calls::{self, Client, close, count, create, order_of, pay, pay_by, wait_status};
 use e2e::platform::{Ch, Platform, PlatformOptions};
 use payproto::channel::v1 as cpb;
-use payproto::channel::v1::channel_events_client::ChannelEventsClient;
+use payproto::channel::v1::channel_events_service_client::ChannelEventsServiceClient;
 use payproto::payment::v1 as pb;
 use serde_json::json;
 
@@ -451,7 +451,7 @@ async fn parameters_near_the_end_of_their_validity_are_replaced_by_a_new_trade()
 }
 
 async fn report_as_adapter(p: &Platform, ch: Ch, event_id: &str, result: cpb::PaymentResult) {
-    let mut events = ChannelEventsClient::connect(p.payd.endpoint())
+    let mut events = ChannelEventsServiceClient::connect(p.payd.endpoint())
         .await
         .unwrap();
     let mut r = tonic::Request::new(cpb::ReportPaymentRequest {
@@ -499,7 +499,7 @@ async fn when_an_order_is_paid_its_other_open_trade_is_closed_at_its_channel() {
             out_trade_no: a.clone(),
             state: cpb::TradeState::Succeeded as i32,
             channel_trade_no: format!("4200{a}"),
-            paid: Some(cpb::Amount {
+            paid: Some(cpb::Money {
                 amount_minor: 1100,
                 currency: "CNY".into(),
             }),

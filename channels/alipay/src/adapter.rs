@@ -56,7 +56,7 @@ fn trade_state(text: &str) -> pb::TradeState {
 }
 
 /// A CNY amount as Alipay's yuan, or `InvalidArgument` naming the field.
-fn cny_yuan(amount: Option<&pb::Amount>, field: &str) -> Result<Yuan, ChannelError> {
+fn cny_yuan(amount: Option<&pb::Money>, field: &str) -> Result<Yuan, ChannelError> {
     let amount =
         amount.ok_or_else(|| ChannelError::InvalidArgument(format!("{field} is required")))?;
     if amount.currency != CNY {
@@ -197,7 +197,7 @@ impl AlipayAdapter {
             let total = answer.total_amount.ok_or_else(|| {
                 ChannelError::BadResponse("a paid trade without total_amount".to_owned())
             })?;
-            Some(pb::Amount {
+            Some(pb::Money {
                 amount_minor: total.fen(),
                 currency: CNY.to_owned(),
             })
@@ -248,7 +248,7 @@ impl AlipayAdapter {
             RefundStatus::Unknown => pb::RefundState::Unknown,
         };
         let refunded = match (status, answer.refund_amount) {
-            (RefundStatus::Succeeded, Some(amount)) => Some(pb::Amount {
+            (RefundStatus::Succeeded, Some(amount)) => Some(pb::Money {
                 amount_minor: amount.fen(),
                 currency: CNY.to_owned(),
             }),
@@ -434,7 +434,7 @@ impl Adapter for AlipayAdapter {
                     out_refund_no: out_refund_no.to_owned(),
                     state: pb::RefundState::Succeeded as i32,
                     channel_refund_no: answer.trade_no.unwrap_or_default(),
-                    refunded: Some(pb::Amount {
+                    refunded: Some(pb::Money {
                         amount_minor: refund_amount.fen(),
                         currency: CNY.to_owned(),
                     }),
@@ -537,7 +537,7 @@ impl Adapter for AlipayAdapter {
             });
         }
         let state = trade_state(&n.trade_status);
-        let paid = (state == pb::TradeState::Succeeded).then(|| pb::Amount {
+        let paid = (state == pb::TradeState::Succeeded).then(|| pb::Money {
             amount_minor: n.total_amount.fen(),
             currency: CNY.to_owned(),
         });

@@ -127,7 +127,7 @@ pub fn parse_trade_bill(file: &[u8]) -> Result<Vec<pb::StatementLine>, BillError
         let mut line = pb::StatementLine {
             out_trade_no: field(out_trade_no).to_owned(),
             channel_trade_no: field(trade_no).to_owned(),
-            amount: Some(pb::Amount {
+            amount: Some(pb::Money {
                 amount_minor: fen,
                 currency: "CNY".to_owned(),
             }),

@@ -18,7 +18,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use payproto::channel::v1::channel_events_client::ChannelEventsClient;
+use payproto::channel::v1::channel_events_service_client::ChannelEventsServiceClient;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -31,7 +31,7 @@ const MAX_BODY: usize = 64 * 1024;
 /// Forwards verified notifications to the core.
 #[derive(Clone)]
 pub struct Forwarder {
-    client: ChannelEventsClient<Channel>,
+    client: ChannelEventsServiceClient<Channel>,
     /// `authorization: Bearer <ADAPTER_CORE_TOKEN>` for every report.
     auth: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     budget: Duration,
@@ -48,7 +48,7 @@ impl Forwarder {
             .map_err(|_| anyhow::anyhow!("ADAPTER_CORE_TOKEN must be printable ASCII"))?;
         Ok(Self {
             auth,
-            client: ChannelEventsClient::new(endpoint.connect_lazy()),
+            client: ChannelEventsServiceClient::new(endpoint.connect_lazy()),
             budget: settings.forward_budget,
             channel,
         })

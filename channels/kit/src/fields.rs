@@ -15,7 +15,7 @@ pub fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, ChannelError
 /// A positive CNY amount in fen (the only currency these domestic channels take), or
 /// `InvalidArgument` naming the field and the platform.
 pub fn cny_fen(
-    amount: Option<&pb::Amount>,
+    amount: Option<&pb::Money>,
     field: &str,
     platform: &str,
 ) -> Result<i64, ChannelError> {
@@ -41,7 +41,7 @@ mod tests {
 
     #[test]
     fn amounts_must_be_positive_cny() {
-        let a = |m: i64, c: &str| pb::Amount {
+        let a = |m: i64, c: &str| pb::Money {
             amount_minor: m,
             currency: c.into(),
         };

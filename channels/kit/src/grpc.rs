@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::pb::channel_adapter_server::ChannelAdapter;
+use crate::pb::channel_adapter_service_server::ChannelAdapterService;
 use crate::settings::Secret;
 use crate::{Adapter, ChannelError, Metrics, pb};
 
@@ -73,7 +73,18 @@ impl From<ChannelError> for Status {
     fn from(e: ChannelError) -> Self {
         match e {
             ChannelError::InvalidArgument(m) => Status::invalid_argument(m),
-            e @ ChannelError::Refused { .. } => Status::failed_precondition(e.to_string()),
+            ChannelError::Refused { code, message } => {
+                // The platform's own code travels as a field, not only inside the text.
+                let details = prost::Message::encode_to_vec(&pb::PlatformRefusal {
+                    code: code.clone(),
+                    message: message.clone(),
+                });
+                Status::with_details(
+                    tonic::Code::FailedPrecondition,
+                    format!("refused by the platform: {code}: {message}"),
+                    details.into(),
+                )
+            }
             ChannelError::Unavailable(m) => Status::unavailable(m),
             ChannelError::Timeout(m) => Status::deadline_exceeded(m),
             ChannelError::BadResponse(m) => Status::unauthenticated(m),
@@ -117,7 +128,7 @@ impl<A> AdapterService<A> {
 }
 
 #[tonic::async_trait]
-impl<A: Adapter> ChannelAdapter for AdapterService<A> {
+impl<A: Adapter> ChannelAdapterService for AdapterService<A> {
     async fn prepay(
         &self,
         req: Request<pb::PrepayRequest>,
@@ -201,6 +212,19 @@ mod tests {
     use tonic::service::Interceptor;
 
     use super::*;
+
+    #[test]
+    fn a_platform_refusal_carries_the_platforms_code_as_a_field() {
+        let s = Status::from(ChannelError::Refused {
+            code: "ACQ.TRADE_HAS_SUCCESS".into(),
+            message: "交易已被支付".into(),
+        });
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        let r: pb::PlatformRefusal = prost::Message::decode(s.details()).unwrap();
+        assert_eq!(r.code, "ACQ.TRADE_HAS_SUCCESS");
+        assert_eq!(r.message, "交易已被支付");
+        assert!(s.message().contains("ACQ.TRADE_HAS_SUCCESS"));
+    }
 
     fn call(auth: Option<&str>) -> (Result<Request<()>, Status>, Metrics) {
         let metrics = Metrics::new(pb::Channel::Alipay).unwrap();

@@ -247,14 +247,14 @@ impl Listeners {
         );
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
-            .set_serving::<pb::channel_adapter_server::ChannelAdapterServer<grpc::AdapterService<A>>>()
+            .set_serving::<pb::channel_adapter_service_server::ChannelAdapterServiceServer<grpc::AdapterService<A>>>()
             .await;
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health)
                 // Health stays open for probes; ChannelAdapter only admits payd's token.
                 .add_service(
-                    pb::channel_adapter_server::ChannelAdapterServer::with_interceptor(
+                    pb::channel_adapter_service_server::ChannelAdapterServiceServer::with_interceptor(
                         grpc::AdapterService::new(adapter, metrics.clone()),
                         grpc::RequirePaydToken::new(settings.grpc_token.clone(), metrics),
                     ),

@@ -105,11 +105,11 @@ fn refund_state(s: TransactionStatus) -> pb::RefundState {
 }
 
 /// The amount of a successful transaction; a success without one is not believed.
-fn succeeded_amount(r: &TransactionResult) -> Result<pb::Amount, String> {
+fn succeeded_amount(r: &TransactionResult) -> Result<pb::Money, String> {
     let fen = r
         .txn_amt_fen
         .ok_or("a successful transaction without txnAmt")?;
-    Ok(pb::Amount {
+    Ok(pb::Money {
         amount_minor: fen,
         currency: currency_of(r.currency_code.as_deref())?,
     })

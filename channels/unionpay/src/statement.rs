@@ -155,7 +155,7 @@ pub fn parse_reconciliation_zip(
             .map_err(|_| bad(format!("交易金额 {amount_text:?}")))?;
         let mut statement = pb::StatementLine {
             channel_trade_no: zm_field(line, F_QUERY_ID).to_owned(),
-            amount: Some(pb::Amount {
+            amount: Some(pb::Money {
                 amount_minor: amount,
                 currency: "CNY".to_owned(),
             }),

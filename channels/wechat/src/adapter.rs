@@ -83,7 +83,7 @@ fn payment_result(t: &Transaction) -> Result<pb::PaymentResult, String> {
         let currency = amount
             .and_then(|a| a.currency.clone())
             .ok_or("a successful transaction without amount.currency")?;
-        Some(pb::Amount {
+        Some(pb::Money {
             amount_minor: total,
             currency,
         })
@@ -106,7 +106,7 @@ fn refund_result(r: &Refund) -> pb::RefundResult {
         out_refund_no: r.out_refund_no.clone(),
         state: state as i32,
         channel_refund_no: r.refund_id.clone(),
-        refunded: Some(pb::Amount {
+        refunded: Some(pb::Money {
             amount_minor: r.amount.refund,
             currency: r.amount.currency.clone().unwrap_or_else(|| CNY.to_owned()),
         }),
@@ -544,7 +544,7 @@ impl Adapter for WechatAdapter {
                     out_refund_no: r.out_refund_no,
                     state: state as i32,
                     channel_refund_no: r.refund_id,
-                    refunded: Some(pb::Amount {
+                    refunded: Some(pb::Money {
                         amount_minor: r.amount.refund,
                         currency: CNY.to_owned(),
                     }),

@@ -153,14 +153,14 @@ pub fn parse_trade_bill(file: &[u8]) -> Result<Vec<pb::StatementLine>, BillError
             let amount = parse_bill_yuan(field(amount_col)).map_err(bad)?;
             line.out_refund_no = out_refund_no.to_owned();
             line.refund_state = refund_state(cols.refund_state.map(field).unwrap_or("")) as i32;
-            line.amount = Some(pb::Amount {
+            line.amount = Some(pb::Money {
                 amount_minor: amount,
                 currency: currency.to_owned(),
             });
         } else {
             let amount = parse_bill_yuan(field(cols.order_amount)).map_err(bad)?;
             line.trade_state = crate::adapter::trade_state(state) as i32;
-            line.amount = Some(pb::Amount {
+            line.amount = Some(pb::Money {
                 amount_minor: amount,
                 currency: currency.to_owned(),
             });

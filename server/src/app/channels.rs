@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use payproto::channel::v1::channel_adapter_client::ChannelAdapterClient;
+use payproto::channel::v1::channel_adapter_service_client::ChannelAdapterServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -14,7 +14,7 @@ use crate::config::AdapterEndpoint;
 use crate::domain::Channel;
 
 /// A `channel.v1.ChannelAdapter` client that sends `authorization: Bearer <token>`.
-pub type AdapterClient = ChannelAdapterClient<InterceptedService<GrpcChannel, BearerToken>>;
+pub type AdapterClient = ChannelAdapterServiceClient<InterceptedService<GrpcChannel, BearerToken>>;
 
 /// Adds payd's credential for one adapter to every request.
 #[derive(Clone)]
@@ -66,7 +66,7 @@ impl ChannelClients {
             auth.set_sensitive(true);
             clients.insert(
                 channel,
-                ChannelAdapterClient::with_interceptor(ep.connect_lazy(), BearerToken(auth)),
+                ChannelAdapterServiceClient::with_interceptor(ep.connect_lazy(), BearerToken(auth)),
             );
         }
         Ok(Self { clients })

@@ -283,7 +283,7 @@ impl App {
             .prepay(cpb::PrepayRequest {
                 out_trade_no: attempt.out_trade_no.clone(),
                 method: method_to_pb(cmd.method) as i32,
-                amount: Some(cpb::Amount {
+                amount: Some(cpb::Money {
                     amount_minor: order.amount_minor,
                     currency: order.currency.trim().to_owned(),
                 }),

@@ -2,7 +2,7 @@
 //! channel event) and applied in the same transaction; the OK goes back only after the commit,
 //! so an adapter acknowledges its platform only once the result is durable.
 use payproto::channel::v1 as cpb;
-use payproto::channel::v1::channel_events_server::ChannelEvents;
+use payproto::channel::v1::channel_events_service_server::ChannelEventsService;
 use tonic::{Request, Response, Status};
 
 use super::convert::channel_from_pb;
@@ -57,7 +57,7 @@ impl EventsApi {
         &self,
         caller: Channel,
         body: cpb::ReportPaymentRequest,
-    ) -> Result<cpb::ReportAck, ServiceError> {
+    ) -> Result<cpb::ReportPaymentResponse, ServiceError> {
         let channel = channel_from_pb(body.channel)?;
         if channel != caller {
             return Err(ServiceError::PermissionDenied(format!(
@@ -83,18 +83,18 @@ impl EventsApi {
             .app
             .apply_payment_result(result_from_pb(channel, event_id, result))
             .await?;
-        Ok(cpb::ReportAck {
+        Ok(cpb::ReportPaymentResponse {
             first_time: outcome != ResultOutcome::Repeated,
         })
     }
 }
 
 #[tonic::async_trait]
-impl ChannelEvents for EventsApi {
+impl ChannelEventsService for EventsApi {
     async fn report_payment(
         &self,
         req: Request<cpb::ReportPaymentRequest>,
-    ) -> Result<Response<cpb::ReportAck>, Status> {
+    ) -> Result<Response<cpb::ReportPaymentResponse>, Status> {
         let r = match self.authenticate(req.metadata()) {
             Ok(caller) => EventsApi::report_payment(self, caller, req.into_inner()).await,
             Err(e) => Err(e),
@@ -107,13 +107,14 @@ impl ChannelEvents for EventsApi {
     async fn report_refund(
         &self,
         req: Request<cpb::ReportRefundRequest>,
-    ) -> Result<Response<cpb::ReportAck>, Status> {
-        let r: Result<cpb::ReportAck, ServiceError> = match self.authenticate(req.metadata()) {
-            Ok(_) => Err(ServiceError::Unavailable(
-                "refund results are not accepted by this version of payd".into(),
-            )),
-            Err(e) => Err(e),
-        };
+    ) -> Result<Response<cpb::ReportRefundResponse>, Status> {
+        let r: Result<cpb::ReportRefundResponse, ServiceError> =
+            match self.authenticate(req.metadata()) {
+                Ok(_) => Err(ServiceError::Unavailable(
+                    "refund results are not accepted by this version of payd".into(),
+                )),
+                Err(e) => Err(e),
+            };
         self.finish("ReportRefund", r)
     }
 }

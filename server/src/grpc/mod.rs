@@ -6,7 +6,7 @@ pub mod status;
 
 use std::time::Duration;
 
-use payproto::channel::v1::channel_events_server::ChannelEventsServer;
+use payproto::channel::v1::channel_events_service_server::ChannelEventsServiceServer;
 use payproto::payment::v1::payment_service_server::PaymentServiceServer;
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
@@ -45,6 +45,6 @@ pub async fn build_grpc_router(
         .add_service(PaymentServiceServer::new(payment::PaymentApi::new(
             app.clone(),
         )))
-        .add_service(ChannelEventsServer::new(events::EventsApi::new(app)));
+        .add_service(ChannelEventsServiceServer::new(events::EventsApi::new(app)));
     Ok((router, reporter))
 }

@@ -2,7 +2,7 @@
 //! the state machines in the same transaction, with amount and currency checked.
 use diesel::RunQueryDsl;
 use payproto::channel::v1 as cpb;
-use payproto::channel::v1::channel_events_client::ChannelEventsClient;
+use payproto::channel::v1::channel_events_service_client::ChannelEventsServiceClient;
 use payproto::payment::v1 as pb;
 use tonic::Code;
 
@@ -31,7 +31,7 @@ fn paid(out_trade_no: &str, amount: i64, currency: &str) -> cpb::PaymentResult {
         out_trade_no: out_trade_no.into(),
         state: cpb::TradeState::Succeeded as i32,
         channel_trade_no: format!("42000{out_trade_no}"),
-        paid: Some(cpb::Amount {
+        paid: Some(cpb::Money {
             amount_minor: amount,
             currency: currency.into(),
         }),
@@ -60,7 +60,7 @@ async fn report_with(
     event_id: &str,
     result: cpb::PaymentResult,
 ) -> Result<bool, tonic::Status> {
-    let mut c = ChannelEventsClient::connect(format!("http://{}", app.grpc_addr))
+    let mut c = ChannelEventsServiceClient::connect(format!("http://{}", app.grpc_addr))
         .await
         .unwrap();
     let mut r = tonic::Request::new(cpb::ReportPaymentRequest {
@@ -332,7 +332,7 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
     for _ in 0..20 {
         let addr = app.grpc_addr;
         tasks.push(tokio::spawn(async move {
-            let mut c = ChannelEventsClient::connect(format!("http://{addr}"))
+            let mut c = ChannelEventsServiceClient::connect(format!("http://{addr}"))
                 .await
                 .unwrap();
             let mut r = tonic::Request::new(cpb::ReportPaymentRequest {

@@ -195,7 +195,7 @@ async fn page_and_app_pay_are_signed_without_calling_the_gateway() {
     let request = |method: pb::PayMethod| pb::PrepayRequest {
         out_trade_no: "T20240101000001".into(),
         method: method as i32,
-        amount: Some(pb::Amount {
+        amount: Some(pb::Money {
             amount_minor: 8888,
             currency: "CNY".into(),
         }),
@@ -210,7 +210,7 @@ async fn page_and_app_pay_are_signed_without_calling_the_gateway() {
     assert!(app.pay_params["order_string"].contains("method=alipay.trade.app.pay"));
 
     let mut usd = request(pb::PayMethod::AlipayQr);
-    usd.amount = Some(pb::Amount {
+    usd.amount = Some(pb::Money {
         amount_minor: 1,
         currency: "USD".into(),
     });
@@ -270,7 +270,7 @@ async fn out_trade_no_is_at_most_64_letters_digits_or_underscores() {
     let req = pb::PrepayRequest {
         out_trade_no: "A".repeat(65),
         method: pb::PayMethod::AlipayQr as i32,
-        amount: Some(pb::Amount {
+        amount: Some(pb::Money {
             amount_minor: 100,
             currency: "CNY".into(),
         }),

@@ -137,7 +137,7 @@ async fn a_signed_payment_notification_is_accepted_with_query_id_and_trace_time_
     assert_eq!(result.channel_trade_no, "512601010800000000001");
     assert_eq!(
         result.paid,
-        Some(pb::Amount {
+        Some(pb::Money {
             amount_minor: 8888,
             currency: "CNY".into()
         })
@@ -268,7 +268,7 @@ async fn front_prepay_returns_the_signed_form_and_its_action() {
         .prepay(pb::PrepayRequest {
             out_trade_no: "20260101080000T0001".into(),
             method: pb::PayMethod::UnionpayFront as i32,
-            amount: Some(pb::Amount {
+            amount: Some(pb::Money {
                 amount_minor: 8888,
                 currency: "CNY".into(),
             }),
@@ -315,7 +315,7 @@ async fn order_numbers_outside_8_to_40_alphanumerics_are_invalid_arguments() {
         let req = pb::PrepayRequest {
             out_trade_no: bad.to_owned(),
             method: pb::PayMethod::UnionpayFront as i32,
-            amount: Some(pb::Amount {
+            amount: Some(pb::Money {
                 amount_minor: 100,
                 currency: "CNY".into(),
             }),

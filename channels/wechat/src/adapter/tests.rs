@@ -159,7 +159,7 @@ async fn a_signed_payment_notification_is_accepted_with_its_envelope_id_and_amou
     assert_eq!(result.channel_trade_no, "4200000000202401010000000001");
     assert_eq!(
         result.paid,
-        Some(pb::Amount {
+        Some(pb::Money {
             amount_minor: 100,
             currency: "CNY".into()
         })
@@ -293,7 +293,7 @@ async fn methods_and_currencies_the_channel_cannot_take_are_invalid_arguments() 
     let request = |method: pb::PayMethod, currency: &str| pb::PrepayRequest {
         out_trade_no: "T20240101000001".into(),
         method: method as i32,
-        amount: Some(pb::Amount {
+        amount: Some(pb::Money {
             amount_minor: 100,
             currency: currency.into(),
         }),
@@ -538,7 +538,7 @@ async fn out_trade_no_follows_wechats_rule_of_6_to_32_characters() {
     let r = pb::PrepayRequest {
         out_trade_no: "P1234".into(),
         method: pb::PayMethod::WechatNative as i32,
-        amount: Some(pb::Amount {
+        amount: Some(pb::Money {
             amount_minor: 100,
             currency: "CNY".into(),
         }),
