@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use e2e::platform::{Ch, Platform};
+use e2e::platform::{Platform, SandboxedChannel};
 use hdrhistogram::Histogram;
 use payproto::channel::v1 as cpb;
 use payproto::payment::v1 as pb;
@@ -151,7 +151,7 @@ async fn measure(
         .await
         .unwrap();
     let http = reqwest::Client::new();
-    let sandbox = p.sandbox_url(Ch::Wechat, "");
+    let sandbox = p.sandbox_url(SandboxedChannel::Wechat, "");
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new((
@@ -257,7 +257,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let p = Platform::start_channels(&[Ch::Wechat], 1.0);
+    let p = Platform::start_channels(&[SandboxedChannel::Wechat], 1.0);
     let scratch = e2e::TestDb::create();
     let (mut b, mut create_r, mut life_r) = (Vec::new(), Vec::new(), Vec::new());
     println!(
