@@ -14,8 +14,9 @@
 //!   with `signPubKeyCert`, `respCode` values.
 //! - `wechat::server`, `alipay::server`, `unionpay::server`: the platforms' HTTP APIs over a
 //!   [`ledger`], plus their callbacks; `wechat::bill`, `alipay::bill`: statement files.
-//! - [`platform`]: the [`platform::Platform`] trait and shared [`platform::Core`] state (ledger,
-//!   faults, delivery log, time scale); [`control`]: the unsigned `/sandbox/` control API;
+//! - [`platform`]: the [`platform::SimulatedPlatform`] trait, each platform's constant
+//!   [`platform::Profile`] and the shared [`platform::Core`] state (ledger, faults, delivery log,
+//!   time scale); [`control`]: the unsigned `/sandbox/` control API;
 //!   [`callbacks`]: delivery with retries and fault injection; [`http_client`]: a plain HTTP/1.1
 //!   client; [`keyfiles`]: `sandbox keygen` and key loading; [`serve`]: router assembly.
 

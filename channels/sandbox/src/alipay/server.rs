@@ -25,11 +25,11 @@ use super::proto::{
 use crate::callbacks::{self, Notification, NotificationKind};
 use crate::control;
 use crate::form::{self, Params};
-use crate::http_client::{OutgoingRequest, Reply};
+use crate::http_client::OutgoingRequest;
 use crate::keyfiles::AlipayKeyFiles;
 use crate::keys;
 use crate::ledger::{NewRefund, NewTrade, PrepayError, RefundError, Trade, TradeState};
-use crate::platform::{BuildError, Core, Platform, Tamper, lock};
+use crate::platform::{BuildError, Core, Profile, SimulatedPlatform, Tamper, lock};
 
 /// 4m, 10m, 10m, 1h, 2h, 6h, 15h: 8 notifications within 25 hours.
 const RETRY_SCHEDULE: [Duration; 7] = [
@@ -41,6 +41,14 @@ const RETRY_SCHEDULE: [Duration; 7] = [
     Duration::from_secs(6 * 3600),
     Duration::from_secs(15 * 3600),
 ];
+
+/// Alipay's notification rules.
+pub static PROFILE: Profile = Profile {
+    name: "alipay",
+    retry_schedule: &RETRY_SCHEDULE,
+    is_acknowledged: |reply| reply.body == b"success",
+    new_notify_id: || format!("{}{}", Utc::now().format("%Y%m%d"), random_digits(26)),
+};
 
 /// Bill download links stay valid this long (Alipay: 30 s).
 const BILL_URL_TTL: Duration = Duration::from_secs(30);
@@ -576,7 +584,7 @@ impl Alipay {
         if trade.notify_url.is_empty() {
             return;
         }
-        let notify_id = self.new_notify_id();
+        let notify_id = (PROFILE.new_notify_id)();
         let build = {
             let this = Arc::clone(self);
             let trade = trade.clone();
@@ -598,7 +606,7 @@ impl Alipay {
                 this.signed_notification(&trade.notify_url, params, Tamper::None)
             })
         };
-        let platform: Arc<dyn Platform> = self.clone();
+        let platform: Arc<dyn SimulatedPlatform> = self.clone();
         callbacks::dispatch(
             platform,
             Notification {
@@ -638,25 +646,13 @@ fn cashier_page(trade: &Trade) -> String {
     )
 }
 
-impl Platform for Alipay {
-    fn name(&self) -> &'static str {
-        "alipay"
+impl SimulatedPlatform for Alipay {
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn core(&self) -> &Core {
         &self.core
-    }
-
-    fn retry_schedule(&self) -> &'static [Duration] {
-        &RETRY_SCHEDULE
-    }
-
-    fn is_acknowledged(&self, reply: &Reply) -> bool {
-        reply.body == b"success"
-    }
-
-    fn new_notify_id(&self) -> String {
-        format!("{}{}", Utc::now().format("%Y%m%d"), random_digits(26))
     }
 
     fn payment_notification(
@@ -676,7 +672,7 @@ impl Platform for Alipay {
 
 /// The gateway plus the bill download and the control API.
 pub fn router(alipay: Arc<Alipay>) -> Router {
-    let platform: Arc<dyn Platform> = alipay.clone();
+    let platform: Arc<dyn SimulatedPlatform> = alipay.clone();
     Router::new()
         .route("/gateway.do", get(gateway).post(gateway))
         .route("/sandbox-bill/alipay/download", get(download_bill))
