@@ -6,11 +6,13 @@
 //!
 //! - [`keys`]: PEM/DER key and certificate loading, fresh RSA-2048 keys, the RSA-SHA256 primitive.
 //! - [`form`]: `application/x-www-form-urlencoded` decoding and encoding (Alipay and UnionPay).
-//! - [`wechat::proto`]: WeChat Pay API v3 Authorization checks, response and callback signing,
-//!   AEAD_AES_256_GCM callback resources, error bodies.
-//! - [`alipay::proto`]: Alipay gateway parameter verification, signed synchronous responses,
+//! - [`wechat::protocol`]: WeChat Pay API v3, one module per concern: `Authorization` checks
+//!   ([`wechat::protocol::authorization`]), answer and callback signing
+//!   ([`wechat::protocol::signing`]), AEAD_AES_256_GCM callback envelopes
+//!   ([`wechat::protocol::notification`]), error bodies ([`wechat::protocol::error_body`]).
+//! - [`alipay::protocol`]: Alipay gateway parameter verification, signed synchronous responses,
 //!   signed async notifications, yuan amounts.
-//! - [`unionpay::proto`]: UnionPay 5.1.0 request verification, response and notification signing
+//! - [`unionpay::protocol`]: UnionPay 5.1.0 request verification, response and notification signing
 //!   with `signPubKeyCert`, `respCode` values.
 //! - `wechat::server`, `alipay::server`, `unionpay::server`: the platforms' HTTP APIs over a
 //!   [`ledger`], plus their callbacks; `wechat::bill`, `alipay::bill`: statement files.

@@ -17,7 +17,7 @@ use chrono::Utc;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 
-use super::proto::{
+use super::protocol::{
     AlipaySigner, AppKeys, ERROR_NODE, GatewayRequest, ResultNode, VerifiedCall,
     encode_notify_body, format_timestamp, format_yuan, parse_trade_amount, parse_yuan,
     response_node_name,
@@ -247,7 +247,7 @@ impl Alipay {
         // The payable window: `time_expire` (Beijing wall clock) or `timeout_express` (1m–15d,
         // counted from now); the trade is closed when it has passed.
         let pay_deadline = match (str_of(biz, "time_expire"), str_of(biz, "timeout_express")) {
-            (Some(t), _) => match super::proto::parse_timestamp(t)
+            (Some(t), _) => match super::protocol::parse_timestamp(t)
                 .and_then(|n| n.checked_sub_signed(chrono::Duration::hours(8)))
             {
                 Some(utc) => Some(utc.and_utc()),
@@ -723,7 +723,7 @@ fn gateway_answer(
     })();
     let params = match parsed {
         Ok(p) => p,
-        Err(e) => return reject(alipay, &super::proto::GatewayRejection::Form(e)),
+        Err(e) => return reject(alipay, &super::protocol::GatewayRejection::Form(e)),
     };
     let request = GatewayRequest::from_params(params.clone());
     let call = match alipay.apps.verify(&request) {
@@ -779,8 +779,8 @@ fn gateway_answer(
     }
 }
 
-fn reject(alipay: &Alipay, rejection: &super::proto::GatewayRejection) -> Response {
-    if let super::proto::GatewayRejection::UnknownApp(_) = rejection {
+fn reject(alipay: &Alipay, rejection: &super::protocol::GatewayRejection) -> Response {
+    if let super::protocol::GatewayRejection::UnknownApp(_) = rejection {
         // No app, so no key pairing to sign with: the gateway answers this one unsigned
         // (ASSUMPTION: the notes do not list which gateway errors come unsigned; that some do
         // is why the official SDK verifies failures only when they carry a sign).

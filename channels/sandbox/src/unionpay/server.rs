@@ -20,7 +20,7 @@ use axum::routing::post;
 use chrono::{FixedOffset, Utc};
 use rand::Rng;
 
-use super::proto::{
+use super::protocol::{
     MerchantCerts, PlatformSigner, RespCode, encode_notify_body, encode_sync_response,
 };
 use crate::callbacks::{self, Notification, NotificationKind};
@@ -197,7 +197,7 @@ impl Unionpay {
         let fields = match form::decode(&text) {
             Ok(f) => f,
             Err(e) => {
-                let rejection = super::proto::RequestRejection::Form(e);
+                let rejection = super::protocol::RequestRejection::Form(e);
                 return Err(self.respond(&Params::new(), Answer::new(rejection.resp_code())));
             }
         };
@@ -468,7 +468,7 @@ impl Unionpay {
     fn common_notify_fields(&self) -> Params {
         let mut fields = Params::new();
         for (k, v) in [
-            ("version", super::proto::VERSION),
+            ("version", super::protocol::VERSION),
             ("encoding", "utf-8"),
             ("accessType", "0"),
             ("currencyCode", "156"),

@@ -21,11 +21,11 @@ use rand::Rng;
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
 
-use super::proto::{
+use super::protocol::{
     ApiV3Key, ErrorBody, ErrorCode, ErrorDetail, EventType, IncomingRequest, MerchantKeys,
     NotificationDraft, NotificationEnvelope, PlatformSigner,
 };
-use crate::alipay::proto::format_yuan;
+use crate::alipay::protocol::format_yuan;
 use crate::callbacks::{self, Notification, NotificationKind};
 use crate::control;
 use crate::http_client::OutgoingRequest;

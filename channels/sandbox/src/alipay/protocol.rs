@@ -30,7 +30,7 @@ const NOTIFY_UNSIGNED: &[&str] = &["sign", "sign_type"];
 
 /// Failures of the platform's own operations.
 #[derive(Debug, thiserror::Error)]
-pub enum AlipayProtoError {
+pub enum AlipayProtocolError {
     /// RSA signing failed.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -299,14 +299,14 @@ pub fn format_timestamp(instant: DateTime<Utc>) -> String {
 /// `alipay.trade.query` → `alipay_trade_query_response`.
 ///
 /// # Errors
-/// [`AlipayProtoError::BadMethod`] for characters outside `[a-z0-9.]`.
-pub fn response_node_name(method: &str) -> Result<String, AlipayProtoError> {
+/// [`AlipayProtocolError::BadMethod`] for characters outside `[a-z0-9.]`.
+pub fn response_node_name(method: &str) -> Result<String, AlipayProtocolError> {
     let valid = !method.is_empty()
         && method
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.');
     if !valid {
-        return Err(AlipayProtoError::BadMethod(method.to_owned()));
+        return Err(AlipayProtocolError::BadMethod(method.to_owned()));
     }
     Ok(format!("{}_response", method.replace('.', "_")))
 }
@@ -346,22 +346,22 @@ impl AlipaySigner {
     /// Base64 SHA256withRSA over `content`.
     ///
     /// # Errors
-    /// [`AlipayProtoError::Key`].
-    pub fn sign(&self, content: &[u8]) -> Result<String, AlipayProtoError> {
+    /// [`AlipayProtocolError::Key`].
+    pub fn sign(&self, content: &[u8]) -> Result<String, AlipayProtocolError> {
         Ok(BASE64.encode(keys::sign_sha256_rsa(&self.key, content)?))
     }
 
     /// Serialises `node` once, signs exactly that text, and embeds the same text in the body.
     ///
     /// # Errors
-    /// [`AlipayProtoError::NodeNotObject`] unless `node` serialises to a JSON object.
+    /// [`AlipayProtocolError::NodeNotObject`] unless `node` serialises to a JSON object.
     pub fn sign_response<T: Serialize>(
         &self,
         node_name: &str,
         node: &T,
-    ) -> Result<String, AlipayProtoError> {
+    ) -> Result<String, AlipayProtocolError> {
         let text = serde_json::to_string(node)
-            .map_err(|e| AlipayProtoError::NodeNotObject(e.to_string()))?;
+            .map_err(|e| AlipayProtocolError::NodeNotObject(e.to_string()))?;
         self.sign_raw_response(node_name, &text)
     }
 
@@ -369,18 +369,18 @@ impl AlipaySigner {
     /// is signed and embedded byte for byte.
     ///
     /// # Errors
-    /// [`AlipayProtoError::NodeNotObject`] unless `node_json` is one JSON object.
+    /// [`AlipayProtocolError::NodeNotObject`] unless `node_json` is one JSON object.
     pub fn sign_raw_response(
         &self,
         node_name: &str,
         node_json: &str,
-    ) -> Result<String, AlipayProtoError> {
+    ) -> Result<String, AlipayProtocolError> {
         let is_object = matches!(
             serde_json::from_str::<serde_json::Value>(node_json),
             Ok(serde_json::Value::Object(_))
         );
         if !is_object || node_json.trim() != node_json {
-            return Err(AlipayProtoError::NodeNotObject(node_json.to_owned()));
+            return Err(AlipayProtocolError::NodeNotObject(node_json.to_owned()));
         }
         let sign = self.sign(node_json.as_bytes())?;
         let name = serde_json::Value::String(node_name.to_owned());
@@ -407,9 +407,9 @@ impl AlipaySigner {
         &self,
         node_name: &str,
         node: &T,
-    ) -> Result<String, AlipayProtoError> {
+    ) -> Result<String, AlipayProtocolError> {
         let text = serde_json::to_string(node)
-            .map_err(|e| AlipayProtoError::NodeNotObject(e.to_string()))?;
+            .map_err(|e| AlipayProtocolError::NodeNotObject(e.to_string()))?;
         let signed = self.sign_raw_response(node_name, &text)?;
         let escaped = text.replace('/', "\\/");
         Ok(signed.replacen(&text, &escaped, 1))
@@ -418,8 +418,11 @@ impl AlipaySigner {
     /// The signed `error_response` body for a rejected call.
     ///
     /// # Errors
-    /// [`AlipayProtoError::Key`].
-    pub fn sign_rejection(&self, rejection: &GatewayRejection) -> Result<String, AlipayProtoError> {
+    /// [`AlipayProtocolError::Key`].
+    pub fn sign_rejection(
+        &self,
+        rejection: &GatewayRejection,
+    ) -> Result<String, AlipayProtocolError> {
         self.sign_response(ERROR_NODE, &rejection.to_node())
     }
 
@@ -427,8 +430,8 @@ impl AlipaySigner {
     /// parameters other than `sign` and `sign_type`, and sets `sign`.
     ///
     /// # Errors
-    /// [`AlipayProtoError::Key`].
-    pub fn sign_notify(&self, mut params: Params) -> Result<Params, AlipayProtoError> {
+    /// [`AlipayProtocolError::Key`].
+    pub fn sign_notify(&self, mut params: Params) -> Result<Params, AlipayProtocolError> {
         params.remove("sign");
         let sign = self.sign(signing_content(&params, NOTIFY_UNSIGNED).as_bytes())?;
         params.insert("sign_type".to_owned(), SIGN_TYPE_RSA2.to_owned());
@@ -446,26 +449,26 @@ pub fn encode_notify_body(params: &Params) -> String {
 /// check `sign` over it. Returns the node name and text. The sandbox uses it to test itself.
 ///
 /// # Errors
-/// [`AlipayProtoError::MalformedResponse`] or [`AlipayProtoError::SignatureMismatch`].
+/// [`AlipayProtocolError::MalformedResponse`] or [`AlipayProtocolError::SignatureMismatch`].
 pub fn verify_response_body(
     platform_key: &RsaPublicKey,
     body: &str,
-) -> Result<(String, String), AlipayProtoError> {
+) -> Result<(String, String), AlipayProtocolError> {
     let fields: BTreeMap<String, &RawValue> = serde_json::from_str(body)
-        .map_err(|e| AlipayProtoError::MalformedResponse(e.to_string()))?;
+        .map_err(|e| AlipayProtocolError::MalformedResponse(e.to_string()))?;
     let (name, node) = fields
         .iter()
         .find(|(k, _)| k.ends_with("_response"))
-        .ok_or_else(|| AlipayProtoError::MalformedResponse("no *_response node".into()))?;
+        .ok_or_else(|| AlipayProtocolError::MalformedResponse("no *_response node".into()))?;
     let sign: String = fields
         .get("sign")
         .map(|raw| serde_json::from_str(raw.get()))
         .transpose()
-        .map_err(|e| AlipayProtoError::MalformedResponse(e.to_string()))?
-        .ok_or_else(|| AlipayProtoError::MalformedResponse("no sign".into()))?;
+        .map_err(|e| AlipayProtocolError::MalformedResponse(e.to_string()))?
+        .ok_or_else(|| AlipayProtocolError::MalformedResponse("no sign".into()))?;
     let signature = BASE64
         .decode(sign)
-        .map_err(|_| AlipayProtoError::SignatureMismatch)?;
+        .map_err(|_| AlipayProtocolError::SignatureMismatch)?;
     // As the official SDKs do: the node as sent, then with `\/` read as `/`.
     let text = node.get();
     let verifies = keys::verify_sha256_rsa(platform_key, text.as_bytes(), &signature)
@@ -476,7 +479,7 @@ pub fn verify_response_body(
                 &signature,
             ));
     if !verifies {
-        return Err(AlipayProtoError::SignatureMismatch);
+        return Err(AlipayProtocolError::SignatureMismatch);
     }
     Ok((name.clone(), text.to_owned()))
 }
@@ -484,19 +487,22 @@ pub fn verify_response_body(
 /// What the merchant does with a notification (or return-URL) parameter set.
 ///
 /// # Errors
-/// [`AlipayProtoError::MalformedResponse`] without `sign`; [`AlipayProtoError::SignatureMismatch`].
-pub fn verify_notify(platform_key: &RsaPublicKey, params: &Params) -> Result<(), AlipayProtoError> {
+/// [`AlipayProtocolError::MalformedResponse`] without `sign`; [`AlipayProtocolError::SignatureMismatch`].
+pub fn verify_notify(
+    platform_key: &RsaPublicKey,
+    params: &Params,
+) -> Result<(), AlipayProtocolError> {
     let sign = params
         .get("sign")
-        .ok_or_else(|| AlipayProtoError::MalformedResponse("no sign".into()))?;
+        .ok_or_else(|| AlipayProtocolError::MalformedResponse("no sign".into()))?;
     let signature = BASE64
         .decode(sign)
-        .map_err(|_| AlipayProtoError::SignatureMismatch)?;
+        .map_err(|_| AlipayProtocolError::SignatureMismatch)?;
     let content = signing_content(params, NOTIFY_UNSIGNED);
     if keys::verify_sha256_rsa(platform_key, content.as_bytes(), &signature) {
         Ok(())
     } else {
-        Err(AlipayProtoError::SignatureMismatch)
+        Err(AlipayProtocolError::SignatureMismatch)
     }
 }
 
@@ -736,7 +742,7 @@ mod tests {
         let tampered = body.replace("T1", "T2");
         assert!(matches!(
             verify_response_body(&key.to_public_key(), &tampered),
-            Err(AlipayProtoError::SignatureMismatch)
+            Err(AlipayProtocolError::SignatureMismatch)
         ));
         let rejection = signer
             .sign_rejection(&GatewayRejection::SignatureMismatch)
@@ -745,11 +751,11 @@ mod tests {
         assert_eq!(found, ERROR_NODE);
         assert!(matches!(
             signer.sign_raw_response(&name, "[1]"),
-            Err(AlipayProtoError::NodeNotObject(_))
+            Err(AlipayProtocolError::NodeNotObject(_))
         ));
         assert!(matches!(
             response_node_name("Alipay.Trade"),
-            Err(AlipayProtoError::BadMethod(_))
+            Err(AlipayProtocolError::BadMethod(_))
         ));
     }
 
