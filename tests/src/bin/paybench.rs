@@ -2,7 +2,7 @@
 //!
 //! Absolute figures on shared 2-core machines drift by 1.5–2× within minutes, so every figure is
 //! reported as a ratio to a baseline measured seconds apart on the same Postgres, interleaved
-//! (B, P, B, P, …), median of the rounds (see `../shared/BENCH_AND_FAULTS.md`):
+//! (B, P, B, P, …), median of the rounds:
 //! - B_life: `pgbench -M prepared -c 8 -j 2` running the two durable transactions any payment
 //!   platform must make per lifecycle (create order + outbox event; mark paid + outbox event).
 //! - P_create: CreateOrder calls/s through payd (closed loop, `--concurrency` clients).
