@@ -10,8 +10,9 @@
 //!   ([`wechat::protocol::authorization`]), answer and callback signing
 //!   ([`wechat::protocol::signing`]), AEAD_AES_256_GCM callback envelopes
 //!   ([`wechat::protocol::notification`]), error bodies ([`wechat::protocol::error_body`]).
-//! - [`alipay::protocol`]: Alipay gateway parameter verification, signed synchronous responses,
-//!   signed async notifications, yuan amounts.
+//! - [`alipay::protocol`]: Alipay gateway call verification ([`alipay::protocol::request`]),
+//!   signed synchronous responses and async notifications ([`alipay::protocol::signing`]), yuan
+//!   amounts and Beijing timestamps ([`alipay::protocol::units`]).
 //! - [`unionpay::protocol`]: UnionPay 5.1.0 request verification, response and notification signing
 //!   with `signPubKeyCert`, `respCode` values.
 //! - `wechat::server`, `alipay::server`, `unionpay::server`: the platforms' HTTP APIs over a
