@@ -8,7 +8,7 @@ use payproto::payment::v1 as pb;
 use payproto::payment::v1::payment_service_client::PaymentServiceClient;
 use tonic::transport::Channel;
 
-use crate::platform::{Ch, Platform};
+use crate::platform::{Platform, SandboxedChannel};
 
 pub type Client = PaymentServiceClient<Channel>;
 
@@ -27,19 +27,19 @@ pub async fn client(endpoint: String) -> Client {
 }
 
 /// The QR (or form) method of each channel, which needs no payer id.
-pub fn qr_method(ch: Ch) -> cpb::PayMethod {
+pub fn qr_method(ch: SandboxedChannel) -> cpb::PayMethod {
     match ch {
-        Ch::Wechat => cpb::PayMethod::WechatNative,
-        Ch::Alipay => cpb::PayMethod::AlipayQr,
-        Ch::Unionpay => cpb::PayMethod::UnionpayFront,
+        SandboxedChannel::Wechat => cpb::PayMethod::WechatNative,
+        SandboxedChannel::Alipay => cpb::PayMethod::AlipayQr,
+        SandboxedChannel::Unionpay => cpb::PayMethod::UnionpayFront,
     }
 }
 
-pub fn channel_of(ch: Ch) -> cpb::Channel {
+pub fn channel_of(ch: SandboxedChannel) -> cpb::Channel {
     match ch {
-        Ch::Wechat => cpb::Channel::Wechat,
-        Ch::Alipay => cpb::Channel::Alipay,
-        Ch::Unionpay => cpb::Channel::Unionpay,
+        SandboxedChannel::Wechat => cpb::Channel::Wechat,
+        SandboxedChannel::Alipay => cpb::Channel::Alipay,
+        SandboxedChannel::Unionpay => cpb::Channel::Unionpay,
     }
 }
 
@@ -67,7 +67,7 @@ pub async fn create(c: &mut Client, no: &str, amount: i64) -> pb::Order {
 pub async fn pay_by(
     c: &mut Client,
     order_id: &str,
-    ch: Ch,
+    ch: SandboxedChannel,
     method: cpb::PayMethod,
     payer_id: &str,
     idempotency_key: &str,
@@ -87,7 +87,11 @@ pub async fn pay_by(
 }
 
 /// Pay by the channel's QR (or form) method.
-pub async fn pay(c: &mut Client, order_id: &str, ch: Ch) -> Result<pb::PayResponse, tonic::Status> {
+pub async fn pay(
+    c: &mut Client,
+    order_id: &str,
+    ch: SandboxedChannel,
+) -> Result<pb::PayResponse, tonic::Status> {
     pay_by(c, order_id, ch, qr_method(ch), "", "").await
 }
 
@@ -175,15 +179,20 @@ impl Platform {
     /// first (creating the trade), an Alipay QR code scanned, then the payer completes the
     /// payment at the platform.
     /// Returns the control API's HTTP status (200 paid; 404 no such trade; 409 not payable).
-    pub async fn payer_pays(&self, ch: Ch, pay: &pb::PayResponse, outcome: &str) -> u16 {
+    pub async fn payer_pays(
+        &self,
+        ch: SandboxedChannel,
+        pay: &pb::PayResponse,
+        outcome: &str,
+    ) -> u16 {
         let out_trade_no = &pay.attempt.as_ref().expect("attempt").out_trade_no;
         match ch {
-            Ch::Unionpay => {
+            SandboxedChannel::Unionpay => {
                 let params: HashMap<String, String> = pay.pay_params.clone().into_iter().collect();
                 self.payer_submits_form(&params).await;
             }
             // A precreated Alipay trade exists once the payer's app scans the QR code.
-            Ch::Alipay if pay.pay_params.contains_key("qr_code") => {
+            SandboxedChannel::Alipay if pay.pay_params.contains_key("qr_code") => {
                 self.sandbox_post(
                     ch,
                     &format!("/sandbox/trades/{out_trade_no}/scan"),
@@ -191,7 +200,7 @@ impl Platform {
                 )
                 .await;
             }
-            Ch::Alipay | Ch::Wechat => {}
+            SandboxedChannel::Alipay | SandboxedChannel::Wechat => {}
         }
         let (status, _) = self
             .sandbox_post(
@@ -204,7 +213,7 @@ impl Platform {
     }
 
     /// Successful trades in a sandbox's ledger, by out_trade_no.
-    pub async fn sandbox_successes(&self, ch: Ch) -> Vec<String> {
+    pub async fn sandbox_successes(&self, ch: SandboxedChannel) -> Vec<String> {
         let trades = self.sandbox_get(ch, "/sandbox/trades").await;
         trades
             .as_array()

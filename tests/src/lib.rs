@@ -1,6 +1,12 @@
 //! Test support shared by the in-process API tests (`server/tests`) and the cross-process tests
 //! here (`tests/tests`): a fresh Postgres database and a Redis key prefix per test, removed on drop,
-//! and real `payd` processes.
+//! and real `payd` processes ([`Payd`]).
+//!
+//! # Layout
+//! - this file: [`TestDb`], [`RedisNamespace`], [`Payd`], free ports and binary lookup.
+//! - [`platform`]: the whole platform as processes ([`platform::Platform`]: sandboxes, adapters
+//!   and payd, one [`platform::SandboxedChannel`] per channel).
+//! - [`calls`]: typed `payment.v1` calls and the payer's side at the sandboxes.
 //!
 //! Environment: `TEST_DATABASE_URL` (server URL without a database; default
 //! `postgres://postgres@127.0.0.1:5432`), `TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).

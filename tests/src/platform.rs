@@ -13,21 +13,26 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::{Payd, RedisNamespace, TestDb, binary, free_addr, start_listening, wait_listening};
 
+/// A channel as the harness runs it: its adapter process against its sandbox process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Ch {
+pub enum SandboxedChannel {
     Wechat,
     Alipay,
     Unionpay,
 }
 
-impl Ch {
-    pub const ALL: [Ch; 3] = [Ch::Wechat, Ch::Alipay, Ch::Unionpay];
+impl SandboxedChannel {
+    pub const ALL: [SandboxedChannel; 3] = [
+        SandboxedChannel::Wechat,
+        SandboxedChannel::Alipay,
+        SandboxedChannel::Unionpay,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Ch::Wechat => "wechat",
-            Ch::Alipay => "alipay",
-            Ch::Unionpay => "unionpay",
+            SandboxedChannel::Wechat => "wechat",
+            SandboxedChannel::Alipay => "alipay",
+            SandboxedChannel::Unionpay => "unionpay",
         }
     }
 }
@@ -80,7 +85,7 @@ pub struct PlatformOptions {
     /// Added to every payd's environment (e.g. a short `PAYD_LOCK_TTL_MS`).
     pub payd_env: Vec<(String, String)>,
     /// Added to the environment of one adapter.
-    pub adapter_env: Vec<(Ch, String, String)>,
+    pub adapter_env: Vec<(SandboxedChannel, String, String)>,
 }
 
 pub struct Platform {
@@ -88,15 +93,15 @@ pub struct Platform {
     /// The environment every payd of this platform gets (for [`Platform::spawn_payd`]).
     payd_env: Vec<(String, String)>,
     opts: PlatformOptions,
-    pub adapters: HashMap<Ch, Proc>,
-    pub adapter_addrs: HashMap<Ch, AdapterAddrs>,
-    pub sandboxes: HashMap<Ch, Proc>,
-    pub sandbox_addrs: HashMap<Ch, SocketAddr>,
+    pub adapters: HashMap<SandboxedChannel, Proc>,
+    pub adapter_addrs: HashMap<SandboxedChannel, AdapterAddrs>,
+    pub sandboxes: HashMap<SandboxedChannel, Proc>,
+    pub sandbox_addrs: HashMap<SandboxedChannel, SocketAddr>,
     pub keys: PathBuf,
     /// Each adapter's secret for payd's ChannelEvents.
-    pub tokens: HashMap<Ch, String>,
+    pub tokens: HashMap<SandboxedChannel, String>,
     /// payd's secret for each adapter's ChannelAdapter.
-    pub grpc_tokens: HashMap<Ch, String>,
+    pub grpc_tokens: HashMap<SandboxedChannel, String>,
     pub ns: RedisNamespace,
     pub db: TestDb,
     http: reqwest::Client,
@@ -105,17 +110,21 @@ pub struct Platform {
 impl Platform {
     /// Starts everything. `time_scale` multiplies the sandboxes' callback retry schedules.
     pub fn start(time_scale: f64) -> Self {
-        Self::start_channels(&Ch::ALL, time_scale)
+        Self::start_channels(&SandboxedChannel::ALL, time_scale)
     }
 
     /// Starts payd plus the sandbox and adapter of each channel in `channels` (payd knows all
     /// three endpoints; the others are simply down).
-    pub fn start_channels(channels: &[Ch], time_scale: f64) -> Self {
+    pub fn start_channels(channels: &[SandboxedChannel], time_scale: f64) -> Self {
         Self::start_with(channels, time_scale, PlatformOptions::default())
     }
 
     /// As [`Platform::start_channels`], with extra settings.
-    pub fn start_with(channels: &[Ch], time_scale: f64, opts: PlatformOptions) -> Self {
+    pub fn start_with(
+        channels: &[SandboxedChannel],
+        time_scale: f64,
+        opts: PlatformOptions,
+    ) -> Self {
         let db = TestDb::create();
         let ns = RedisNamespace::new();
         let keys = std::env::temp_dir().join(format!(
@@ -156,7 +165,7 @@ impl Platform {
             );
             sandbox_addrs.insert(ch, addr);
         }
-        let adapter_addrs: HashMap<Ch, AdapterAddrs> = Ch::ALL
+        let adapter_addrs: HashMap<SandboxedChannel, AdapterAddrs> = SandboxedChannel::ALL
             .into_iter()
             .map(|c| {
                 (
@@ -169,14 +178,14 @@ impl Platform {
                 )
             })
             .collect();
-        let ep = |c: Ch| format!("http://{}", adapter_addrs[&c].grpc);
+        let ep = |c: SandboxedChannel| format!("http://{}", adapter_addrs[&c].grpc);
         // Fresh adapter secrets per run: each adapter may report only for its own channel.
-        let tokens: HashMap<Ch, String> = Ch::ALL
+        let tokens: HashMap<SandboxedChannel, String> = SandboxedChannel::ALL
             .into_iter()
             .map(|c| (c, format!("{}-{}", c.name(), uuid::Uuid::new_v4().simple())))
             .collect();
         // And payd's credential towards each adapter, fresh per run too.
-        let grpc_tokens: HashMap<Ch, String> = Ch::ALL
+        let grpc_tokens: HashMap<SandboxedChannel, String> = SandboxedChannel::ALL
             .into_iter()
             .map(|c| {
                 (
@@ -185,26 +194,35 @@ impl Platform {
                 )
             })
             .collect();
-        let token_list = Ch::ALL
+        let token_list = SandboxedChannel::ALL
             .iter()
             .map(|c| format!("{}:{}", c.name(), tokens[c]))
             .collect::<Vec<_>>()
             .join(",");
         let mut payd_env: Vec<(String, String)> = vec![
-            ("PAYD_CHANNEL_WECHAT_ENDPOINT".into(), ep(Ch::Wechat)),
-            ("PAYD_CHANNEL_ALIPAY_ENDPOINT".into(), ep(Ch::Alipay)),
-            ("PAYD_CHANNEL_UNIONPAY_ENDPOINT".into(), ep(Ch::Unionpay)),
+            (
+                "PAYD_CHANNEL_WECHAT_ENDPOINT".into(),
+                ep(SandboxedChannel::Wechat),
+            ),
+            (
+                "PAYD_CHANNEL_ALIPAY_ENDPOINT".into(),
+                ep(SandboxedChannel::Alipay),
+            ),
+            (
+                "PAYD_CHANNEL_UNIONPAY_ENDPOINT".into(),
+                ep(SandboxedChannel::Unionpay),
+            ),
             (
                 "PAYD_CHANNEL_WECHAT_TOKEN".into(),
-                grpc_tokens[&Ch::Wechat].clone(),
+                grpc_tokens[&SandboxedChannel::Wechat].clone(),
             ),
             (
                 "PAYD_CHANNEL_ALIPAY_TOKEN".into(),
-                grpc_tokens[&Ch::Alipay].clone(),
+                grpc_tokens[&SandboxedChannel::Alipay].clone(),
             ),
             (
                 "PAYD_CHANNEL_UNIONPAY_TOKEN".into(),
-                grpc_tokens[&Ch::Unionpay].clone(),
+                grpc_tokens[&SandboxedChannel::Unionpay].clone(),
             ),
             ("PAYD_ADAPTER_TOKENS".into(), token_list),
         ];
@@ -236,7 +254,7 @@ impl Platform {
     }
 
     /// The environment that points adapter `ch` at its sandbox: base URL and key files only.
-    pub fn adapter_env(&self, ch: Ch) -> Vec<(String, String)> {
+    pub fn adapter_env(&self, ch: SandboxedChannel) -> Vec<(String, String)> {
         let k = |f: &str| self.keys.join(ch.name()).join(f).display().to_string();
         let base = self
             .sandbox_addrs
@@ -261,7 +279,7 @@ impl Platform {
             ("ADAPTER_PLATFORM_TIMEOUT_MS".to_owned(), "3000".to_owned()),
         ];
         let files: &[(&str, &str)] = match ch {
-            Ch::Wechat => &[
+            SandboxedChannel::Wechat => &[
                 ("WECHAT_MCHID_FILE", "mchid.txt"),
                 ("WECHAT_APPID_FILE", "appid.txt"),
                 ("WECHAT_MERCHANT_KEY_FILE", "merchant_key.pem"),
@@ -270,12 +288,12 @@ impl Platform {
                 ("WECHAT_PLATFORM_SERIAL_FILE", "platform_serial.txt"),
                 ("WECHAT_APIV3_KEY_FILE", "apiv3_key.txt"),
             ],
-            Ch::Alipay => &[
+            SandboxedChannel::Alipay => &[
                 ("ALIPAY_APP_ID_FILE", "app_id.txt"),
                 ("ALIPAY_APP_PRIVATE_KEY_FILE", "app_private_key.pem"),
                 ("ALIPAY_PUBLIC_KEY_FILE", "alipay_public_key.pem"),
             ],
-            Ch::Unionpay => &[
+            SandboxedChannel::Unionpay => &[
                 ("UNIONPAY_MER_ID_FILE", "mer_id.txt"),
                 ("UNIONPAY_SIGN_KEY_FILE", "merchant_sign_key.pem"),
                 ("UNIONPAY_SIGN_CERT_ID_FILE", "merchant_cert_id.txt"),
@@ -293,9 +311,11 @@ impl Platform {
             }
         }
         match ch {
-            Ch::Wechat => env.push(("WECHAT_API_BASE".to_owned(), base)),
-            Ch::Alipay => env.push(("ALIPAY_GATEWAY".to_owned(), format!("{base}/gateway.do"))),
-            Ch::Unionpay => {
+            SandboxedChannel::Wechat => env.push(("WECHAT_API_BASE".to_owned(), base)),
+            SandboxedChannel::Alipay => {
+                env.push(("ALIPAY_GATEWAY".to_owned(), format!("{base}/gateway.do")))
+            }
+            SandboxedChannel::Unionpay => {
                 env.push(("UNIONPAY_GATEWAY_BASE".to_owned(), base));
                 env.push(("UNIONPAY_ACCEPT_TEST_CN".to_owned(), "true".to_owned()));
             }
@@ -306,7 +326,7 @@ impl Platform {
     /// Starts the adapter on its fixed ports: payd already knows its gRPC address, and on a restart
     /// the platform calls back the old `notify_url`. (The ports come from below the ephemeral
     /// range, so no outgoing connection can hold them.)
-    pub fn start_adapter(&mut self, ch: Ch) {
+    pub fn start_adapter(&mut self, ch: SandboxedChannel) {
         let bin = format!("{}-adapter", ch.name());
         let mut child = Command::new(binary(&bin))
             .envs(self.adapter_env(ch))
@@ -338,18 +358,18 @@ impl Platform {
     }
 
     /// SIGKILL: the adapter dies without a chance to answer anyone.
-    pub fn kill_adapter(&mut self, ch: Ch) {
+    pub fn kill_adapter(&mut self, ch: SandboxedChannel) {
         if let Some(mut p) = self.adapters.remove(&ch) {
             p.kill();
         }
     }
 
-    pub fn sandbox_url(&self, ch: Ch, path: &str) -> String {
+    pub fn sandbox_url(&self, ch: SandboxedChannel, path: &str) -> String {
         format!("http://{}{path}", self.sandbox_addrs[&ch])
     }
 
     /// GET a sandbox control endpoint as JSON.
-    pub async fn sandbox_get(&self, ch: Ch, path: &str) -> serde_json::Value {
+    pub async fn sandbox_get(&self, ch: SandboxedChannel, path: &str) -> serde_json::Value {
         self.http
             .get(self.sandbox_url(ch, path))
             .send()
@@ -363,7 +383,7 @@ impl Platform {
     /// POST to a sandbox control endpoint; returns (HTTP status, JSON body).
     pub async fn sandbox_post(
         &self,
-        ch: Ch,
+        ch: SandboxedChannel,
         path: &str,
         body: serde_json::Value,
     ) -> (u16, serde_json::Value) {
@@ -380,7 +400,7 @@ impl Platform {
     }
 
     /// The adapter's Prometheus text.
-    pub async fn adapter_metrics(&self, ch: Ch) -> String {
+    pub async fn adapter_metrics(&self, ch: SandboxedChannel) -> String {
         self.http
             .get(format!(
                 "http://{}/metrics",
@@ -396,7 +416,11 @@ impl Platform {
 
     /// A `ChannelAdapter` client for adapter `ch` presenting `token` (payd's is
     /// `self.grpc_tokens[&ch]`; `None` sends no credential at all).
-    pub async fn adapter_client_with(&self, ch: Ch, token: Option<&str>) -> AdapterClient {
+    pub async fn adapter_client_with(
+        &self,
+        ch: SandboxedChannel,
+        token: Option<&str>,
+    ) -> AdapterClient {
         let channel = tonic::transport::Endpoint::from_shared(format!(
             "http://{}",
             self.adapter_addrs[&ch].grpc
@@ -410,7 +434,7 @@ impl Platform {
     }
 
     /// A `ChannelAdapter` client for adapter `ch` with payd's credential, as payd calls it.
-    pub async fn adapter_client(&self, ch: Ch) -> AdapterClient {
+    pub async fn adapter_client(&self, ch: SandboxedChannel) -> AdapterClient {
         let token = self.grpc_tokens[&ch].clone();
         self.adapter_client_with(ch, Some(&token)).await
     }

@@ -3,7 +3,7 @@
 //! while payd's token works and the health service stays open for probes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use e2e::platform::{AdapterClient, Ch, Platform, metric_sum};
+use e2e::platform::{AdapterClient, Platform, SandboxedChannel, metric_sum};
 use payproto::channel::v1 as cpb;
 use serde_json::json;
 
@@ -78,12 +78,14 @@ fn assert_unauthenticated(r: Result<(), tonic::Status>, says: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_adapter_port_refuses_callers_without_payds_token() {
-    let p = Platform::start_channels(&[Ch::Wechat], 0.01);
-    let mut payd = p.adapter_client(Ch::Wechat).await;
-    let mut anonymous = p.adapter_client_with(Ch::Wechat, None).await;
+    let p = Platform::start_channels(&[SandboxedChannel::Wechat], 0.01);
+    let mut payd = p.adapter_client(SandboxedChannel::Wechat).await;
+    let mut anonymous = p.adapter_client_with(SandboxedChannel::Wechat, None).await;
     // The adapter's own ChannelEvents secret is not payd's credential either.
-    let core_token = p.tokens[&Ch::Wechat].clone();
-    let mut wrong = p.adapter_client_with(Ch::Wechat, Some(&core_token)).await;
+    let core_token = p.tokens[&SandboxedChannel::Wechat].clone();
+    let mut wrong = p
+        .adapter_client_with(SandboxedChannel::Wechat, Some(&core_token))
+        .await;
 
     let to_close = number("P");
     let to_refund = number("P");
@@ -99,7 +101,9 @@ async fn the_adapter_port_refuses_callers_without_payds_token() {
         prepay(&mut wrong, &number("P")).await.map(drop),
         "wrong token",
     );
-    let trades = p.sandbox_get(Ch::Wechat, "/sandbox/trades").await;
+    let trades = p
+        .sandbox_get(SandboxedChannel::Wechat, "/sandbox/trades")
+        .await;
     assert_eq!(trades.as_array().map(Vec::len), Some(2), "{trades}");
 
     // … close one …
@@ -112,21 +116,27 @@ async fn the_adapter_port_refuses_callers_without_payds_token() {
         "wrong token",
     );
     let trade = p
-        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{to_close}"))
+        .sandbox_get(
+            SandboxedChannel::Wechat,
+            &format!("/sandbox/trades/{to_close}"),
+        )
         .await;
     assert_eq!(trade["state"], "PENDING", "{trade}");
 
     // … or refund a paid one.
     let (status, _) = p
         .sandbox_post(
-            Ch::Wechat,
+            SandboxedChannel::Wechat,
             &format!("/sandbox/trades/{to_refund}/pay"),
             json!({"outcome": "success"}),
         )
         .await;
     assert_eq!(status, 200);
     let paid = p
-        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{to_refund}"))
+        .sandbox_get(
+            SandboxedChannel::Wechat,
+            &format!("/sandbox/trades/{to_refund}"),
+        )
         .await;
     let trade_no = paid["channel_trade_no"].as_str().unwrap().to_owned();
     assert_unauthenticated(
@@ -138,7 +148,10 @@ async fn the_adapter_port_refuses_callers_without_payds_token() {
         "wrong token",
     );
     let trade = p
-        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{to_refund}"))
+        .sandbox_get(
+            SandboxedChannel::Wechat,
+            &format!("/sandbox/trades/{to_refund}"),
+        )
         .await;
     assert_eq!(trade["refunds"], json!([]), "{trade}");
 
@@ -147,14 +160,20 @@ async fn the_adapter_port_refuses_callers_without_payds_token() {
         .await
         .expect("payd's close");
     let trade = p
-        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{to_close}"))
+        .sandbox_get(
+            SandboxedChannel::Wechat,
+            &format!("/sandbox/trades/{to_close}"),
+        )
         .await;
     assert_eq!(trade["state"], "CLOSED", "{trade}");
     refund(&mut payd, &to_refund, &trade_no)
         .await
         .expect("payd's refund");
     let trade = p
-        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{to_refund}"))
+        .sandbox_get(
+            SandboxedChannel::Wechat,
+            &format!("/sandbox/trades/{to_refund}"),
+        )
         .await;
     assert_eq!(
         trade["refunds"].as_array().map(Vec::len),
@@ -163,7 +182,7 @@ async fn the_adapter_port_refuses_callers_without_payds_token() {
     );
 
     // Refusals are counted by reason; probes need no token.
-    let m = p.adapter_metrics(Ch::Wechat).await;
+    let m = p.adapter_metrics(SandboxedChannel::Wechat).await;
     let failures = |reason: &str| {
         metric_sum(
             &m,
@@ -174,7 +193,7 @@ async fn the_adapter_port_refuses_callers_without_payds_token() {
     assert_eq!(failures("wrong"), 3.0, "{m}");
     let channel = tonic::transport::Endpoint::from_shared(format!(
         "http://{}",
-        p.adapter_addrs[&Ch::Wechat].grpc
+        p.adapter_addrs[&SandboxedChannel::Wechat].grpc
     ))
     .unwrap()
     .connect()

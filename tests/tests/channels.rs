@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
-use e2e::platform::{Ch, Platform, metric_sum};
+use e2e::platform::{Platform, SandboxedChannel, metric_sum};
 use payproto::channel::v1 as cpb;
 use payproto::payment::v1 as pb;
 use payproto::payment::v1::payment_service_client::PaymentServiceClient;
@@ -21,11 +21,11 @@ fn req<T>(body: T) -> tonic::Request<T> {
     r
 }
 
-fn channel_and_method(ch: Ch) -> (cpb::Channel, cpb::PayMethod) {
+fn channel_and_method(ch: SandboxedChannel) -> (cpb::Channel, cpb::PayMethod) {
     match ch {
-        Ch::Wechat => (cpb::Channel::Wechat, cpb::PayMethod::WechatNative),
-        Ch::Alipay => (cpb::Channel::Alipay, cpb::PayMethod::AlipayQr),
-        Ch::Unionpay => (cpb::Channel::Unionpay, cpb::PayMethod::UnionpayFront),
+        SandboxedChannel::Wechat => (cpb::Channel::Wechat, cpb::PayMethod::WechatNative),
+        SandboxedChannel::Alipay => (cpb::Channel::Alipay, cpb::PayMethod::AlipayQr),
+        SandboxedChannel::Unionpay => (cpb::Channel::Unionpay, cpb::PayMethod::UnionpayFront),
     }
 }
 
@@ -57,7 +57,7 @@ async fn create(c: &mut PaymentServiceClient<Channel>, no: &str, amount: i64) ->
 async fn pay(
     c: &mut PaymentServiceClient<Channel>,
     order: &pb::Order,
-    ch: Ch,
+    ch: SandboxedChannel,
 ) -> Result<pb::PayResponse, tonic::Status> {
     let (channel, method) = channel_and_method(ch);
     c.pay(req(pb::PayRequest {
@@ -116,7 +116,7 @@ fn count(p: &Platform, sql: &str) -> i64 {
     rows[0].n
 }
 
-async fn pays_end_to_end(ch: Ch) {
+async fn pays_end_to_end(ch: SandboxedChannel) {
     let p = Platform::start_channels(&[ch], 0.01);
     let mut c = client(&p).await;
     let order = create(&mut c, &format!("E2E-{}-0001", ch.name()), 8888).await;
@@ -175,32 +175,32 @@ async fn pays_end_to_end(ch: Ch) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechat_pays_end_to_end() {
-    pays_end_to_end(Ch::Wechat).await;
+    pays_end_to_end(SandboxedChannel::Wechat).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alipay_pays_end_to_end() {
-    pays_end_to_end(Ch::Alipay).await;
+    pays_end_to_end(SandboxedChannel::Alipay).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unionpay_pays_end_to_end() {
-    pays_end_to_end(Ch::Unionpay).await;
+    pays_end_to_end(SandboxedChannel::Unionpay).await;
 }
 
 /// The documented failure reply of each platform's callback protocol.
-fn is_documented_failure(ch: Ch, status: u64, body: &str) -> bool {
+fn is_documented_failure(ch: SandboxedChannel, status: u64, body: &str) -> bool {
     match ch {
         // WeChat: anything but 200/204 makes it retry; we answer 4xx/5xx {"code":"FAIL",…}.
-        Ch::Wechat => !(status == 200 || status == 204) && body.contains("FAIL"),
+        SandboxedChannel::Wechat => !(status == 200 || status == 204) && body.contains("FAIL"),
         // Alipay: anything but the exact body `success` is a failure.
-        Ch::Alipay => body.trim() != "success",
+        SandboxedChannel::Alipay => body.trim() != "success",
         // UnionPay: only HTTP 200 counts as delivered.
-        Ch::Unionpay => status != 200,
+        SandboxedChannel::Unionpay => status != 200,
     }
 }
 
-async fn forged_callbacks_are_rejected(ch: Ch, tampers: &[&str]) {
+async fn forged_callbacks_are_rejected(ch: SandboxedChannel, tampers: &[&str]) {
     let p = Platform::start_channels(&[ch], 0.01);
     let mut c = client(&p).await;
     let order = create(&mut c, &format!("FORGE-{}-01", ch.name()), 4200).await;
@@ -275,7 +275,7 @@ async fn forged_callbacks_are_rejected(ch: Ch, tampers: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechat_rejects_forged_tampered_wrong_serial_and_stale_callbacks() {
     forged_callbacks_are_rejected(
-        Ch::Wechat,
+        SandboxedChannel::Wechat,
         &["signature", "body", "serial", "stale_timestamp"],
     )
     .await;
@@ -283,17 +283,18 @@ async fn wechat_rejects_forged_tampered_wrong_serial_and_stale_callbacks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alipay_rejects_forged_tampered_and_foreign_key_callbacks() {
-    forged_callbacks_are_rejected(Ch::Alipay, &["signature", "body", "serial"]).await;
+    forged_callbacks_are_rejected(SandboxedChannel::Alipay, &["signature", "body", "serial"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unionpay_rejects_forged_tampered_and_wrong_cert_callbacks() {
-    forged_callbacks_are_rejected(Ch::Unionpay, &["signature", "body", "serial"]).await;
+    forged_callbacks_are_rejected(SandboxedChannel::Unionpay, &["signature", "body", "serial"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_concurrent_pays_open_one_attempt_and_one_prepay() {
-    let p = Platform::start_channels(&[Ch::Wechat], 0.01);
+    let p = Platform::start_channels(&[SandboxedChannel::Wechat], 0.01);
     let mut c = client(&p).await;
     let order = create(&mut c, "CONCURRENT-PAY-01", 1999).await;
     let mut tasks = Vec::new();
@@ -303,7 +304,7 @@ async fn a_hundred_concurrent_pays_open_one_attempt_and_one_prepay() {
         tasks.push(tokio::spawn(async move {
             // A busy lock answers ABORTED: the caller retries, as a client would.
             loop {
-                match pay(&mut c, &order, Ch::Wechat).await {
+                match pay(&mut c, &order, SandboxedChannel::Wechat).await {
                     Err(s) if s.code() == tonic::Code::Aborted => {
                         tokio::time::sleep(Duration::from_millis(20)).await
                     }
@@ -323,26 +324,33 @@ async fn a_hundred_concurrent_pays_open_one_attempt_and_one_prepay() {
     }
     assert_eq!(count(&p, "SELECT count(*) AS n FROM payment_attempts"), 1);
     let out_trade_no = &first.attempt.as_ref().unwrap().out_trade_no;
-    let trades = p.sandbox_get(Ch::Wechat, "/sandbox/trades").await;
+    let trades = p
+        .sandbox_get(SandboxedChannel::Wechat, "/sandbox/trades")
+        .await;
     assert_eq!(trades.as_array().map(Vec::len), Some(1), "{trades}");
     let trade = p
-        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{out_trade_no}"))
+        .sandbox_get(
+            SandboxedChannel::Wechat,
+            &format!("/sandbox/trades/{out_trade_no}"),
+        )
         .await;
     assert_eq!(trade["prepay_requests"], json!(1), "{trade}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adapter_killed_before_forwarding_loses_nothing() {
-    let mut p = Platform::start_channels(&[Ch::Wechat], 0.01);
+    let mut p = Platform::start_channels(&[SandboxedChannel::Wechat], 0.01);
     let mut c = client(&p).await;
     let order = create(&mut c, "KILLED-ADAPTER-1", 2500).await;
-    let paying = pay(&mut c, &order, Ch::Wechat).await.expect("pay");
+    let paying = pay(&mut c, &order, SandboxedChannel::Wechat)
+        .await
+        .expect("pay");
     let out_trade_no = paying.attempt.unwrap().out_trade_no;
 
-    p.kill_adapter(Ch::Wechat);
+    p.kill_adapter(SandboxedChannel::Wechat);
     let (s, _) = p
         .sandbox_post(
-            Ch::Wechat,
+            SandboxedChannel::Wechat,
             &format!("/sandbox/trades/{out_trade_no}/pay"),
             json!({"outcome": "success"}),
         )
@@ -354,7 +362,9 @@ async fn an_adapter_killed_before_forwarding_loses_nothing() {
         order_of(&mut c, &order.order_id).await.status,
         pb::OrderStatus::Paying as i32
     );
-    let log = p.sandbox_get(Ch::Wechat, "/sandbox/callbacks").await;
+    let log = p
+        .sandbox_get(SandboxedChannel::Wechat, "/sandbox/callbacks")
+        .await;
     assert!(
         log.as_array()
             .unwrap()
@@ -364,7 +374,7 @@ async fn an_adapter_killed_before_forwarding_loses_nothing() {
     );
 
     // Back up: the platform's retry schedule brings the result.
-    p.start_adapter(Ch::Wechat);
+    p.start_adapter(SandboxedChannel::Wechat);
     let paid = wait_status(
         &mut c,
         &order.order_id,
@@ -378,25 +388,28 @@ async fn an_adapter_killed_before_forwarding_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_channel_closes_the_old_trade_first_and_paid_or_closed_orders_refuse_pay() {
-    let p = Platform::start_channels(&[Ch::Wechat, Ch::Alipay], 0.01);
+    let p = Platform::start_channels(&[SandboxedChannel::Wechat, SandboxedChannel::Alipay], 0.01);
     let mut c = client(&p).await;
 
     // WeChat first, then the payer changes their mind: the WeChat trade is closed at WeChat
     // before the Alipay one opens.
     let order = create(&mut c, "SWITCH-00001", 1200).await;
-    let wx = pay(&mut c, &order, Ch::Wechat)
+    let wx = pay(&mut c, &order, SandboxedChannel::Wechat)
         .await
         .expect("pay wechat")
         .attempt
         .unwrap();
-    let ali = pay(&mut c, &order, Ch::Alipay)
+    let ali = pay(&mut c, &order, SandboxedChannel::Alipay)
         .await
         .expect("pay alipay")
         .attempt
         .unwrap();
     assert_ne!(wx.out_trade_no, ali.out_trade_no);
     let wx_trade = p
-        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{}", wx.out_trade_no))
+        .sandbox_get(
+            SandboxedChannel::Wechat,
+            &format!("/sandbox/trades/{}", wx.out_trade_no),
+        )
         .await;
     assert_eq!(wx_trade["state"], json!("CLOSED"), "{wx_trade}");
     assert_eq!(
@@ -410,7 +423,7 @@ async fn switching_channel_closes_the_old_trade_first_and_paid_or_closed_orders_
         1
     );
     p.sandbox_post(
-        Ch::Alipay,
+        SandboxedChannel::Alipay,
         &format!("/sandbox/trades/{}/pay", ali.out_trade_no),
         json!({"outcome": "success"}),
     )
@@ -422,7 +435,9 @@ async fn switching_channel_closes_the_old_trade_first_and_paid_or_closed_orders_
         Duration::from_secs(20),
     )
     .await;
-    let err = pay(&mut c, &order, Ch::Wechat).await.unwrap_err();
+    let err = pay(&mut c, &order, SandboxedChannel::Wechat)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("PAID"), "{}", err.message());
 
@@ -430,23 +445,25 @@ async fn switching_channel_closes_the_old_trade_first_and_paid_or_closed_orders_
     // when closing the WeChat trade: the order is PAID and no second trade opens.
     let order2 = create(&mut c, "SWITCH-00002", 700).await;
     p.sandbox_post(
-        Ch::Wechat,
+        SandboxedChannel::Wechat,
         "/sandbox/faults",
         json!({"callback_mode": "lose"}),
     )
     .await;
-    let wx2 = pay(&mut c, &order2, Ch::Wechat)
+    let wx2 = pay(&mut c, &order2, SandboxedChannel::Wechat)
         .await
         .expect("pay")
         .attempt
         .unwrap();
     p.sandbox_post(
-        Ch::Wechat,
+        SandboxedChannel::Wechat,
         &format!("/sandbox/trades/{}/pay", wx2.out_trade_no),
         json!({"outcome": "success"}),
     )
     .await;
-    let err = pay(&mut c, &order2, Ch::Alipay).await.unwrap_err();
+    let err = pay(&mut c, &order2, SandboxedChannel::Alipay)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert_eq!(
         order_of(&mut c, &order2.order_id).await.status,
@@ -463,7 +480,7 @@ async fn switching_channel_closes_the_old_trade_first_and_paid_or_closed_orders_
 
     // CloseOrder on a PAYING order closes the trade at the channel too.
     let order3 = create(&mut c, "SWITCH-00003", 300).await;
-    let wx3 = pay(&mut c, &order3, Ch::Wechat)
+    let wx3 = pay(&mut c, &order3, SandboxedChannel::Wechat)
         .await
         .expect("pay")
         .attempt
@@ -480,10 +497,15 @@ async fn switching_channel_closes_the_old_trade_first_and_paid_or_closed_orders_
         .unwrap();
     assert_eq!(closed.status, pb::OrderStatus::Closed as i32);
     let t = p
-        .sandbox_get(Ch::Wechat, &format!("/sandbox/trades/{}", wx3.out_trade_no))
+        .sandbox_get(
+            SandboxedChannel::Wechat,
+            &format!("/sandbox/trades/{}", wx3.out_trade_no),
+        )
         .await;
     assert_eq!(t["state"], json!("CLOSED"), "{t}");
-    let err = pay(&mut c, &order3, Ch::Wechat).await.unwrap_err();
+    let err = pay(&mut c, &order3, SandboxedChannel::Wechat)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("CLOSED"), "{}", err.message());
 }
@@ -491,15 +513,20 @@ async fn switching_channel_closes_the_old_trade_first_and_paid_or_closed_orders_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_unionpay_trade_which_cannot_be_closed_blocks_a_switch_instead_of_risking_two_charges()
  {
-    let p = Platform::start_channels(&[Ch::Unionpay, Ch::Wechat], 0.01);
+    let p = Platform::start_channels(
+        &[SandboxedChannel::Unionpay, SandboxedChannel::Wechat],
+        0.01,
+    );
     let mut c = client(&p).await;
     let order = create(&mut c, "UNION-SWITCH-1", 900).await;
-    let up = pay(&mut c, &order, Ch::Unionpay)
+    let up = pay(&mut c, &order, SandboxedChannel::Unionpay)
         .await
         .expect("pay")
         .attempt
         .unwrap();
-    let err = pay(&mut c, &order, Ch::Wechat).await.unwrap_err();
+    let err = pay(&mut c, &order, SandboxedChannel::Wechat)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(
         err.message().contains(&up.out_trade_no),
@@ -507,11 +534,13 @@ async fn an_open_unionpay_trade_which_cannot_be_closed_blocks_a_switch_instead_o
         err.message()
     );
     assert_eq!(count(&p, "SELECT count(*) AS n FROM payment_attempts"), 1);
-    let trades = p.sandbox_get(Ch::Wechat, "/sandbox/trades").await;
+    let trades = p
+        .sandbox_get(SandboxedChannel::Wechat, "/sandbox/trades")
+        .await;
     assert_eq!(trades.as_array().map(Vec::len), Some(0), "{trades}");
     // Paying the open trade still works.
     p.sandbox_post(
-        Ch::Unionpay,
+        SandboxedChannel::Unionpay,
         &format!("/sandbox/trades/{}/pay", up.out_trade_no),
         json!({"outcome": "success"}),
     )
@@ -526,7 +555,12 @@ async fn an_open_unionpay_trade_which_cannot_be_closed_blocks_a_switch_instead_o
 }
 
 /// Pays one order through `ch` and waits until it is PAID.
-async fn pay_one(p: &Platform, c: &mut PaymentServiceClient<Channel>, ch: Ch, no: &str) {
+async fn pay_one(
+    p: &Platform,
+    c: &mut PaymentServiceClient<Channel>,
+    ch: SandboxedChannel,
+    no: &str,
+) {
     let order = create(c, no, 100).await;
     let paying = pay(c, &order, ch).await.expect("pay");
     let out_trade_no = paying.attempt.as_ref().unwrap().out_trade_no.clone();
@@ -553,35 +587,37 @@ async fn pay_one(p: &Platform, c: &mut PaymentServiceClient<Channel>, ch: Ch, no
 /// and every callback is accepted at its first delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechat_platform_key_rotation_during_100_payments_loses_no_callback() {
-    let p = Platform::start_channels(&[Ch::Wechat], 0.01);
+    let p = Platform::start_channels(&[SandboxedChannel::Wechat], 0.01);
     let mut c = client(&p).await;
-    let adapter_pid = p.adapters[&Ch::Wechat].child.id();
+    let adapter_pid = p.adapters[&SandboxedChannel::Wechat].child.id();
     for i in 0..30 {
-        pay_one(&p, &mut c, Ch::Wechat, &format!("ROT-{i:04}")).await;
+        pay_one(&p, &mut c, SandboxedChannel::Wechat, &format!("ROT-{i:04}")).await;
     }
     let (status, rotated) = p
-        .sandbox_post(Ch::Wechat, "/sandbox/keys/rotate", json!({}))
+        .sandbox_post(SandboxedChannel::Wechat, "/sandbox/keys/rotate", json!({}))
         .await;
     assert_eq!(status, 200, "{rotated}");
     let new_serial = rotated["serial"].as_str().unwrap().to_owned();
     for i in 30..70 {
-        pay_one(&p, &mut c, Ch::Wechat, &format!("ROT-{i:04}")).await;
+        pay_one(&p, &mut c, SandboxedChannel::Wechat, &format!("ROT-{i:04}")).await;
     }
     let (status, retired) = p
-        .sandbox_post(Ch::Wechat, "/sandbox/keys/retire", json!({}))
+        .sandbox_post(SandboxedChannel::Wechat, "/sandbox/keys/retire", json!({}))
         .await;
     assert_eq!(status, 200, "{retired}");
     assert_eq!(retired["active"], json!([new_serial]));
     for i in 70..100 {
-        pay_one(&p, &mut c, Ch::Wechat, &format!("ROT-{i:04}")).await;
+        pay_one(&p, &mut c, SandboxedChannel::Wechat, &format!("ROT-{i:04}")).await;
     }
 
     assert_eq!(
-        p.adapters[&Ch::Wechat].child.id(),
+        p.adapters[&SandboxedChannel::Wechat].child.id(),
         adapter_pid,
         "no restart"
     );
-    let log = p.sandbox_get(Ch::Wechat, "/sandbox/callbacks").await;
+    let log = p
+        .sandbox_get(SandboxedChannel::Wechat, "/sandbox/callbacks")
+        .await;
     let log = log.as_array().unwrap();
     assert_eq!(log.len(), 100, "one delivery per payment, no retry");
     assert!(
@@ -589,7 +625,7 @@ async fn wechat_platform_key_rotation_during_100_payments_loses_no_callback() {
             .all(|e| e["delivered"] == json!(true) && e["attempt"] == json!(1)),
         "{log:?}"
     );
-    let m = p.adapter_metrics(Ch::Wechat).await;
+    let m = p.adapter_metrics(SandboxedChannel::Wechat).await;
     assert_eq!(
         metric_sum(&m, "adapter_callback_rejections_total{"),
         0.0,
@@ -606,12 +642,14 @@ async fn wechat_platform_key_rotation_during_100_payments_loses_no_callback() {
 /// as long as nobody scans it. After the scan it is PENDING, and a payment makes the order PAID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alipay_qr_that_is_never_scanned_stays_not_found_until_scanned() {
-    let p = Platform::start_channels(&[Ch::Alipay], 0.01);
+    let p = Platform::start_channels(&[SandboxedChannel::Alipay], 0.01);
     let mut c = client(&p).await;
     let order = create(&mut c, "E2E-alipay-unscanned", 500).await;
-    let paying = pay(&mut c, &order, Ch::Alipay).await.expect("pay");
+    let paying = pay(&mut c, &order, SandboxedChannel::Alipay)
+        .await
+        .expect("pay");
     let out_trade_no = paying.attempt.as_ref().unwrap().out_trade_no.clone();
-    let mut a = p.adapter_client(Ch::Alipay).await;
+    let mut a = p.adapter_client(SandboxedChannel::Alipay).await;
     let mut query = async || {
         a.query_payment(cpb::QueryPaymentRequest {
             out_trade_no: out_trade_no.clone(),
@@ -632,7 +670,7 @@ async fn an_alipay_qr_that_is_never_scanned_stays_not_found_until_scanned() {
     }
     let (status, body) = p
         .sandbox_post(
-            Ch::Alipay,
+            SandboxedChannel::Alipay,
             &format!("/sandbox/trades/{out_trade_no}/scan"),
             json!({}),
         )
@@ -642,7 +680,7 @@ async fn an_alipay_qr_that_is_never_scanned_stays_not_found_until_scanned() {
     assert_eq!(r.state, cpb::TradeState::Pending as i32, "{r:?}");
     let (status, body) = p
         .sandbox_post(
-            Ch::Alipay,
+            SandboxedChannel::Alipay,
             &format!("/sandbox/trades/{out_trade_no}/pay"),
             json!({"outcome": "success"}),
         )

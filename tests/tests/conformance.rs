@@ -4,15 +4,15 @@
 //! close of a paid trade answering SUCCEEDED, and (where the platform has one) the day's statement.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use e2e::platform::{AdapterClient, Ch, Platform};
+use e2e::platform::{AdapterClient, Platform, SandboxedChannel};
 use payproto::channel::v1 as cpb;
 use serde_json::json;
 
-fn method(ch: Ch) -> cpb::PayMethod {
+fn method(ch: SandboxedChannel) -> cpb::PayMethod {
     match ch {
-        Ch::Wechat => cpb::PayMethod::WechatNative,
-        Ch::Alipay => cpb::PayMethod::AlipayQr,
-        Ch::Unionpay => cpb::PayMethod::UnionpayFront,
+        SandboxedChannel::Wechat => cpb::PayMethod::WechatNative,
+        SandboxedChannel::Alipay => cpb::PayMethod::AlipayQr,
+        SandboxedChannel::Unionpay => cpb::PayMethod::UnionpayFront,
     }
 }
 
@@ -38,11 +38,16 @@ fn now() -> prost_types::Timestamp {
     }
 }
 
-async fn adapter(p: &Platform, ch: Ch) -> AdapterClient {
+async fn adapter(p: &Platform, ch: SandboxedChannel) -> AdapterClient {
     p.adapter_client(ch).await
 }
 
-async fn query(a: &mut AdapterClient, ch: Ch, no: &str, prepay_id: &str) -> cpb::PaymentResult {
+async fn query(
+    a: &mut AdapterClient,
+    ch: SandboxedChannel,
+    no: &str,
+    prepay_id: &str,
+) -> cpb::PaymentResult {
     a.query_payment(cpb::QueryPaymentRequest {
         out_trade_no: no.into(),
         method: method(ch) as i32,
@@ -55,7 +60,7 @@ async fn query(a: &mut AdapterClient, ch: Ch, no: &str, prepay_id: &str) -> cpb:
     .unwrap()
 }
 
-async fn conformance(ch: Ch) {
+async fn conformance(ch: SandboxedChannel) {
     let p = Platform::start_channels(&[ch], 0.01);
     let mut a = adapter(&p, ch).await;
     let no = number("P");
@@ -218,7 +223,7 @@ async fn conformance(ch: Ch) {
     );
 
     // The day's statement lists the payment (UnionPay's file transfer has no sandbox route yet).
-    if ch != Ch::Unionpay {
+    if ch != SandboxedChannel::Unionpay {
         let day = (chrono::Utc::now() + chrono::Duration::hours(8))
             .format("%Y-%m-%d")
             .to_string();
@@ -237,15 +242,15 @@ async fn conformance(ch: Ch) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechat_adapter_conforms_against_its_sandbox() {
-    conformance(Ch::Wechat).await;
+    conformance(SandboxedChannel::Wechat).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alipay_adapter_conforms_against_its_sandbox() {
-    conformance(Ch::Alipay).await;
+    conformance(SandboxedChannel::Alipay).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unionpay_adapter_conforms_against_its_sandbox() {
-    conformance(Ch::Unionpay).await;
+    conformance(SandboxedChannel::Unionpay).await;
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use diesel::RunQueryDsl;
 use e2e::calls::{self, close, create, pay};
-use e2e::platform::{Ch, Platform, PlatformOptions};
+use e2e::platform::{Platform, PlatformOptions, SandboxedChannel};
 use payproto::payment::v1 as pb;
 use serde_json::json;
 
@@ -66,12 +66,12 @@ async fn random_pays_closes_and_payers_over_three_replicas_never_charge_twice() 
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect(),
         adapter_env: vec![(
-            Ch::Unionpay,
+            SandboxedChannel::Unionpay,
             "UNIONPAY_FRONT_REGISTER".into(),
             "false".into(),
         )],
     };
-    let p = Arc::new(Platform::start_with(&Ch::ALL, 0.01, opts));
+    let p = Arc::new(Platform::start_with(&SandboxedChannel::ALL, 0.01, opts));
     let replicas = [p.spawn_payd(), p.spawn_payd()];
     let endpoints = [
         p.payd.endpoint(),
@@ -96,7 +96,7 @@ async fn random_pays_closes_and_payers_over_three_replicas_never_charge_twice() 
         tokio::spawn(async move {
             let mut pauses = 0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let ch = Ch::ALL[usize::try_from(rng.below(3)).unwrap()];
+                let ch = SandboxedChannel::ALL[usize::try_from(rng.below(3)).unwrap()];
                 let delay = [0, 0, 150, 400][usize::try_from(rng.below(4)).unwrap()];
                 p.sandbox_post(ch, "/sandbox/faults", json!({ "api_delay_ms": delay }))
                     .await;
@@ -111,7 +111,7 @@ async fn random_pays_closes_and_payers_over_three_replicas_never_charge_twice() 
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
-            for ch in Ch::ALL {
+            for ch in SandboxedChannel::ALL {
                 p.sandbox_post(ch, "/sandbox/faults", json!({ "api_delay_ms": 0 }))
                     .await;
             }
@@ -133,12 +133,12 @@ async fn random_pays_closes_and_payers_over_three_replicas_never_charge_twice() 
             let c0 = &mut clients[0];
             let order = create(c0, &format!("MIX-{n:05}"), 100 + i64::try_from(n).unwrap()).await;
             // What this order's payer holds: parameters they were handed, by channel.
-            let mut wallet: Vec<(Ch, pb::PayResponse)> = Vec::new();
+            let mut wallet: Vec<(SandboxedChannel, pb::PayResponse)> = Vec::new();
             for _ in 0..(3 + rng.below(4)) {
                 let c = &mut clients[usize::try_from(rng.below(3)).unwrap()];
                 match rng.below(10) {
                     0..=4 => {
-                        let ch = Ch::ALL[usize::try_from(rng.below(3)).unwrap()];
+                        let ch = SandboxedChannel::ALL[usize::try_from(rng.below(3)).unwrap()];
                         if let Ok(r) = pay(c, &order.order_id, ch).await {
                             let o = r.order.clone().unwrap();
                             handed.lock().unwrap().push(Handed {
@@ -175,10 +175,10 @@ async fn random_pays_closes_and_payers_over_three_replicas_never_charge_twice() 
     let pauses = chaos.await.unwrap();
 
     // Let every callback arrive (the sandboxes retry on a 1/100 schedule).
-    let mut successes: HashMap<Ch, Vec<String>> = HashMap::new();
+    let mut successes: HashMap<SandboxedChannel, Vec<String>> = HashMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        for ch in Ch::ALL {
+        for ch in SandboxedChannel::ALL {
             successes.insert(ch, p.sandbox_successes(ch).await);
         }
         let all: Vec<&String> = successes.values().flatten().collect();

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use e2e::calls::{self, Client, close, count, create, order_of, pay, pay_by, wait_status};
-use e2e::platform::{Ch, Platform, PlatformOptions};
+use e2e::platform::{Platform, PlatformOptions, SandboxedChannel};
 use payproto::channel::v1 as cpb;
 use payproto::channel::v1::channel_events_service_client::ChannelEventsServiceClient;
 use payproto::payment::v1 as pb;
@@ -21,14 +21,18 @@ fn opts(payd: &[(&str, &str)]) -> PlatformOptions {
         // The trade of a UnionPay front payment comes into existence when the payer's browser
         // submits the form, as at the real gateway.
         adapter_env: vec![(
-            Ch::Unionpay,
+            SandboxedChannel::Unionpay,
             "UNIONPAY_FRONT_REGISTER".into(),
             "false".into(),
         )],
     }
 }
 
-async fn sandbox_state(p: &Platform, ch: Ch, out_trade_no: &str) -> serde_json::Value {
+async fn sandbox_state(
+    p: &Platform,
+    ch: SandboxedChannel,
+    out_trade_no: &str,
+) -> serde_json::Value {
     p.sandbox_get(ch, &format!("/sandbox/trades/{out_trade_no}"))
         .await["state"]
         .clone()
@@ -37,7 +41,7 @@ async fn sandbox_state(p: &Platform, ch: Ch, out_trade_no: &str) -> serde_json::
 /// Successful charges at all three sandboxes for the attempts of one order.
 async fn charges_of(p: &Platform, merchant_order_no: &str) -> usize {
     let mut n = 0;
-    for ch in Ch::ALL {
+    for ch in SandboxedChannel::ALL {
         if !p.sandbox_addrs.contains_key(&ch) {
             continue;
         }
@@ -62,11 +66,11 @@ async fn charges_of(p: &Platform, merchant_order_no: &str) -> usize {
 /// existence, or the old trade was really closed at its channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_every_channel_pair_a_switch_leaves_at_most_one_payable_trade() {
-    let p = Platform::start_with(&Ch::ALL, 0.01, opts(&[]));
+    let p = Platform::start_with(&SandboxedChannel::ALL, 0.01, opts(&[]));
     let mut c = calls::client(p.payd.endpoint()).await;
-    for (i, (first, second)) in Ch::ALL
+    for (i, (first, second)) in SandboxedChannel::ALL
         .iter()
-        .flat_map(|a| Ch::ALL.iter().map(move |b| (*a, *b)))
+        .flat_map(|a| SandboxedChannel::ALL.iter().map(move |b| (*a, *b)))
         .filter(|(a, b)| a != b)
         .enumerate()
     {
@@ -111,7 +115,7 @@ async fn on_every_channel_pair_a_switch_leaves_at_most_one_payable_trade() {
         .await;
     }
     // CloseOrder follows the same rule: an open Alipay QR or UnionPay form blocks it.
-    for ch in [Ch::Alipay, Ch::Unionpay] {
+    for ch in [SandboxedChannel::Alipay, SandboxedChannel::Unionpay] {
         let order = create(&mut c, &format!("CLOSE-OPEN-{}", ch.name()), 500).await;
         pay(&mut c, &order.order_id, ch).await.expect("pay");
         let err = close(&mut c, &order.order_id).await.unwrap_err();
@@ -128,7 +132,7 @@ async fn on_every_channel_pair_a_switch_leaves_at_most_one_payable_trade() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trade_that_cannot_be_closed_blocks_a_switch_only_until_its_deadline() {
     let p = Platform::start_with(
-        &[Ch::Unionpay, Ch::Wechat],
+        &[SandboxedChannel::Unionpay, SandboxedChannel::Wechat],
         0.01,
         opts(&[
             ("PAYD_PAY_WINDOW_UNIONPAY_SECS", "2"),
@@ -137,19 +141,29 @@ async fn a_trade_that_cannot_be_closed_blocks_a_switch_only_until_its_deadline()
     );
     let mut c = calls::client(p.payd.endpoint()).await;
     let order = create(&mut c, "DEADLINE-0001", 700).await;
-    let old = pay(&mut c, &order.order_id, Ch::Unionpay)
+    let old = pay(&mut c, &order.order_id, SandboxedChannel::Unionpay)
         .await
         .expect("pay");
-    let err = pay(&mut c, &order.order_id, Ch::Wechat).await.unwrap_err();
+    let err = pay(&mut c, &order.order_id, SandboxedChannel::Wechat)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     tokio::time::sleep(Duration::from_millis(3_600)).await;
     // Past the deadline the gateway refuses the old form's payment …
-    assert_ne!(p.payer_pays(Ch::Unionpay, &old, "success").await, 200);
+    assert_ne!(
+        p.payer_pays(SandboxedChannel::Unionpay, &old, "success")
+            .await,
+        200
+    );
     // … and the switch is allowed.
-    let new = pay(&mut c, &order.order_id, Ch::Wechat)
+    let new = pay(&mut c, &order.order_id, SandboxedChannel::Wechat)
         .await
         .expect("switch after the deadline");
-    assert_eq!(p.payer_pays(Ch::Wechat, &new, "success").await, 200);
+    assert_eq!(
+        p.payer_pays(SandboxedChannel::Wechat, &new, "success")
+            .await,
+        200
+    );
     wait_status(
         &mut c,
         &order.order_id,
@@ -178,7 +192,7 @@ async fn a_trade_that_cannot_be_closed_blocks_a_switch_only_until_its_deadline()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pay_delayed_past_its_lock_gets_an_error_while_another_replica_closes_or_switches() {
     let p = Platform::start_with(
-        &[Ch::Wechat, Ch::Alipay],
+        &[SandboxedChannel::Wechat, SandboxedChannel::Alipay],
         0.01,
         opts(&[("PAYD_LOCK_TTL_MS", "600")]),
     );
@@ -190,21 +204,24 @@ async fn a_pay_delayed_past_its_lock_gets_an_error_while_another_replica_closes_
         let no = format!("DELAYED-{n:04}");
         let order = create(&mut c1, &no, 900).await;
         p.sandbox_post(
-            Ch::Wechat,
+            SandboxedChannel::Wechat,
             "/sandbox/faults",
             json!({"api_delay_ms": 2_000}),
         )
         .await;
         let id = order.order_id.clone();
         let mut delayed_client = c1.clone();
-        let delayed = tokio::spawn(async move { pay(&mut delayed_client, &id, Ch::Wechat).await });
+        let delayed =
+            tokio::spawn(
+                async move { pay(&mut delayed_client, &id, SandboxedChannel::Wechat).await },
+            );
         // The Prepay has reached the sandbox (which executes it and answers late); freeze the
         // caller's payd past its lock TTL, so it cannot renew the lock.
         tokio::time::sleep(Duration::from_millis(500)).await;
         p.payd.pause();
         tokio::time::sleep(Duration::from_millis(1_200)).await;
         let second = if switch {
-            pay(&mut c2, &order.order_id, Ch::Alipay)
+            pay(&mut c2, &order.order_id, SandboxedChannel::Alipay)
                 .await
                 .map(|r| r.order.unwrap())
         } else {
@@ -212,8 +229,12 @@ async fn a_pay_delayed_past_its_lock_gets_an_error_while_another_replica_closes_
         };
         p.payd.resume();
         let second = second.expect("the other replica's call");
-        p.sandbox_post(Ch::Wechat, "/sandbox/faults", json!({"api_delay_ms": 0}))
-            .await;
+        p.sandbox_post(
+            SandboxedChannel::Wechat,
+            "/sandbox/faults",
+            json!({"api_delay_ms": 0}),
+        )
+        .await;
         let delayed = delayed.await.unwrap();
         assert!(
             delayed.is_err(),
@@ -221,7 +242,9 @@ async fn a_pay_delayed_past_its_lock_gets_an_error_while_another_replica_closes_
             pb::OrderStatus::try_from(second.status)
         );
         // The WeChat trade the delayed Prepay opened is closed; at most the Alipay one is live.
-        let trades = p.sandbox_get(Ch::Wechat, "/sandbox/trades").await;
+        let trades = p
+            .sandbox_get(SandboxedChannel::Wechat, "/sandbox/trades")
+            .await;
         let mine: Vec<_> = trades
             .as_array()
             .unwrap()
@@ -252,17 +275,23 @@ async fn a_pay_delayed_past_its_lock_gets_an_error_while_another_replica_closes_
 /// is held for review, not "PAID".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_that_finds_a_payment_of_another_amount_says_so_and_moves_nothing() {
-    let p = Platform::start_with(&[Ch::Wechat], 0.01, opts(&[]));
+    let p = Platform::start_with(&[SandboxedChannel::Wechat], 0.01, opts(&[]));
     let mut c = calls::client(p.payd.endpoint()).await;
     let order = create(&mut c, "HELD-0001", 1500).await;
-    let paying = pay(&mut c, &order.order_id, Ch::Wechat).await.expect("pay");
+    let paying = pay(&mut c, &order.order_id, SandboxedChannel::Wechat)
+        .await
+        .expect("pay");
     p.sandbox_post(
-        Ch::Wechat,
+        SandboxedChannel::Wechat,
         "/sandbox/faults",
         json!({"callback_mode": "lose", "reported_amount_delta_minor": 1}),
     )
     .await;
-    assert_eq!(p.payer_pays(Ch::Wechat, &paying, "success").await, 200);
+    assert_eq!(
+        p.payer_pays(SandboxedChannel::Wechat, &paying, "success")
+            .await,
+        200
+    );
     let err = close(&mut c, &order.order_id).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(
@@ -289,30 +318,40 @@ async fn a_close_that_finds_a_payment_of_another_amount_says_so_and_moves_nothin
 /// next Pay's Prepay is refused (ORDERPAID): payd asks the channel and the order is PAID.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_prepay_is_settled_by_asking_the_channel() {
-    let p = Platform::start_with(&[Ch::Wechat], 0.01, opts(&[]));
+    let p = Platform::start_with(&[SandboxedChannel::Wechat], 0.01, opts(&[]));
     let mut c = calls::client(p.payd.endpoint()).await;
     let order = create(&mut c, "REFUSED-0001", 800).await;
     p.sandbox_post(
-        Ch::Wechat,
+        SandboxedChannel::Wechat,
         "/sandbox/faults",
         json!({"api_delay_ms": 3_500, "callback_mode": "lose"}),
     )
     .await;
-    let lost = pay(&mut c, &order.order_id, Ch::Wechat).await.unwrap_err();
+    let lost = pay(&mut c, &order.order_id, SandboxedChannel::Wechat)
+        .await
+        .unwrap_err();
     assert_eq!(lost.code(), tonic::Code::Unavailable, "{lost:?}");
-    p.sandbox_post(Ch::Wechat, "/sandbox/faults", json!({"api_delay_ms": 0}))
+    p.sandbox_post(
+        SandboxedChannel::Wechat,
+        "/sandbox/faults",
+        json!({"api_delay_ms": 0}),
+    )
+    .await;
+    let trades = p
+        .sandbox_get(SandboxedChannel::Wechat, "/sandbox/trades")
         .await;
-    let trades = p.sandbox_get(Ch::Wechat, "/sandbox/trades").await;
     let out_trade_no = trades[0]["out_trade_no"].as_str().unwrap().to_owned();
     let (status, _) = p
         .sandbox_post(
-            Ch::Wechat,
+            SandboxedChannel::Wechat,
             &format!("/sandbox/trades/{out_trade_no}/pay"),
             json!({"outcome": "success"}),
         )
         .await;
     assert_eq!(status, 200);
-    let err = pay(&mut c, &order.order_id, Ch::Wechat).await.unwrap_err();
+    let err = pay(&mut c, &order.order_id, SandboxedChannel::Wechat)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("PAID"), "{}", err.message());
     let o = order_of(&mut c, &order.order_id).await;
@@ -325,7 +364,7 @@ async fn a_refused_prepay_is_settled_by_asking_the_channel() {
     let err = pay_by(
         &mut c,
         &order.order_id,
-        Ch::Wechat,
+        SandboxedChannel::Wechat,
         cpb::PayMethod::WechatJsapi,
         "",
         "",
@@ -343,7 +382,7 @@ async fn a_refused_prepay_is_settled_by_asking_the_channel() {
         order_of(&mut c, &order.order_id).await.status,
         pb::OrderStatus::Pending as i32
     );
-    let again = pay(&mut c, &order.order_id, Ch::Wechat)
+    let again = pay(&mut c, &order.order_id, SandboxedChannel::Wechat)
         .await
         .expect("pay again");
     assert_eq!(again.order.unwrap().status, pb::OrderStatus::Paying as i32);
@@ -354,16 +393,20 @@ async fn a_refused_prepay_is_settled_by_asking_the_channel() {
 /// channel, so it cannot close the first one's trade.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_pays_with_one_key_and_other_parameters_never_close_each_others_trade() {
-    let p = Platform::start_with(&[Ch::Wechat, Ch::Alipay], 0.01, opts(&[]));
+    let p = Platform::start_with(
+        &[SandboxedChannel::Wechat, SandboxedChannel::Alipay],
+        0.01,
+        opts(&[]),
+    );
     let mut c = calls::client(p.payd.endpoint()).await;
     for n in 0..3 {
         let order = create(&mut c, &format!("KEY-{n:04}"), 600).await;
-        for ch in [Ch::Wechat, Ch::Alipay] {
+        for ch in [SandboxedChannel::Wechat, SandboxedChannel::Alipay] {
             p.sandbox_post(ch, "/sandbox/faults", json!({"api_delay_ms": 400}))
                 .await;
         }
         let key = format!("key-{n}");
-        let calls_ = [Ch::Wechat, Ch::Alipay].map(|ch| {
+        let calls_ = [SandboxedChannel::Wechat, SandboxedChannel::Alipay].map(|ch| {
             let mut c = c.clone();
             let id = order.order_id.clone();
             let key = key.clone();
@@ -385,7 +428,7 @@ async fn two_pays_with_one_key_and_other_parameters_never_close_each_others_trad
         assert_eq!((ok.len(), refused), (1, 1));
         let winner = ok[0].attempt.as_ref().unwrap();
         let mut trades = 0;
-        for ch in [Ch::Wechat, Ch::Alipay] {
+        for ch in [SandboxedChannel::Wechat, SandboxedChannel::Alipay] {
             let all = p.sandbox_get(ch, "/sandbox/trades").await;
             for t in all.as_array().unwrap() {
                 if count(
@@ -417,14 +460,16 @@ async fn two_pays_with_one_key_and_other_parameters_never_close_each_others_trad
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parameters_near_the_end_of_their_validity_are_replaced_by_a_new_trade() {
     let p = Platform::start_with(
-        &[Ch::Wechat],
+        &[SandboxedChannel::Wechat],
         0.01,
         opts(&[("PAYD_PAY_WINDOW_WECHAT_SECS", "4")]),
     );
     let mut c = calls::client(p.payd.endpoint()).await;
     let order = create(&mut c, "STALE-0001", 400).await;
-    let first = pay(&mut c, &order.order_id, Ch::Wechat).await.expect("pay");
-    let again = pay(&mut c, &order.order_id, Ch::Wechat)
+    let first = pay(&mut c, &order.order_id, SandboxedChannel::Wechat)
+        .await
+        .expect("pay");
+    let again = pay(&mut c, &order.order_id, SandboxedChannel::Wechat)
         .await
         .expect("pay again");
     let a = first.attempt.unwrap().out_trade_no;
@@ -434,13 +479,20 @@ async fn parameters_near_the_end_of_their_validity_are_replaced_by_a_new_trade()
         "fresh parameters are reused"
     );
     tokio::time::sleep(Duration::from_millis(3_300)).await;
-    let late = pay(&mut c, &order.order_id, Ch::Wechat)
+    let late = pay(&mut c, &order.order_id, SandboxedChannel::Wechat)
         .await
         .expect("late pay");
     let b = late.attempt.as_ref().unwrap().out_trade_no.clone();
     assert_ne!(a, b, "stale parameters were handed out again");
-    assert_eq!(sandbox_state(&p, Ch::Wechat, &a).await, json!("CLOSED"));
-    assert_eq!(p.payer_pays(Ch::Wechat, &late, "success").await, 200);
+    assert_eq!(
+        sandbox_state(&p, SandboxedChannel::Wechat, &a).await,
+        json!("CLOSED")
+    );
+    assert_eq!(
+        p.payer_pays(SandboxedChannel::Wechat, &late, "success")
+            .await,
+        200
+    );
     wait_status(
         &mut c,
         &order.order_id,
@@ -450,7 +502,12 @@ async fn parameters_near_the_end_of_their_validity_are_replaced_by_a_new_trade()
     .await;
 }
 
-async fn report_as_adapter(p: &Platform, ch: Ch, event_id: &str, result: cpb::PaymentResult) {
+async fn report_as_adapter(
+    p: &Platform,
+    ch: SandboxedChannel,
+    event_id: &str,
+    result: cpb::PaymentResult,
+) {
     let mut events = ChannelEventsServiceClient::connect(p.payd.endpoint())
         .await
         .unwrap();
@@ -472,28 +529,31 @@ async fn report_as_adapter(p: &Platform, ch: Ch, event_id: &str, result: cpb::Pa
 /// is open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_an_order_is_paid_its_other_open_trade_is_closed_at_its_channel() {
-    let p = Platform::start_with(&[Ch::Wechat], 0.01, opts(&[]));
+    let p = Platform::start_with(&[SandboxedChannel::Wechat], 0.01, opts(&[]));
     let mut c: Client = calls::client(p.payd.endpoint()).await;
     let order = create(&mut c, "OTHERS-0001", 1100).await;
     let jsapi = pay_by(
         &mut c,
         &order.order_id,
-        Ch::Wechat,
+        SandboxedChannel::Wechat,
         cpb::PayMethod::WechatJsapi,
         "oPayer0000000000000000000001",
         "",
     )
     .await
     .expect("pay jsapi");
-    let native = pay(&mut c, &order.order_id, Ch::Wechat)
+    let native = pay(&mut c, &order.order_id, SandboxedChannel::Wechat)
         .await
         .expect("switch to native");
     let a = jsapi.attempt.unwrap().out_trade_no;
     let b = native.attempt.as_ref().unwrap().out_trade_no.clone();
-    assert_eq!(sandbox_state(&p, Ch::Wechat, &a).await, json!("CLOSED"));
+    assert_eq!(
+        sandbox_state(&p, SandboxedChannel::Wechat, &a).await,
+        json!("CLOSED")
+    );
     report_as_adapter(
         &p,
-        Ch::Wechat,
+        SandboxedChannel::Wechat,
         "late-success-1",
         cpb::PaymentResult {
             out_trade_no: a.clone(),
@@ -516,14 +576,18 @@ async fn when_an_order_is_paid_its_other_open_trade_is_closed_at_its_channel() {
     )
     .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while sandbox_state(&p, Ch::Wechat, &b).await != json!("CLOSED") {
+    while sandbox_state(&p, SandboxedChannel::Wechat, &b).await != json!("CLOSED") {
         assert!(
             std::time::Instant::now() < deadline,
             "the second trade stayed open"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(p.payer_pays(Ch::Wechat, &native, "success").await, 409);
+    assert_eq!(
+        p.payer_pays(SandboxedChannel::Wechat, &native, "success")
+            .await,
+        409
+    );
     // The core records the close once the channel confirmed it.
     let sql = format!(
         "SELECT count(*) AS n FROM payment_attempts WHERE out_trade_no = '{b}' AND status = 'CLOSED'"

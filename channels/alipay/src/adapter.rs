@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use channel_kit::fields::required;
+use channel_kit::time::timestamp;
 use channel_kit::{
     Adapter, Callback, ChannelError, Notification, RejectReason, Rejection, Reply, pb,
 };
@@ -25,13 +26,6 @@ use crate::wire::{
 
 /// The only currency these merchant APIs settle in.
 const CNY: &str = "CNY";
-
-pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
 
 /// Alipay's `yyyy-MM-dd HH:mm:ss` Beijing time (`gmt_refund` adds milliseconds).
 fn parse_beijing(text: &str) -> Option<prost_types::Timestamp> {

@@ -123,7 +123,7 @@ pub fn parse_trade_bill(file: &[u8]) -> Result<Vec<pb::StatementLine>, BillError
         let at = NaiveDateTime::parse_from_str(field(finished), "%Y-%m-%d %H:%M:%S")
             .ok()
             .and_then(|t| BEIJING.from_local_datetime(&t).single())
-            .map(|t| crate::adapter::timestamp(t.with_timezone(&Utc)));
+            .map(|t| channel_kit::time::timestamp(t.with_timezone(&Utc)));
         let mut line = pb::StatementLine {
             out_trade_no: field(out_trade_no).to_owned(),
             channel_trade_no: field(trade_no).to_owned(),

@@ -1,6 +1,8 @@
-//! `application/x-www-form-urlencoded`, the body format of Alipay's gateway and notifications and
-//! of UnionPay's gateway and notifications. Signatures cover the decoded values, so decoding is
-//! strict: exactly once, no bad escapes, no duplicate keys.
+//! `application/x-www-form-urlencoded` as the adapters use it: encoding the requests sent to
+//! Alipay's and UnionPay's gateways (and Alipay's page-pay URL and app `order_string`), decoding
+//! both platforms' notifications. UnionPay's synchronous answers are `k=v&…` without URL-encoding
+//! and are read by the UnionPay crate's own parser, not here. Signatures cover the decoded values,
+//! so decoding is strict: exactly once, no bad escapes, no duplicate keys.
 use std::collections::BTreeMap;
 
 /// A form body that cannot be decoded unambiguously.

@@ -12,6 +12,9 @@
 //!   core has durably recorded it; otherwise the platform is told to retry.
 //! - [`settings`]: the shared `ADAPTER_*` settings and helpers to read keys from files/env.
 //! - [`metrics`]: Prometheus counters every adapter exports.
+//! - [`fields`]: checks every adapter makes on the core's requests (required fields, CNY fen).
+//! - [`form`]: the strict `application/x-www-form-urlencoded` codec (Alipay and UnionPay).
+//! - [`time`]: `chrono` instants as `channel.v1` timestamps.
 //! - [`serve`]: runs the three listeners until a shutdown signal.
 pub mod callbacks;
 pub mod fields;
@@ -19,6 +22,7 @@ pub mod form;
 pub mod grpc;
 pub mod metrics;
 pub mod settings;
+pub mod time;
 
 use std::sync::Arc;
 

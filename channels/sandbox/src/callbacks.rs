@@ -10,7 +10,7 @@ use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 
 use crate::http_client::{self, OutgoingRequest};
-use crate::platform::{BuildError, CallbackMode, Platform, lock};
+use crate::platform::{BuildError, CallbackMode, SimulatedPlatform, lock};
 
 /// Per-attempt timeout, as the platforms allow the merchant about 5 s to answer.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,7 +88,7 @@ pub struct DeliveryRecord {
 }
 
 /// Hands a notification to delivery, honouring the fault settings. Returns immediately.
-pub fn dispatch(platform: Arc<dyn Platform>, notification: Notification) {
+pub fn dispatch(platform: Arc<dyn SimulatedPlatform>, notification: Notification) {
     let faults = platform.core().faults();
     if faults.callback_mode == CallbackMode::Lose {
         tracing::info!(notify_id = %notification.notify_id, "callback lost (fault injection)");
@@ -109,7 +109,11 @@ pub fn dispatch(platform: Arc<dyn Platform>, notification: Notification) {
 
 /// Adds the notification to the held batch; the first one in a batch opens a window at the end
 /// of which the whole batch is released newest first.
-fn hold_for_reorder(platform: Arc<dyn Platform>, notification: Notification, window: Duration) {
+fn hold_for_reorder(
+    platform: Arc<dyn SimulatedPlatform>,
+    notification: Notification,
+    window: Duration,
+) {
     let opens_batch = {
         let mut held = lock(&platform.core().held);
         match held.as_mut() {
@@ -136,7 +140,7 @@ fn hold_for_reorder(platform: Arc<dyn Platform>, notification: Notification, win
     });
 }
 
-fn start_copies(platform: &Arc<dyn Platform>, notification: &Notification) {
+fn start_copies(platform: &Arc<dyn SimulatedPlatform>, notification: &Notification) {
     let copies = platform.core().faults().callback_copies.max(1);
     for copy in 1..=copies {
         let platform = Arc::clone(platform);
@@ -145,8 +149,12 @@ fn start_copies(platform: &Arc<dyn Platform>, notification: &Notification) {
     }
 }
 
-async fn deliver_with_retries(platform: Arc<dyn Platform>, notification: Notification, copy: u32) {
-    let schedule = platform.retry_schedule();
+async fn deliver_with_retries(
+    platform: Arc<dyn SimulatedPlatform>,
+    notification: Notification,
+    copy: u32,
+) {
+    let schedule = platform.profile().retry_schedule;
     let attempts = schedule.len() + 1;
     for attempt in 1..=attempts {
         if attempt > 1 {
@@ -162,7 +170,7 @@ async fn deliver_with_retries(platform: Arc<dyn Platform>, notification: Notific
 
 /// Makes one attempt and logs it; `true` when acknowledged.
 async fn attempt_once(
-    platform: &dyn Platform,
+    platform: &dyn SimulatedPlatform,
     notification: &Notification,
     attempt: u32,
     copy: u32,
@@ -184,7 +192,7 @@ async fn attempt_once(
         Ok(request) => match http_client::send(&request, ATTEMPT_TIMEOUT).await {
             Ok(reply) => {
                 record.http_status = Some(reply.status);
-                record.delivered = platform.is_acknowledged(&reply);
+                record.delivered = (platform.profile().is_acknowledged)(&reply);
                 record.body_excerpt = reply.text().chars().take(EXCERPT_CHARS).collect();
             }
             Err(e) => record.error = Some(e.to_string()),

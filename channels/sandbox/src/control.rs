@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::callbacks::{self, Notification, NotificationKind};
 use crate::ledger::{RefundState, Trade, TradeState, TransitionError};
-use crate::platform::{Faults, FaultsPatch, Platform, Tamper, lock};
+use crate::platform::{Faults, FaultsPatch, SimulatedPlatform, Tamper, lock};
 
 /// The control routes, to be merged into a platform's router.
-pub fn router(platform: Arc<dyn Platform>) -> Router {
+pub fn router(platform: Arc<dyn SimulatedPlatform>) -> Router {
     Router::new()
         .route("/sandbox/health", get(|| async { "ok" }))
         .route("/sandbox/trades", get(list_trades))
@@ -91,13 +91,13 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
-async fn list_trades(State(platform): State<Arc<dyn Platform>>) -> Json<Vec<TradeView>> {
+async fn list_trades(State(platform): State<Arc<dyn SimulatedPlatform>>) -> Json<Vec<TradeView>> {
     let ledger = platform.core().ledger();
     Json(ledger.trades().map(TradeView::from).collect())
 }
 
 async fn show_trade(
-    State(platform): State<Arc<dyn Platform>>,
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
     Path(out_trade_no): Path<String>,
 ) -> Response {
     match platform.core().ledger().trade(&out_trade_no) {
@@ -121,7 +121,7 @@ struct PayBody {
 }
 
 async fn pay(
-    State(platform): State<Arc<dyn Platform>>,
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
     Path(out_trade_no): Path<String>,
     Json(body): Json<PayBody>,
 ) -> Response {
@@ -156,8 +156,8 @@ async fn pay(
 }
 
 /// Schedules the payment-success callback of a freshly paid trade.
-pub fn schedule_payment_notification(platform: &Arc<dyn Platform>, trade: &Trade) {
-    let notify_id = platform.new_notify_id();
+pub fn schedule_payment_notification(platform: &Arc<dyn SimulatedPlatform>, trade: &Trade) {
+    let notify_id = (platform.profile().new_notify_id)();
     let build = {
         let platform = Arc::clone(platform);
         let trade = trade.clone();
@@ -182,7 +182,7 @@ struct NotifyBody {
 }
 
 async fn notify_once(
-    State(platform): State<Arc<dyn Platform>>,
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
     Path(out_trade_no): Path<String>,
     body: Option<Json<NotifyBody>>,
 ) -> Response {
@@ -190,7 +190,11 @@ async fn notify_once(
     let Some(trade) = platform.core().ledger().trade(&out_trade_no).cloned() else {
         return error(StatusCode::NOT_FOUND, "no such trade");
     };
-    let request = match platform.payment_notification(&trade, &platform.new_notify_id(), tamper) {
+    let request = match platform.payment_notification(
+        &trade,
+        &(platform.profile().new_notify_id)(),
+        tamper,
+    ) {
         Ok(request) => request,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
@@ -204,12 +208,12 @@ async fn notify_once(
     }
 }
 
-async fn show_faults(State(platform): State<Arc<dyn Platform>>) -> Json<Faults> {
+async fn show_faults(State(platform): State<Arc<dyn SimulatedPlatform>>) -> Json<Faults> {
     Json(platform.core().faults())
 }
 
 async fn patch_faults(
-    State(platform): State<Arc<dyn Platform>>,
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
     Json(patch): Json<FaultsPatch>,
 ) -> Json<Faults> {
     let mut faults = lock(&platform.core().faults);
@@ -217,19 +221,19 @@ async fn patch_faults(
     Json(faults.clone())
 }
 
-async fn reset_faults(State(platform): State<Arc<dyn Platform>>) -> Json<Faults> {
+async fn reset_faults(State(platform): State<Arc<dyn SimulatedPlatform>>) -> Json<Faults> {
     let mut faults = lock(&platform.core().faults);
     *faults = Faults::default();
     Json(faults.clone())
 }
 
 async fn list_callbacks(
-    State(platform): State<Arc<dyn Platform>>,
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
 ) -> Json<Vec<callbacks::DeliveryRecord>> {
     Json(lock(&platform.core().deliveries).clone())
 }
 
-async fn clear_callbacks(State(platform): State<Arc<dyn Platform>>) -> StatusCode {
+async fn clear_callbacks(State(platform): State<Arc<dyn SimulatedPlatform>>) -> StatusCode {
     lock(&platform.core().deliveries).clear();
     StatusCode::NO_CONTENT
 }

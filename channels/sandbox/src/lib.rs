@@ -6,16 +6,20 @@
 //!
 //! - [`keys`]: PEM/DER key and certificate loading, fresh RSA-2048 keys, the RSA-SHA256 primitive.
 //! - [`form`]: `application/x-www-form-urlencoded` decoding and encoding (Alipay and UnionPay).
-//! - [`wechat::proto`]: WeChat Pay API v3 Authorization checks, response and callback signing,
-//!   AEAD_AES_256_GCM callback resources, error bodies.
-//! - [`alipay::proto`]: Alipay gateway parameter verification, signed synchronous responses,
-//!   signed async notifications, yuan amounts.
-//! - [`unionpay::proto`]: UnionPay 5.1.0 request verification, response and notification signing
+//! - [`wechat::protocol`]: WeChat Pay API v3, one module per concern: `Authorization` checks
+//!   ([`wechat::protocol::authorization`]), answer and callback signing
+//!   ([`wechat::protocol::signing`]), AEAD_AES_256_GCM callback envelopes
+//!   ([`wechat::protocol::notification`]), error bodies ([`wechat::protocol::error_body`]).
+//! - [`alipay::protocol`]: Alipay gateway call verification ([`alipay::protocol::request`]),
+//!   signed synchronous responses and async notifications ([`alipay::protocol::signing`]), yuan
+//!   amounts and Beijing timestamps ([`alipay::protocol::units`]).
+//! - [`unionpay::protocol`]: UnionPay 5.1.0 request verification, response and notification signing
 //!   with `signPubKeyCert`, `respCode` values.
 //! - `wechat::server`, `alipay::server`, `unionpay::server`: the platforms' HTTP APIs over a
 //!   [`ledger`], plus their callbacks; `wechat::bill`, `alipay::bill`: statement files.
-//! - [`platform`]: the [`platform::Platform`] trait and shared [`platform::Core`] state (ledger,
-//!   faults, delivery log, time scale); [`control`]: the unsigned `/sandbox/` control API;
+//! - [`platform`]: the [`platform::SimulatedPlatform`] trait, each platform's constant
+//!   [`platform::Profile`] and the shared [`platform::Core`] state (ledger, faults, delivery log,
+//!   time scale); [`control`]: the unsigned `/sandbox/` control API;
 //!   [`callbacks`]: delivery with retries and fault injection; [`http_client`]: a plain HTTP/1.1
 //!   client; [`keyfiles`]: `sandbox keygen` and key loading; [`serve`]: router assembly.
 

@@ -1,5 +1,5 @@
-//! What every sandbox process shares: the [`Platform`] trait a platform server implements so the
-//! control API and callback delivery can drive it, and the [`Core`] state (ledger, fault
+//! What every sandbox process shares: the [`SimulatedPlatform`] trait and [`Profile`] data a
+//! platform server provides so the control API and callback delivery can drive it, and the [`Core`] state (ledger, fault
 //! settings, delivery log, time scale) it owns.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -39,18 +39,26 @@ pub enum BuildError {
     Crypto(String),
 }
 
-/// A platform server, as seen by the control API and the callback deliverer.
-pub trait Platform: Send + Sync + 'static {
+/// The constant parts of a platform's notification rules, as data: each platform server has one
+/// (`PROFILE` in its `server` module), read by the control API and the callback deliverer.
+#[derive(Debug)]
+pub struct Profile {
     /// `wechat`, `alipay` or `unionpay`.
-    fn name(&self) -> &'static str;
+    pub name: &'static str,
+    /// Delays between consecutive attempts of one notification, before time scaling.
+    pub retry_schedule: &'static [Duration],
+    /// Whether the merchant's reply acknowledges the notification, by the platform's rule.
+    pub is_acknowledged: fn(&Reply) -> bool,
+    /// A fresh notification id (WeChat event `id`, Alipay `notify_id`), kept across retries.
+    pub new_notify_id: fn() -> String,
+}
+
+/// A simulated platform server, as seen by the control API and the callback deliverer.
+pub trait SimulatedPlatform: Send + Sync + 'static {
+    /// The platform's constant notification rules.
+    fn profile(&self) -> &'static Profile;
     /// The shared state.
     fn core(&self) -> &Core;
-    /// Delays between consecutive attempts of one notification, before time scaling.
-    fn retry_schedule(&self) -> &'static [Duration];
-    /// Whether the merchant's reply acknowledges the notification, by the platform's rule.
-    fn is_acknowledged(&self, reply: &Reply) -> bool;
-    /// A fresh notification id (WeChat event `id`, Alipay `notify_id`), kept across retries.
-    fn new_notify_id(&self) -> String;
     /// Builds (and signs afresh) the payment-success notification for `trade`.
     ///
     /// # Errors

@@ -1,5 +1,5 @@
 //! The sandboxes over real HTTP on 127.0.0.1: this file plays the merchant (signing with the
-//! sandbox's own proto helpers) and a tiny callback receiver.
+//! sandbox's own protocol helpers) and a tiny callback receiver.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -12,13 +12,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use sandbox::alipay::proto as alipay;
+use sandbox::alipay::protocol as alipay;
 use sandbox::form::{self, Params};
 use sandbox::http_client::{self, OutgoingRequest, Reply};
 use sandbox::keys;
 use sandbox::serve::{self, Which};
-use sandbox::unionpay::proto as unionpay;
-use sandbox::wechat::proto as wechat;
+use sandbox::unionpay::protocol as unionpay;
+use sandbox::wechat::protocol as wechat;
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(10);

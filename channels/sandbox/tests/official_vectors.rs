@@ -9,11 +9,11 @@ use aes_gcm::{Aes128Gcm, KeyInit, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::DateTime;
-use sandbox::alipay::proto as alipay;
+use sandbox::alipay::protocol as alipay;
 use sandbox::form::{self, Params};
 use sandbox::keys;
-use sandbox::unionpay::proto as unionpay;
-use sandbox::wechat::proto as wechat;
+use sandbox::unionpay::protocol as unionpay;
+use sandbox::wechat::protocol as wechat;
 use serde_json::Value;
 
 fn fixture(name: &str) -> String {
@@ -287,7 +287,7 @@ fn wechat_a9_2_go_sdk_notification_signature_verifies() {
     let envelope: wechat::NotificationEnvelope = serde_json::from_str(text(v, "body")).unwrap();
     assert!(matches!(
         wechat::ApiV3Key::new(text(v, "api_v3_key").as_bytes()),
-        Err(wechat::WechatProtoError::ApiV3KeyLength(16))
+        Err(wechat::WechatProtocolError::ApiV3KeyLength(16))
     ));
     let cipher = Aes128Gcm::new_from_slice(text(v, "api_v3_key").as_bytes()).unwrap();
     let plaintext = cipher
@@ -344,15 +344,15 @@ fn wechat_a9_3_aes_256_gcm_seals_and_opens_exactly() {
     );
     assert!(matches!(
         key.open(nonce, "bad-associatedData", text(v, "ciphertext")),
-        Err(wechat::WechatProtoError::Aead)
+        Err(wechat::WechatProtocolError::Aead)
     ));
     assert!(matches!(
         key.open("bad-4a9R25RW", ad, text(v, "ciphertext")),
-        Err(wechat::WechatProtoError::Aead)
+        Err(wechat::WechatProtocolError::Aead)
     ));
     assert!(matches!(
         key.open(nonce, ad, &BASE64.encode([0u8; 128])),
-        Err(wechat::WechatProtoError::Aead)
+        Err(wechat::WechatProtocolError::Aead)
     ));
 }
 
@@ -499,12 +499,12 @@ fn unionpay_c_v2_real_response_verifies_with_its_sign_pub_key_cert() {
     // The certificate expired on 2025-07-31.
     assert!(matches!(
         unionpay::verify_platform_message(&fields, Some(1_754_000_000)),
-        Err(unionpay::UnionpayProtoError::CertificateExpired(_))
+        Err(unionpay::UnionpayProtocolError::CertificateExpired(_))
     ));
     let mut tampered = fields.clone();
     tampered.insert("origRespCode".into(), "01".into());
     assert!(matches!(
         unionpay::verify_platform_message(&tampered, None),
-        Err(unionpay::UnionpayProtoError::SignatureMismatch)
+        Err(unionpay::UnionpayProtocolError::SignatureMismatch)
     ));
 }

@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 
 use chrono::DateTime;
-use sandbox::alipay::proto as alipay;
+use sandbox::alipay::protocol as alipay;
 use sandbox::form::Params;
 use sandbox::keys::{self, CertificateInfo};
-use sandbox::unionpay::proto as unionpay;
-use sandbox::wechat::proto as wechat;
+use sandbox::unionpay::protocol as unionpay;
+use sandbox::wechat::protocol as wechat;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

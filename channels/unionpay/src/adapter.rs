@@ -38,13 +38,6 @@ pub(crate) const BEIJING: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
 /// signed form field).
 pub const ACTION_KEY: &str = "action";
 
-pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
 /// The `txnTime` (Beijing time) of a transaction the core created at `at`.
 ///
 /// UnionPay names a transaction by `orderId` and `txnTime`; the core sends its creation time with

@@ -104,7 +104,7 @@ fn transaction_time(text: &str, day: NaiveDate) -> Option<prost_types::Timestamp
     crate::adapter::BEIJING
         .from_local_datetime(&naive)
         .single()
-        .map(|t| crate::adapter::timestamp(t.with_timezone(&Utc)))
+        .map(|t| channel_kit::time::timestamp(t.with_timezone(&Utc)))
 }
 
 /// Parses the ZIP of one settlement day into statement lines: consumes (`01`) as payments,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use channel_kit::fields::{cny_fen, required};
+use channel_kit::time::timestamp;
 use channel_kit::{
     Adapter, Callback, ChannelError, Notification, RejectReason, Rejection, Reply, pb,
 };
@@ -31,13 +32,6 @@ pub(crate) const BEIJING: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
     Some(offset) => offset,
     None => panic!("UTC+8 is a valid offset"),
 };
-
-pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
 
 fn from_timestamp(t: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))

@@ -143,7 +143,7 @@ pub fn parse_trade_bill(file: &[u8]) -> Result<Vec<pb::StatementLine>, BillError
         let mut line = pb::StatementLine {
             out_trade_no: field(cols.out_trade_no).to_owned(),
             channel_trade_no: field(cols.transaction_id).to_owned(),
-            at: Some(crate::adapter::timestamp(at)),
+            at: Some(channel_kit::time::timestamp(at)),
             ..Default::default()
         };
         if state == "REFUND" && !out_refund_no.is_empty() {

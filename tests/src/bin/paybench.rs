@@ -2,7 +2,7 @@
 //!
 //! Absolute figures on shared 2-core machines drift by 1.5–2× within minutes, so every figure is
 //! reported as a ratio to a baseline measured seconds apart on the same Postgres, interleaved
-//! (B, P, B, P, …), median of the rounds (see `../shared/BENCH_AND_FAULTS.md`):
+//! (B, P, B, P, …), median of the rounds:
 //! - B_life: `pgbench -M prepared -c 8 -j 2` running the two durable transactions any payment
 //!   platform must make per lifecycle (create order + outbox event; mark paid + outbox event).
 //! - P_create: CreateOrder calls/s through payd (closed loop, `--concurrency` clients).
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use e2e::platform::{Ch, Platform};
+use e2e::platform::{Platform, SandboxedChannel};
 use hdrhistogram::Histogram;
 use payproto::channel::v1 as cpb;
 use payproto::payment::v1 as pb;
@@ -151,7 +151,7 @@ async fn measure(
         .await
         .unwrap();
     let http = reqwest::Client::new();
-    let sandbox = p.sandbox_url(Ch::Wechat, "");
+    let sandbox = p.sandbox_url(SandboxedChannel::Wechat, "");
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new((
@@ -257,7 +257,7 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let p = Platform::start_channels(&[Ch::Wechat], 1.0);
+    let p = Platform::start_channels(&[SandboxedChannel::Wechat], 1.0);
     let scratch = e2e::TestDb::create();
     let (mut b, mut create_r, mut life_r) = (Vec::new(), Vec::new(), Vec::new());
     println!(

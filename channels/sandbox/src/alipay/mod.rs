@@ -1,7 +1,7 @@
 //! The Alipay open API gateway stand-in.
 
 pub mod bill;
-pub mod proto;
+pub mod protocol;
 pub mod server;
 
 pub use server::{Alipay, router};

@@ -17,7 +17,7 @@ use chrono::Utc;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 
-use super::proto::{
+use super::protocol::{
     AlipaySigner, AppKeys, ERROR_NODE, GatewayRequest, ResultNode, VerifiedCall,
     encode_notify_body, format_timestamp, format_yuan, parse_trade_amount, parse_yuan,
     response_node_name,
@@ -25,11 +25,11 @@ use super::proto::{
 use crate::callbacks::{self, Notification, NotificationKind};
 use crate::control;
 use crate::form::{self, Params};
-use crate::http_client::{OutgoingRequest, Reply};
+use crate::http_client::OutgoingRequest;
 use crate::keyfiles::AlipayKeyFiles;
 use crate::keys;
 use crate::ledger::{NewRefund, NewTrade, PrepayError, RefundError, Trade, TradeState};
-use crate::platform::{BuildError, Core, Platform, Tamper, lock};
+use crate::platform::{BuildError, Core, Profile, SimulatedPlatform, Tamper, lock};
 
 /// 4m, 10m, 10m, 1h, 2h, 6h, 15h: 8 notifications within 25 hours.
 const RETRY_SCHEDULE: [Duration; 7] = [
@@ -41,6 +41,14 @@ const RETRY_SCHEDULE: [Duration; 7] = [
     Duration::from_secs(6 * 3600),
     Duration::from_secs(15 * 3600),
 ];
+
+/// Alipay's notification rules.
+pub static PROFILE: Profile = Profile {
+    name: "alipay",
+    retry_schedule: &RETRY_SCHEDULE,
+    is_acknowledged: |reply| reply.body == b"success",
+    new_notify_id: || format!("{}{}", Utc::now().format("%Y%m%d"), random_digits(26)),
+};
 
 /// Bill download links stay valid this long (Alipay: 30 s).
 const BILL_URL_TTL: Duration = Duration::from_secs(30);
@@ -239,7 +247,7 @@ impl Alipay {
         // The payable window: `time_expire` (Beijing wall clock) or `timeout_express` (1m–15d,
         // counted from now); the trade is closed when it has passed.
         let pay_deadline = match (str_of(biz, "time_expire"), str_of(biz, "timeout_express")) {
-            (Some(t), _) => match super::proto::parse_timestamp(t)
+            (Some(t), _) => match super::protocol::parse_timestamp(t)
                 .and_then(|n| n.checked_sub_signed(chrono::Duration::hours(8)))
             {
                 Some(utc) => Some(utc.and_utc()),
@@ -576,7 +584,7 @@ impl Alipay {
         if trade.notify_url.is_empty() {
             return;
         }
-        let notify_id = self.new_notify_id();
+        let notify_id = (PROFILE.new_notify_id)();
         let build = {
             let this = Arc::clone(self);
             let trade = trade.clone();
@@ -598,7 +606,7 @@ impl Alipay {
                 this.signed_notification(&trade.notify_url, params, Tamper::None)
             })
         };
-        let platform: Arc<dyn Platform> = self.clone();
+        let platform: Arc<dyn SimulatedPlatform> = self.clone();
         callbacks::dispatch(
             platform,
             Notification {
@@ -638,25 +646,13 @@ fn cashier_page(trade: &Trade) -> String {
     )
 }
 
-impl Platform for Alipay {
-    fn name(&self) -> &'static str {
-        "alipay"
+impl SimulatedPlatform for Alipay {
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn core(&self) -> &Core {
         &self.core
-    }
-
-    fn retry_schedule(&self) -> &'static [Duration] {
-        &RETRY_SCHEDULE
-    }
-
-    fn is_acknowledged(&self, reply: &Reply) -> bool {
-        reply.body == b"success"
-    }
-
-    fn new_notify_id(&self) -> String {
-        format!("{}{}", Utc::now().format("%Y%m%d"), random_digits(26))
     }
 
     fn payment_notification(
@@ -676,7 +672,7 @@ impl Platform for Alipay {
 
 /// The gateway plus the bill download and the control API.
 pub fn router(alipay: Arc<Alipay>) -> Router {
-    let platform: Arc<dyn Platform> = alipay.clone();
+    let platform: Arc<dyn SimulatedPlatform> = alipay.clone();
     Router::new()
         .route("/gateway.do", get(gateway).post(gateway))
         .route("/sandbox-bill/alipay/download", get(download_bill))
@@ -727,7 +723,7 @@ fn gateway_answer(
     })();
     let params = match parsed {
         Ok(p) => p,
-        Err(e) => return reject(alipay, &super::proto::GatewayRejection::Form(e)),
+        Err(e) => return reject(alipay, &super::protocol::GatewayRejection::Form(e)),
     };
     let request = GatewayRequest::from_params(params.clone());
     let call = match alipay.apps.verify(&request) {
@@ -783,8 +779,8 @@ fn gateway_answer(
     }
 }
 
-fn reject(alipay: &Alipay, rejection: &super::proto::GatewayRejection) -> Response {
-    if let super::proto::GatewayRejection::UnknownApp(_) = rejection {
+fn reject(alipay: &Alipay, rejection: &super::protocol::GatewayRejection) -> Response {
+    if let super::protocol::GatewayRejection::UnknownApp(_) = rejection {
         // No app, so no key pairing to sign with: the gateway answers this one unsigned
         // (ASSUMPTION: the notes do not list which gateway errors come unsigned; that some do
         // is why the official SDK verifies failures only when they carry a sign).

@@ -1,6 +1,6 @@
 //! The UnionPay online gateway 5.1.0 stand-in.
 
-pub mod proto;
+pub mod protocol;
 pub mod server;
 
 pub use server::{Unionpay, router};

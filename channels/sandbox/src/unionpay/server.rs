@@ -20,17 +20,17 @@ use axum::routing::post;
 use chrono::{FixedOffset, Utc};
 use rand::Rng;
 
-use super::proto::{
+use super::protocol::{
     MerchantCerts, PlatformSigner, RespCode, encode_notify_body, encode_sync_response,
 };
 use crate::callbacks::{self, Notification, NotificationKind};
 use crate::control;
 use crate::form::{self, Params};
-use crate::http_client::{OutgoingRequest, Reply};
+use crate::http_client::OutgoingRequest;
 use crate::keyfiles::{UNIONPAY_PLATFORM_CN, UnionpayKeyFiles};
 use crate::keys;
 use crate::ledger::{NewRefund, NewTrade, PrepayError, RefundError, Trade, TradeState};
-use crate::platform::{BuildError, Core, Platform, Tamper};
+use crate::platform::{BuildError, Core, Profile, SimulatedPlatform, Tamper};
 
 /// ASSUMPTION: UnionPay documents no `backUrl` retry schedule. The sandbox retries after
 /// 30s, 1m, 2m, 5m, 10m, 30m, 1h, 2h (9 attempts in about 4 h).
@@ -44,6 +44,14 @@ const RETRY_SCHEDULE: [Duration; 8] = [
     Duration::from_secs(3600),
     Duration::from_secs(7200),
 ];
+
+/// UnionPay's notification rules.
+pub static PROFILE: Profile = Profile {
+    name: "unionpay",
+    retry_schedule: &RETRY_SCHEDULE,
+    is_acknowledged: |reply| reply.status == 200 || reply.status == 302,
+    new_notify_id: || uuid::Uuid::new_v4().to_string(),
+};
 
 /// `orderId` is AN8..40 in the 5.1.0 specification (the official consume demo: "8-40位数字字母"):
 /// 8 to 40 letters and digits, no `-` or `_`.
@@ -189,7 +197,7 @@ impl Unionpay {
         let fields = match form::decode(&text) {
             Ok(f) => f,
             Err(e) => {
-                let rejection = super::proto::RequestRejection::Form(e);
+                let rejection = super::protocol::RequestRejection::Form(e);
                 return Err(self.respond(&Params::new(), Answer::new(rejection.resp_code())));
             }
         };
@@ -460,7 +468,7 @@ impl Unionpay {
     fn common_notify_fields(&self) -> Params {
         let mut fields = Params::new();
         for (k, v) in [
-            ("version", super::proto::VERSION),
+            ("version", super::protocol::VERSION),
             ("encoding", "utf-8"),
             ("accessType", "0"),
             ("currencyCode", "156"),
@@ -510,12 +518,12 @@ impl Unionpay {
             // Empty fields (reqReserved without one) are sent and signed, as by the gateway.
             fields.insert(k.to_owned(), v);
         }
-        let notify_id = self.new_notify_id();
+        let notify_id = (PROFILE.new_notify_id)();
         let build = {
             let this = Arc::clone(self);
             Arc::new(move || this.signed_notification(&url, fields.clone(), Tamper::None))
         };
-        let platform: Arc<dyn Platform> = self.clone();
+        let platform: Arc<dyn SimulatedPlatform> = self.clone();
         callbacks::dispatch(
             platform,
             Notification {
@@ -528,25 +536,13 @@ impl Unionpay {
     }
 }
 
-impl Platform for Unionpay {
-    fn name(&self) -> &'static str {
-        "unionpay"
+impl SimulatedPlatform for Unionpay {
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn core(&self) -> &Core {
         &self.core
-    }
-
-    fn retry_schedule(&self) -> &'static [Duration] {
-        &RETRY_SCHEDULE
-    }
-
-    fn is_acknowledged(&self, reply: &Reply) -> bool {
-        reply.status == 200 || reply.status == 302
-    }
-
-    fn new_notify_id(&self) -> String {
-        uuid::Uuid::new_v4().to_string()
     }
 
     fn payment_notification(
@@ -583,7 +579,7 @@ impl Platform for Unionpay {
 
 /// The gateway routes plus the control API.
 pub fn router(unionpay: Arc<Unionpay>) -> Router {
-    let platform: Arc<dyn Platform> = unionpay.clone();
+    let platform: Arc<dyn SimulatedPlatform> = unionpay.clone();
     Router::new()
         .route("/gateway/api/frontTransReq.do", post(front_trans))
         .route("/gateway/api/backTransReq.do", post(back_trans))

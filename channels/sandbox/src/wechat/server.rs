@@ -21,17 +21,17 @@ use rand::Rng;
 use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
 
-use super::proto::{
+use super::protocol::{
     ApiV3Key, ErrorBody, ErrorCode, ErrorDetail, EventType, IncomingRequest, MerchantKeys,
     NotificationDraft, NotificationEnvelope, PlatformSigner,
 };
-use crate::alipay::proto::format_yuan;
+use crate::alipay::protocol::format_yuan;
 use crate::callbacks::{self, Notification, NotificationKind};
 use crate::control;
-use crate::http_client::{OutgoingRequest, Reply};
+use crate::http_client::OutgoingRequest;
 use crate::keyfiles::WechatKeyFiles;
 use crate::ledger::{NewRefund, NewTrade, PrepayError, RefundError, Trade, TradeState};
-use crate::platform::{BuildError, Core, Platform, Tamper, lock};
+use crate::platform::{BuildError, Core, Profile, SimulatedPlatform, Tamper, lock};
 
 /// 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/3h/6h/6h, from the payment notify page.
 const RETRY_SCHEDULE: [Duration; 15] = [
@@ -51,6 +51,14 @@ const RETRY_SCHEDULE: [Duration; 15] = [
     Duration::from_secs(6 * 3600),
     Duration::from_secs(6 * 3600),
 ];
+
+/// WeChat Pay's notification rules.
+pub static PROFILE: Profile = Profile {
+    name: "wechat",
+    retry_schedule: &RETRY_SCHEDULE,
+    is_acknowledged: |reply| reply.status == 200 || reply.status == 204,
+    new_notify_id: || uuid::Uuid::new_v4().to_string(),
+};
 
 /// Announced by `tamper: "serial"`: no merchant has a key under this id.
 const UNKNOWN_SERIAL: &str = "PUB_KEY_ID_0199999999999999999999999999999999";
@@ -531,7 +539,7 @@ impl Wechat {
             },
         })
         .to_string();
-        let notify_id = self.new_notify_id();
+        let notify_id = (PROFILE.new_notify_id)();
         let build = {
             let this = Arc::clone(self);
             let notify_id = notify_id.clone();
@@ -549,7 +557,7 @@ impl Wechat {
                 )
             })
         };
-        let platform: Arc<dyn Platform> = self.clone();
+        let platform: Arc<dyn SimulatedPlatform> = self.clone();
         callbacks::dispatch(
             platform,
             Notification {
@@ -562,25 +570,13 @@ impl Wechat {
     }
 }
 
-impl Platform for Wechat {
-    fn name(&self) -> &'static str {
-        "wechat"
+impl SimulatedPlatform for Wechat {
+    fn profile(&self) -> &'static Profile {
+        &PROFILE
     }
 
     fn core(&self) -> &Core {
         &self.core
-    }
-
-    fn retry_schedule(&self) -> &'static [Duration] {
-        &RETRY_SCHEDULE
-    }
-
-    fn is_acknowledged(&self, reply: &Reply) -> bool {
-        reply.status == 200 || reply.status == 204
-    }
-
-    fn new_notify_id(&self) -> String {
-        uuid::Uuid::new_v4().to_string()
     }
 
     fn payment_notification(
@@ -613,7 +609,7 @@ impl Platform for Wechat {
 
 /// The platform routes plus the control API, ready to serve.
 pub fn router(wechat: Arc<Wechat>) -> Router {
-    let platform: Arc<dyn Platform> = wechat.clone();
+    let platform: Arc<dyn SimulatedPlatform> = wechat.clone();
     Router::new()
         .route("/v3/pay/transactions/jsapi", post(prepay_jsapi))
         .route("/v3/pay/transactions/native", post(prepay_native))
@@ -664,7 +660,7 @@ async fn certificates(
     raw: Bytes,
 ) -> Response {
     if let Err(answer) = wechat.admit(&method, &uri, &headers, &raw) {
-        return finish(&wechat, answer).await;
+        return answer_after_delay(&wechat, answer).await;
     }
     let listed: Result<Vec<Value>, String> = {
         let keys = lock(&wechat.keys);
@@ -697,7 +693,7 @@ async fn certificates(
             wechat.fail(ErrorBody::new(ErrorCode::SystemError, "系统错误"))
         }
     };
-    finish(&wechat, response).await
+    answer_after_delay(&wechat, response).await
 }
 
 async fn show_keys(State(wechat): State<Arc<Wechat>>) -> Response {
@@ -717,7 +713,8 @@ async fn retire_keys(State(wechat): State<Arc<Wechat>>) -> Response {
     axum::Json(wechat.retire()).into_response()
 }
 
-async fn finish(wechat: &Wechat, response: Response) -> Response {
+/// Hands `response` back after the injected `api_delay_ms`, if any.
+async fn answer_after_delay(wechat: &Wechat, response: Response) -> Response {
     wechat.core.delay_api_answer().await;
     response
 }
@@ -730,7 +727,7 @@ async fn prepay_jsapi(
     body: Bytes,
 ) -> Response {
     let response = prepay(&wechat, "jsapi", &method, &uri, &headers, &body);
-    finish(&wechat, response).await
+    answer_after_delay(&wechat, response).await
 }
 
 async fn prepay_native(
@@ -741,7 +738,7 @@ async fn prepay_native(
     body: Bytes,
 ) -> Response {
     let response = prepay(&wechat, "native", &method, &uri, &headers, &body);
-    finish(&wechat, response).await
+    answer_after_delay(&wechat, response).await
 }
 
 /// WeChat Pay's rule for `out_trade_no`: 6 to 32 characters, letters, digits and `_ - | *`.
@@ -928,7 +925,7 @@ async fn query(
         })
     })()
     .unwrap_or_else(|answer| answer);
-    finish(&wechat, response).await
+    answer_after_delay(&wechat, response).await
 }
 
 async fn query_by_id(
@@ -954,7 +951,7 @@ async fn query_by_id(
         })
     })()
     .unwrap_or_else(|answer| answer);
-    finish(&wechat, response).await
+    answer_after_delay(&wechat, response).await
 }
 
 async fn close(
@@ -984,7 +981,7 @@ async fn close(
         })
     })()
     .unwrap_or_else(|answer| answer);
-    finish(&wechat, response).await
+    answer_after_delay(&wechat, response).await
 }
 
 async fn refund(
@@ -996,7 +993,7 @@ async fn refund(
 ) -> Response {
     let response =
         refund_inner(&wechat, &method, &uri, &headers, &body).unwrap_or_else(|answer| answer);
-    finish(&wechat, response).await
+    answer_after_delay(&wechat, response).await
 }
 
 fn refund_inner(
@@ -1107,7 +1104,7 @@ async fn query_refund(
         })
     })()
     .unwrap_or_else(|answer| answer);
-    finish(&wechat, response).await
+    answer_after_delay(&wechat, response).await
 }
 
 async fn trade_bill(
@@ -1150,7 +1147,7 @@ async fn trade_bill(
         })))
     })()
     .unwrap_or_else(|answer| answer);
-    finish(&wechat, response).await
+    answer_after_delay(&wechat, response).await
 }
 
 /// The download itself is signed by the merchant but, as at WeChat, not signed in the answer.

@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use channel_kit::settings::Secret;
+use channel_kit::time::timestamp;
 use rsa::RsaPrivateKey;
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use serde_json::Value;

@@ -203,7 +203,7 @@ impl RequestRejection {
 /// Failures of the platform's own operations, and of the merchant-side checks the sandbox
 /// runs on its own output.
 #[derive(Debug, thiserror::Error)]
-pub enum UnionpayProtoError {
+pub enum UnionpayProtocolError {
     /// RSA signing or certificate parsing failed.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -355,13 +355,13 @@ impl PlatformSigner {
     /// Pairs `key` with its certificate.
     ///
     /// # Errors
-    /// [`UnionpayProtoError::KeyCertificateMismatch`] if the certificate is for another key.
+    /// [`UnionpayProtocolError::KeyCertificateMismatch`] if the certificate is for another key.
     pub fn new(
         key: RsaPrivateKey,
         certificate: CertificateInfo,
-    ) -> Result<Self, UnionpayProtoError> {
+    ) -> Result<Self, UnionpayProtocolError> {
         if certificate.public_key() != &key.to_public_key() {
-            return Err(UnionpayProtoError::KeyCertificateMismatch);
+            return Err(UnionpayProtocolError::KeyCertificateMismatch);
         }
         let sign_pub_key_cert = normalise_pem(certificate.pem());
         Ok(Self {
@@ -380,8 +380,8 @@ impl PlatformSigner {
     /// signed), drops any `certId` (a 5.0.0 field) and old `signature`, then adds `signature`.
     ///
     /// # Errors
-    /// [`UnionpayProtoError::Key`] if RSA signing fails.
-    pub fn sign(&self, mut fields: Params) -> Result<Params, UnionpayProtoError> {
+    /// [`UnionpayProtocolError::Key`] if RSA signing fails.
+    pub fn sign(&self, mut fields: Params) -> Result<Params, UnionpayProtocolError> {
         fields.remove(SIGNATURE_FIELD);
         fields.remove("certId");
         fields.insert("signMethod".to_owned(), SIGN_METHOD_RSA.to_owned());
@@ -398,36 +398,36 @@ impl PlatformSigner {
 /// validity window. The chain to UnionPay's roots is not checked. Returns the certificate.
 ///
 /// # Errors
-/// [`UnionpayProtoError`] describing the first failed check.
+/// [`UnionpayProtocolError`] describing the first failed check.
 pub fn verify_platform_message(
     fields: &Params,
     now: Option<u64>,
-) -> Result<CertificateInfo, UnionpayProtoError> {
+) -> Result<CertificateInfo, UnionpayProtocolError> {
     let pem = fields
         .get("signPubKeyCert")
-        .ok_or(UnionpayProtoError::Missing("signPubKeyCert"))?;
+        .ok_or(UnionpayProtocolError::Missing("signPubKeyCert"))?;
     let signature = fields
         .get(SIGNATURE_FIELD)
-        .ok_or(UnionpayProtoError::Missing(SIGNATURE_FIELD))?;
+        .ok_or(UnionpayProtocolError::Missing(SIGNATURE_FIELD))?;
     let certificate = CertificateInfo::from_pem(pem)?;
     let cn = certificate.subject_common_name().unwrap_or_default();
     if cn.split('@').nth(2) != Some(UNIONPAY_CN_NAME) {
-        return Err(UnionpayProtoError::NotUnionPayCertificate(cn.to_owned()));
+        return Err(UnionpayProtocolError::NotUnionPayCertificate(cn.to_owned()));
     }
     if let Some(now) = now
         && (now < certificate.not_before_unix() || now > certificate.not_after_unix())
     {
-        return Err(UnionpayProtoError::CertificateExpired(now));
+        return Err(UnionpayProtocolError::CertificateExpired(now));
     }
     let signature = BASE64
         .decode(signature)
-        .map_err(|_| UnionpayProtoError::SignatureMismatch)?;
+        .map_err(|_| UnionpayProtocolError::SignatureMismatch)?;
     if !keys::verify_sha256_rsa(
         certificate.public_key(),
         platform_signing_digest(fields).as_bytes(),
         &signature,
     ) {
-        return Err(UnionpayProtoError::SignatureMismatch);
+        return Err(UnionpayProtocolError::SignatureMismatch);
     }
     Ok(certificate)
 }
@@ -436,8 +436,8 @@ pub fn verify_platform_message(
 /// wrapped in `{…}` or `[…]` so the merchant's parser does not split inside it.
 ///
 /// # Errors
-/// [`UnionpayProtoError::UnencodableValue`] when a key or value would not parse back unchanged.
-pub fn encode_sync_response(fields: &Params) -> Result<String, UnionpayProtoError> {
+/// [`UnionpayProtocolError::UnencodableValue`] when a key or value would not parse back unchanged.
+pub fn encode_sync_response(fields: &Params) -> Result<String, UnionpayProtocolError> {
     let body = fields
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -445,10 +445,10 @@ pub fn encode_sync_response(fields: &Params) -> Result<String, UnionpayProtoErro
         .join("&");
     let reparsed = parse_sync_response(&body);
     if let Some((key, _)) = fields.iter().find(|(k, v)| reparsed.get(*k) != Some(v)) {
-        return Err(UnionpayProtoError::UnencodableValue(key.clone()));
+        return Err(UnionpayProtocolError::UnencodableValue(key.clone()));
     }
     if reparsed.len() != fields.len() {
-        return Err(UnionpayProtoError::UnencodableValue(String::new()));
+        return Err(UnionpayProtocolError::UnencodableValue(String::new()));
     }
     Ok(body)
 }
@@ -616,19 +616,19 @@ mod tests {
 
         assert!(matches!(
             verify_platform_message(&signed, Some(1_600_000_000)),
-            Err(UnionpayProtoError::CertificateExpired(_))
+            Err(UnionpayProtocolError::CertificateExpired(_))
         ));
         let mut tampered = signed.clone();
         tampered.insert("respCode".into(), "01".into());
         assert!(matches!(
             verify_platform_message(&tampered, None),
-            Err(UnionpayProtoError::SignatureMismatch)
+            Err(UnionpayProtocolError::SignatureMismatch)
         ));
         let mut lf = signed.clone();
         lf.insert("signPubKeyCert".into(), cert.replace("\r\n", "\n"));
         assert!(matches!(
             verify_platform_message(&lf, None),
-            Err(UnionpayProtoError::SignatureMismatch)
+            Err(UnionpayProtocolError::SignatureMismatch)
         ));
     }
 
@@ -649,12 +649,12 @@ mod tests {
             .unwrap();
         assert!(matches!(
             verify_platform_message(&signed, None),
-            Err(UnionpayProtoError::NotUnionPayCertificate(_))
+            Err(UnionpayProtocolError::NotUnionPayCertificate(_))
         ));
         let other = keys::generate_rsa_2048().unwrap();
         assert!(matches!(
             PlatformSigner::new(other, cert),
-            Err(UnionpayProtoError::KeyCertificateMismatch)
+            Err(UnionpayProtocolError::KeyCertificateMismatch)
         ));
     }
 
@@ -674,7 +674,7 @@ mod tests {
         bad.insert("x".into(), "a&b=c".into());
         assert!(matches!(
             encode_sync_response(&bad),
-            Err(UnionpayProtoError::UnencodableValue(_))
+            Err(UnionpayProtocolError::UnencodableValue(_))
         ));
     }
 
