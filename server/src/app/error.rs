@@ -96,6 +96,12 @@ impl From<StorageError> for ServiceError {
     }
 }
 
+impl From<crate::channel_client::ChannelDisabled> for ServiceError {
+    fn from(e: crate::channel_client::ChannelDisabled) -> Self {
+        ServiceError::ChannelDisabled(e.0.to_string())
+    }
+}
+
 impl From<diesel::result::Error> for ServiceError {
     fn from(e: diesel::result::Error) -> Self {
         StorageError::from(e).into()

@@ -1,6 +1,5 @@
 //! Use cases: each one validates nothing (the edge did), takes the locks it needs, and makes its
 //! change in one Postgres transaction together with the idempotency record.
-pub mod channels;
 pub mod error;
 pub mod pay;
 pub mod results;
@@ -29,7 +28,7 @@ pub enum Outcome<T> {
 }
 
 /// An idempotency claim plus how to encode the response that will be stored under it.
-pub struct IdemWrite<T = OrderRow> {
+pub struct IdempotentWrite<T = OrderRow> {
     pub claim: KeyClaim,
     pub encode: fn(&T) -> Result<Vec<u8>, StorageError>,
 }
@@ -41,7 +40,7 @@ pub struct App {
     pub limits: OrderLimits,
     pub idempotency_retention: Duration,
     pub metrics: Metrics,
-    pub channels: channels::ChannelClients,
+    pub channels: crate::channel_client::ChannelClients,
     /// Mints `out_trade_no`s with this process's leased worker id.
     pub ids: std::sync::Arc<crate::domain::snowflake::Snowflake>,
     /// Which adapter secret may report for which channel (ChannelEvents).
@@ -64,7 +63,7 @@ impl App {
         &self,
         app: AppId,
         new: NewOrder,
-        idem: Option<IdemWrite>,
+        idem: Option<IdempotentWrite>,
     ) -> Result<Outcome<OrderRow>, ServiceError> {
         let retention = self.idempotency_retention;
         let expires_in = new.expires_in;
@@ -160,7 +159,7 @@ impl App {
         &self,
         app: AppId,
         id: OrderId,
-        idem: Option<IdemWrite>,
+        idem: Option<IdempotentWrite>,
     ) -> Result<Outcome<OrderRow>, ServiceError> {
         let guard = self.lock_order(id).await?;
         let result = async {
@@ -254,7 +253,7 @@ impl App {
         event: OrderEvent,
         reason: &'static str,
         guard: &LockGuard,
-        idem: Option<IdemWrite>,
+        idem: Option<IdempotentWrite>,
     ) -> Result<Outcome<OrderRow>, ServiceError> {
         let retention = self.idempotency_retention;
         let fence = guard.fence();

@@ -27,7 +27,8 @@ use std::time::Duration;
 use chrono::DateTime;
 
 use super::results::{PaymentResult, ResultOutcome};
-use super::{App, IdemWrite, Outcome, ServiceError};
+use super::{App, IdempotentWrite, Outcome, ServiceError};
+use crate::channel_client::{CallFailure, method_to_pb, result_from_pb, timestamp};
 use crate::domain::{
     AppId, AttemptEvent, AttemptStatus, Channel, IllegalTransition, OrderEvent, OrderId,
     OrderStatus, PayMethod, TradeState,
@@ -99,26 +100,9 @@ impl Default for PayWindows {
     }
 }
 
-/// How payd reads a failed adapter call (see the status table in `channel.v1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CallFailure {
-    /// The platform (or the adapter, for a request it cannot express) refused: final for this
-    /// request, but not proof of what the trade's state is.
-    Refused,
-    /// Nothing is known: the call may or may not have reached the platform.
-    Unknown,
-}
-
-fn call_failure(s: &tonic::Status) -> CallFailure {
-    match s.code() {
-        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => CallFailure::Refused,
-        _ => CallFailure::Unknown,
-    }
-}
-
 /// Why the last write of a Pay was refused.
 #[derive(Debug)]
-enum FinishRefused {
+enum CommitRefused {
     /// The attempt is no longer open: another call closed or failed it (or it was paid).
     AttemptGone(AttemptStatus),
     /// The order can no longer be paid.
@@ -149,50 +133,6 @@ fn payer_digest(payer_id: &str) -> Vec<u8> {
     Sha256::digest(payer_id.as_bytes()).to_vec()
 }
 
-pub fn channel_to_pb(c: Channel) -> cpb::Channel {
-    match c {
-        Channel::Wechat => cpb::Channel::Wechat,
-        Channel::Alipay => cpb::Channel::Alipay,
-        Channel::Unionpay => cpb::Channel::Unionpay,
-    }
-}
-
-pub fn method_to_pb(m: PayMethod) -> cpb::PayMethod {
-    match m {
-        PayMethod::WechatJsapi => cpb::PayMethod::WechatJsapi,
-        PayMethod::WechatNative => cpb::PayMethod::WechatNative,
-        PayMethod::AlipayQr => cpb::PayMethod::AlipayQr,
-        PayMethod::AlipayPage => cpb::PayMethod::AlipayPage,
-        PayMethod::AlipayApp => cpb::PayMethod::AlipayApp,
-        PayMethod::UnionpayFront => cpb::PayMethod::UnionpayFront,
-    }
-}
-
-/// Converts a channel's answer into the core's result type. An unspecified state is UNKNOWN:
-/// never final.
-pub fn result_from_pb(channel: Channel, event_id: String, r: cpb::PaymentResult) -> PaymentResult {
-    let state = match cpb::TradeState::try_from(r.state) {
-        Ok(cpb::TradeState::Pending) => TradeState::Pending,
-        Ok(cpb::TradeState::Succeeded) => TradeState::Succeeded,
-        Ok(cpb::TradeState::Failed) => TradeState::Failed,
-        Ok(cpb::TradeState::Closed) => TradeState::Closed,
-        Ok(cpb::TradeState::NotFound) => TradeState::NotFound,
-        Ok(cpb::TradeState::Unknown | cpb::TradeState::Unspecified) | Err(_) => TradeState::Unknown,
-    };
-    PaymentResult {
-        channel,
-        event_id,
-        out_trade_no: r.out_trade_no,
-        state,
-        channel_trade_no: Some(r.channel_trade_no).filter(|s| !s.is_empty()),
-        paid: r.paid.map(|a| (a.amount_minor, a.currency)),
-        paid_at: r.paid_at.and_then(|t| {
-            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-        }),
-        channel_status: r.channel_status,
-    }
-}
-
 fn params_of(a: &AttemptRow) -> BTreeMap<String, String> {
     a.pay_params
         .as_ref()
@@ -206,7 +146,7 @@ impl App {
         &self,
         app: AppId,
         cmd: PayCommand,
-        idem: Option<IdemWrite<PayOutcome>>,
+        idem: Option<IdempotentWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         let guard = self.lock_order(cmd.order_id).await?;
         let r = self.pay_locked(app, cmd, &guard, idem).await;
@@ -222,7 +162,7 @@ impl App {
         app: AppId,
         cmd: PayCommand,
         guard: &LockGuard,
-        idem: Option<IdemWrite<PayOutcome>>,
+        idem: Option<IdempotentWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         // The key is checked under the lock and before any channel call: a concurrent Pay with
         // the same key and other parameters must not close this one's trade.
@@ -289,10 +229,10 @@ impl App {
                 }),
                 subject: order.subject.clone(),
                 // The trade's own deadline at the channel, never past the order's expiry.
-                expires_at: Some(crate::grpc::convert::timestamp(attempt.pay_deadline)),
+                expires_at: Some(timestamp(attempt.pay_deadline)),
                 payer_id: cmd.payer_id.clone(),
                 payer_ip: cmd.client_ip.clone(),
-                created_at: Some(crate::grpc::convert::timestamp(attempt.created_at)),
+                created_at: Some(timestamp(attempt.created_at)),
             })
             .await;
         match prepay {
@@ -306,11 +246,18 @@ impl App {
                 )
                 .await
             }
-            Err(status) => match call_failure(&status) {
-                CallFailure::Refused => self.settle_refused_prepay(&attempt, &status).await,
-                CallFailure::Unknown => Err(ServiceError::ChannelUnavailable(
+            // A refusal is settled from a query; anything else leaves the outcome unknown, and
+            // the INIT attempt is retried with the same out_trade_no by the next Pay.
+            Err(status) => match CallFailure::from(&status) {
+                f @ (CallFailure::Refused | CallFailure::Invalid) => {
+                    tracing::info!(%channel, failure = ?f, "prepay refused; querying the trade");
+                    self.settle_refused_prepay(&attempt, &status).await
+                }
+                f @ (CallFailure::OutcomeUnknown
+                | CallFailure::Untrusted
+                | CallFailure::Unavailable) => Err(ServiceError::ChannelUnavailable(
                     channel.to_string(),
-                    status.message().to_owned(),
+                    format!("prepay: {f:?}: {}", status.message()),
                 )),
             },
         }
@@ -469,7 +416,7 @@ impl App {
         out_trade_no: String,
         prepay: Option<cpb::PrepayResponse>,
         fence: i64,
-        idem: Option<IdemWrite<PayOutcome>>,
+        idem: Option<IdempotentWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         let retention = self.idempotency_retention;
         let opened = prepay.is_some();
@@ -485,14 +432,14 @@ impl App {
                     let a_status = attempt.status()?;
                     let o_status = order.status()?;
                     if !a_status.is_open() {
-                        return Ok(Err((FinishRefused::AttemptGone(a_status), attempt)));
+                        return Ok(Err((CommitRefused::AttemptGone(a_status), attempt)));
                     }
                     if !matches!(o_status, OrderStatus::Pending | OrderStatus::Paying) {
-                        return Ok(Err((FinishRefused::OrderFinal(o_status), attempt)));
+                        return Ok(Err((CommitRefused::OrderFinal(o_status), attempt)));
                     }
                     let order = match orders::claim_fence(conn, id, fence)? {
                         Ok(o) => o,
-                        Err(_) => return Ok(Err((FinishRefused::Fenced, attempt))),
+                        Err(_) => return Ok(Err((CommitRefused::Fenced, attempt))),
                     };
                     if let Some(p) = prepay
                         && a_status == AttemptStatus::Init
@@ -529,7 +476,7 @@ impl App {
                         match orders::transition(conn, &t)? {
                             Ok(row) => row,
                             Err(WriteRefused::StaleFence { .. }) => {
-                                return Ok(Err((FinishRefused::Fenced, attempt)));
+                                return Ok(Err((CommitRefused::Fenced, attempt)));
                             }
                             Err(WriteRefused::Conflict { .. } | WriteRefused::Missing) => {
                                 return Err(ServiceError::Conflict(id.to_string()));
@@ -570,25 +517,25 @@ impl App {
         // attempt is still someone's open attempt (a newer holder reused it) or was paid.
         let close = opened
             && match why {
-                FinishRefused::AttemptGone(s) => s != AttemptStatus::Succeeded,
-                FinishRefused::OrderFinal(_) => true,
-                FinishRefused::Fenced => false,
+                CommitRefused::AttemptGone(s) => s != AttemptStatus::Succeeded,
+                CommitRefused::OrderFinal(_) => true,
+                CommitRefused::Fenced => false,
             };
         if close && let Err(e) = self.close_at_channel(&attempt).await {
             tracing::warn!(%out_trade_no, error = ?e, "closing a superseded trade failed; it lapses at its deadline");
         }
         match why {
-            FinishRefused::OrderFinal(from) => Err(IllegalTransition {
+            CommitRefused::OrderFinal(from) => Err(IllegalTransition {
                 from,
                 event: OrderEvent::PaymentStarted,
             }
             .into()),
-            FinishRefused::AttemptGone(AttemptStatus::Succeeded) => Err(IllegalTransition {
+            CommitRefused::AttemptGone(AttemptStatus::Succeeded) => Err(IllegalTransition {
                 from: OrderStatus::Paid,
                 event: OrderEvent::PaymentStarted,
             }
             .into()),
-            FinishRefused::AttemptGone(_) | FinishRefused::Fenced => {
+            CommitRefused::AttemptGone(_) | CommitRefused::Fenced => {
                 Err(ServiceError::Fenced(id.to_string()))
             }
         }
@@ -605,9 +552,7 @@ impl App {
                 channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
             })
             .await
-            .map_err(|s| {
-                ServiceError::ChannelUnavailable(channel.to_string(), s.message().to_owned())
-            })?
+            .map_err(|s| unconfirmed(channel, "query", &s))?
             .into_inner();
         let result = resp.result.ok_or_else(|| {
             ServiceError::ChannelUnavailable(
@@ -640,9 +585,7 @@ impl App {
                 channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
             })
             .await
-            .map_err(|s| {
-                ServiceError::ChannelUnavailable(channel.to_string(), s.message().to_owned())
-            })?
+            .map_err(|s| unconfirmed(channel, "close", &s))?
             .into_inner();
         let result = resp.result.ok_or_else(|| {
             ServiceError::ChannelUnavailable(
@@ -698,6 +641,16 @@ impl App {
             )),
         }
     }
+}
+
+/// A failed query or close confirms nothing, whatever the status says: even a refusal leaves the
+/// trade's state unknown, so every reading is answered UNAVAILABLE (the reading is kept for logs).
+fn unconfirmed(channel: Channel, call: &str, s: &tonic::Status) -> ServiceError {
+    let failure = CallFailure::from(s);
+    ServiceError::ChannelUnavailable(
+        channel.to_string(),
+        format!("{call}: {failure:?}: {}", s.message()),
+    )
 }
 
 /// Only PENDING or PAYING orders that have not expired can be paid.

@@ -4,32 +4,16 @@
 //! In one transaction: record the event in the inbox (unique per channel event), check amount and
 //! currency against the attempt, move the attempt and the order through their state machines, and
 //! record a duplicate payment when a second attempt of an already paid order succeeds.
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use diesel::Connection;
 use diesel::PgConnection;
 
 use super::{App, ServiceError};
-use crate::domain::{
-    AttemptEvent, AttemptStatus, Channel, OrderEvent, OrderId, OrderStatus, TradeState,
-};
+pub use crate::domain::PaymentResult;
+use crate::domain::{AttemptEvent, AttemptStatus, OrderEvent, OrderId, OrderStatus, TradeState};
 use crate::storage::attempts::{self, AttemptChange};
 use crate::storage::events::{self, NewEvent};
 use crate::storage::orders::{self, Transition, WriteRefused};
-
-/// A channel's statement about one trade.
-#[derive(Debug, Clone)]
-pub struct PaymentResult {
-    pub channel: Channel,
-    /// Unique per channel; stable across redeliveries of the same notification.
-    pub event_id: String,
-    pub out_trade_no: String,
-    pub state: TradeState,
-    pub channel_trade_no: Option<String>,
-    /// (minor units, currency) the channel says were paid.
-    pub paid: Option<(i64, String)>,
-    pub paid_at: Option<DateTime<Utc>>,
-    pub channel_status: String,
-}
 
 /// What the core did with a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

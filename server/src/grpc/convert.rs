@@ -5,18 +5,12 @@ use chrono::{DateTime, Utc};
 use payproto::payment::v1 as pb;
 use uuid::Uuid;
 
+use crate::channel_client::{channel_to_pb, method_to_pb, timestamp};
 use crate::domain::{AttemptStatus, Channel, FieldError, OrderStatus, PayMethod};
 use crate::storage::StorageError;
 use crate::storage::attempts::AttemptRow;
 use crate::storage::orders::OrderRow;
 use payproto::channel::v1 as cpb;
-
-pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
 
 /// # Errors
 /// A [`FieldError`] naming `field` when the timestamp is outside what chrono can represent.
@@ -140,8 +134,8 @@ pub fn attempt_to_pb(a: &AttemptRow) -> Result<pb::PaymentAttempt, StorageError>
         attempt_id: a.id.hyphenated().to_string(),
         order_id: a.order_id.hyphenated().to_string(),
         out_trade_no: a.out_trade_no.clone(),
-        channel: crate::app::pay::channel_to_pb(a.channel()?) as i32,
-        method: crate::app::pay::method_to_pb(a.method()?) as i32,
+        channel: channel_to_pb(a.channel()?) as i32,
+        method: method_to_pb(a.method()?) as i32,
         status: attempt_status_to_pb(a.status()?) as i32,
         amount: Some(pb::Money {
             amount_minor: a.amount_minor,

@@ -12,7 +12,7 @@ use super::convert::{
 };
 use super::status::observe;
 use crate::app::pay::{PayCommand, PayOutcome};
-use crate::app::{App, IdemWrite, Outcome, ServiceError};
+use crate::app::{App, IdempotentWrite, Outcome, ServiceError};
 use crate::domain::validation::RawNewOrder;
 use crate::domain::{AppId, FieldError, IdempotencyKey, MerchantOrderNo, NewOrder, OrderId};
 use crate::storage::StorageError;
@@ -34,7 +34,7 @@ impl PaymentApi {
     }
 
     /// Counts the outcome of `method` and turns the error into its status.
-    fn finish<T>(&self, method: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
+    fn respond<T>(&self, method: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
         observe(&self.app.metrics, method, r)
     }
 
@@ -68,7 +68,7 @@ fn idem_claim<M: Message + Clone, T>(
     req: &M,
     clear: impl FnOnce(&mut M),
     encode: fn(&T) -> Result<Vec<u8>, StorageError>,
-) -> Result<Option<IdemWrite<T>>, ServiceError> {
+) -> Result<Option<IdempotentWrite<T>>, ServiceError> {
     if key.is_empty() {
         return Ok(None);
     }
@@ -76,7 +76,7 @@ fn idem_claim<M: Message + Clone, T>(
     let mut stripped = req.clone();
     clear(&mut stripped);
     let fingerprint: [u8; 32] = Sha256::digest(stripped.encode_to_vec()).into();
-    Ok(Some(IdemWrite {
+    Ok(Some(IdempotentWrite {
         claim: KeyClaim {
             app: app.clone(),
             key,
@@ -357,7 +357,7 @@ impl PaymentService for PaymentApi {
         req: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
         let r = PaymentApi::create_order(self, req).await;
-        self.finish("CreateOrder", r)
+        self.respond("CreateOrder", r)
     }
 
     async fn get_order(
@@ -365,7 +365,7 @@ impl PaymentService for PaymentApi {
         req: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let r = PaymentApi::get_order(self, req).await;
-        self.finish("GetOrder", r)
+        self.respond("GetOrder", r)
     }
 
     async fn list_orders(
@@ -373,7 +373,7 @@ impl PaymentService for PaymentApi {
         req: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let r = PaymentApi::list_orders(self, req).await;
-        self.finish("ListOrders", r)
+        self.respond("ListOrders", r)
     }
 
     async fn close_order(
@@ -381,11 +381,11 @@ impl PaymentService for PaymentApi {
         req: Request<pb::CloseOrderRequest>,
     ) -> Result<Response<pb::CloseOrderResponse>, Status> {
         let r = PaymentApi::close_order(self, req).await;
-        self.finish("CloseOrder", r)
+        self.respond("CloseOrder", r)
     }
 
     async fn pay(&self, req: Request<pb::PayRequest>) -> Result<Response<pb::PayResponse>, Status> {
         let r = PaymentApi::pay(self, req).await;
-        self.finish("Pay", r)
+        self.respond("Pay", r)
     }
 }
