@@ -87,7 +87,7 @@ impl App {
                         currency: new.amount.currency().code(),
                         subject: new.subject.as_str(),
                         metadata,
-                        status: crate::domain::OrderStatus::Pending.as_str(),
+                        status: crate::domain::OrderStatus::Pending,
                     };
                     let order = match orders::insert(conn, &row, expires_in)? {
                         Some(o) => o,
@@ -269,7 +269,7 @@ impl App {
                     }
                     let current = orders::find(conn, &app, id)?
                         .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
-                    let from = current.status()?;
+                    let from = current.status;
                     let to = from.apply(event)?;
                     let t = Transition {
                         id,

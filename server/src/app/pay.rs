@@ -186,12 +186,12 @@ impl App {
 
         let attempt = match open {
             Some(a)
-                if a.channel()? == channel
-                    && a.method()? == cmd.method
+                if a.channel == channel
+                    && a.method == cmd.method
                     && a.payer_digest == digest
                     && self.pay_windows.reusable(&a, now) =>
             {
-                if a.status()? == AttemptStatus::Paying && a.pay_params.is_some() {
+                if a.status == AttemptStatus::Paying && a.pay_params.is_some() {
                     self.metrics
                         .attempts_reused
                         .with_label_values(&[channel.as_str()])
@@ -271,7 +271,7 @@ impl App {
         attempt: &AttemptRow,
         refusal: &tonic::Status,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
-        let channel = attempt.channel()?;
+        let channel = attempt.channel;
         let mut r = match self.query_at_channel(attempt).await {
             Ok(r) => r,
             Err(e) => {
@@ -287,7 +287,7 @@ impl App {
         };
         // No trade at the channel, and our Prepay was refused: it will never exist (this
         // attempt's parameters were never handed out).
-        if r.state == TradeState::NotFound && attempt.status()? == AttemptStatus::Init {
+        if r.state == TradeState::NotFound && attempt.status == AttemptStatus::Init {
             r.state = TradeState::Failed;
         }
         r.event_id = format!(
@@ -310,7 +310,7 @@ impl App {
         let order = self
             .order_by_id(OrderId::from_uuid(attempt.order_id))
             .await?;
-        let status = order.status()?;
+        let status = order.status;
         if !matches!(status, OrderStatus::Pending | OrderStatus::Paying) {
             return Err(IllegalTransition {
                 from: status,
@@ -370,7 +370,7 @@ impl App {
                 conn.transaction(|conn| {
                     let current = orders::find_for_update(conn, order_id)?
                         .ok_or_else(|| ServiceError::NotFound(format!("order {order_id}")))?;
-                    current.status()?.apply(OrderEvent::PaymentStarted)?;
+                    current.status.apply(OrderEvent::PaymentStarted)?;
                     match orders::claim_fence(conn, order_id, fence)? {
                         Ok(_) => {}
                         Err(WriteRefused::StaleFence { .. }) => {
@@ -384,11 +384,11 @@ impl App {
                         id: row_id,
                         order_id: order_id.as_uuid(),
                         out_trade_no: &out_trade_no,
-                        channel: method.channel().as_str(),
-                        method: method.as_str(),
+                        channel: method.channel(),
+                        method,
                         amount_minor: amount,
                         currency: &currency,
-                        status: AttemptStatus::Init.as_str(),
+                        status: AttemptStatus::Init,
                         payer_digest: &digest,
                         pay_deadline,
                     };
@@ -429,8 +429,8 @@ impl App {
                         .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
                     let mut attempt = attempts::find_by_out_trade_no_for_update(conn, &out)?
                         .ok_or_else(|| ServiceError::Internal("attempt vanished".into()))?;
-                    let a_status = attempt.status()?;
-                    let o_status = order.status()?;
+                    let a_status = attempt.status;
+                    let o_status = order.status;
                     if !a_status.is_open() {
                         return Ok(Err((CommitRefused::AttemptGone(a_status), attempt)));
                     }
@@ -543,12 +543,12 @@ impl App {
 
     /// Asks the channel for the attempt's trade.
     async fn query_at_channel(&self, attempt: &AttemptRow) -> Result<PaymentResult, ServiceError> {
-        let channel = attempt.channel()?;
+        let channel = attempt.channel;
         let mut client = self.channels.get(channel)?;
         let resp = client
             .query_payment(cpb::QueryPaymentRequest {
                 out_trade_no: attempt.out_trade_no.clone(),
-                method: method_to_pb(attempt.method()?) as i32,
+                method: method_to_pb(attempt.method) as i32,
                 channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
             })
             .await
@@ -576,12 +576,12 @@ impl App {
     /// paid; `AmountHeld` when it was paid with another amount; `TradeStillPayable` when it
     /// cannot be closed yet; `ChannelUnavailable` when the channel cannot confirm anything.
     pub async fn close_at_channel(&self, attempt: &AttemptRow) -> Result<(), ServiceError> {
-        let channel = attempt.channel()?;
+        let channel = attempt.channel;
         let mut client = self.channels.get(channel)?;
         let resp = client
             .close_payment(cpb::ClosePaymentRequest {
                 out_trade_no: attempt.out_trade_no.clone(),
-                method: method_to_pb(attempt.method()?) as i32,
+                method: method_to_pb(attempt.method) as i32,
                 channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
             })
             .await
@@ -595,7 +595,7 @@ impl App {
         })?;
         let mut r = result_from_pb(channel, String::new(), result);
         r.out_trade_no = attempt.out_trade_no.clone();
-        let handed_out = attempt.status()? == AttemptStatus::Paying;
+        let handed_out = attempt.status == AttemptStatus::Paying;
         let lapsed = self.pay_windows.lapsed(attempt, Utc::now());
         r.state = match r.state {
             TradeState::NotFound if !handed_out || lapsed => TradeState::Closed,
@@ -619,7 +619,7 @@ impl App {
                     .order_by_id(OrderId::from_uuid(attempt.order_id))
                     .await?;
                 Err(IllegalTransition {
-                    from: order.status()?,
+                    from: order.status,
                     event: OrderEvent::PaymentStarted,
                 }
                 .into())
@@ -655,7 +655,7 @@ fn unconfirmed(channel: Channel, call: &str, s: &tonic::Status) -> ServiceError 
 
 /// Only PENDING or PAYING orders that have not expired can be paid.
 fn ensure_payable(order: &OrderRow) -> Result<(), ServiceError> {
-    let status = order.status()?;
+    let status = order.status;
     status.apply(OrderEvent::PaymentStarted)?;
     if order.expires_at <= Utc::now() {
         return Err(ServiceError::Expired(order.expires_at.to_rfc3339()));
@@ -673,11 +673,11 @@ mod tests {
             id: Uuid::nil(),
             order_id: Uuid::nil(),
             out_trade_no: "P1".into(),
-            channel: "WECHAT".into(),
-            method: "WECHAT_NATIVE".into(),
+            channel: Channel::Wechat,
+            method: PayMethod::WechatNative,
             amount_minor: 1,
             currency: "CNY".into(),
-            status: "PAYING".into(),
+            status: AttemptStatus::Paying,
             payer_digest: vec![],
             pay_params: None,
             channel_prepay_id: None,

@@ -151,7 +151,7 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
     let Some(peek) = attempts::find_by_out_trade_no(conn, &r.out_trade_no)? else {
         return Ok((ResultOutcome::UnknownAttempt, None));
     };
-    if peek.channel()? != r.channel {
+    if peek.channel != r.channel {
         return Err(ServiceError::PermissionDenied(format!(
             "{} may not report attempts of channel {}",
             r.channel, peek.channel
@@ -163,8 +163,8 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
         .ok_or_else(|| ServiceError::Internal("attempt without order".into()))?;
     let attempt = attempts::find_by_out_trade_no_for_update(conn, &r.out_trade_no)?
         .ok_or_else(|| ServiceError::Internal("attempt vanished".into()))?;
-    let a_status = attempt.status()?;
-    let o_status = order.status()?;
+    let a_status = attempt.status;
+    let o_status = order.status;
     let now = Utc::now();
     match r.state {
         TradeState::Succeeded => {
