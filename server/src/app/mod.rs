@@ -9,7 +9,9 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::Connection;
 
-pub use error::ServiceError;
+pub use error::{ServiceError, Subject};
+
+use anyhow::Context;
 
 use crate::domain::{AppId, NewOrder, OrderEvent, OrderId, OrderLimits};
 use crate::locks::{LockGuard, Locks};
@@ -67,8 +69,8 @@ impl App {
     ) -> Result<Outcome<OrderRow>, ServiceError> {
         let retention = self.idempotency_retention;
         let expires_in = new.expires_in;
-        let metadata = serde_json::to_value(&new.metadata)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let metadata =
+            serde_json::to_value(&new.metadata).context("encoding the order's metadata")?;
         let outcome = self
             .db
             .run(move |conn| {
@@ -98,7 +100,9 @@ impl App {
                                 row.merchant_order_no,
                             )?
                             .ok_or_else(|| {
-                                ServiceError::Internal("conflicting order vanished".into())
+                                anyhow::anyhow!(
+                                    "the order that conflicted on merchant_order_no vanished"
+                                )
                             })?;
                             same_order(&existing, &row)?;
                             existing
@@ -126,7 +130,7 @@ impl App {
         self.db
             .run(move |conn| orders::find(conn, &app, id))
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))
+            .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))
     }
 
     pub async fn get_order_by_merchant_no(
@@ -140,7 +144,7 @@ impl App {
                 move |conn| orders::find_by_merchant_order_no(conn, &app, &no)
             })
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("order with merchant_order_no {no}")))
+            .ok_or_else(|| ServiceError::NotFound(Subject::MerchantOrderNo(no)))
     }
 
     pub async fn list_orders(
@@ -171,7 +175,7 @@ impl App {
                     let app = app.clone();
                     move |conn| {
                         orders::find(conn, &app, id)?
-                            .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
+                            .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))?;
                         Ok::<_, ServiceError>(crate::storage::attempts::find_open(conn, id)?)
                     }
                 })
@@ -227,7 +231,7 @@ impl App {
                     .lock_acquisitions
                     .with_label_values(&[outcome])
                     .inc();
-                Err(e.into())
+                Err(ServiceError::from_lock(id, e))
             }
         }
     }
@@ -268,7 +272,7 @@ impl App {
                         return Ok(Outcome::Replayed(bytes));
                     }
                     let current = orders::find(conn, &app, id)?
-                        .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
+                        .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))?;
                     let from = current.status;
                     let to = from.apply(event)?;
                     let t = Transition {
@@ -284,13 +288,13 @@ impl App {
                     let updated = match orders::transition(conn, &t)? {
                         Ok(row) => row,
                         Err(WriteRefused::StaleFence { .. }) => {
-                            return Err(ServiceError::Fenced(id.to_string()));
+                            return Err(ServiceError::Fenced(id));
                         }
                         Err(WriteRefused::Conflict { .. }) => {
-                            return Err(ServiceError::Conflict(id.to_string()));
+                            return Err(ServiceError::Conflict(Subject::Order(id)));
                         }
                         Err(WriteRefused::Missing) => {
-                            return Err(ServiceError::NotFound(format!("order {id}")));
+                            return Err(ServiceError::NotFound(Subject::Order(id)));
                         }
                     };
                     if let Some(i) = &idem {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use chrono::DateTime;
 
 use super::results::{PaymentResult, ResultOutcome};
-use super::{App, IdempotentWrite, Outcome, ServiceError};
+use super::{App, IdempotentWrite, Outcome, ServiceError, Subject};
 use crate::channel_client::{CallFailure, method_to_pb, result_from_pb, timestamp};
 use crate::domain::{
     AppId, AttemptEvent, AttemptStatus, Channel, IllegalTransition, OrderEvent, OrderId,
@@ -37,6 +37,7 @@ use crate::locks::LockGuard;
 use crate::storage::attempts::{self, AttemptChange, AttemptRow, InsertRefused, NewAttemptRow};
 use crate::storage::idempotency;
 use crate::storage::orders::{self, OrderRow, Transition, WriteRefused};
+use anyhow::Context;
 
 /// How long a new trade stays payable at each channel, and how long past a deadline a channel's
 /// "no such trade" or "pending" is still not taken as closed.
@@ -255,10 +256,11 @@ impl App {
                 }
                 f @ (CallFailure::OutcomeUnknown
                 | CallFailure::Untrusted
-                | CallFailure::Unavailable) => Err(ServiceError::ChannelUnavailable(
-                    channel.to_string(),
-                    format!("prepay: {f:?}: {}", status.message()),
-                )),
+                | CallFailure::Unavailable) => Err(ServiceError::ChannelUnavailable {
+                    channel,
+                    failure: Some(f),
+                    detail: format!("prepay: {}", status.message()),
+                }),
             },
         }
     }
@@ -276,13 +278,14 @@ impl App {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(out_trade_no = %attempt.out_trade_no, error = ?e, "prepay refused and the trade could not be queried; it stays open until it can be");
-                return Err(ServiceError::ChannelUnavailable(
-                    channel.to_string(),
-                    format!(
+                return Err(ServiceError::ChannelUnavailable {
+                    channel,
+                    failure: Some(CallFailure::from(refusal)),
+                    detail: format!(
                         "the channel refused ({}) and the trade's state could not be confirmed",
                         refusal.message()
                     ),
-                ));
+                });
             }
         };
         // No trade at the channel, and our Prepay was refused: it will never exist (this
@@ -303,7 +306,7 @@ impl App {
         };
         if outcome == Some(ResultOutcome::AmountMismatch) {
             return Err(ServiceError::AmountHeld {
-                channel: channel.to_string(),
+                channel,
                 out_trade_no: attempt.out_trade_no.clone(),
             });
         }
@@ -325,7 +328,7 @@ impl App {
         self.db
             .run(move |conn| {
                 orders::find_by_id(conn, id)?
-                    .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))
+                    .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))
             })
             .await
     }
@@ -339,7 +342,7 @@ impl App {
         self.db
             .run(move |conn| {
                 let order = orders::find(conn, &app, id)?
-                    .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
+                    .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))?;
                 let open = attempts::find_open(conn, id)?;
                 Ok::<_, ServiceError>((order, open))
             })
@@ -369,15 +372,15 @@ impl App {
             .run(move |conn| {
                 conn.transaction(|conn| {
                     let current = orders::find_for_update(conn, order_id)?
-                        .ok_or_else(|| ServiceError::NotFound(format!("order {order_id}")))?;
+                        .ok_or_else(|| ServiceError::NotFound(Subject::Order(order_id)))?;
                     current.status.apply(OrderEvent::PaymentStarted)?;
                     match orders::claim_fence(conn, order_id, fence)? {
                         Ok(_) => {}
                         Err(WriteRefused::StaleFence { .. }) => {
-                            return Err(ServiceError::Fenced(order_id.to_string()));
+                            return Err(ServiceError::Fenced(order_id));
                         }
                         Err(WriteRefused::Conflict { .. } | WriteRefused::Missing) => {
-                            return Err(ServiceError::Conflict(order_id.to_string()));
+                            return Err(ServiceError::Conflict(Subject::Order(order_id)));
                         }
                     }
                     let row = NewAttemptRow {
@@ -398,7 +401,7 @@ impl App {
                         // callers got past the Redis lock; a taken out_trade_no means two
                         // minters shared a worker id. Both: retry.
                         Err(InsertRefused::OpenAttemptExists | InsertRefused::TradeNoTaken) => {
-                            Err(ServiceError::Conflict(order_id.to_string()))
+                            Err(ServiceError::Conflict(Subject::Order(order_id)))
                         }
                     }
                 })
@@ -426,9 +429,11 @@ impl App {
             .run(move |conn| {
                 conn.transaction(|conn| {
                     let order = orders::find_for_update(conn, id)?
-                        .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
+                        .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))?;
                     let mut attempt = attempts::find_by_out_trade_no_for_update(conn, &out)?
-                        .ok_or_else(|| ServiceError::Internal("attempt vanished".into()))?;
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("attempt {out} vanished under its order's lock")
+                        })?;
                     let a_status = attempt.status;
                     let o_status = order.status;
                     if !a_status.is_open() {
@@ -445,14 +450,14 @@ impl App {
                         && a_status == AttemptStatus::Init
                     {
                         let params = serde_json::to_value(&p.pay_params)
-                            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                            .context("encoding the Prepay parameters")?;
                         attempt = attempts::transition(
                             conn,
                             attempt.id,
                             a_status,
                             a_status
                                 .apply(AttemptEvent::Prepared)
-                                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+                                .context("an open attempt refused Prepared")?,
                             AttemptChange {
                                 pay_params: Some(params),
                                 channel_prepay_id: Some(p.channel_prepay_id)
@@ -460,7 +465,7 @@ impl App {
                                 ..AttemptChange::default()
                             },
                         )?
-                        .ok_or_else(|| ServiceError::Conflict(id.to_string()))?;
+                        .ok_or_else(|| ServiceError::Conflict(Subject::Order(id)))?;
                     }
                     let order = if o_status == OrderStatus::Pending {
                         let t = Transition {
@@ -479,7 +484,7 @@ impl App {
                                 return Ok(Err((CommitRefused::Fenced, attempt)));
                             }
                             Err(WriteRefused::Conflict { .. } | WriteRefused::Missing) => {
-                                return Err(ServiceError::Conflict(id.to_string()));
+                                return Err(ServiceError::Conflict(Subject::Order(id)));
                             }
                         }
                     } else {
@@ -535,9 +540,7 @@ impl App {
                 event: OrderEvent::PaymentStarted,
             }
             .into()),
-            CommitRefused::AttemptGone(_) | CommitRefused::Fenced => {
-                Err(ServiceError::Fenced(id.to_string()))
-            }
+            CommitRefused::AttemptGone(_) | CommitRefused::Fenced => Err(ServiceError::Fenced(id)),
         }
     }
 
@@ -554,12 +557,13 @@ impl App {
             .await
             .map_err(|s| unconfirmed(channel, "query", &s))?
             .into_inner();
-        let result = resp.result.ok_or_else(|| {
-            ServiceError::ChannelUnavailable(
-                channel.to_string(),
-                "query answered without a result".into(),
-            )
-        })?;
+        let result = resp
+            .result
+            .ok_or_else(|| ServiceError::ChannelUnavailable {
+                channel,
+                failure: None,
+                detail: "query answered without a result".into(),
+            })?;
         let mut r = result_from_pb(channel, String::new(), result);
         r.out_trade_no = attempt.out_trade_no.clone();
         Ok(r)
@@ -587,12 +591,13 @@ impl App {
             .await
             .map_err(|s| unconfirmed(channel, "close", &s))?
             .into_inner();
-        let result = resp.result.ok_or_else(|| {
-            ServiceError::ChannelUnavailable(
-                channel.to_string(),
-                "close answered without a result".into(),
-            )
-        })?;
+        let result = resp
+            .result
+            .ok_or_else(|| ServiceError::ChannelUnavailable {
+                channel,
+                failure: None,
+                detail: "close answered without a result".into(),
+            })?;
         let mut r = result_from_pb(channel, String::new(), result);
         r.out_trade_no = attempt.out_trade_no.clone();
         let handed_out = attempt.status == AttemptStatus::Paying;
@@ -611,7 +616,7 @@ impl App {
             TradeState::Succeeded => {
                 if self.apply_payment_result(r).await? == ResultOutcome::AmountMismatch {
                     return Err(ServiceError::AmountHeld {
-                        channel: channel.to_string(),
+                        channel,
                         out_trade_no: attempt.out_trade_no.clone(),
                     });
                 }
@@ -628,17 +633,18 @@ impl App {
                 let margin = chrono::Duration::from_std(self.pay_windows.deadline_margin)
                     .unwrap_or_default();
                 Err(ServiceError::TradeStillPayable {
-                    channel: channel.to_string(),
+                    channel,
                     out_trade_no: attempt.out_trade_no.clone(),
-                    until: attempt.pay_deadline.to_rfc3339(),
-                    retry_after: (attempt.pay_deadline + margin).to_rfc3339(),
+                    until: attempt.pay_deadline,
+                    retry_after: attempt.pay_deadline + margin,
                     detail: r.channel_status,
                 })
             }
-            TradeState::Unknown => Err(ServiceError::ChannelUnavailable(
-                channel.to_string(),
-                "the channel could not confirm the close; retry".into(),
-            )),
+            TradeState::Unknown => Err(ServiceError::ChannelUnavailable {
+                channel,
+                failure: None,
+                detail: "the channel could not confirm the close".into(),
+            }),
         }
     }
 }
@@ -646,11 +652,11 @@ impl App {
 /// A failed query or close confirms nothing, whatever the status says: even a refusal leaves the
 /// trade's state unknown, so every reading is answered UNAVAILABLE (the reading is kept for logs).
 fn unconfirmed(channel: Channel, call: &str, s: &tonic::Status) -> ServiceError {
-    let failure = CallFailure::from(s);
-    ServiceError::ChannelUnavailable(
-        channel.to_string(),
-        format!("{call}: {failure:?}: {}", s.message()),
-    )
+    ServiceError::ChannelUnavailable {
+        channel,
+        failure: Some(CallFailure::from(s)),
+        detail: format!("{call}: {}", s.message()),
+    }
 }
 
 /// Only PENDING or PAYING orders that have not expired can be paid.
@@ -658,7 +664,7 @@ fn ensure_payable(order: &OrderRow) -> Result<(), ServiceError> {
     let status = order.status;
     status.apply(OrderEvent::PaymentStarted)?;
     if order.expires_at <= Utc::now() {
-        return Err(ServiceError::Expired(order.expires_at.to_rfc3339()));
+        return Err(ServiceError::Expired(order.expires_at));
     }
     Ok(())
 }

@@ -8,12 +8,13 @@ use chrono::Utc;
 use diesel::Connection;
 use diesel::PgConnection;
 
-use super::{App, ServiceError};
+use super::{App, ServiceError, Subject};
 pub use crate::domain::PaymentResult;
 use crate::domain::{AttemptEvent, AttemptStatus, OrderEvent, OrderId, OrderStatus, TradeState};
 use crate::storage::attempts::{self, AttemptChange};
 use crate::storage::events::{self, NewEvent};
 use crate::storage::orders::{self, Transition, WriteRefused};
+use anyhow::Context;
 
 /// What the core did with a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,10 +137,7 @@ fn apply_in_tx(
     )?;
     if !first {
         // A concurrent delivery of the same event won the race: undo ours.
-        return Err(ServiceError::Conflict(format!(
-            "event {} recorded concurrently",
-            r.event_id
-        )));
+        return Err(ServiceError::Conflict(Subject::Event(r.event_id.clone())));
     }
     Ok((outcome, superseded))
 }
@@ -160,9 +158,9 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
     // Lock order, then attempt: the same order every writer uses.
     let order_id = OrderId::from_uuid(peek.order_id);
     let order = orders::find_for_update(conn, order_id)?
-        .ok_or_else(|| ServiceError::Internal("attempt without order".into()))?;
+        .ok_or_else(|| anyhow::anyhow!("attempt {} has no order", r.out_trade_no))?;
     let attempt = attempts::find_by_out_trade_no_for_update(conn, &r.out_trade_no)?
-        .ok_or_else(|| ServiceError::Internal("attempt vanished".into()))?;
+        .ok_or_else(|| anyhow::anyhow!("attempt {} vanished", r.out_trade_no))?;
     let a_status = attempt.status;
     let o_status = order.status;
     let now = Utc::now();
@@ -181,7 +179,7 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
             }
             let next = a_status
                 .apply(AttemptEvent::Succeeded)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                .context("an attempt the results transition chose refused Succeeded")?;
             attempts::transition(
                 conn,
                 attempt.id,
@@ -194,7 +192,7 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
                     ..AttemptChange::default()
                 },
             )?
-            .ok_or_else(|| ServiceError::Conflict(r.out_trade_no.clone()))?;
+            .ok_or_else(|| ServiceError::Conflict(Subject::Trade(r.out_trade_no.clone())))?;
             match o_status.apply(OrderEvent::PaymentSucceeded) {
                 Ok(to) => {
                     let reason = if o_status == OrderStatus::Closed {
@@ -228,9 +226,9 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
             };
             let next = a_status
                 .apply(event)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                .context("an attempt the results transition chose refused its event")?;
             attempts::transition(conn, attempt.id, a_status, next, AttemptChange::default())?
-                .ok_or_else(|| ServiceError::Conflict(r.out_trade_no.clone()))?;
+                .ok_or_else(|| ServiceError::Conflict(Subject::Trade(r.out_trade_no.clone())))?;
             // The order's only open attempt ended unpaid: the payer may try again.
             if o_status == OrderStatus::Paying {
                 let to = o_status.apply(OrderEvent::PaymentAbandoned)?;
@@ -308,6 +306,6 @@ fn transition_unlocked(
         Ok(row) => Ok(row),
         Err(
             WriteRefused::StaleFence { .. } | WriteRefused::Conflict { .. } | WriteRefused::Missing,
-        ) => Err(ServiceError::Conflict(order.id.to_string())),
+        ) => Err(ServiceError::Conflict(Subject::Order(order.order_id()))),
     }
 }

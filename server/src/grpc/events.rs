@@ -109,7 +109,7 @@ impl ChannelEvents for EventsApi {
         req: Request<cpb::ReportRefundRequest>,
     ) -> Result<Response<cpb::ReportAck>, Status> {
         let r: Result<cpb::ReportAck, ServiceError> = match self.authenticate(req.metadata()) {
-            Ok(_) => Err(ServiceError::Unavailable(
+            Ok(_) => Err(ServiceError::NotAccepted(
                 "refund results are not accepted by this version of payd".into(),
             )),
             Err(e) => Err(e),

@@ -102,8 +102,8 @@ fn encode_close(row: &OrderRow) -> Result<Vec<u8>, StorageError> {
 }
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ServiceError> {
-    M::decode(bytes)
-        .map_err(|e| ServiceError::Internal(format!("stored response does not decode: {e}")))
+    use anyhow::Context;
+    Ok(M::decode(bytes).context("a stored idempotent response does not decode")?)
 }
 
 fn pb_order(row: &OrderRow) -> Result<pb::Order, ServiceError> {

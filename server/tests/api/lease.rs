@@ -135,6 +135,8 @@ async fn a_taken_out_trade_no_is_a_retryable_conflict_not_an_internal_error() {
         InsertRefused::TradeNoTaken
     );
     // The error a use case makes of it is ABORTED: retry with a fresh number.
-    let status: tonic::Status = payd::app::ServiceError::Conflict(b.order_id.clone()).into();
+    let status: tonic::Status =
+        payd::app::ServiceError::Conflict(payd::app::Subject::Order(b.order_id.parse().unwrap()))
+            .into();
     assert_eq!(status.code(), Code::Aborted);
 }
