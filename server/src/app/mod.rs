@@ -17,7 +17,6 @@ use crate::domain::{AppId, NewOrder, OrderEvent, OrderId, OrderLimits};
 use crate::locks::{LockGuard, Locks};
 use crate::metrics::Metrics;
 use crate::storage::Db;
-use crate::storage::StorageError;
 use crate::storage::idempotency::{self, Claimed, KeyClaim};
 use crate::storage::orders::{self, ListFilter, NewOrderRow, OrderRow, Transition, WriteRefused};
 
@@ -32,7 +31,7 @@ pub enum Outcome<T> {
 /// An idempotency claim plus how to encode the response that will be stored under it.
 pub struct IdempotentWrite<T = OrderRow> {
     pub claim: KeyClaim,
-    pub encode: fn(&T) -> Result<Vec<u8>, StorageError>,
+    pub encode: fn(&T) -> Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -109,7 +108,7 @@ impl App {
                         }
                     };
                     if let Some(i) = &idem {
-                        idempotency::store_response(conn, &i.claim, &(i.encode)(&order)?)?;
+                        idempotency::store_response(conn, &i.claim, &(i.encode)(&order))?;
                     }
                     Ok::<_, ServiceError>(Outcome::Done(order))
                 })
@@ -298,7 +297,7 @@ impl App {
                         }
                     };
                     if let Some(i) = &idem {
-                        idempotency::store_response(conn, &i.claim, &(i.encode)(&updated)?)?;
+                        idempotency::store_response(conn, &i.claim, &(i.encode)(&updated))?;
                     }
                     Ok::<_, ServiceError>(Outcome::Done((from, updated)))
                 })

@@ -498,11 +498,7 @@ impl App {
                     if let Some(i) = &idem {
                         match idempotency::claim(conn, &i.claim, retention)? {
                             idempotency::Claimed::Fresh => {
-                                idempotency::store_response(
-                                    conn,
-                                    &i.claim,
-                                    &(i.encode)(&outcome)?,
-                                )?;
+                                idempotency::store_response(conn, &i.claim, &(i.encode)(&outcome))?;
                             }
                             idempotency::Claimed::Replay(bytes) => {
                                 return Ok(Ok(Outcome::Replayed(bytes)));

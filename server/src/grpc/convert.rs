@@ -7,7 +7,6 @@ use uuid::Uuid;
 
 use crate::channel_client::{channel_to_pb, method_to_pb, timestamp};
 use crate::domain::{AttemptStatus, Channel, FieldError, OrderStatus, PayMethod};
-use crate::storage::StorageError;
 use crate::storage::attempts::AttemptRow;
 use crate::storage::orders::OrderRow;
 use payproto::channel::v1 as cpb;
@@ -51,8 +50,8 @@ pub fn status_from_pb(field: &'static str, v: i32) -> Result<OrderStatus, FieldE
     }
 }
 
-pub fn order_to_pb(row: &OrderRow) -> Result<pb::Order, StorageError> {
-    Ok(pb::Order {
+pub fn order_to_pb(row: &OrderRow) -> pb::Order {
+    pb::Order {
         order_id: row.id.hyphenated().to_string(),
         app_id: row.app_id.clone(),
         merchant_order_no: row.merchant_order_no.clone(),
@@ -70,7 +69,7 @@ pub fn order_to_pb(row: &OrderRow) -> Result<pb::Order, StorageError> {
         created_at: Some(timestamp(row.created_at)),
         updated_at: Some(timestamp(row.updated_at)),
         closed_at: row.closed_at.map(timestamp),
-    })
+    }
 }
 
 /// Opaque keyset cursor: the (created_at, id) of the last order of a page.
@@ -129,8 +128,8 @@ fn attempt_status_to_pb(s: AttemptStatus) -> pb::AttemptStatus {
     }
 }
 
-pub fn attempt_to_pb(a: &AttemptRow) -> Result<pb::PaymentAttempt, StorageError> {
-    Ok(pb::PaymentAttempt {
+pub fn attempt_to_pb(a: &AttemptRow) -> pb::PaymentAttempt {
+    pb::PaymentAttempt {
         attempt_id: a.id.hyphenated().to_string(),
         order_id: a.order_id.hyphenated().to_string(),
         out_trade_no: a.out_trade_no.clone(),
@@ -142,5 +141,5 @@ pub fn attempt_to_pb(a: &AttemptRow) -> Result<pb::PaymentAttempt, StorageError>
             currency: a.currency.trim().to_owned(),
         }),
         created_at: Some(timestamp(a.created_at)),
-    })
+    }
 }
