@@ -167,3 +167,31 @@ async fn a_pay_reusing_another_calls_idempotency_key_is_already_exists_and_opens
     assert_eq!(app.snapshot(), before);
     assert_eq!(attempts(&app), 0);
 }
+
+/// A stored value the code does not know fails once, when its row loads (the rows are typed):
+/// the call is INTERNAL with an opaque message, and nothing changes.
+#[tokio::test]
+async fn an_attempt_row_with_an_unknown_method_fails_when_it_loads_and_changes_nothing() {
+    use diesel::RunQueryDsl;
+    let mut app = spawn_app().await;
+    let order = create_order(&mut app, "PAY-CORRUPT-0001", 100).await;
+    diesel::sql_query(format!(
+        "INSERT INTO payment_attempts (id, order_id, out_trade_no, channel, method, amount_minor, currency, status, payer_digest, pay_deadline) \
+         VALUES (gen_random_uuid(), '{}', 'P9000000001', 'WECHAT', 'WECHAT_TELEPATHY', 100, 'CNY', 'PAYING', '\\x00', now() + interval '1 hour')",
+        order.order_id
+    ))
+    .execute(&mut app.conn())
+    .unwrap();
+    let before = app.snapshot();
+    let err = app
+        .client
+        .close_order(req(pb::CloseOrderRequest {
+            order_id: order.order_id.clone(),
+            idempotency_key: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert_eq!(err.message(), "internal error");
+    assert_eq!(app.snapshot(), before);
+}
