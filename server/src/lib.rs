@@ -8,9 +8,13 @@
 //! - [`app`]: use cases; each change is one Postgres transaction with its idempotency record.
 //! - [`storage`]: diesel schema, pool and repositories (Postgres is the source of truth).
 //! - [`locks`]: Redis per-order locks with fencing tokens checked by Postgres writes.
-//! - [`grpc`]: the tonic services and the one error-to-status mapping.
+//! - [`channel_client`]: the outbound side: adapter clients (`channel.v1.ChannelAdapter`) with
+//!   payd's token, the `channel.v1` conversions, and the one reading of a failed call's status.
+//!   Used by `app` and `grpc`; imports neither.
+//! - [`grpc`]: the tonic services (inbound) and the one error-to-status mapping.
 //! - [`config`], [`telemetry`], [`metrics`], [`startup`]: process wiring.
 pub mod app;
+pub mod channel_client;
 pub mod config;
 pub mod domain;
 pub mod grpc;

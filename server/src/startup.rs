@@ -12,7 +12,7 @@ use tonic::transport::server::TcpIncoming;
 use std::sync::Arc;
 
 use crate::app::App;
-use crate::app::channels::ChannelClients;
+use crate::channel_client::ChannelClients;
 use crate::config::Settings;
 use crate::domain::snowflake::Snowflake;
 use crate::grpc::{build_grpc_router, payment::PaymentApi};

@@ -83,28 +83,93 @@ async fn two_hundred_concurrent_creates_over_three_replicas_make_one_order_and_o
     assert_eq!(count(&db, "SELECT count(*) AS n FROM idempotency_keys"), 67);
 }
 
+/// SIGTERM lands while a Pay is provably in flight (its Prepay reached the WeChat sandbox, which
+/// answers 1.5 s late): that call must still complete with OK and be stored, alongside a burst of
+/// CreateOrders, and payd exits 0. A payd that dropped in-flight calls fails here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_finishes_in_flight_calls_and_exits_zero() {
-    let db = TestDb::create();
-    let ns = RedisNamespace::new();
-    let p = Payd::start(&db, &ns, &[]);
-    let cl = client(&p).await;
-    let mut tasks = Vec::new();
+    use e2e::calls;
+    use e2e::platform::{Platform, SandboxedChannel};
+    use serde_json::json;
+
+    let p = Platform::start_channels(&[SandboxedChannel::Wechat], 0.01);
+    // A replica of its own, so this test can signal it without taking down the platform's.
+    let payd = p.spawn_payd();
+    let mut cl = calls::client(payd.endpoint()).await;
+    let order = calls::create(&mut cl, "TERM-PAY-0001", 4200).await;
+    p.sandbox_post(
+        SandboxedChannel::Wechat,
+        "/sandbox/faults",
+        json!({"api_delay_ms": 1_500}),
+    )
+    .await;
+    let held = {
+        let (mut c, id) = (cl.clone(), order.order_id.clone());
+        tokio::spawn(async move { calls::pay(&mut c, &id, SandboxedChannel::Wechat).await })
+    };
+    // The sandbox executes a call before its delayed answer: once the trade exists there, the
+    // Prepay is in flight and its answer is still ≥ 1 s away.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p
+        .sandbox_get(SandboxedChannel::Wechat, "/sandbox/trades")
+        .await
+        .as_array()
+        .is_none_or(Vec::is_empty)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the Prepay never reached the sandbox"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut burst = Vec::new();
     for i in 0..100 {
         let mut c = cl.clone();
-        tasks.push(tokio::spawn(async move {
+        burst.push(tokio::spawn(async move {
             c.create_order(req(create(&format!("TERM-{i:06}"), 100 + i, "")))
                 .await
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let status = tokio::task::spawn_blocking(move || p.terminate())
+    assert!(
+        !held.is_finished(),
+        "the Pay answered before the signal; the test proves nothing"
+    );
+    let status = tokio::task::spawn_blocking(move || payd.terminate())
         .await
         .unwrap();
     assert!(status.success(), "payd exited with {status:?}");
-    // Every call either completed (and is durable) or was never accepted.
+
+    let paid = held
+        .await
+        .unwrap()
+        .expect("the Pay in flight when SIGTERM landed completes");
+    assert!(!paid.pay_params.is_empty(), "{paid:?}");
+    let attempt = paid.attempt.unwrap();
+    assert_eq!(
+        calls::count(
+            &p,
+            &format!(
+                "SELECT count(*) AS n FROM payment_attempts WHERE out_trade_no = '{}' AND status = 'PAYING'",
+                attempt.out_trade_no
+            )
+        ),
+        1,
+        "the in-flight Pay's attempt is stored as PAYING"
+    );
+    assert_eq!(
+        calls::count(
+            &p,
+            &format!(
+                "SELECT count(*) AS n FROM orders WHERE id = '{}' AND status = 'PAYING'",
+                order.order_id
+            )
+        ),
+        1
+    );
+    // Every CreateOrder either completed (and is durable) or was never accepted.
     let mut acknowledged = Vec::new();
-    for t in tasks {
+    for t in burst {
         match t.await.unwrap() {
             Ok(r) => acknowledged.push(r.into_inner().order.unwrap()),
             Err(s) => assert!(
@@ -116,12 +181,10 @@ async fn sigterm_finishes_in_flight_calls_and_exits_zero() {
             ),
         }
     }
-    let stored = count(&db, "SELECT count(*) AS n FROM orders");
-    assert!(stored >= acknowledged.len() as i64);
     for o in acknowledged {
         assert_eq!(
-            count(
-                &db,
+            calls::count(
+                &p,
                 &format!(
                     "SELECT count(*) AS n FROM orders WHERE id = '{}'",
                     o.order_id

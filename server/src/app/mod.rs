@@ -1,6 +1,5 @@
 //! Use cases: each one validates nothing (the edge did), takes the locks it needs, and makes its
 //! change in one Postgres transaction together with the idempotency record.
-pub mod channels;
 pub mod error;
 pub mod pay;
 pub mod results;
@@ -10,13 +9,14 @@ use std::time::Duration;
 use chrono::Utc;
 use diesel::Connection;
 
-pub use error::ServiceError;
+pub use error::{ServiceError, Subject};
+
+use anyhow::Context;
 
 use crate::domain::{AppId, NewOrder, OrderEvent, OrderId, OrderLimits};
 use crate::locks::{LockGuard, Locks};
 use crate::metrics::Metrics;
 use crate::storage::Db;
-use crate::storage::StorageError;
 use crate::storage::idempotency::{self, Claimed, KeyClaim};
 use crate::storage::orders::{self, ListFilter, NewOrderRow, OrderRow, Transition, WriteRefused};
 
@@ -29,9 +29,9 @@ pub enum Outcome<T> {
 }
 
 /// An idempotency claim plus how to encode the response that will be stored under it.
-pub struct IdemWrite<T = OrderRow> {
+pub struct IdempotentWrite<T = OrderRow> {
     pub claim: KeyClaim,
-    pub encode: fn(&T) -> Result<Vec<u8>, StorageError>,
+    pub encode: fn(&T) -> Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -41,7 +41,7 @@ pub struct App {
     pub limits: OrderLimits,
     pub idempotency_retention: Duration,
     pub metrics: Metrics,
-    pub channels: channels::ChannelClients,
+    pub channels: crate::channel_client::ChannelClients,
     /// Mints `out_trade_no`s with this process's leased worker id.
     pub ids: std::sync::Arc<crate::domain::snowflake::Snowflake>,
     /// Which adapter secret may report for which channel (ChannelEvents).
@@ -64,12 +64,12 @@ impl App {
         &self,
         app: AppId,
         new: NewOrder,
-        idem: Option<IdemWrite>,
+        idem: Option<IdempotentWrite>,
     ) -> Result<Outcome<OrderRow>, ServiceError> {
         let retention = self.idempotency_retention;
         let expires_in = new.expires_in;
-        let metadata = serde_json::to_value(&new.metadata)
-            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let metadata =
+            serde_json::to_value(&new.metadata).context("encoding the order's metadata")?;
         let outcome = self
             .db
             .run(move |conn| {
@@ -88,7 +88,7 @@ impl App {
                         currency: new.amount.currency().code(),
                         subject: new.subject.as_str(),
                         metadata,
-                        status: crate::domain::OrderStatus::Pending.as_str(),
+                        status: crate::domain::OrderStatus::Pending,
                     };
                     let order = match orders::insert(conn, &row, expires_in)? {
                         Some(o) => o,
@@ -99,14 +99,16 @@ impl App {
                                 row.merchant_order_no,
                             )?
                             .ok_or_else(|| {
-                                ServiceError::Internal("conflicting order vanished".into())
+                                anyhow::anyhow!(
+                                    "the order that conflicted on merchant_order_no vanished"
+                                )
                             })?;
                             same_order(&existing, &row)?;
                             existing
                         }
                     };
                     if let Some(i) = &idem {
-                        idempotency::store_response(conn, &i.claim, &(i.encode)(&order)?)?;
+                        idempotency::store_response(conn, &i.claim, &(i.encode)(&order))?;
                     }
                     Ok::<_, ServiceError>(Outcome::Done(order))
                 })
@@ -127,7 +129,7 @@ impl App {
         self.db
             .run(move |conn| orders::find(conn, &app, id))
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))
+            .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))
     }
 
     pub async fn get_order_by_merchant_no(
@@ -141,7 +143,7 @@ impl App {
                 move |conn| orders::find_by_merchant_order_no(conn, &app, &no)
             })
             .await?
-            .ok_or_else(|| ServiceError::NotFound(format!("order with merchant_order_no {no}")))
+            .ok_or_else(|| ServiceError::NotFound(Subject::MerchantOrderNo(no)))
     }
 
     pub async fn list_orders(
@@ -160,7 +162,7 @@ impl App {
         &self,
         app: AppId,
         id: OrderId,
-        idem: Option<IdemWrite>,
+        idem: Option<IdempotentWrite>,
     ) -> Result<Outcome<OrderRow>, ServiceError> {
         let guard = self.lock_order(id).await?;
         let result = async {
@@ -172,7 +174,7 @@ impl App {
                     let app = app.clone();
                     move |conn| {
                         orders::find(conn, &app, id)?
-                            .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
+                            .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))?;
                         Ok::<_, ServiceError>(crate::storage::attempts::find_open(conn, id)?)
                     }
                 })
@@ -228,7 +230,7 @@ impl App {
                     .lock_acquisitions
                     .with_label_values(&[outcome])
                     .inc();
-                Err(e.into())
+                Err(ServiceError::from_lock(id, e))
             }
         }
     }
@@ -254,7 +256,7 @@ impl App {
         event: OrderEvent,
         reason: &'static str,
         guard: &LockGuard,
-        idem: Option<IdemWrite>,
+        idem: Option<IdempotentWrite>,
     ) -> Result<Outcome<OrderRow>, ServiceError> {
         let retention = self.idempotency_retention;
         let fence = guard.fence();
@@ -269,8 +271,8 @@ impl App {
                         return Ok(Outcome::Replayed(bytes));
                     }
                     let current = orders::find(conn, &app, id)?
-                        .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
-                    let from = current.status()?;
+                        .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))?;
+                    let from = current.status;
                     let to = from.apply(event)?;
                     let t = Transition {
                         id,
@@ -285,17 +287,17 @@ impl App {
                     let updated = match orders::transition(conn, &t)? {
                         Ok(row) => row,
                         Err(WriteRefused::StaleFence { .. }) => {
-                            return Err(ServiceError::Fenced(id.to_string()));
+                            return Err(ServiceError::Fenced(id));
                         }
                         Err(WriteRefused::Conflict { .. }) => {
-                            return Err(ServiceError::Conflict(id.to_string()));
+                            return Err(ServiceError::Conflict(Subject::Order(id)));
                         }
                         Err(WriteRefused::Missing) => {
-                            return Err(ServiceError::NotFound(format!("order {id}")));
+                            return Err(ServiceError::NotFound(Subject::Order(id)));
                         }
                     };
                     if let Some(i) = &idem {
-                        idempotency::store_response(conn, &i.claim, &(i.encode)(&updated)?)?;
+                        idempotency::store_response(conn, &i.claim, &(i.encode)(&updated))?;
                     }
                     Ok::<_, ServiceError>(Outcome::Done((from, updated)))
                 })

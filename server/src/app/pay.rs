@@ -27,7 +27,8 @@ use std::time::Duration;
 use chrono::DateTime;
 
 use super::results::{PaymentResult, ResultOutcome};
-use super::{App, IdemWrite, Outcome, ServiceError};
+use super::{App, IdempotentWrite, Outcome, ServiceError, Subject};
+use crate::channel_client::{CallFailure, method_to_pb, result_from_pb, timestamp};
 use crate::domain::{
     AppId, AttemptEvent, AttemptStatus, Channel, IllegalTransition, OrderEvent, OrderId,
     OrderStatus, PayMethod, TradeState,
@@ -36,6 +37,7 @@ use crate::locks::LockGuard;
 use crate::storage::attempts::{self, AttemptChange, AttemptRow, InsertRefused, NewAttemptRow};
 use crate::storage::idempotency;
 use crate::storage::orders::{self, OrderRow, Transition, WriteRefused};
+use anyhow::Context;
 
 /// How long a new trade stays payable at each channel, and how long past a deadline a channel's
 /// "no such trade" or "pending" is still not taken as closed.
@@ -99,26 +101,9 @@ impl Default for PayWindows {
     }
 }
 
-/// How payd reads a failed adapter call (see the status table in `channel.v1`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CallFailure {
-    /// The platform (or the adapter, for a request it cannot express) refused: final for this
-    /// request, but not proof of what the trade's state is.
-    Refused,
-    /// Nothing is known: the call may or may not have reached the platform.
-    Unknown,
-}
-
-fn call_failure(s: &tonic::Status) -> CallFailure {
-    match s.code() {
-        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => CallFailure::Refused,
-        _ => CallFailure::Unknown,
-    }
-}
-
 /// Why the last write of a Pay was refused.
 #[derive(Debug)]
-enum FinishRefused {
+enum CommitRefused {
     /// The attempt is no longer open: another call closed or failed it (or it was paid).
     AttemptGone(AttemptStatus),
     /// The order can no longer be paid.
@@ -149,50 +134,6 @@ fn payer_digest(payer_id: &str) -> Vec<u8> {
     Sha256::digest(payer_id.as_bytes()).to_vec()
 }
 
-pub fn channel_to_pb(c: Channel) -> cpb::Channel {
-    match c {
-        Channel::Wechat => cpb::Channel::Wechat,
-        Channel::Alipay => cpb::Channel::Alipay,
-        Channel::Unionpay => cpb::Channel::Unionpay,
-    }
-}
-
-pub fn method_to_pb(m: PayMethod) -> cpb::PayMethod {
-    match m {
-        PayMethod::WechatJsapi => cpb::PayMethod::WechatJsapi,
-        PayMethod::WechatNative => cpb::PayMethod::WechatNative,
-        PayMethod::AlipayQr => cpb::PayMethod::AlipayQr,
-        PayMethod::AlipayPage => cpb::PayMethod::AlipayPage,
-        PayMethod::AlipayApp => cpb::PayMethod::AlipayApp,
-        PayMethod::UnionpayFront => cpb::PayMethod::UnionpayFront,
-    }
-}
-
-/// Converts a channel's answer into the core's result type. An unspecified state is UNKNOWN:
-/// never final.
-pub fn result_from_pb(channel: Channel, event_id: String, r: cpb::PaymentResult) -> PaymentResult {
-    let state = match cpb::TradeState::try_from(r.state) {
-        Ok(cpb::TradeState::Pending) => TradeState::Pending,
-        Ok(cpb::TradeState::Succeeded) => TradeState::Succeeded,
-        Ok(cpb::TradeState::Failed) => TradeState::Failed,
-        Ok(cpb::TradeState::Closed) => TradeState::Closed,
-        Ok(cpb::TradeState::NotFound) => TradeState::NotFound,
-        Ok(cpb::TradeState::Unknown | cpb::TradeState::Unspecified) | Err(_) => TradeState::Unknown,
-    };
-    PaymentResult {
-        channel,
-        event_id,
-        out_trade_no: r.out_trade_no,
-        state,
-        channel_trade_no: Some(r.channel_trade_no).filter(|s| !s.is_empty()),
-        paid: r.paid.map(|a| (a.amount_minor, a.currency)),
-        paid_at: r.paid_at.and_then(|t| {
-            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-        }),
-        channel_status: r.channel_status,
-    }
-}
-
 fn params_of(a: &AttemptRow) -> BTreeMap<String, String> {
     a.pay_params
         .as_ref()
@@ -206,7 +147,7 @@ impl App {
         &self,
         app: AppId,
         cmd: PayCommand,
-        idem: Option<IdemWrite<PayOutcome>>,
+        idem: Option<IdempotentWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         let guard = self.lock_order(cmd.order_id).await?;
         let r = self.pay_locked(app, cmd, &guard, idem).await;
@@ -222,7 +163,7 @@ impl App {
         app: AppId,
         cmd: PayCommand,
         guard: &LockGuard,
-        idem: Option<IdemWrite<PayOutcome>>,
+        idem: Option<IdempotentWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         // The key is checked under the lock and before any channel call: a concurrent Pay with
         // the same key and other parameters must not close this one's trade.
@@ -246,12 +187,12 @@ impl App {
 
         let attempt = match open {
             Some(a)
-                if a.channel()? == channel
-                    && a.method()? == cmd.method
+                if a.channel == channel
+                    && a.method == cmd.method
                     && a.payer_digest == digest
                     && self.pay_windows.reusable(&a, now) =>
             {
-                if a.status()? == AttemptStatus::Paying && a.pay_params.is_some() {
+                if a.status == AttemptStatus::Paying && a.pay_params.is_some() {
                     self.metrics
                         .attempts_reused
                         .with_label_values(&[channel.as_str()])
@@ -289,10 +230,10 @@ impl App {
                 }),
                 subject: order.subject.clone(),
                 // The trade's own deadline at the channel, never past the order's expiry.
-                expires_at: Some(crate::grpc::convert::timestamp(attempt.pay_deadline)),
+                expires_at: Some(timestamp(attempt.pay_deadline)),
                 payer_id: cmd.payer_id.clone(),
                 payer_ip: cmd.client_ip.clone(),
-                created_at: Some(crate::grpc::convert::timestamp(attempt.created_at)),
+                created_at: Some(timestamp(attempt.created_at)),
             })
             .await;
         match prepay {
@@ -306,12 +247,20 @@ impl App {
                 )
                 .await
             }
-            Err(status) => match call_failure(&status) {
-                CallFailure::Refused => self.settle_refused_prepay(&attempt, &status).await,
-                CallFailure::Unknown => Err(ServiceError::ChannelUnavailable(
-                    channel.to_string(),
-                    status.message().to_owned(),
-                )),
+            // A refusal is settled from a query; anything else leaves the outcome unknown, and
+            // the INIT attempt is retried with the same out_trade_no by the next Pay.
+            Err(status) => match CallFailure::from(&status) {
+                f @ (CallFailure::Refused | CallFailure::Invalid) => {
+                    tracing::info!(%channel, failure = ?f, "prepay refused; querying the trade");
+                    self.settle_refused_prepay(&attempt, &status).await
+                }
+                f @ (CallFailure::OutcomeUnknown
+                | CallFailure::Untrusted
+                | CallFailure::Unavailable) => Err(ServiceError::ChannelUnavailable {
+                    channel,
+                    failure: Some(f),
+                    detail: format!("prepay: {}", status.message()),
+                }),
             },
         }
     }
@@ -324,23 +273,24 @@ impl App {
         attempt: &AttemptRow,
         refusal: &tonic::Status,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
-        let channel = attempt.channel()?;
+        let channel = attempt.channel;
         let mut r = match self.query_at_channel(attempt).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(out_trade_no = %attempt.out_trade_no, error = ?e, "prepay refused and the trade could not be queried; it stays open until it can be");
-                return Err(ServiceError::ChannelUnavailable(
-                    channel.to_string(),
-                    format!(
+                return Err(ServiceError::ChannelUnavailable {
+                    channel,
+                    failure: Some(CallFailure::from(refusal)),
+                    detail: format!(
                         "the channel refused ({}) and the trade's state could not be confirmed",
                         refusal.message()
                     ),
-                ));
+                });
             }
         };
         // No trade at the channel, and our Prepay was refused: it will never exist (this
         // attempt's parameters were never handed out).
-        if r.state == TradeState::NotFound && attempt.status()? == AttemptStatus::Init {
+        if r.state == TradeState::NotFound && attempt.status == AttemptStatus::Init {
             r.state = TradeState::Failed;
         }
         r.event_id = format!(
@@ -356,14 +306,14 @@ impl App {
         };
         if outcome == Some(ResultOutcome::AmountMismatch) {
             return Err(ServiceError::AmountHeld {
-                channel: channel.to_string(),
+                channel,
                 out_trade_no: attempt.out_trade_no.clone(),
             });
         }
         let order = self
             .order_by_id(OrderId::from_uuid(attempt.order_id))
             .await?;
-        let status = order.status()?;
+        let status = order.status;
         if !matches!(status, OrderStatus::Pending | OrderStatus::Paying) {
             return Err(IllegalTransition {
                 from: status,
@@ -378,7 +328,7 @@ impl App {
         self.db
             .run(move |conn| {
                 orders::find_by_id(conn, id)?
-                    .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))
+                    .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))
             })
             .await
     }
@@ -392,7 +342,7 @@ impl App {
         self.db
             .run(move |conn| {
                 let order = orders::find(conn, &app, id)?
-                    .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
+                    .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))?;
                 let open = attempts::find_open(conn, id)?;
                 Ok::<_, ServiceError>((order, open))
             })
@@ -422,26 +372,26 @@ impl App {
             .run(move |conn| {
                 conn.transaction(|conn| {
                     let current = orders::find_for_update(conn, order_id)?
-                        .ok_or_else(|| ServiceError::NotFound(format!("order {order_id}")))?;
-                    current.status()?.apply(OrderEvent::PaymentStarted)?;
+                        .ok_or_else(|| ServiceError::NotFound(Subject::Order(order_id)))?;
+                    current.status.apply(OrderEvent::PaymentStarted)?;
                     match orders::claim_fence(conn, order_id, fence)? {
                         Ok(_) => {}
                         Err(WriteRefused::StaleFence { .. }) => {
-                            return Err(ServiceError::Fenced(order_id.to_string()));
+                            return Err(ServiceError::Fenced(order_id));
                         }
                         Err(WriteRefused::Conflict { .. } | WriteRefused::Missing) => {
-                            return Err(ServiceError::Conflict(order_id.to_string()));
+                            return Err(ServiceError::Conflict(Subject::Order(order_id)));
                         }
                     }
                     let row = NewAttemptRow {
                         id: row_id,
                         order_id: order_id.as_uuid(),
                         out_trade_no: &out_trade_no,
-                        channel: method.channel().as_str(),
-                        method: method.as_str(),
+                        channel: method.channel(),
+                        method,
                         amount_minor: amount,
                         currency: &currency,
-                        status: AttemptStatus::Init.as_str(),
+                        status: AttemptStatus::Init,
                         payer_digest: &digest,
                         pay_deadline,
                     };
@@ -451,7 +401,7 @@ impl App {
                         // callers got past the Redis lock; a taken out_trade_no means two
                         // minters shared a worker id. Both: retry.
                         Err(InsertRefused::OpenAttemptExists | InsertRefused::TradeNoTaken) => {
-                            Err(ServiceError::Conflict(order_id.to_string()))
+                            Err(ServiceError::Conflict(Subject::Order(order_id)))
                         }
                     }
                 })
@@ -469,7 +419,7 @@ impl App {
         out_trade_no: String,
         prepay: Option<cpb::PrepayResponse>,
         fence: i64,
-        idem: Option<IdemWrite<PayOutcome>>,
+        idem: Option<IdempotentWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         let retention = self.idempotency_retention;
         let opened = prepay.is_some();
@@ -479,33 +429,35 @@ impl App {
             .run(move |conn| {
                 conn.transaction(|conn| {
                     let order = orders::find_for_update(conn, id)?
-                        .ok_or_else(|| ServiceError::NotFound(format!("order {id}")))?;
+                        .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))?;
                     let mut attempt = attempts::find_by_out_trade_no_for_update(conn, &out)?
-                        .ok_or_else(|| ServiceError::Internal("attempt vanished".into()))?;
-                    let a_status = attempt.status()?;
-                    let o_status = order.status()?;
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("attempt {out} vanished under its order's lock")
+                        })?;
+                    let a_status = attempt.status;
+                    let o_status = order.status;
                     if !a_status.is_open() {
-                        return Ok(Err((FinishRefused::AttemptGone(a_status), attempt)));
+                        return Ok(Err((CommitRefused::AttemptGone(a_status), attempt)));
                     }
                     if !matches!(o_status, OrderStatus::Pending | OrderStatus::Paying) {
-                        return Ok(Err((FinishRefused::OrderFinal(o_status), attempt)));
+                        return Ok(Err((CommitRefused::OrderFinal(o_status), attempt)));
                     }
                     let order = match orders::claim_fence(conn, id, fence)? {
                         Ok(o) => o,
-                        Err(_) => return Ok(Err((FinishRefused::Fenced, attempt))),
+                        Err(_) => return Ok(Err((CommitRefused::Fenced, attempt))),
                     };
                     if let Some(p) = prepay
                         && a_status == AttemptStatus::Init
                     {
                         let params = serde_json::to_value(&p.pay_params)
-                            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                            .context("encoding the Prepay parameters")?;
                         attempt = attempts::transition(
                             conn,
                             attempt.id,
                             a_status,
                             a_status
                                 .apply(AttemptEvent::Prepared)
-                                .map_err(|e| ServiceError::Internal(e.to_string()))?,
+                                .context("an open attempt refused Prepared")?,
                             AttemptChange {
                                 pay_params: Some(params),
                                 channel_prepay_id: Some(p.channel_prepay_id)
@@ -513,7 +465,7 @@ impl App {
                                 ..AttemptChange::default()
                             },
                         )?
-                        .ok_or_else(|| ServiceError::Conflict(id.to_string()))?;
+                        .ok_or_else(|| ServiceError::Conflict(Subject::Order(id)))?;
                     }
                     let order = if o_status == OrderStatus::Pending {
                         let t = Transition {
@@ -529,10 +481,10 @@ impl App {
                         match orders::transition(conn, &t)? {
                             Ok(row) => row,
                             Err(WriteRefused::StaleFence { .. }) => {
-                                return Ok(Err((FinishRefused::Fenced, attempt)));
+                                return Ok(Err((CommitRefused::Fenced, attempt)));
                             }
                             Err(WriteRefused::Conflict { .. } | WriteRefused::Missing) => {
-                                return Err(ServiceError::Conflict(id.to_string()));
+                                return Err(ServiceError::Conflict(Subject::Order(id)));
                             }
                         }
                     } else {
@@ -546,11 +498,7 @@ impl App {
                     if let Some(i) = &idem {
                         match idempotency::claim(conn, &i.claim, retention)? {
                             idempotency::Claimed::Fresh => {
-                                idempotency::store_response(
-                                    conn,
-                                    &i.claim,
-                                    &(i.encode)(&outcome)?,
-                                )?;
+                                idempotency::store_response(conn, &i.claim, &(i.encode)(&outcome))?;
                             }
                             idempotency::Claimed::Replay(bytes) => {
                                 return Ok(Ok(Outcome::Replayed(bytes)));
@@ -570,51 +518,48 @@ impl App {
         // attempt is still someone's open attempt (a newer holder reused it) or was paid.
         let close = opened
             && match why {
-                FinishRefused::AttemptGone(s) => s != AttemptStatus::Succeeded,
-                FinishRefused::OrderFinal(_) => true,
-                FinishRefused::Fenced => false,
+                CommitRefused::AttemptGone(s) => s != AttemptStatus::Succeeded,
+                CommitRefused::OrderFinal(_) => true,
+                CommitRefused::Fenced => false,
             };
         if close && let Err(e) = self.close_at_channel(&attempt).await {
             tracing::warn!(%out_trade_no, error = ?e, "closing a superseded trade failed; it lapses at its deadline");
         }
         match why {
-            FinishRefused::OrderFinal(from) => Err(IllegalTransition {
+            CommitRefused::OrderFinal(from) => Err(IllegalTransition {
                 from,
                 event: OrderEvent::PaymentStarted,
             }
             .into()),
-            FinishRefused::AttemptGone(AttemptStatus::Succeeded) => Err(IllegalTransition {
+            CommitRefused::AttemptGone(AttemptStatus::Succeeded) => Err(IllegalTransition {
                 from: OrderStatus::Paid,
                 event: OrderEvent::PaymentStarted,
             }
             .into()),
-            FinishRefused::AttemptGone(_) | FinishRefused::Fenced => {
-                Err(ServiceError::Fenced(id.to_string()))
-            }
+            CommitRefused::AttemptGone(_) | CommitRefused::Fenced => Err(ServiceError::Fenced(id)),
         }
     }
 
     /// Asks the channel for the attempt's trade.
     async fn query_at_channel(&self, attempt: &AttemptRow) -> Result<PaymentResult, ServiceError> {
-        let channel = attempt.channel()?;
+        let channel = attempt.channel;
         let mut client = self.channels.get(channel)?;
         let resp = client
             .query_payment(cpb::QueryPaymentRequest {
                 out_trade_no: attempt.out_trade_no.clone(),
-                method: method_to_pb(attempt.method()?) as i32,
+                method: method_to_pb(attempt.method) as i32,
                 channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
             })
             .await
-            .map_err(|s| {
-                ServiceError::ChannelUnavailable(channel.to_string(), s.message().to_owned())
-            })?
+            .map_err(|s| unconfirmed(channel, "query", &s))?
             .into_inner();
-        let result = resp.result.ok_or_else(|| {
-            ServiceError::ChannelUnavailable(
-                channel.to_string(),
-                "query answered without a result".into(),
-            )
-        })?;
+        let result = resp
+            .result
+            .ok_or_else(|| ServiceError::ChannelUnavailable {
+                channel,
+                failure: None,
+                detail: "query answered without a result".into(),
+            })?;
         let mut r = result_from_pb(channel, String::new(), result);
         r.out_trade_no = attempt.out_trade_no.clone();
         Ok(r)
@@ -631,28 +576,27 @@ impl App {
     /// paid; `AmountHeld` when it was paid with another amount; `TradeStillPayable` when it
     /// cannot be closed yet; `ChannelUnavailable` when the channel cannot confirm anything.
     pub async fn close_at_channel(&self, attempt: &AttemptRow) -> Result<(), ServiceError> {
-        let channel = attempt.channel()?;
+        let channel = attempt.channel;
         let mut client = self.channels.get(channel)?;
         let resp = client
             .close_payment(cpb::ClosePaymentRequest {
                 out_trade_no: attempt.out_trade_no.clone(),
-                method: method_to_pb(attempt.method()?) as i32,
+                method: method_to_pb(attempt.method) as i32,
                 channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
             })
             .await
-            .map_err(|s| {
-                ServiceError::ChannelUnavailable(channel.to_string(), s.message().to_owned())
-            })?
+            .map_err(|s| unconfirmed(channel, "close", &s))?
             .into_inner();
-        let result = resp.result.ok_or_else(|| {
-            ServiceError::ChannelUnavailable(
-                channel.to_string(),
-                "close answered without a result".into(),
-            )
-        })?;
+        let result = resp
+            .result
+            .ok_or_else(|| ServiceError::ChannelUnavailable {
+                channel,
+                failure: None,
+                detail: "close answered without a result".into(),
+            })?;
         let mut r = result_from_pb(channel, String::new(), result);
         r.out_trade_no = attempt.out_trade_no.clone();
-        let handed_out = attempt.status()? == AttemptStatus::Paying;
+        let handed_out = attempt.status == AttemptStatus::Paying;
         let lapsed = self.pay_windows.lapsed(attempt, Utc::now());
         r.state = match r.state {
             TradeState::NotFound if !handed_out || lapsed => TradeState::Closed,
@@ -668,7 +612,7 @@ impl App {
             TradeState::Succeeded => {
                 if self.apply_payment_result(r).await? == ResultOutcome::AmountMismatch {
                     return Err(ServiceError::AmountHeld {
-                        channel: channel.to_string(),
+                        channel,
                         out_trade_no: attempt.out_trade_no.clone(),
                     });
                 }
@@ -676,7 +620,7 @@ impl App {
                     .order_by_id(OrderId::from_uuid(attempt.order_id))
                     .await?;
                 Err(IllegalTransition {
-                    from: order.status()?,
+                    from: order.status,
                     event: OrderEvent::PaymentStarted,
                 }
                 .into())
@@ -685,27 +629,38 @@ impl App {
                 let margin = chrono::Duration::from_std(self.pay_windows.deadline_margin)
                     .unwrap_or_default();
                 Err(ServiceError::TradeStillPayable {
-                    channel: channel.to_string(),
+                    channel,
                     out_trade_no: attempt.out_trade_no.clone(),
-                    until: attempt.pay_deadline.to_rfc3339(),
-                    retry_after: (attempt.pay_deadline + margin).to_rfc3339(),
+                    until: attempt.pay_deadline,
+                    retry_after: attempt.pay_deadline + margin,
                     detail: r.channel_status,
                 })
             }
-            TradeState::Unknown => Err(ServiceError::ChannelUnavailable(
-                channel.to_string(),
-                "the channel could not confirm the close; retry".into(),
-            )),
+            TradeState::Unknown => Err(ServiceError::ChannelUnavailable {
+                channel,
+                failure: None,
+                detail: "the channel could not confirm the close".into(),
+            }),
         }
+    }
+}
+
+/// A failed query or close confirms nothing, whatever the status says: even a refusal leaves the
+/// trade's state unknown, so every reading is answered UNAVAILABLE (the reading is kept for logs).
+fn unconfirmed(channel: Channel, call: &str, s: &tonic::Status) -> ServiceError {
+    ServiceError::ChannelUnavailable {
+        channel,
+        failure: Some(CallFailure::from(s)),
+        detail: format!("{call}: {}", s.message()),
     }
 }
 
 /// Only PENDING or PAYING orders that have not expired can be paid.
 fn ensure_payable(order: &OrderRow) -> Result<(), ServiceError> {
-    let status = order.status()?;
+    let status = order.status;
     status.apply(OrderEvent::PaymentStarted)?;
     if order.expires_at <= Utc::now() {
-        return Err(ServiceError::Expired(order.expires_at.to_rfc3339()));
+        return Err(ServiceError::Expired(order.expires_at));
     }
     Ok(())
 }
@@ -720,11 +675,11 @@ mod tests {
             id: Uuid::nil(),
             order_id: Uuid::nil(),
             out_trade_no: "P1".into(),
-            channel: "WECHAT".into(),
-            method: "WECHAT_NATIVE".into(),
+            channel: Channel::Wechat,
+            method: PayMethod::WechatNative,
             amount_minor: 1,
             currency: "CNY".into(),
-            status: "PAYING".into(),
+            status: AttemptStatus::Paying,
             payer_digest: vec![],
             pay_params: None,
             channel_prepay_id: None,

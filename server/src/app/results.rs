@@ -4,32 +4,17 @@
 //! In one transaction: record the event in the inbox (unique per channel event), check amount and
 //! currency against the attempt, move the attempt and the order through their state machines, and
 //! record a duplicate payment when a second attempt of an already paid order succeeds.
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use diesel::Connection;
 use diesel::PgConnection;
 
-use super::{App, ServiceError};
-use crate::domain::{
-    AttemptEvent, AttemptStatus, Channel, OrderEvent, OrderId, OrderStatus, TradeState,
-};
+use super::{App, ServiceError, Subject};
+pub use crate::domain::PaymentResult;
+use crate::domain::{AttemptEvent, AttemptStatus, OrderEvent, OrderId, OrderStatus, TradeState};
 use crate::storage::attempts::{self, AttemptChange};
 use crate::storage::events::{self, NewEvent};
 use crate::storage::orders::{self, Transition, WriteRefused};
-
-/// A channel's statement about one trade.
-#[derive(Debug, Clone)]
-pub struct PaymentResult {
-    pub channel: Channel,
-    /// Unique per channel; stable across redeliveries of the same notification.
-    pub event_id: String,
-    pub out_trade_no: String,
-    pub state: TradeState,
-    pub channel_trade_no: Option<String>,
-    /// (minor units, currency) the channel says were paid.
-    pub paid: Option<(i64, String)>,
-    pub paid_at: Option<DateTime<Utc>>,
-    pub channel_status: String,
-}
+use anyhow::Context;
 
 /// What the core did with a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,10 +137,7 @@ fn apply_in_tx(
     )?;
     if !first {
         // A concurrent delivery of the same event won the race: undo ours.
-        return Err(ServiceError::Conflict(format!(
-            "event {} recorded concurrently",
-            r.event_id
-        )));
+        return Err(ServiceError::Conflict(Subject::Event(r.event_id.clone())));
     }
     Ok((outcome, superseded))
 }
@@ -167,7 +149,7 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
     let Some(peek) = attempts::find_by_out_trade_no(conn, &r.out_trade_no)? else {
         return Ok((ResultOutcome::UnknownAttempt, None));
     };
-    if peek.channel()? != r.channel {
+    if peek.channel != r.channel {
         return Err(ServiceError::PermissionDenied(format!(
             "{} may not report attempts of channel {}",
             r.channel, peek.channel
@@ -176,11 +158,11 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
     // Lock order, then attempt: the same order every writer uses.
     let order_id = OrderId::from_uuid(peek.order_id);
     let order = orders::find_for_update(conn, order_id)?
-        .ok_or_else(|| ServiceError::Internal("attempt without order".into()))?;
+        .ok_or_else(|| anyhow::anyhow!("attempt {} has no order", r.out_trade_no))?;
     let attempt = attempts::find_by_out_trade_no_for_update(conn, &r.out_trade_no)?
-        .ok_or_else(|| ServiceError::Internal("attempt vanished".into()))?;
-    let a_status = attempt.status()?;
-    let o_status = order.status()?;
+        .ok_or_else(|| anyhow::anyhow!("attempt {} vanished", r.out_trade_no))?;
+    let a_status = attempt.status;
+    let o_status = order.status;
     let now = Utc::now();
     match r.state {
         TradeState::Succeeded => {
@@ -197,7 +179,7 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
             }
             let next = a_status
                 .apply(AttemptEvent::Succeeded)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                .context("an attempt the results transition chose refused Succeeded")?;
             attempts::transition(
                 conn,
                 attempt.id,
@@ -210,7 +192,7 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
                     ..AttemptChange::default()
                 },
             )?
-            .ok_or_else(|| ServiceError::Conflict(r.out_trade_no.clone()))?;
+            .ok_or_else(|| ServiceError::Conflict(Subject::Trade(r.out_trade_no.clone())))?;
             match o_status.apply(OrderEvent::PaymentSucceeded) {
                 Ok(to) => {
                     let reason = if o_status == OrderStatus::Closed {
@@ -244,9 +226,9 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
             };
             let next = a_status
                 .apply(event)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                .context("an attempt the results transition chose refused its event")?;
             attempts::transition(conn, attempt.id, a_status, next, AttemptChange::default())?
-                .ok_or_else(|| ServiceError::Conflict(r.out_trade_no.clone()))?;
+                .ok_or_else(|| ServiceError::Conflict(Subject::Trade(r.out_trade_no.clone())))?;
             // The order's only open attempt ended unpaid: the payer may try again.
             if o_status == OrderStatus::Paying {
                 let to = o_status.apply(OrderEvent::PaymentAbandoned)?;
@@ -324,6 +306,6 @@ fn transition_unlocked(
         Ok(row) => Ok(row),
         Err(
             WriteRefused::StaleFence { .. } | WriteRefused::Conflict { .. } | WriteRefused::Missing,
-        ) => Err(ServiceError::Conflict(order.id.to_string())),
+        ) => Err(ServiceError::Conflict(Subject::Order(order.order_id()))),
     }
 }

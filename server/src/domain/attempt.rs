@@ -8,6 +8,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use chrono::{DateTime, Utc};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttemptStatus {
     Init,
@@ -219,6 +221,21 @@ impl FromStr for PayMethod {
             .find(|m| m.as_str() == s)
             .ok_or_else(|| super::order::UnknownStatus(s.to_owned()))
     }
+}
+
+/// A channel's statement about one trade.
+#[derive(Debug, Clone)]
+pub struct PaymentResult {
+    pub channel: Channel,
+    /// Unique per channel; stable across redeliveries of the same notification.
+    pub event_id: String,
+    pub out_trade_no: String,
+    pub state: TradeState,
+    pub channel_trade_no: Option<String>,
+    /// (minor units, currency) the channel says were paid.
+    pub paid: Option<(i64, String)>,
+    pub paid_at: Option<DateTime<Utc>>,
+    pub channel_status: String,
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ pub mod order;
 pub mod snowflake;
 pub mod validation;
 
-pub use attempt::{AttemptEvent, AttemptStatus, Channel, PayMethod, TradeState};
+pub use attempt::{AttemptEvent, AttemptStatus, Channel, PayMethod, PaymentResult, TradeState};
 pub use ids::{AppId, IdempotencyKey, MerchantOrderNo, OrderId};
 pub use money::{Currency, Money};
 pub use order::{IllegalTransition, OrderEvent, OrderStatus};

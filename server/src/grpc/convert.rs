@@ -5,18 +5,11 @@ use chrono::{DateTime, Utc};
 use payproto::payment::v1 as pb;
 use uuid::Uuid;
 
+use crate::channel_client::{channel_to_pb, method_to_pb, timestamp};
 use crate::domain::{AttemptStatus, Channel, FieldError, OrderStatus, PayMethod};
-use crate::storage::StorageError;
 use crate::storage::attempts::AttemptRow;
 use crate::storage::orders::OrderRow;
 use payproto::channel::v1 as cpb;
-
-pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
 
 /// # Errors
 /// A [`FieldError`] naming `field` when the timestamp is outside what chrono can represent.
@@ -57,8 +50,8 @@ pub fn status_from_pb(field: &'static str, v: i32) -> Result<OrderStatus, FieldE
     }
 }
 
-pub fn order_to_pb(row: &OrderRow) -> Result<pb::Order, StorageError> {
-    Ok(pb::Order {
+pub fn order_to_pb(row: &OrderRow) -> pb::Order {
+    pb::Order {
         order_id: row.id.hyphenated().to_string(),
         app_id: row.app_id.clone(),
         merchant_order_no: row.merchant_order_no.clone(),
@@ -68,7 +61,7 @@ pub fn order_to_pb(row: &OrderRow) -> Result<pb::Order, StorageError> {
         }),
         subject: row.subject.clone(),
         metadata: row.metadata_map(),
-        status: status_to_pb(row.status()?) as i32,
+        status: status_to_pb(row.status) as i32,
         paid_minor: row.paid_minor,
         refunded_minor: row.refunded_minor,
         version: row.version,
@@ -76,7 +69,7 @@ pub fn order_to_pb(row: &OrderRow) -> Result<pb::Order, StorageError> {
         created_at: Some(timestamp(row.created_at)),
         updated_at: Some(timestamp(row.updated_at)),
         closed_at: row.closed_at.map(timestamp),
-    })
+    }
 }
 
 /// Opaque keyset cursor: the (created_at, id) of the last order of a page.
@@ -135,18 +128,18 @@ fn attempt_status_to_pb(s: AttemptStatus) -> pb::AttemptStatus {
     }
 }
 
-pub fn attempt_to_pb(a: &AttemptRow) -> Result<pb::PaymentAttempt, StorageError> {
-    Ok(pb::PaymentAttempt {
+pub fn attempt_to_pb(a: &AttemptRow) -> pb::PaymentAttempt {
+    pb::PaymentAttempt {
         attempt_id: a.id.hyphenated().to_string(),
         order_id: a.order_id.hyphenated().to_string(),
         out_trade_no: a.out_trade_no.clone(),
-        channel: crate::app::pay::channel_to_pb(a.channel()?) as i32,
-        method: crate::app::pay::method_to_pb(a.method()?) as i32,
-        status: attempt_status_to_pb(a.status()?) as i32,
+        channel: channel_to_pb(a.channel) as i32,
+        method: method_to_pb(a.method) as i32,
+        status: attempt_status_to_pb(a.status) as i32,
         amount: Some(pb::Money {
             amount_minor: a.amount_minor,
             currency: a.currency.trim().to_owned(),
         }),
         created_at: Some(timestamp(a.created_at)),
-    })
+    }
 }

@@ -7,9 +7,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert::channel_from_pb;
 use super::status::observe;
-use crate::app::pay::result_from_pb;
 use crate::app::results::ResultOutcome;
 use crate::app::{App, ServiceError};
+use crate::channel_client::result_from_pb;
 use crate::domain::{Channel, FieldError};
 
 /// Compares secrets without an early exit, so response timing does not reveal how much of a
@@ -27,7 +27,7 @@ impl EventsApi {
         Self { app }
     }
 
-    fn finish<T>(&self, method: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
+    fn respond<T>(&self, method: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
         observe(&self.app.metrics, method, r)
     }
 
@@ -99,7 +99,7 @@ impl ChannelEventsService for EventsApi {
             Ok(caller) => EventsApi::report_payment(self, caller, req.into_inner()).await,
             Err(e) => Err(e),
         };
-        self.finish("ReportPayment", r)
+        self.respond("ReportPayment", r)
     }
 
     /// Refund results arrive with the refunds capability; until then a report is refused so the
@@ -110,11 +110,11 @@ impl ChannelEventsService for EventsApi {
     ) -> Result<Response<cpb::ReportRefundResponse>, Status> {
         let r: Result<cpb::ReportRefundResponse, ServiceError> =
             match self.authenticate(req.metadata()) {
-                Ok(_) => Err(ServiceError::Unavailable(
+                Ok(_) => Err(ServiceError::NotAccepted(
                     "refund results are not accepted by this version of payd".into(),
                 )),
                 Err(e) => Err(e),
             };
-        self.finish("ReportRefund", r)
+        self.respond("ReportRefund", r)
     }
 }

@@ -12,10 +12,9 @@ use super::convert::{
 };
 use super::status::observe;
 use crate::app::pay::{PayCommand, PayOutcome};
-use crate::app::{App, IdemWrite, Outcome, ServiceError};
+use crate::app::{App, IdempotentWrite, Outcome, ServiceError};
 use crate::domain::validation::RawNewOrder;
 use crate::domain::{AppId, FieldError, IdempotencyKey, MerchantOrderNo, NewOrder, OrderId};
-use crate::storage::StorageError;
 use crate::storage::idempotency::KeyClaim;
 use crate::storage::orders::{ListFilter, OrderRow};
 
@@ -34,7 +33,7 @@ impl PaymentApi {
     }
 
     /// Counts the outcome of `method` and turns the error into its status.
-    fn finish<T>(&self, method: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
+    fn respond<T>(&self, method: &str, r: Result<T, ServiceError>) -> Result<Response<T>, Status> {
         observe(&self.app.metrics, method, r)
     }
 
@@ -67,8 +66,8 @@ fn idem_claim<M: Message + Clone, T>(
     key: &str,
     req: &M,
     clear: impl FnOnce(&mut M),
-    encode: fn(&T) -> Result<Vec<u8>, StorageError>,
-) -> Result<Option<IdemWrite<T>>, ServiceError> {
+    encode: fn(&T) -> Vec<u8>,
+) -> Result<Option<IdempotentWrite<T>>, ServiceError> {
     if key.is_empty() {
         return Ok(None);
     }
@@ -76,7 +75,7 @@ fn idem_claim<M: Message + Clone, T>(
     let mut stripped = req.clone();
     clear(&mut stripped);
     let fingerprint: [u8; 32] = Sha256::digest(stripped.encode_to_vec()).into();
-    Ok(Some(IdemWrite {
+    Ok(Some(IdempotentWrite {
         claim: KeyClaim {
             app: app.clone(),
             key,
@@ -87,27 +86,23 @@ fn idem_claim<M: Message + Clone, T>(
     }))
 }
 
-fn encode_create(row: &OrderRow) -> Result<Vec<u8>, StorageError> {
-    Ok(pb::CreateOrderResponse {
-        order: Some(order_to_pb(row)?),
+fn encode_create(row: &OrderRow) -> Vec<u8> {
+    pb::CreateOrderResponse {
+        order: Some(order_to_pb(row)),
     }
-    .encode_to_vec())
+    .encode_to_vec()
 }
 
-fn encode_close(row: &OrderRow) -> Result<Vec<u8>, StorageError> {
-    Ok(pb::CloseOrderResponse {
-        order: Some(order_to_pb(row)?),
+fn encode_close(row: &OrderRow) -> Vec<u8> {
+    pb::CloseOrderResponse {
+        order: Some(order_to_pb(row)),
     }
-    .encode_to_vec())
+    .encode_to_vec()
 }
 
 fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ServiceError> {
-    M::decode(bytes)
-        .map_err(|e| ServiceError::Internal(format!("stored response does not decode: {e}")))
-}
-
-fn pb_order(row: &OrderRow) -> Result<pb::Order, ServiceError> {
-    Ok(order_to_pb(row)?)
+    use anyhow::Context;
+    Ok(M::decode(bytes).context("a stored idempotent response does not decode")?)
 }
 
 impl PaymentApi {
@@ -141,7 +136,7 @@ impl PaymentApi {
         )?;
         match self.app.create_order(app, new, idem).await? {
             Outcome::Done(row) => Ok(pb::CreateOrderResponse {
-                order: Some(pb_order(&row)?),
+                order: Some(order_to_pb(&row)),
             }),
             Outcome::Replayed(bytes) => {
                 self.replayed("CreateOrder");
@@ -176,7 +171,7 @@ impl PaymentApi {
             }
         };
         Ok(pb::GetOrderResponse {
-            order: Some(pb_order(&row)?),
+            order: Some(order_to_pb(&row)),
         })
     }
 
@@ -238,7 +233,7 @@ impl PaymentApi {
             _ => String::new(),
         };
         Ok(pb::ListOrdersResponse {
-            orders: rows.iter().map(pb_order).collect::<Result<_, _>>()?,
+            orders: rows.iter().map(order_to_pb).collect(),
             next_page_token,
         })
     }
@@ -261,7 +256,7 @@ impl PaymentApi {
         )?;
         match self.app.close_order(app, id, idem).await? {
             Outcome::Done(row) => Ok(pb::CloseOrderResponse {
-                order: Some(pb_order(&row)?),
+                order: Some(order_to_pb(&row)),
             }),
             Outcome::Replayed(bytes) => {
                 self.replayed("CloseOrder");
@@ -271,16 +266,16 @@ impl PaymentApi {
     }
 }
 
-fn encode_pay(o: &PayOutcome) -> Result<Vec<u8>, StorageError> {
-    Ok(pay_response(o)?.encode_to_vec())
+fn encode_pay(o: &PayOutcome) -> Vec<u8> {
+    pay_response(o).encode_to_vec()
 }
 
-fn pay_response(o: &PayOutcome) -> Result<pb::PayResponse, StorageError> {
-    Ok(pb::PayResponse {
-        order: Some(order_to_pb(&o.order)?),
-        attempt: Some(attempt_to_pb(&o.attempt)?),
+fn pay_response(o: &PayOutcome) -> pb::PayResponse {
+    pb::PayResponse {
+        order: Some(order_to_pb(&o.order)),
+        attempt: Some(attempt_to_pb(&o.attempt)),
         pay_params: o.pay_params.clone(),
-    })
+    }
 }
 
 /// Parses a Pay at the edge: the method must belong to the channel, and a payer id is required
@@ -341,7 +336,7 @@ impl PaymentApi {
             encode_pay,
         )?;
         match self.app.pay(app, cmd, idem).await? {
-            Outcome::Done(o) => Ok(pay_response(&o)?),
+            Outcome::Done(o) => Ok(pay_response(&o)),
             Outcome::Replayed(bytes) => {
                 self.replayed("Pay");
                 decode(&bytes)
@@ -357,7 +352,7 @@ impl PaymentService for PaymentApi {
         req: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
         let r = PaymentApi::create_order(self, req).await;
-        self.finish("CreateOrder", r)
+        self.respond("CreateOrder", r)
     }
 
     async fn get_order(
@@ -365,7 +360,7 @@ impl PaymentService for PaymentApi {
         req: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let r = PaymentApi::get_order(self, req).await;
-        self.finish("GetOrder", r)
+        self.respond("GetOrder", r)
     }
 
     async fn list_orders(
@@ -373,7 +368,7 @@ impl PaymentService for PaymentApi {
         req: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let r = PaymentApi::list_orders(self, req).await;
-        self.finish("ListOrders", r)
+        self.respond("ListOrders", r)
     }
 
     async fn close_order(
@@ -381,11 +376,11 @@ impl PaymentService for PaymentApi {
         req: Request<pb::CloseOrderRequest>,
     ) -> Result<Response<pb::CloseOrderResponse>, Status> {
         let r = PaymentApi::close_order(self, req).await;
-        self.finish("CloseOrder", r)
+        self.respond("CloseOrder", r)
     }
 
     async fn pay(&self, req: Request<pb::PayRequest>) -> Result<Response<pb::PayResponse>, Status> {
         let r = PaymentApi::pay(self, req).await;
-        self.finish("Pay", r)
+        self.respond("Pay", r)
     }
 }

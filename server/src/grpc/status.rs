@@ -1,20 +1,24 @@
-//! The one mapping from [`ServiceError`] to a gRPC status.
+//! The one mapping from [`ServiceError`] to a gRPC status: the code is chosen from the error's
+//! type, never from its text.
 //!
 //! | error                               | code                |
 //! |-------------------------------------|---------------------|
 //! | `Invalid` (field named)             | INVALID_ARGUMENT    |
 //! | `Unauthenticated`                   | UNAUTHENTICATED     |
-//! | `NotFound`                          | NOT_FOUND           |
+//! | `NotFound` (subject named)          | NOT_FOUND           |
 //! | `AlreadyExists`, `IdempotencyMismatch` | ALREADY_EXISTS   |
-//! | `IllegalTransition` (state named)   | FAILED_PRECONDITION |
+//! | `IllegalTransition` (state named), `Expired` | FAILED_PRECONDITION |
 //! | `Busy`, `Fenced`, `Conflict`        | ABORTED             |
 //! | `ChannelRefused`, `ChannelDisabled`, `TradeStillPayable`, `AmountHeld` | FAILED_PRECONDITION |
 //! | `PermissionDenied`                  | PERMISSION_DENIED   |
-//! | `Unavailable`, `ChannelUnavailable`, `LeaseLost` | UNAVAILABLE |
-//! | `Internal`                          | INTERNAL, opaque; the chain is logged |
+//! | `Redis`, `ChannelUnavailable`, `LeaseLost`, `NotAccepted` | UNAVAILABLE |
+//! | `Storage`, transient (unreachable, pool timeout) | UNAVAILABLE |
+//! | `Storage`, otherwise; `Internal`    | INTERNAL, opaque; the chain is logged |
 use tonic::{Code, Status};
 
 use crate::app::ServiceError;
+
+const RETRY_WITH_BACKOFF: &str = "a dependency is unavailable; retry with backoff";
 
 impl From<ServiceError> for Status {
     fn from(e: ServiceError) -> Self {
@@ -37,18 +41,22 @@ impl From<ServiceError> for Status {
             | ServiceError::AmountHeld { .. }) => Status::failed_precondition(e.to_string()),
             e @ ServiceError::LeaseLost => Status::unavailable(e.to_string()),
             ServiceError::PermissionDenied(m) => Status::permission_denied(m),
-            ServiceError::ChannelUnavailable(channel, m) => {
-                tracing::warn!(%channel, error = %m, "channel unavailable");
+            ref e @ ServiceError::ChannelUnavailable { channel, .. } => {
+                tracing::warn!(%channel, error = ?e, "channel unavailable");
                 Status::unavailable(format!(
                     "channel {channel} unavailable; the outcome is unknown, retry: the same attempt will be reused"
                 ))
             }
-            ServiceError::Unavailable(m) => {
-                tracing::warn!(error = %m, "dependency unavailable");
-                Status::unavailable("a dependency is unavailable; retry with backoff")
+            ServiceError::Storage(s) if s.is_transient() => {
+                tracing::warn!(error = ?s, "storage unavailable");
+                Status::unavailable(RETRY_WITH_BACKOFF)
             }
-            ServiceError::Internal(m) => {
-                tracing::error!(error = %m, "internal error");
+            e @ (ServiceError::Redis(_) | ServiceError::NotAccepted(_)) => {
+                tracing::warn!(error = ?e, "dependency unavailable");
+                Status::unavailable(RETRY_WITH_BACKOFF)
+            }
+            e @ (ServiceError::Storage(_) | ServiceError::Internal(_)) => {
+                tracing::error!(error = ?e, "internal error");
                 Status::internal("internal error")
             }
         }
@@ -98,4 +106,36 @@ pub fn observe<T>(
             .inc();
     }
     r.map(tonic::Response::new)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use anyhow::Context;
+
+    use super::*;
+    use crate::storage::StorageError;
+
+    #[test]
+    fn storage_errors_are_unavailable_when_transient_and_opaque_internal_otherwise() {
+        let down = Status::from(ServiceError::from(StorageError::Unavailable("pool".into())));
+        assert_eq!(down.code(), Code::Unavailable);
+        let corrupt = Status::from(ServiceError::from(StorageError::Corrupt("secret".into())));
+        assert_eq!(corrupt.code(), Code::Internal);
+        assert_eq!(corrupt.message(), "internal error");
+    }
+
+    #[test]
+    fn an_internal_error_keeps_its_context_and_cause_for_the_log_only() {
+        let e: ServiceError = Err::<(), _>(std::io::Error::other("disk on fire"))
+            .context("reading the thing")
+            .unwrap_err()
+            .into();
+        let logged = format!("{e:?}");
+        assert!(logged.contains("reading the thing"), "{logged}");
+        assert!(logged.contains("disk on fire"), "{logged}");
+        let status = Status::from(e);
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+    }
 }

@@ -13,11 +13,11 @@ pub struct AttemptRow {
     pub id: Uuid,
     pub order_id: Uuid,
     pub out_trade_no: String,
-    pub channel: String,
-    pub method: String,
+    pub channel: Channel,
+    pub method: PayMethod,
     pub amount_minor: i64,
     pub currency: String,
-    pub status: String,
+    pub status: AttemptStatus,
     pub payer_digest: Vec<u8>,
     pub pay_params: Option<serde_json::Value>,
     pub channel_prepay_id: Option<String>,
@@ -31,37 +31,17 @@ pub struct AttemptRow {
     pub pay_deadline: DateTime<Utc>,
 }
 
-impl AttemptRow {
-    pub fn status(&self) -> Result<AttemptStatus, StorageError> {
-        self.status
-            .parse()
-            .map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
-    }
-
-    pub fn channel(&self) -> Result<Channel, StorageError> {
-        self.channel
-            .parse()
-            .map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
-    }
-
-    pub fn method(&self) -> Result<PayMethod, StorageError> {
-        self.method
-            .parse()
-            .map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
-    }
-}
-
 #[derive(Debug, Insertable)]
 #[diesel(table_name = payment_attempts)]
 pub struct NewAttemptRow<'a> {
     pub id: Uuid,
     pub order_id: Uuid,
     pub out_trade_no: &'a str,
-    pub channel: &'a str,
-    pub method: &'a str,
+    pub channel: Channel,
+    pub method: PayMethod,
     pub amount_minor: i64,
     pub currency: &'a str,
-    pub status: &'a str,
+    pub status: AttemptStatus,
     pub payer_digest: &'a [u8],
     pub pay_deadline: DateTime<Utc>,
 }

@@ -20,7 +20,7 @@ pub struct OrderRow {
     pub currency: String,
     pub subject: String,
     pub metadata: serde_json::Value,
-    pub status: String,
+    pub status: OrderStatus,
     pub paid_minor: i64,
     pub refunded_minor: i64,
     pub version: i64,
@@ -32,14 +32,6 @@ pub struct OrderRow {
 }
 
 impl OrderRow {
-    /// # Errors
-    /// [`StorageError::Corrupt`] if the CHECKed column holds something the code does not know.
-    pub fn status(&self) -> Result<OrderStatus, StorageError> {
-        self.status
-            .parse()
-            .map_err(|e: crate::domain::order::UnknownStatus| StorageError::Corrupt(e.to_string()))
-    }
-
     pub fn order_id(&self) -> OrderId {
         OrderId::from_uuid(self.id)
     }
@@ -69,7 +61,7 @@ pub struct NewOrderRow<'a> {
     pub currency: &'a str,
     pub subject: &'a str,
     pub metadata: serde_json::Value,
-    pub status: &'a str,
+    pub status: OrderStatus,
 }
 
 /// Inserts the order unless the app already has one with this merchant_order_no. `created_at`
@@ -276,7 +268,7 @@ pub fn transition(
                         current: c.fence,
                     },
                     Some(c) => WriteRefused::Conflict {
-                        status: c.status()?,
+                        status: c.status,
                         version: c.version,
                     },
                 }))

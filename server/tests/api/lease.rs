@@ -115,11 +115,11 @@ async fn a_taken_out_trade_no_is_a_retryable_conflict_not_an_internal_error() {
         id: uuid::Uuid::now_v7(),
         order_id: order.parse().unwrap(),
         out_trade_no: "P123456789012",
-        channel: "WECHAT",
-        method: "WECHAT_NATIVE",
+        channel: payd::domain::Channel::Wechat,
+        method: payd::domain::PayMethod::WechatNative,
         amount_minor: 100,
         currency: "CNY",
-        status: "INIT",
+        status: payd::domain::AttemptStatus::Init,
         payer_digest: b"",
         pay_deadline: chrono::Utc::now(),
     };
@@ -135,6 +135,8 @@ async fn a_taken_out_trade_no_is_a_retryable_conflict_not_an_internal_error() {
         InsertRefused::TradeNoTaken
     );
     // The error a use case makes of it is ABORTED: retry with a fresh number.
-    let status: tonic::Status = payd::app::ServiceError::Conflict(b.order_id.clone()).into();
+    let status: tonic::Status =
+        payd::app::ServiceError::Conflict(payd::app::Subject::Order(b.order_id.parse().unwrap()))
+            .into();
     assert_eq!(status.code(), Code::Aborted);
 }

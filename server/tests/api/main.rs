@@ -7,4 +7,5 @@ mod idempotency;
 mod lease;
 mod locks;
 mod orders;
+mod pay;
 mod validation;

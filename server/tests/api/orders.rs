@@ -366,7 +366,7 @@ async fn closing_an_order_takes_and_releases_its_lock() {
     );
     assert!(matches!(
         app.app.get_order(AppId::parse("t", APP).unwrap(), order.order_id.parse().unwrap()).await,
-        Ok(row) if row.status == "CLOSED"
+        Ok(row) if row.status == OrderStatus::Closed
     ));
 }
 

@@ -1,5 +1,12 @@
-//! Clients of the adapter processes, one per enabled channel, each presenting payd's token for
-//! that adapter on every call.
+//! The outbound side: clients of the adapter processes (`channel.v1.ChannelAdapter`), one per
+//! enabled channel, each presenting payd's token for that adapter on every call; the `channel.v1`
+//! conversions; and the one reading of a failed call's status. Imports neither `app` nor `grpc`.
+mod convert;
+mod failure;
+
+pub use convert::{channel_to_pb, method_to_pb, result_from_pb, timestamp};
+pub use failure::CallFailure;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -9,7 +16,6 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
 
-use super::ServiceError;
 use crate::config::AdapterEndpoint;
 use crate::domain::Channel;
 
@@ -38,6 +44,12 @@ pub enum ChannelClientsError {
     Token { channel: Channel },
 }
 
+/// No adapter is configured for this channel on this server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("channel {0} is not enabled on this server")]
+pub struct ChannelDisabled(pub Channel);
+
+/// The adapter clients of the enabled channels.
 #[derive(Clone, Default)]
 pub struct ChannelClients {
     clients: HashMap<Channel, AdapterClient>,
@@ -72,10 +84,14 @@ impl ChannelClients {
         Ok(Self { clients })
     }
 
-    pub fn get(&self, channel: Channel) -> Result<AdapterClient, ServiceError> {
+    /// The client of `channel`'s adapter.
+    ///
+    /// # Errors
+    /// [`ChannelDisabled`] when this server has no adapter configured for `channel`.
+    pub fn get(&self, channel: Channel) -> Result<AdapterClient, ChannelDisabled> {
         self.clients
             .get(&channel)
             .cloned()
-            .ok_or_else(|| ServiceError::ChannelDisabled(channel.to_string()))
+            .ok_or(ChannelDisabled(channel))
     }
 }
