@@ -13,12 +13,14 @@ pub use error::{ServiceError, Subject};
 
 use anyhow::Context;
 
+use crate::domain::KeyClaim;
 use crate::domain::{AppId, NewOrder, OrderEvent, OrderId, OrderLimits};
+use crate::domain::{Order, OrderFilter};
 use crate::locks::{LockGuard, Locks};
 use crate::metrics::Metrics;
 use crate::storage::Db;
-use crate::storage::idempotency::{self, Claimed, KeyClaim};
-use crate::storage::orders::{self, ListFilter, NewOrderRow, OrderRow, Transition, WriteRefused};
+use crate::storage::idempotency::{self, Claimed};
+use crate::storage::orders::{self, NewOrderRow, OrderRow, Transition, WriteRefused};
 
 /// The result of a state-changing call made with an idempotency key.
 #[derive(Debug)]
@@ -29,7 +31,7 @@ pub enum Outcome<T> {
 }
 
 /// An idempotency claim plus how to encode the response that will be stored under it.
-pub struct IdempotentWrite<T = OrderRow> {
+pub struct IdempotentWrite<T = Order> {
     pub claim: KeyClaim,
     pub encode: fn(&T) -> Vec<u8>,
 }
@@ -65,7 +67,7 @@ impl App {
         app: AppId,
         new: NewOrder,
         idem: Option<IdempotentWrite>,
-    ) -> Result<Outcome<OrderRow>, ServiceError> {
+    ) -> Result<Outcome<Order>, ServiceError> {
         let retention = self.idempotency_retention;
         let expires_in = new.expires_in;
         let metadata =
@@ -107,6 +109,7 @@ impl App {
                             existing
                         }
                     };
+                    let order = Order::from(order);
                     if let Some(i) = &idem {
                         idempotency::store_response(conn, &i.claim, &(i.encode)(&order))?;
                     }
@@ -125,10 +128,11 @@ impl App {
         Ok(outcome)
     }
 
-    pub async fn get_order(&self, app: AppId, id: OrderId) -> Result<OrderRow, ServiceError> {
+    pub async fn get_order(&self, app: AppId, id: OrderId) -> Result<Order, ServiceError> {
         self.db
             .run(move |conn| orders::find(conn, &app, id))
             .await?
+            .map(Order::from)
             .ok_or_else(|| ServiceError::NotFound(Subject::Order(id)))
     }
 
@@ -136,25 +140,29 @@ impl App {
         &self,
         app: AppId,
         no: String,
-    ) -> Result<OrderRow, ServiceError> {
+    ) -> Result<Order, ServiceError> {
         self.db
             .run({
                 let no = no.clone();
                 move |conn| orders::find_by_merchant_order_no(conn, &app, &no)
             })
             .await?
+            .map(Order::from)
             .ok_or_else(|| ServiceError::NotFound(Subject::MerchantOrderNo(no)))
     }
 
     pub async fn list_orders(
         &self,
         app: AppId,
-        filter: ListFilter,
-    ) -> Result<Vec<OrderRow>, ServiceError> {
+        filter: OrderFilter,
+    ) -> Result<Vec<Order>, ServiceError> {
         Ok(self
             .db
             .run(move |conn| orders::list(conn, &app, &filter))
-            .await?)
+            .await?
+            .into_iter()
+            .map(Order::from)
+            .collect())
     }
 
     /// Closes an unpaid order under its lock.
@@ -163,7 +171,7 @@ impl App {
         app: AppId,
         id: OrderId,
         idem: Option<IdempotentWrite>,
-    ) -> Result<Outcome<OrderRow>, ServiceError> {
+    ) -> Result<Outcome<Order>, ServiceError> {
         let guard = self.lock_order(id).await?;
         let result = async {
             // An attempt open at a channel is closed there first: if the payer paid meanwhile,
@@ -257,7 +265,7 @@ impl App {
         reason: &'static str,
         guard: &LockGuard,
         idem: Option<IdempotentWrite>,
-    ) -> Result<Outcome<OrderRow>, ServiceError> {
+    ) -> Result<Outcome<Order>, ServiceError> {
         let retention = self.idempotency_retention;
         let fence = guard.fence();
         let result = self
@@ -296,6 +304,7 @@ impl App {
                             return Err(ServiceError::NotFound(Subject::Order(id)));
                         }
                     };
+                    let updated = Order::from(updated);
                     if let Some(i) = &idem {
                         idempotency::store_response(conn, &i.claim, &(i.encode)(&updated))?;
                     }

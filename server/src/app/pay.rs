@@ -125,8 +125,8 @@ pub struct PayCommand {
 /// What Pay answers.
 #[derive(Debug, Clone)]
 pub struct PayOutcome {
-    pub order: OrderRow,
-    pub attempt: AttemptRow,
+    pub order: crate::domain::Order,
+    pub attempt: crate::domain::Attempt,
     pub pay_params: BTreeMap<String, String>,
 }
 
@@ -492,8 +492,8 @@ impl App {
                     };
                     let outcome = PayOutcome {
                         pay_params: params_of(&attempt),
-                        order,
-                        attempt,
+                        order: order.into(),
+                        attempt: attempt.into(),
                     };
                     if let Some(i) = &idem {
                         match idempotency::claim(conn, &i.claim, retention)? {

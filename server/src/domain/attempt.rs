@@ -238,6 +238,25 @@ pub struct PaymentResult {
     pub channel_status: String,
 }
 
+/// A payment attempt as the use cases hand it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub id: uuid::Uuid,
+    pub order_id: uuid::Uuid,
+    pub out_trade_no: String,
+    pub channel: Channel,
+    pub method: PayMethod,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: AttemptStatus,
+    pub channel_trade_no: Option<String>,
+    pub paid_minor: Option<i64>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub succeeded_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub pay_deadline: chrono::DateTime<chrono::Utc>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::AttemptEvent as E;

@@ -133,6 +133,44 @@ impl fmt::Display for OrderEvent {
     }
 }
 
+/// An order as the use cases hand it out: what the API shows of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Order {
+    pub id: uuid::Uuid,
+    pub app_id: String,
+    pub merchant_order_no: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub subject: String,
+    pub metadata: serde_json::Value,
+    pub status: OrderStatus,
+    pub paid_minor: i64,
+    pub refunded_minor: i64,
+    pub version: i64,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub closed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Order {
+    /// The caller's metadata (string pairs, as CreateOrder stored them).
+    pub fn metadata_map(&self) -> std::collections::BTreeMap<String, String> {
+        serde_json::from_value(self.metadata.clone()).unwrap_or_default()
+    }
+}
+
+/// Filters of ListOrders; `after` is the (created_at, id) of the last order of the previous
+/// page.
+#[derive(Debug, Clone, Default)]
+pub struct OrderFilter {
+    pub statuses: Vec<OrderStatus>,
+    pub created_from: Option<chrono::DateTime<chrono::Utc>>,
+    pub created_to: Option<chrono::DateTime<chrono::Utc>>,
+    pub after: Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)>,
+    pub limit: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::OrderEvent as E;

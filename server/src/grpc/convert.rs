@@ -6,9 +6,9 @@ use payproto::payment::v1 as pb;
 use uuid::Uuid;
 
 use crate::channel_client::{channel_to_pb, method_to_pb, timestamp};
+use crate::domain::Attempt;
+use crate::domain::Order;
 use crate::domain::{AttemptStatus, Channel, FieldError, OrderStatus, PayMethod};
-use crate::storage::attempts::AttemptRow;
-use crate::storage::orders::OrderRow;
 use payproto::channel::v1 as cpb;
 
 /// # Errors
@@ -50,7 +50,7 @@ pub fn status_from_pb(field: &'static str, v: i32) -> Result<OrderStatus, FieldE
     }
 }
 
-pub fn order_to_pb(row: &OrderRow) -> pb::Order {
+pub fn order_to_pb(row: &Order) -> pb::Order {
     pb::Order {
         order_id: row.id.hyphenated().to_string(),
         app_id: row.app_id.clone(),
@@ -73,7 +73,7 @@ pub fn order_to_pb(row: &OrderRow) -> pb::Order {
 }
 
 /// Opaque keyset cursor: the (created_at, id) of the last order of a page.
-pub fn encode_page_token(row: &OrderRow) -> String {
+pub fn encode_page_token(row: &Order) -> String {
     URL_SAFE_NO_PAD.encode(format!(
         "{}:{}",
         row.created_at.timestamp_micros(),
@@ -128,7 +128,7 @@ fn attempt_status_to_pb(s: AttemptStatus) -> pb::AttemptStatus {
     }
 }
 
-pub fn attempt_to_pb(a: &AttemptRow) -> pb::PaymentAttempt {
+pub fn attempt_to_pb(a: &Attempt) -> pb::PaymentAttempt {
     pb::PaymentAttempt {
         attempt_id: a.id.hyphenated().to_string(),
         order_id: a.order_id.hyphenated().to_string(),

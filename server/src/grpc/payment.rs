@@ -13,10 +13,10 @@ use super::convert::{
 use super::status::observe;
 use crate::app::pay::{PayCommand, PayOutcome};
 use crate::app::{App, IdempotentWrite, Outcome, ServiceError};
+use crate::domain::KeyClaim;
 use crate::domain::validation::RawNewOrder;
 use crate::domain::{AppId, FieldError, IdempotencyKey, MerchantOrderNo, NewOrder, OrderId};
-use crate::storage::idempotency::KeyClaim;
-use crate::storage::orders::{ListFilter, OrderRow};
+use crate::domain::{Order, OrderFilter};
 
 /// Metadata key naming the calling app.
 pub const APP_ID_HEADER: &str = "x-app-id";
@@ -86,14 +86,14 @@ fn idem_claim<M: Message + Clone, T>(
     }))
 }
 
-fn encode_create(row: &OrderRow) -> Vec<u8> {
+fn encode_create(row: &Order) -> Vec<u8> {
     pb::CreateOrderResponse {
         order: Some(order_to_pb(row)),
     }
     .encode_to_vec()
 }
 
-fn encode_close(row: &OrderRow) -> Vec<u8> {
+fn encode_close(row: &Order) -> Vec<u8> {
     pb::CloseOrderResponse {
         order: Some(order_to_pb(row)),
     }
@@ -218,7 +218,7 @@ impl PaymentApi {
             Some(decode_page_token(&body.page_token)?)
         };
         // One row more than the page tells whether another page exists.
-        let filter = ListFilter {
+        let filter = OrderFilter {
             statuses,
             created_from,
             created_to,

@@ -31,6 +31,27 @@ pub struct AttemptRow {
     pub pay_deadline: DateTime<Utc>,
 }
 
+impl From<AttemptRow> for crate::domain::Attempt {
+    fn from(r: AttemptRow) -> Self {
+        Self {
+            id: r.id,
+            order_id: r.order_id,
+            out_trade_no: r.out_trade_no,
+            channel: r.channel,
+            method: r.method,
+            amount_minor: r.amount_minor,
+            currency: r.currency,
+            status: r.status,
+            channel_trade_no: r.channel_trade_no,
+            paid_minor: r.paid_minor,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            succeeded_at: r.succeeded_at,
+            pay_deadline: r.pay_deadline,
+        }
+    }
+}
+
 #[derive(Debug, Insertable)]
 #[diesel(table_name = payment_attempts)]
 pub struct NewAttemptRow<'a> {

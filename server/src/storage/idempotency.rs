@@ -8,18 +8,8 @@ use diesel::sql_types::{Bytea, Interval, Text};
 
 use super::StorageError;
 use super::schema::idempotency_keys;
-use crate::domain::{AppId, IdempotencyKey};
 
-/// One request's claim on a key.
-#[derive(Debug, Clone)]
-pub struct KeyClaim {
-    pub app: AppId,
-    pub key: IdempotencyKey,
-    /// Full gRPC method name: a key is bound to one method.
-    pub method: &'static str,
-    /// SHA-256 of the encoded request with the key itself cleared.
-    pub fingerprint: [u8; 32],
-}
+pub use crate::domain::KeyClaim;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Claimed {

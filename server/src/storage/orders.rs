@@ -1,6 +1,5 @@
 //! Orders and their transition history. Writes are intents turned into conditional UPDATEs: zero
 //! rows matched means another writer won, and the caller is told which guard refused.
-use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -31,6 +30,28 @@ pub struct OrderRow {
     pub closed_at: Option<DateTime<Utc>>,
 }
 
+impl From<OrderRow> for crate::domain::Order {
+    fn from(r: OrderRow) -> Self {
+        Self {
+            id: r.id,
+            app_id: r.app_id,
+            merchant_order_no: r.merchant_order_no,
+            amount_minor: r.amount_minor,
+            currency: r.currency,
+            subject: r.subject,
+            metadata: r.metadata,
+            status: r.status,
+            paid_minor: r.paid_minor,
+            refunded_minor: r.refunded_minor,
+            version: r.version,
+            expires_at: r.expires_at,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            closed_at: r.closed_at,
+        }
+    }
+}
+
 impl OrderRow {
     pub fn order_id(&self) -> OrderId {
         OrderId::from_uuid(self.id)
@@ -44,10 +65,6 @@ impl OrderRow {
                     StorageError::Corrupt(e.to_string())
                 })?;
         Money::new(self.amount_minor, c).map_err(|e| StorageError::Corrupt(e.to_string()))
-    }
-
-    pub fn metadata_map(&self) -> BTreeMap<String, String> {
-        serde_json::from_value(self.metadata.clone()).unwrap_or_default()
     }
 }
 
@@ -297,15 +314,7 @@ fn record_transition(
     Ok(())
 }
 
-/// Filters of ListOrders; `after` is the (created_at, id) of the last row of the previous page.
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    pub statuses: Vec<OrderStatus>,
-    pub created_from: Option<DateTime<Utc>>,
-    pub created_to: Option<DateTime<Utc>>,
-    pub after: Option<(DateTime<Utc>, Uuid)>,
-    pub limit: i64,
-}
+pub use crate::domain::OrderFilter as ListFilter;
 
 /// Newest first; keyset pagination on (created_at, id), which the `orders_app_created` index serves.
 pub fn list(
