@@ -553,16 +553,7 @@ impl App {
             .await
             .map_err(|s| unconfirmed(channel, "query", &s))?
             .into_inner();
-        let result = resp
-            .result
-            .ok_or_else(|| ServiceError::ChannelUnavailable {
-                channel,
-                failure: None,
-                detail: "query answered without a result".into(),
-            })?;
-        let mut r = result_from_pb(channel, String::new(), result);
-        r.out_trade_no = attempt.out_trade_no.clone();
-        Ok(r)
+        trade_result(attempt, "query", resp.result)
     }
 
     /// Closes an open attempt at its channel and applies what the channel says.
@@ -587,15 +578,7 @@ impl App {
             .await
             .map_err(|s| unconfirmed(channel, "close", &s))?
             .into_inner();
-        let result = resp
-            .result
-            .ok_or_else(|| ServiceError::ChannelUnavailable {
-                channel,
-                failure: None,
-                detail: "close answered without a result".into(),
-            })?;
-        let mut r = result_from_pb(channel, String::new(), result);
-        r.out_trade_no = attempt.out_trade_no.clone();
+        let mut r = trade_result(attempt, "close", resp.result)?;
         let handed_out = attempt.status == AttemptStatus::Paying;
         let lapsed = self.pay_windows.lapsed(attempt, Utc::now());
         r.state = match r.state {
@@ -653,6 +636,24 @@ fn unconfirmed(channel: Channel, call: &str, s: &tonic::Status) -> ServiceError 
         failure: Some(CallFailure::from(s)),
         detail: format!("{call}: {}", s.message()),
     }
+}
+
+/// The core's reading of what an adapter answered about `attempt`'s trade (`op` names the
+/// call); the trade is always named by the attempt's own `out_trade_no`.
+fn trade_result(
+    attempt: &AttemptRow,
+    op: &str,
+    result: Option<cpb::PaymentResult>,
+) -> Result<PaymentResult, ServiceError> {
+    let channel = attempt.channel;
+    let result = result.ok_or_else(|| ServiceError::ChannelUnavailable {
+        channel,
+        failure: None,
+        detail: format!("{op} answered without a result"),
+    })?;
+    let mut r = result_from_pb(channel, String::new(), result);
+    r.out_trade_no = attempt.out_trade_no.clone();
+    Ok(r)
 }
 
 /// Only PENDING or PAYING orders that have not expired can be paid.
