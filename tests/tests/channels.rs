@@ -3,23 +3,15 @@
 //! forwards → the order is PAID with the amount checked.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use diesel::RunQueryDsl;
+use e2e::calls::{count, create, order_of, req, wait_status};
 use e2e::platform::{Platform, SandboxedChannel, metric_sum};
 use payproto::channel::v1 as cpb;
 use payproto::payment::v1 as pb;
 use payproto::payment::v1::payment_service_client::PaymentServiceClient;
 use serde_json::json;
 use tonic::transport::Channel;
-
-fn req<T>(body: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(body);
-    r.metadata_mut()
-        .insert("x-app-id", "shop-1".parse().unwrap());
-    r
-}
 
 fn channel_and_method(ch: SandboxedChannel) -> (cpb::Channel, cpb::PayMethod) {
     match ch {
@@ -33,25 +25,6 @@ async fn client(p: &Platform) -> PaymentServiceClient<Channel> {
     PaymentServiceClient::connect(p.payd.endpoint())
         .await
         .unwrap()
-}
-
-async fn create(c: &mut PaymentServiceClient<Channel>, no: &str, amount: i64) -> pb::Order {
-    c.create_order(req(pb::CreateOrderRequest {
-        merchant_order_no: no.into(),
-        amount: Some(pb::Money {
-            amount_minor: amount,
-            currency: "CNY".into(),
-        }),
-        subject: "Concert ticket".into(),
-        expires_in_seconds: 900,
-        metadata: BTreeMap::new(),
-        idempotency_key: String::new(),
-    }))
-    .await
-    .unwrap()
-    .into_inner()
-    .order
-    .unwrap()
 }
 
 async fn pay(
@@ -72,48 +45,6 @@ async fn pay(
     }))
     .await
     .map(|r| r.into_inner())
-}
-
-async fn order_of(c: &mut PaymentServiceClient<Channel>, id: &str) -> pb::Order {
-    c.get_order(req(pb::GetOrderRequest {
-        lookup: Some(pb::get_order_request::Lookup::OrderId(id.into())),
-    }))
-    .await
-    .unwrap()
-    .into_inner()
-    .order
-    .unwrap()
-}
-
-async fn wait_status(
-    c: &mut PaymentServiceClient<Channel>,
-    id: &str,
-    want: pb::OrderStatus,
-    within: Duration,
-) -> pb::Order {
-    let deadline = Instant::now() + within;
-    loop {
-        let o = order_of(c, id).await;
-        if o.status == want as i32 {
-            return o;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "order {id} is {:?}, wanted {want:?}",
-            o.status
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn count(p: &Platform, sql: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let rows: Vec<N> = diesel::sql_query(sql).load(&mut p.db.connect()).unwrap();
-    rows[0].n
 }
 
 async fn pays_end_to_end(ch: SandboxedChannel) {
