@@ -117,6 +117,16 @@ pub struct Settings {
     /// `PAYD_WORKER_LEASE_CHECK_MS`: how often the snowflake worker-id lease is checked; a lost
     /// lease stops Pay (UNAVAILABLE) until one is held again.
     pub worker_lease_check_ms: u64,
+    /// `PAYD_REFUND_QUERY_DELAYS_MS`: comma-separated delays between queries of a refund whose
+    /// outcome is not known yet (from the channel's answer on); past the last, the refund is
+    /// flagged for a person. Default 5 s, 10 s, 30 s, 1 m, 2 m, 5 m, 10 m, 30 m, 1 h, 2 h, 6 h,
+    /// 12 h, then daily for three days (bank-card refunds take working days).
+    pub refund_query_delays_ms: String,
+    /// `PAYD_REFUND_PENDING_GRACE_MS`: after how long a refund whose creating call never came
+    /// back (its process died) is taken up by the query job. Default: the channel timeout + 5 s.
+    pub refund_pending_grace_ms: Option<u64>,
+    /// `PAYD_REFUND_JOB_TICK_MS`: how often the refund query job looks for due refunds.
+    pub refund_job_tick_ms: u64,
 }
 
 impl Default for Settings {
@@ -156,6 +166,14 @@ impl Default for Settings {
             pay_window_unionpay_secs: 900,
             pay_deadline_margin_ms: 60_000,
             worker_lease_check_ms: 2_000,
+            refund_query_delays_ms: crate::app::refunds::RefundPolicy::default()
+                .query_delays
+                .iter()
+                .map(|d| d.as_millis().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            refund_pending_grace_ms: None,
+            refund_job_tick_ms: 1_000,
         }
     }
 }
@@ -230,9 +248,41 @@ impl Settings {
         if self.worker_lease_check_ms == 0 {
             return bad("worker_lease_check_ms", "must be at least 1");
         }
+        if self.refund_job_tick_ms == 0 {
+            return bad("refund_job_tick_ms", "must be at least 1");
+        }
+        self.refund_policy()?;
         self.adapter_tokens()?;
         self.adapter_endpoints()?;
         Ok(())
+    }
+
+    /// How unsettled refunds are followed up.
+    ///
+    /// # Errors
+    /// `refund_query_delays_ms` that is not a non-empty list of positive integers.
+    pub fn refund_policy(&self) -> Result<crate::app::refunds::RefundPolicy, ConfigError> {
+        let delays = self
+            .refund_query_delays_ms
+            .split(',')
+            .map(|d| d.trim().parse::<u64>().ok().filter(|n| *n > 0))
+            .collect::<Option<Vec<u64>>>()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "refund_query_delays_ms",
+                reason: "must be a comma-separated list of positive milliseconds".to_owned(),
+            })?;
+        let timeout = Duration::from_millis(self.channel_timeout_ms);
+        Ok(crate::app::refunds::RefundPolicy {
+            pending_grace: self
+                .refund_pending_grace_ms
+                .map_or(timeout + Duration::from_secs(5), Duration::from_millis),
+            query_delays: delays.into_iter().map(Duration::from_millis).collect(),
+            claim_lease: 2 * timeout + Duration::from_secs(5),
+            tick: Duration::from_millis(self.refund_job_tick_ms),
+            repeat_wait: timeout + Duration::from_secs(2),
+            ..crate::app::refunds::RefundPolicy::default()
+        })
     }
 
     /// How long a trade stays payable at each channel, and the margin past its deadline.

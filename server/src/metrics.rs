@@ -1,5 +1,5 @@
 //! Prometheus metrics of the core, served as text on `/metrics`.
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Every metric `payd` exports, registered in its own registry (so tests running several apps in
 /// one process do not collide).
@@ -28,6 +28,18 @@ pub struct Metrics {
     pub amount_mismatches: IntCounterVec,
     /// Pay calls that reused an open attempt instead of calling the channel.
     pub attempts_reused: IntCounterVec,
+    /// Refunds that reached a final state, by channel and outcome (succeeded, failed).
+    pub refunds: IntCounterVec,
+    /// Money refunded (succeeded refunds), in minor units, by channel and currency.
+    pub refunded_minor: IntCounterVec,
+    /// Refund queries made by the job, by channel and what they learned.
+    pub refund_queries: IntCounterVec,
+    /// Refunds whose outcome stayed unknown past the last query: a person must settle them.
+    pub refunds_flagged: IntCounterVec,
+    /// Refunds not settled yet (PENDING or PROCESSING), by channel; refreshed by the job.
+    pub refunds_unsettled: IntGaugeVec,
+    /// Unsettled refunds flagged for a person, by channel; refreshed by the job.
+    pub refunds_needing_attention: IntGaugeVec,
 }
 
 impl Metrics {
@@ -94,7 +106,49 @@ impl Metrics {
             "Pay calls answered from an already open attempt (no channel call).",
             &["channel"],
         )?;
+        let refunds = vec(
+            "payment_refunds_total",
+            "Refunds that reached a final state, by channel and outcome (succeeded, failed).",
+            &["channel", "outcome"],
+        )?;
+        let refunded_minor = vec(
+            "payment_refunded_minor_total",
+            "Money given back by succeeded refunds, in minor units of the currency.",
+            &["channel", "currency"],
+        )?;
+        let refund_queries = vec(
+            "payment_refund_queries_total",
+            "Refund queries by the refund query job, by channel and result.",
+            &["channel", "result"],
+        )?;
+        let refunds_flagged = vec(
+            "payment_refunds_flagged_total",
+            "Refunds whose outcome stayed unknown past the last query, or that the channel contradicted: flagged for a person.",
+            &["channel", "reason"],
+        )?;
+        let gauge =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let refunds_unsettled = gauge(
+            "payment_refunds_unsettled",
+            "Refunds not settled yet (PENDING or PROCESSING), by channel.",
+            &["channel"],
+        )?;
+        let refunds_needing_attention = gauge(
+            "payment_refunds_needing_attention",
+            "Unsettled refunds flagged for a person, by channel.",
+            &["channel"],
+        )?;
         Ok(Self {
+            refunds,
+            refunded_minor,
+            refund_queries,
+            refunds_flagged,
+            refunds_unsettled,
+            refunds_needing_attention,
             registry,
             grpc_requests,
             rejected_requests,

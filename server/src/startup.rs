@@ -77,6 +77,7 @@ impl Application {
             ids: Arc::new(Snowflake::new(worker)),
             worker_lease: Arc::new(std::sync::Mutex::new(lease)),
             pay_windows: settings.pay_windows(),
+            refunds: settings.refund_policy()?,
         };
         let grpc = TcpListener::bind(settings.listen)
             .await
@@ -137,6 +138,7 @@ impl Application {
         );
 
         let purger = tokio::spawn(purge_loop(self.app.clone(), stop_rx.clone()));
+        let refund_job = tokio::spawn(refund_query_loop(self.app.clone(), stop_rx.clone()));
         let leaser = tokio::spawn(lease_loop(
             self.app.clone(),
             self.database_url.clone(),
@@ -167,6 +169,7 @@ impl Application {
             let g = grpc.await;
             let _ = http.await;
             let _ = purger.await;
+            let _ = refund_job.await;
             let _ = leaser.await;
             g
         })
@@ -196,6 +199,31 @@ async fn purge_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool>) {
                 }
             }
         }
+    }
+}
+
+/// The refund query job: on every tick, claims the due unsettled refunds (shared by replicas
+/// through `FOR UPDATE SKIP LOCKED`) and settles what the channels say; refreshes the
+/// unsettled-refund gauges every ten ticks. On stop, the pass in progress finishes (the server's
+/// grace period bounds it).
+async fn refund_query_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(app.refunds.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = app.run_refund_queries().await {
+            tracing::warn!(error = ?e, "refund query pass failed; will retry");
+        }
+        if n % 10 == 0
+            && let Err(e) = app.refresh_refund_gauges().await
+        {
+            tracing::warn!(error = ?e, "refreshing the refund gauges failed");
+        }
+        n += 1;
     }
 }
 

@@ -20,6 +20,11 @@ pub enum Subject {
     Trade(String),
     /// A channel event named by its id.
     Event(String),
+    Refund(uuid::Uuid),
+    /// An app's refund named by its refund_request_no.
+    RefundRequestNo(String),
+    /// A refund named by its `out_refund_no`.
+    OutRefund(String),
 }
 
 impl fmt::Display for Subject {
@@ -29,6 +34,9 @@ impl fmt::Display for Subject {
             Subject::MerchantOrderNo(no) => write!(f, "order with merchant_order_no {no}"),
             Subject::Trade(no) => write!(f, "trade {no}"),
             Subject::Event(id) => write!(f, "channel event {id}"),
+            Subject::Refund(id) => write!(f, "refund {id}"),
+            Subject::RefundRequestNo(no) => write!(f, "refund with refund_request_no {no}"),
+            Subject::OutRefund(no) => write!(f, "refund {no}"),
         }
     }
 }
@@ -40,8 +48,8 @@ impl From<OrderId> for Subject {
 }
 
 /// The variants that carry a bare `String` carry the user-facing message itself:
-/// `Unauthenticated`, `AlreadyExists`, `PermissionDenied`, `ChannelRefused` (the channel's own
-/// refusal text) and `NotAccepted`.
+/// `Unauthenticated`, `AlreadyExists`, `PermissionDenied` and `ChannelRefused` (the channel's own
+/// refusal text).
 #[derive(thiserror::Error)]
 pub enum ServiceError {
     #[error("invalid argument: {0}")]
@@ -115,15 +123,25 @@ pub enum ServiceError {
         channel: Channel,
         out_trade_no: String,
     },
+    /// Only PAID or PARTIALLY_REFUNDED orders can be refunded.
+    #[error("order is {0}; only PAID or PARTIALLY_REFUNDED orders can be refunded")]
+    NotRefundable(crate::domain::OrderStatus),
+    /// The refund would take the refunds that are not FAILED above what was paid.
+    #[error(
+        "a refund of {requested} exceeds what remains refundable: {remaining} ({currency} minor units) of {paid} paid"
+    )]
+    RefundExceeds {
+        requested: i64,
+        remaining: i64,
+        paid: i64,
+        currency: String,
+    },
     /// This replica holds no snowflake worker-id lease, so it mints no `out_trade_no`.
     #[error("this server cannot mint trade numbers right now (worker-id lease lost); retry")]
     LeaseLost,
     /// An adapter reported an event it has no right to report (the message says which).
     #[error("permission denied: {0}")]
     PermissionDenied(String),
-    /// This version of payd does not accept the request yet (the message says what); retry later.
-    #[error("not accepted: {0}")]
-    NotAccepted(String),
     /// A bug or a broken invariant; the context says what was being done.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),

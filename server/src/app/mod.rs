@@ -2,6 +2,7 @@
 //! change in one Postgres transaction together with the idempotency record.
 pub mod error;
 pub mod pay;
+pub mod refunds;
 pub mod results;
 
 use std::time::Duration;
@@ -53,6 +54,8 @@ pub struct App {
     pub worker_lease: std::sync::Arc<std::sync::Mutex<diesel::PgConnection>>,
     /// Channel-side payable windows of new trades.
     pub pay_windows: pay::PayWindows,
+    /// How unsettled refunds are followed up.
+    pub refunds: refunds::RefundPolicy,
 }
 
 impl App {

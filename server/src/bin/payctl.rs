@@ -86,6 +86,43 @@ enum Command {
         #[arg(long, default_value = "")]
         idempotency_key: String,
     },
+    /// Refund part or all of a paid order. The refund request number is the idempotency key:
+    /// repeating the command with the same number returns the same refund.
+    Refund {
+        #[arg(long)]
+        order_id: String,
+        /// Amount in minor units (fen for CNY).
+        #[arg(long)]
+        amount: i64,
+        #[arg(long, default_value = "CNY")]
+        currency: String,
+        #[arg(long)]
+        refund_request_no: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Who asks, for the audit trail (defaults to $USER).
+        #[arg(long, env = "USER", default_value = "")]
+        operator: String,
+    },
+    /// Get one refund by id or by refund request number.
+    GetRefund {
+        #[arg(long, conflicts_with = "refund_request_no")]
+        refund_id: Option<String>,
+        #[arg(long)]
+        refund_request_no: Option<String>,
+    },
+    /// List refunds, newest first (of one order, or all of the app's).
+    ListRefunds {
+        #[arg(long, default_value = "")]
+        order_id: String,
+        /// PENDING, PROCESSING, SUCCEEDED, FAILED (repeatable).
+        #[arg(long = "status")]
+        statuses: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -120,6 +157,38 @@ fn print_order(o: Option<pb::Order>) {
         status,
         o.version,
         o.subject
+    );
+}
+
+fn print_refund(r: Option<pb::Refund>) {
+    let Some(r) = r else { return };
+    let amount = r.amount.unwrap_or_default();
+    let status = pb::RefundStatus::try_from(r.status)
+        .map(|s| {
+            s.as_str_name()
+                .trim_start_matches("REFUND_STATUS_")
+                .to_owned()
+        })
+        .unwrap_or_else(|_| r.status.to_string());
+    println!(
+        "refund {}  no={}  order={}  {} {} (minor units)  status={}{}  out_refund_no={}{}",
+        r.refund_id,
+        r.refund_request_no,
+        r.order_id,
+        amount.amount_minor,
+        amount.currency,
+        status,
+        if r.needs_attention {
+            "  NEEDS ATTENTION"
+        } else {
+            ""
+        },
+        r.out_refund_no,
+        if r.failure_reason.is_empty() {
+            String::new()
+        } else {
+            format!("  failure={:?}", r.failure_reason)
+        }
     );
 }
 
@@ -257,6 +326,78 @@ async fn main() -> anyhow::Result<()> {
             )?)
             .await
             .map(|r| print_order(r.into_inner().order)),
+        Command::Refund {
+            order_id,
+            amount,
+            currency,
+            refund_request_no,
+            reason,
+            operator,
+        } => client
+            .create_refund(with_app(
+                app,
+                pb::CreateRefundRequest {
+                    order_id,
+                    amount: Some(pb::Money {
+                        amount_minor: amount,
+                        currency,
+                    }),
+                    reason,
+                    refund_request_no,
+                    operator,
+                },
+            )?)
+            .await
+            .map(|r| print_refund(r.into_inner().refund)),
+        Command::GetRefund {
+            refund_id,
+            refund_request_no,
+        } => {
+            use pb::get_refund_request::Lookup;
+            let lookup = refund_id
+                .map(Lookup::RefundId)
+                .or(refund_request_no.map(Lookup::RefundRequestNo));
+            client
+                .get_refund(with_app(app, pb::GetRefundRequest { lookup })?)
+                .await
+                .map(|r| print_refund(r.into_inner().refund))
+        }
+        Command::ListRefunds {
+            order_id,
+            statuses,
+            page_size,
+            page_token,
+        } => {
+            let statuses = statuses
+                .iter()
+                .map(|s| {
+                    pb::RefundStatus::from_str_name(&format!("REFUND_STATUS_{}", s.to_uppercase()))
+                        .map(|v| v as i32)
+                        .with_context(|| format!("unknown refund status {s}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            client
+                .list_refunds(with_app(
+                    app,
+                    pb::ListRefundsRequest {
+                        order_id,
+                        statuses,
+                        page_size,
+                        page_token,
+                        ..Default::default()
+                    },
+                )?)
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    for x in r.refunds {
+                        print_refund(Some(x));
+                    }
+                    if !r.next_page_token.is_empty() {
+                        println!("next page: --page-token {}", r.next_page_token);
+                    }
+                })
+        }
     };
     result.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
 }

@@ -5,6 +5,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod money;
 pub mod order;
+pub mod refund;
 pub mod snowflake;
 pub mod validation;
 
@@ -15,4 +16,8 @@ pub use idempotency::KeyClaim;
 pub use ids::{AppId, IdempotencyKey, MerchantOrderNo, OrderId};
 pub use money::{Currency, Money};
 pub use order::{IllegalTransition, Order, OrderEvent, OrderFilter, OrderStatus};
+pub use refund::{
+    ChannelRefundState, IllegalRefundTransition, NewRefund, Refund, RefundEvent, RefundFilter,
+    RefundResult, RefundStatus,
+};
 pub use validation::{FieldError, NewOrder, OrderLimits, Subject};

@@ -9,6 +9,7 @@ use crate::channel_client::{channel_to_pb, method_to_pb, timestamp};
 use crate::domain::Attempt;
 use crate::domain::Order;
 use crate::domain::{AttemptStatus, Channel, FieldError, OrderStatus, PayMethod};
+use crate::domain::{Refund, RefundStatus};
 use payproto::channel::v1 as cpb;
 
 /// # Errors
@@ -74,11 +75,60 @@ pub fn order_to_pb(row: &Order) -> pb::Order {
 
 /// Opaque keyset cursor: the (created_at, id) of the last order of a page.
 pub fn encode_page_token(row: &Order) -> String {
-    URL_SAFE_NO_PAD.encode(format!(
-        "{}:{}",
-        row.created_at.timestamp_micros(),
-        row.id.simple()
-    ))
+    encode_cursor(row.created_at, row.id)
+}
+
+/// The cursor of a page whose last row was created at `at` with id `id`.
+pub fn encode_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", at.timestamp_micros(), id.simple()))
+}
+
+pub fn refund_status_to_pb(s: RefundStatus) -> pb::RefundStatus {
+    match s {
+        RefundStatus::Pending => pb::RefundStatus::Pending,
+        RefundStatus::Processing => pb::RefundStatus::Processing,
+        RefundStatus::Succeeded => pb::RefundStatus::Succeeded,
+        RefundStatus::Failed => pb::RefundStatus::Failed,
+    }
+}
+
+pub fn refund_status_from_pb(field: &'static str, v: i32) -> Result<RefundStatus, FieldError> {
+    match pb::RefundStatus::try_from(v) {
+        Ok(pb::RefundStatus::Pending) => Ok(RefundStatus::Pending),
+        Ok(pb::RefundStatus::Processing) => Ok(RefundStatus::Processing),
+        Ok(pb::RefundStatus::Succeeded) => Ok(RefundStatus::Succeeded),
+        Ok(pb::RefundStatus::Failed) => Ok(RefundStatus::Failed),
+        Ok(pb::RefundStatus::Unspecified) | Err(_) => Err(FieldError::new(
+            field,
+            format!("{v} is not a refund status"),
+        )),
+    }
+}
+
+pub fn refund_to_pb(r: &Refund) -> pb::Refund {
+    pb::Refund {
+        refund_id: r.id.hyphenated().to_string(),
+        order_id: r.order_id.hyphenated().to_string(),
+        app_id: r.app_id.clone(),
+        refund_request_no: r.refund_request_no.clone(),
+        out_refund_no: r.out_refund_no.clone(),
+        channel: channel_to_pb(r.channel) as i32,
+        amount: Some(pb::Money {
+            amount_minor: r.amount_minor,
+            currency: r.currency.trim().to_owned(),
+        }),
+        reason: r.reason.clone(),
+        status: refund_status_to_pb(r.status) as i32,
+        channel_refund_no: r.channel_refund_no.clone().unwrap_or_default(),
+        failure_reason: r.failure_reason.clone().unwrap_or_default(),
+        requested_by: r.requested_by.clone(),
+        operator: r.operator.clone().unwrap_or_default(),
+        needs_attention: r.needs_attention,
+        version: r.version,
+        created_at: Some(timestamp(r.created_at)),
+        updated_at: Some(timestamp(r.updated_at)),
+        succeeded_at: r.succeeded_at.map(timestamp),
+    }
 }
 
 pub fn decode_page_token(token: &str) -> Result<(DateTime<Utc>, Uuid), FieldError> {

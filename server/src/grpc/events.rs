@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::channel_from_pb;
 use super::status::observe;
+use crate::app::refunds::{RefundOutcome, RefundSource, refund_result_from_pb};
 use crate::app::results::ResultOutcome;
 use crate::app::{App, ServiceError};
 use crate::channel_client::result_from_pb;
@@ -89,6 +90,60 @@ impl EventsApi {
     }
 }
 
+impl EventsApi {
+    /// A refund result from a channel notification: recorded once per (channel, event id) and
+    /// applied through the one refund transition, which checks amount and currency.
+    async fn report_refund(
+        &self,
+        caller: Channel,
+        body: cpb::ReportRefundRequest,
+    ) -> Result<cpb::ReportRefundResponse, ServiceError> {
+        let channel = channel_from_pb(body.channel)?;
+        if channel != caller {
+            return Err(ServiceError::PermissionDenied(format!(
+                "the {caller} adapter may not report for {channel}"
+            )));
+        }
+        let event_id = body.channel_event_id;
+        if event_id.is_empty() || event_id.len() > 128 {
+            return Err(FieldError::new("channel_event_id", "must be 1..=128 characters").into());
+        }
+        let result = body
+            .result
+            .ok_or_else(|| FieldError::new("result", "is required"))?;
+        if result.out_refund_no.is_empty() || result.out_refund_no.len() > 64 {
+            return Err(
+                FieldError::new("result.out_refund_no", "must be 1..=64 characters").into(),
+            );
+        }
+        if body.out_trade_no.len() > 64 {
+            return Err(FieldError::new("out_trade_no", "must be at most 64 characters").into());
+        }
+        let next = chrono::Utc::now()
+            + self
+                .app
+                .refunds
+                .query_delays
+                .first()
+                .copied()
+                .unwrap_or_default();
+        let (outcome, _) = self
+            .app
+            .apply_refund_result(
+                refund_result_from_pb(channel, result),
+                RefundSource::Event {
+                    event_id,
+                    out_trade_no: body.out_trade_no,
+                },
+                next,
+            )
+            .await?;
+        Ok(cpb::ReportRefundResponse {
+            first_time: outcome != RefundOutcome::Repeated,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl ChannelEventsService for EventsApi {
     async fn report_payment(
@@ -102,19 +157,14 @@ impl ChannelEventsService for EventsApi {
         self.respond("ReportPayment", r)
     }
 
-    /// Refund results arrive with the refunds capability; until then a report is refused so the
-    /// adapter keeps asking the platform to retry rather than acknowledging something unrecorded.
     async fn report_refund(
         &self,
         req: Request<cpb::ReportRefundRequest>,
     ) -> Result<Response<cpb::ReportRefundResponse>, Status> {
-        let r: Result<cpb::ReportRefundResponse, ServiceError> =
-            match self.authenticate(req.metadata()) {
-                Ok(_) => Err(ServiceError::NotAccepted(
-                    "refund results are not accepted by this version of payd".into(),
-                )),
-                Err(e) => Err(e),
-            };
+        let r = match self.authenticate(req.metadata()) {
+            Ok(caller) => EventsApi::report_refund(self, caller, req.into_inner()).await,
+            Err(e) => Err(e),
+        };
         self.respond("ReportRefund", r)
     }
 }

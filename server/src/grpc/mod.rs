@@ -2,6 +2,7 @@
 pub mod convert;
 pub mod events;
 pub mod payment;
+mod refund;
 pub mod status;
 
 use std::time::Duration;

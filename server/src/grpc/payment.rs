@@ -37,7 +37,11 @@ impl PaymentApi {
         observe(&self.app.metrics, method, r)
     }
 
-    fn replayed(&self, method: &str) {
+    pub(super) fn app(&self) -> &App {
+        &self.app
+    }
+
+    pub(super) fn replayed(&self, method: &str) {
         self.app
             .metrics
             .idempotent_replays
@@ -46,7 +50,7 @@ impl PaymentApi {
     }
 }
 
-fn app_id<T>(req: &Request<T>) -> Result<AppId, ServiceError> {
+pub(super) fn app_id<T>(req: &Request<T>) -> Result<AppId, ServiceError> {
     let raw = req
         .metadata()
         .get(APP_ID_HEADER)
@@ -100,7 +104,7 @@ fn encode_close(row: &Order) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ServiceError> {
+pub(super) fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M, ServiceError> {
     use anyhow::Context;
     Ok(M::decode(bytes).context("a stored idempotent response does not decode")?)
 }
@@ -382,5 +386,29 @@ impl PaymentService for PaymentApi {
     async fn pay(&self, req: Request<pb::PayRequest>) -> Result<Response<pb::PayResponse>, Status> {
         let r = PaymentApi::pay(self, req).await;
         self.respond("Pay", r)
+    }
+
+    async fn create_refund(
+        &self,
+        req: Request<pb::CreateRefundRequest>,
+    ) -> Result<Response<pb::CreateRefundResponse>, Status> {
+        let r = self.create_refund_call(req).await;
+        self.respond("CreateRefund", r)
+    }
+
+    async fn get_refund(
+        &self,
+        req: Request<pb::GetRefundRequest>,
+    ) -> Result<Response<pb::GetRefundResponse>, Status> {
+        let r = self.get_refund_call(req).await;
+        self.respond("GetRefund", r)
+    }
+
+    async fn list_refunds(
+        &self,
+        req: Request<pb::ListRefundsRequest>,
+    ) -> Result<Response<pb::ListRefundsResponse>, Status> {
+        let r = self.list_refunds_call(req).await;
+        self.respond("ListRefunds", r)
     }
 }

@@ -9,9 +9,9 @@
 //! | `AlreadyExists`, `IdempotencyMismatch` | ALREADY_EXISTS   |
 //! | `IllegalTransition` (state named), `Expired` | FAILED_PRECONDITION |
 //! | `Busy`, `Fenced`, `Conflict`        | ABORTED             |
-//! | `ChannelRefused`, `ChannelDisabled`, `TradeStillPayable`, `AmountHeld` | FAILED_PRECONDITION |
+//! | `ChannelRefused`, `ChannelDisabled`, `TradeStillPayable`, `AmountHeld`, `NotRefundable`, `RefundExceeds` (remaining amount named) | FAILED_PRECONDITION |
 //! | `PermissionDenied`                  | PERMISSION_DENIED   |
-//! | `Redis`, `ChannelUnavailable`, `LeaseLost`, `NotAccepted` | UNAVAILABLE |
+//! | `Redis`, `ChannelUnavailable`, `LeaseLost` | UNAVAILABLE |
 //! | `Storage`, transient (unreachable, pool timeout) | UNAVAILABLE |
 //! | `Storage`, otherwise; `Internal`    | INTERNAL, opaque; the chain is logged |
 use tonic::{Code, Status};
@@ -37,6 +37,8 @@ impl From<ServiceError> for Status {
             e @ (ServiceError::ChannelRefused(_)
             | ServiceError::ChannelDisabled(_)
             | ServiceError::Expired(_)
+            | ServiceError::NotRefundable(_)
+            | ServiceError::RefundExceeds { .. }
             | ServiceError::TradeStillPayable { .. }
             | ServiceError::AmountHeld { .. }) => Status::failed_precondition(e.to_string()),
             e @ ServiceError::LeaseLost => Status::unavailable(e.to_string()),
@@ -51,7 +53,7 @@ impl From<ServiceError> for Status {
                 tracing::warn!(error = ?s, "storage unavailable");
                 Status::unavailable(RETRY_WITH_BACKOFF)
             }
-            e @ (ServiceError::Redis(_) | ServiceError::NotAccepted(_)) => {
+            e @ ServiceError::Redis(_) => {
                 tracing::warn!(error = ?e, "dependency unavailable");
                 Status::unavailable(RETRY_WITH_BACKOFF)
             }

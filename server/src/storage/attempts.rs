@@ -213,3 +213,24 @@ pub fn transition(
     .optional()?;
     Ok(updated)
 }
+
+/// The attempt that paid the order: its SUCCEEDED attempt that is not a recorded duplicate
+/// payment (at most one, since every later success on a paid order is recorded as a duplicate
+/// in the same transaction that marks it SUCCEEDED).
+pub fn paying_attempt(
+    conn: &mut PgConnection,
+    order: OrderId,
+) -> Result<Option<AttemptRow>, StorageError> {
+    use super::schema::duplicate_payments;
+    Ok(payment_attempts::table
+        .filter(payment_attempts::order_id.eq(order.as_uuid()))
+        .filter(payment_attempts::status.eq("SUCCEEDED"))
+        .filter(diesel::dsl::not(diesel::dsl::exists(
+            duplicate_payments::table
+                .filter(duplicate_payments::attempt_id.eq(payment_attempts::id)),
+        )))
+        .order(payment_attempts::succeeded_at.asc())
+        .select(AttemptRow::as_select())
+        .first(conn)
+        .optional()?)
+}

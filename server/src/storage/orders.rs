@@ -294,6 +294,52 @@ pub fn transition(
     }
 }
 
+/// Adds a succeeded refund to the order's refunded total and moves it to `to` (the state
+/// machine's answer to `RefundSucceeded`), if the row is still at `expected_version`. The
+/// writer holds the order's row lock; the fence is left as it is (no Redis lock is involved).
+pub fn record_refund(
+    conn: &mut PgConnection,
+    order: &OrderRow,
+    amount_minor: i64,
+    to: OrderStatus,
+    reason: &str,
+) -> Result<Option<OrderRow>, StorageError> {
+    let updated = diesel::update(
+        orders::table
+            .filter(orders::id.eq(order.id))
+            .filter(orders::status.eq(order.status.as_str()))
+            .filter(orders::version.eq(order.version)),
+    )
+    .set((
+        orders::status.eq(to.as_str()),
+        orders::version.eq(orders::version + 1),
+        orders::updated_at.eq(Utc::now()),
+        orders::refunded_minor.eq(orders::refunded_minor + amount_minor),
+    ))
+    .returning(OrderRow::as_returning())
+    .get_result(conn)
+    .optional()?;
+    if let Some(row) = &updated {
+        record_transition(conn, row.id, row.version, Some(order.status), to, reason)?;
+    }
+    Ok(updated)
+}
+
+/// The order's row with a lock, scoped to the app (another app's order is not found).
+pub fn find_for_update_as(
+    conn: &mut PgConnection,
+    app: &AppId,
+    id: OrderId,
+) -> Result<Option<OrderRow>, StorageError> {
+    Ok(orders::table
+        .filter(orders::id.eq(id.as_uuid()))
+        .filter(orders::app_id.eq(app.as_str()))
+        .select(OrderRow::as_select())
+        .for_update()
+        .first(conn)
+        .optional()?)
+}
+
 fn record_transition(
     conn: &mut PgConnection,
     order_id: Uuid,

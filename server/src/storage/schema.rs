@@ -63,6 +63,50 @@ diesel::table! {
         updated_at -> Timestamptz,
         succeeded_at -> Nullable<Timestamptz>,
         pay_deadline -> Timestamptz,
+        refund_reserved_minor -> Int8,
+        refunded_minor -> Int8,
+    }
+}
+
+diesel::table! {
+    refunds (id) {
+        id -> Uuid,
+        app_id -> Text,
+        order_id -> Uuid,
+        attempt_id -> Uuid,
+        refund_request_no -> Text,
+        out_refund_no -> Text,
+        channel -> Text,
+        amount_minor -> Int8,
+        currency -> Bpchar,
+        reason -> Text,
+        status -> Text,
+        channel_refund_no -> Nullable<Text>,
+        channel_status -> Nullable<Text>,
+        failure_reason -> Nullable<Text>,
+        requested_by -> Text,
+        operator -> Nullable<Text>,
+        create_response -> Nullable<Bytea>,
+        next_query_at -> Nullable<Timestamptz>,
+        queries -> Int4,
+        needs_attention -> Bool,
+        version -> Int8,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        succeeded_at -> Nullable<Timestamptz>,
+        duplicate_payment_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    refund_transitions (refund_id, version) {
+        refund_id -> Uuid,
+        version -> Int8,
+        from_status -> Nullable<Text>,
+        to_status -> Text,
+        actor -> Text,
+        reason -> Text,
+        created_at -> Timestamptz,
     }
 }
 
@@ -94,11 +138,16 @@ diesel::table! {
 
 diesel::joinable!(order_transitions -> orders (order_id));
 diesel::joinable!(payment_attempts -> orders (order_id));
+diesel::joinable!(refunds -> orders (order_id));
+diesel::joinable!(refunds -> payment_attempts (attempt_id));
+diesel::joinable!(refund_transitions -> refunds (refund_id));
 diesel::allow_tables_to_appear_in_same_query!(
     orders,
     order_transitions,
     idempotency_keys,
     payment_attempts,
     channel_events,
-    duplicate_payments
+    duplicate_payments,
+    refunds,
+    refund_transitions
 );

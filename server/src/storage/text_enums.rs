@@ -7,7 +7,7 @@ use diesel::pg::{Pg, PgValue};
 use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::Text;
 
-use crate::domain::{AttemptStatus, Channel, OrderStatus, PayMethod};
+use crate::domain::{AttemptStatus, Channel, OrderStatus, PayMethod, RefundStatus};
 
 macro_rules! text_enum {
     ($proxy:ident, $ty:ty) => {
@@ -36,3 +36,4 @@ text_enum!(OrderStatusText, OrderStatus);
 text_enum!(AttemptStatusText, AttemptStatus);
 text_enum!(ChannelText, Channel);
 text_enum!(PayMethodText, PayMethod);
+text_enum!(RefundStatusText, RefundStatus);
