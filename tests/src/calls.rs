@@ -226,3 +226,100 @@ impl Platform {
             .unwrap_or_default()
     }
 }
+
+/// CreateRefund by the app `shop-1`.
+pub async fn refund(
+    c: &mut Client,
+    order_id: &str,
+    amount: i64,
+    refund_request_no: &str,
+) -> Result<pb::Refund, tonic::Status> {
+    c.create_refund(req(pb::CreateRefundRequest {
+        order_id: order_id.into(),
+        amount: Some(pb::Money {
+            amount_minor: amount,
+            currency: "CNY".into(),
+        }),
+        reason: "customer returned the goods".into(),
+        refund_request_no: refund_request_no.into(),
+        operator: "e2e".into(),
+    }))
+    .await
+    .map(|r| r.into_inner().refund.expect("refund"))
+}
+
+pub async fn get_refund(c: &mut Client, refund_request_no: &str) -> pb::Refund {
+    c.get_refund(req(pb::GetRefundRequest {
+        lookup: Some(pb::get_refund_request::Lookup::RefundRequestNo(
+            refund_request_no.into(),
+        )),
+    }))
+    .await
+    .expect("get refund")
+    .into_inner()
+    .refund
+    .expect("refund")
+}
+
+/// Polls GetRefund until the refund is in `want`.
+///
+/// # Panics
+/// When it is not within `within`.
+pub async fn wait_refund(
+    c: &mut Client,
+    refund_request_no: &str,
+    want: pb::RefundStatus,
+    within: Duration,
+) -> pb::Refund {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = get_refund(c, refund_request_no).await;
+        if r.status == want as i32 {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refund {refund_request_no} is {:?}, wanted {want:?}",
+            pb::RefundStatus::try_from(r.status)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Platform {
+    /// An order of `amount` paid through `ch` (the payer pays at the sandbox, the callback
+    /// makes it PAID). Returns the order and the paying trade's out_trade_no.
+    pub async fn paid_order(
+        &self,
+        c: &mut Client,
+        ch: SandboxedChannel,
+        merchant_order_no: &str,
+        amount: i64,
+    ) -> (pb::Order, String) {
+        let order = create(c, merchant_order_no, amount).await;
+        let pay = pay(c, &order.order_id, ch).await.expect("pay");
+        assert_eq!(self.payer_pays(ch, &pay, "success").await, 200);
+        let order = wait_status(
+            c,
+            &order.order_id,
+            pb::OrderStatus::Paid,
+            Duration::from_secs(20),
+        )
+        .await;
+        let no = pay.attempt.expect("attempt").out_trade_no;
+        (order, no)
+    }
+
+    /// The sandbox's refunds of one trade: (out_refund_no, amount, state, requests).
+    pub async fn sandbox_refunds(
+        &self,
+        ch: SandboxedChannel,
+        out_trade_no: &str,
+    ) -> Vec<serde_json::Value> {
+        self.sandbox_get(ch, &format!("/sandbox/trades/{out_trade_no}"))
+            .await["refunds"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}

@@ -399,6 +399,17 @@ impl Platform {
         (status, v)
     }
 
+    /// DELETE a sandbox control endpoint (e.g. reset its faults); returns the HTTP status.
+    pub async fn sandbox_delete(&self, ch: SandboxedChannel, path: &str) -> u16 {
+        self.http
+            .delete(self.sandbox_url(ch, path))
+            .send()
+            .await
+            .expect("sandbox reachable")
+            .status()
+            .as_u16()
+    }
+
     /// The adapter's Prometheus text.
     pub async fn adapter_metrics(&self, ch: SandboxedChannel) -> String {
         self.http
