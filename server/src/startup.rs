@@ -218,7 +218,7 @@ async fn refund_query_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool
         if let Err(e) = app.run_refund_queries().await {
             tracing::warn!(error = ?e, "refund query pass failed; will retry");
         }
-        if n % 10 == 0
+        if n.is_multiple_of(10)
             && let Err(e) = app.refresh_refund_gauges().await
         {
             tracing::warn!(error = ?e, "refreshing the refund gauges failed");

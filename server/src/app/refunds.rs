@@ -570,6 +570,13 @@ impl App {
             tracing::info!(out_refund_no = %row.out_refund_no, "the channel has no such refund; sending it again with the same number");
             result = self.send_refund(&row, &attempt).await;
             source = RefundSource::Answer;
+            if result.state == ChannelRefundState::Failed
+                && !refusal_of_resend_is_final(row.channel)
+            {
+                result.state = ChannelRefundState::Unknown;
+                result.channel_status =
+                    format!("a re-send was refused ({})", result.channel_status);
+            }
         }
         // A refund still in flight keeps the claim's lease as its next due time until it is
         // rescheduled below.
@@ -633,6 +640,18 @@ impl App {
                 .set(flagged);
         }
         Ok(())
+    }
+}
+
+/// Whether the platform's refusal of a re-sent refund number says the refund failed. WeChat and
+/// Alipay answer a repeated number with the refund it names (or refuse the refund itself), so
+/// their refusal is about the refund; UnionPay refuses any repeated `orderId` as a duplicate,
+/// so its refusal of a re-send proves nothing and the refund stays in flight (queried, then
+/// flagged for a person).
+fn refusal_of_resend_is_final(channel: Channel) -> bool {
+    match channel {
+        Channel::Wechat | Channel::Alipay => true,
+        Channel::Unionpay => false,
     }
 }
 

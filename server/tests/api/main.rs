@@ -8,4 +8,5 @@ mod lease;
 mod locks;
 mod orders;
 mod pay;
+mod refunds;
 mod validation;
