@@ -734,3 +734,104 @@ async fn certificates_are_refreshed_periodically_without_any_callback() {
     assert!(a.verify_callback(&new).await.is_ok());
     assert!(mock.downloads.load(std::sync::atomic::Ordering::SeqCst) <= before + 1);
 }
+
+/// A "core" that counts the connections it gets and never answers.
+async fn counting_core() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                drop(stream);
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// Posts `cb` to the kit's callback listener: (HTTP status, body).
+async fn post_to_listener(addr: std::net::SocketAddr, cb: &Callback) -> (u16, String) {
+    let reply = reqwest::Client::new()
+        .post(format!("http://{addr}/notify/refund"))
+        .headers(cb.headers.clone())
+        .header("Content-Type", "application/json")
+        .body(cb.body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    (reply.status().as_u16(), reply.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn through_the_kit_a_forged_refund_notification_gets_fail_and_never_reaches_the_core() {
+    use std::sync::atomic::Ordering;
+    let (core, connections) = counting_core().await;
+    let any = "127.0.0.1:0".parse().unwrap();
+    let settings = channel_kit::KitSettings {
+        grpc_listen: any,
+        callback_listen: any,
+        metrics_listen: any,
+        core_endpoint: format!("http://{core}"),
+        core_token: Secret::new("test-core-token-0123456789"),
+        grpc_token: Secret::new("test-grpc-token-0123456789"),
+        forward_budget: std::time::Duration::from_millis(500),
+        callback_header_timeout: std::time::Duration::from_millis(500),
+        callback_body_timeout: std::time::Duration::from_millis(500),
+        callback_max_in_flight: 8,
+        platform_timeout: std::time::Duration::from_secs(1),
+        shutdown_grace: std::time::Duration::from_secs(1),
+    };
+    let listeners = channel_kit::Listeners::bind(&settings).await.unwrap();
+    let callbacks = listeners.callbacks.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // The adapter's clock is fixed at NOW; the notifications below are signed for then.
+    tokio::spawn(listeners.run(Arc::new(adapter()), settings, async move {
+        let _ = stopped.await;
+    }));
+
+    let bad_ciphertext = envelope(
+        "REFUND.SUCCESS",
+        "refund",
+        &seal(
+            "00000000000000000000000000000000",
+            &refund_resource("SUCCESS"),
+            "refund",
+        ),
+    );
+    for cb in [
+        callback(
+            &refund_body("REFUND.SUCCESS", "SUCCESS"),
+            NOW,
+            PLATFORM_SERIAL,
+            &keys().stranger,
+        ),
+        callback(&bad_ciphertext, NOW, PLATFORM_SERIAL, &keys().platform),
+    ] {
+        let (status, body) = post_to_listener(callbacks, &cb).await;
+        assert!((400..600).contains(&status), "{status} {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], "FAIL");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "nothing was forwarded"
+    );
+
+    // The same listener does forward a genuine one (the core here never answers, so WeChat is
+    // told to retry): the check above is not vacuous.
+    let genuine = callback(
+        &refund_body("REFUND.SUCCESS", "SUCCESS"),
+        NOW,
+        PLATFORM_SERIAL,
+        &keys().platform,
+    );
+    let (status, _) = post_to_listener(callbacks, &genuine).await;
+    assert_eq!(status, 500);
+    assert!(connections.load(Ordering::SeqCst) >= 1);
+}
