@@ -1710,3 +1710,58 @@ async fn unionpay_failed_refund_is_notified_with_a_failure_code_and_queried_as_f
         "00"
     );
 }
+
+#[tokio::test]
+async fn alipay_refund_answer_delay_and_unionpay_api_errors_apply_to_refund_calls() {
+    let m = AlipayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "success").await;
+    let biz = json!({"out_trade_no": "APR003", "total_amount": "10.00", "subject": "s"});
+    m.call("alipay.trade.precreate", biz, Some(&url)).await;
+    pay(&m.base, "APR003").await;
+    receiver.wait_for(1).await;
+    faults(&m.base, json!({"refund_answer_delay_ms": 1500})).await;
+    let params = m.signed_params(
+        "alipay.trade.refund",
+        &json!({"out_trade_no": "APR003", "refund_amount": "1.00", "out_request_no": "RF1"}),
+        None,
+    );
+    let body = form::encode(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let timed_out = http_client::send(
+        &OutgoingRequest::post(
+            format!("{}/gateway.do?charset=utf-8", m.base),
+            "application/x-www-form-urlencoded;charset=utf-8",
+            body,
+        ),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(timed_out.is_err(), "the answer should have been late");
+    // Executed: the refund is there, and the query is not delayed.
+    assert_eq!(refund_view(&m.base, "RF1").await["state"], "SUCCEEDED");
+    let started = std::time::Instant::now();
+    let queried = m
+        .call(
+            "alipay.trade.fastpay.refund.query",
+            json!({"out_trade_no": "APR003", "out_request_no": "RF1"}),
+            None,
+        )
+        .await;
+    assert_eq!(queried["refund_status"], "REFUND_SUCCESS");
+    assert!(started.elapsed() < Duration::from_millis(1000));
+
+    let u = UnionpayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "ok").await;
+    u.consume("UPR3000001", "1000", &url).await;
+    pay(&u.base, "UPR3000001").await;
+    receiver.wait_for(1).await;
+    let paid = u.query("UPR3000001", "20240101120000").await;
+    faults(&u.base, json!({"api_error_rate": 1.0})).await;
+    let fields = u.refund_fields("UPREF00004", &paid["queryId"], "100", &url);
+    let answer = u.post("/gateway/api/backTransReq.do", &fields).await;
+    assert_eq!(answer["respCode"], "03");
+    faults(&u.base, json!({"api_error_rate": 0.0})).await;
+    assert_eq!(
+        refund_view(&u.base, "UPREF00004").await["error"],
+        "no such refund"
+    );
+}
