@@ -122,8 +122,9 @@ pub fn settle_refund(
 }
 
 /// Called by a platform server when a refund-creating call that recorded a PROCESSING refund
-/// is about to answer (after its delays): settles it to `refund_outcome` `refund_settle_ms` after its creation, at
-/// the earliest once the answer is out (`Manual` never). Returns at once.
+/// is about to answer (after its delays; the answer is already built): settles it to
+/// `refund_outcome` `refund_settle_ms` after its creation, or at once when that moment has
+/// passed; `Manual` never. Returns at once.
 pub fn schedule_refund_settlement(
     platform: &Arc<dyn SimulatedPlatform>,
     refund: &Refund,
@@ -138,17 +139,24 @@ pub fn schedule_refund_settlement(
     let settle_ms = platform.core().faults().refund_settle_ms;
     let due = refund.created_at
         + chrono::Duration::milliseconds(settle_ms.try_into().unwrap_or(i64::MAX));
-    let platform = Arc::clone(platform);
+    let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
     let out_refund_no = refund.out_refund_no.clone();
-    tokio::spawn(async move {
-        // Let the creating call's answer leave first.
-        tokio::task::yield_now().await;
-        let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
-        tokio::time::sleep(wait.max(Duration::from_millis(5))).await;
+    let settle = move |platform: &Arc<dyn SimulatedPlatform>| {
         // A refund settled by hand in the meantime stays as it is.
-        if let Err(e) = settle_refund(&platform, &out_refund_no, to) {
+        if let Err(e) = settle_refund(platform, &out_refund_no, to) {
             tracing::debug!(%out_refund_no, ?e, "refund settle timer: nothing to settle");
         }
+    };
+    if wait.is_zero() {
+        // Due already (0 ms, or the answer was delayed past it): settled now, as the answer
+        // (already built, saying PROCESSING) leaves, so every later call sees the outcome.
+        settle(platform);
+        return;
+    }
+    let platform = Arc::clone(platform);
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        settle(&platform);
     });
 }
 
