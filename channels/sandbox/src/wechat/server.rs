@@ -1,6 +1,7 @@
 //! The WeChat Pay API v3 endpoints: JSAPI and Native prepay, query, close, refund, refund query,
-//! trade bill; plus the TRANSACTION.SUCCESS and REFUND.SUCCESS/CLOSED/ABNORMAL callbacks. Every request is checked
-//! with [`MerchantKeys::verify_request`]; every answer and callback is signed by the platform key.
+//! trade bill; plus the TRANSACTION.SUCCESS and REFUND.SUCCESS/CLOSED/ABNORMAL callbacks. Every
+//! request is checked with [`MerchantKeys::verify_request`]; every answer and callback is signed
+//! by the platform key.
 
 // Handlers short-circuit with the platform's signed answer as `Err(Response)`; boxing it would
 // only add noise, since every path ends in a `Response` anyway.
