@@ -223,45 +223,102 @@ impl AlipayAdapter {
             .call(method::REFUND_QUERY, &biz, Urls::default())
             .await?;
         let answer: RefundQueryResponse = parse_node(&node, "refund query")?;
-        match outcome(&answer.status) {
-            CallOutcome::Success => {}
-            CallOutcome::TradeNotExist => {
-                return Ok(pb::RefundResult {
-                    out_refund_no: out_refund_no.to_owned(),
-                    state: pb::RefundState::NotFound as i32,
-                    channel_status: "ACQ.TRADE_NOT_EXIST".to_owned(),
-                    ..Default::default()
-                });
-            }
-            other => return Err(call_error(&answer.status, other)),
-        }
-        let status = refund_query_status(answer.refund_status.as_deref());
-        let state = match status {
-            RefundStatus::Succeeded => pb::RefundState::Succeeded,
-            RefundStatus::Pending => pb::RefundState::Processing,
-            RefundStatus::Unknown => pb::RefundState::Unknown,
-        };
-        let refunded = match (status, answer.refund_amount) {
-            (RefundStatus::Succeeded, Some(amount)) => Some(pb::Money {
-                amount_minor: amount.fen(),
-                currency: CNY.to_owned(),
-            }),
-            (RefundStatus::Succeeded, None) => {
-                return Err(ChannelError::BadResponse(
-                    "a successful refund without refund_amount".to_owned(),
-                ));
-            }
-            _ => None,
-        };
-        Ok(pb::RefundResult {
-            out_refund_no: out_refund_no.to_owned(),
-            state: state as i32,
-            channel_refund_no: answer.trade_no.unwrap_or_default(),
-            refunded,
-            succeeded_at: answer.gmt_refund_pay.as_deref().and_then(parse_beijing),
-            channel_status: answer.refund_status.unwrap_or_default(),
-        })
+        refund_query_result(answer, out_refund_no)
     }
+}
+
+/// A refund-query answer as the contract's result.
+///
+/// - `REFUND_SUCCESS` → SUCCEEDED with `refund_amount` (this refund's own amount).
+/// - no `refund_status` → **NOT_FOUND**: the doc says an absent `refund_status` means "not
+///   received, or failed", never "done", and Alipay's advice for it is to send the refund again
+///   with the *same* `out_request_no` (the idempotent retry): that answer then tells a refund in
+///   flight (`fund_change: N`, PROCESSING), a refusal (FAILED_PRECONDITION) or a refund that now
+///   happens. It must not be read as FAILED: a refund in flight shows no `refund_status` either,
+///   so refunding under a *new* number could pay twice.
+/// - `ACQ.TRADE_NOT_EXIST` → NOT_FOUND; any other `refund_status` → UNKNOWN.
+///
+/// # Errors
+/// A refusal or system error of the query call, or a success without `refund_amount`.
+pub(crate) fn refund_query_result(
+    answer: RefundQueryResponse,
+    out_refund_no: &str,
+) -> Result<pb::RefundResult, ChannelError> {
+    match outcome(&answer.status) {
+        CallOutcome::Success => {}
+        CallOutcome::TradeNotExist => {
+            return Ok(pb::RefundResult {
+                out_refund_no: out_refund_no.to_owned(),
+                state: pb::RefundState::NotFound as i32,
+                channel_status: "ACQ.TRADE_NOT_EXIST".to_owned(),
+                ..Default::default()
+            });
+        }
+        other => return Err(call_error(&answer.status, other)),
+    }
+    let status = refund_query_status(answer.refund_status.as_deref());
+    let state = match status {
+        RefundStatus::Succeeded => pb::RefundState::Succeeded,
+        RefundStatus::Absent => pb::RefundState::NotFound,
+        RefundStatus::Unknown => pb::RefundState::Unknown,
+    };
+    let refunded = match (status, answer.refund_amount) {
+        (RefundStatus::Succeeded, Some(amount)) => Some(pb::Money {
+            amount_minor: amount.fen(),
+            currency: CNY.to_owned(),
+        }),
+        (RefundStatus::Succeeded, None) => {
+            return Err(ChannelError::BadResponse(
+                "a successful refund without refund_amount".to_owned(),
+            ));
+        }
+        _ => None,
+    };
+    Ok(pb::RefundResult {
+        out_refund_no: out_refund_no.to_owned(),
+        state: state as i32,
+        channel_refund_no: answer.trade_no.unwrap_or_default(),
+        refunded,
+        succeeded_at: answer.gmt_refund_pay.as_deref().and_then(parse_beijing),
+        channel_status: answer
+            .refund_status
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "refund_status absent".to_owned()),
+    })
+}
+
+/// What a `10000` answer of `alipay.trade.refund` says about the refund asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefundAnswer {
+    /// `fund_change: Y` and the cumulative `refund_fee` covers this refund: money moved now,
+    /// exactly the amount asked.
+    Succeeded,
+    /// `fund_change: N` (an idempotent repeat, or a refund Alipay has not carried out yet), or a
+    /// `Y` whose `refund_fee` does not cover this refund: the refund query decides.
+    AskQuery,
+}
+
+pub(crate) fn read_refund_answer(answer: &RefundResponse, refund_fen: i64) -> RefundAnswer {
+    let covered = answer
+        .refund_fee
+        .as_ref()
+        .is_some_and(|fee| fee.fen() >= refund_fen);
+    if answer.fund_change.as_deref() == Some("Y") && covered {
+        RefundAnswer::Succeeded
+    } else {
+        RefundAnswer::AskQuery
+    }
+}
+
+/// The refund call's result once the query was asked after an accepted call that moved no money:
+/// an absent `refund_status` is then a refund Alipay accepted and has not carried out, PROCESSING
+/// (it was received, and not refused).
+pub(crate) fn after_accepted_refund(mut queried: pb::RefundResult) -> pb::RefundResult {
+    if queried.state == pb::RefundState::NotFound as i32 {
+        queried.state = pb::RefundState::Processing as i32;
+        queried.channel_status = "fund_change=N".to_owned();
+    }
+    queried
 }
 
 #[tonic::async_trait]
@@ -422,8 +479,11 @@ impl Adapter for AlipayAdapter {
         match outcome(&answer.status) {
             // `fund_change=Y`: money moved on this call for this out_request_no, so the refund is
             // exactly the amount asked. Otherwise (an idempotent retry, or Alipay still deciding)
-            // the refund query says what happened.
-            CallOutcome::Success if answer.fund_change.as_deref() == Some("Y") => {
+            // the refund query says what happened. A business refusal (balance not enough, amount
+            // above the refundable, trade not paid) is a final `Refused`.
+            CallOutcome::Success
+                if read_refund_answer(&answer, refund_amount.fen()) == RefundAnswer::Succeeded =>
+            {
                 Ok(pb::RefundResult {
                     out_refund_no: out_refund_no.to_owned(),
                     state: pb::RefundState::Succeeded as i32,
@@ -436,7 +496,10 @@ impl Adapter for AlipayAdapter {
                     channel_status: "fund_change=Y".to_owned(),
                 })
             }
-            CallOutcome::Success => self.refund_query(out_trade_no, out_refund_no).await,
+            CallOutcome::Success => self
+                .refund_query(out_trade_no, out_refund_no)
+                .await
+                .map(after_accepted_refund),
             other => Err(call_error(&answer.status, other)),
         }
     }

@@ -122,8 +122,10 @@ pub fn classify(code: &str, sub_code: Option<&str>) -> CallOutcome {
 /// What a refund's state means to the core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RefundStatus {
-    /// Not (yet) refunded. Resending the refund with the same `out_request_no` is safe.
-    Pending,
+    /// No `refund_status`: "not received, or failed" (or, right after a `fund_change: N` answer,
+    /// not refunded yet). Never a success; resending the refund with the **same**
+    /// `out_request_no` is safe (Alipay's idempotent retry) and its answer tells which.
+    Absent,
     Succeeded,
     Unknown,
 }
@@ -132,18 +134,18 @@ impl RefundStatus {
     pub fn is_final(self) -> bool {
         match self {
             Self::Succeeded => true,
-            Self::Pending | Self::Unknown => false,
+            Self::Absent | Self::Unknown => false,
         }
     }
 }
 
 /// `refund_status` of a `10000` refund-query answer. `REFUND_SUCCESS` is the only documented value;
-/// its absence means "not received or failed", and Alipay warns that a query sent too soon after the
-/// refund can miss one that succeeds later, so absence is pending, not failed.
+/// its absence means "not received or failed", and a query sent too soon after the refund can miss
+/// one that succeeds later, so absence is neither a success nor a failure.
 pub fn refund_query_status(refund_status: Option<&str>) -> RefundStatus {
     match refund_status {
         Some("REFUND_SUCCESS") => RefundStatus::Succeeded,
-        None | Some("") => RefundStatus::Pending,
+        None | Some("") => RefundStatus::Absent,
         Some(_) => RefundStatus::Unknown,
     }
 }
@@ -221,14 +223,14 @@ mod tests {
             refund_query_status(Some("REFUND_SUCCESS")),
             RefundStatus::Succeeded
         );
-        assert_eq!(refund_query_status(None), RefundStatus::Pending);
-        assert_eq!(refund_query_status(Some("")), RefundStatus::Pending);
+        assert_eq!(refund_query_status(None), RefundStatus::Absent);
+        assert_eq!(refund_query_status(Some("")), RefundStatus::Absent);
         assert_eq!(
             refund_query_status(Some("REFUND_FAIL")),
             RefundStatus::Unknown
         );
         assert!(RefundStatus::Succeeded.is_final());
-        assert!(!RefundStatus::Pending.is_final());
+        assert!(!RefundStatus::Absent.is_final());
         assert!(!RefundStatus::Unknown.is_final());
     }
 }

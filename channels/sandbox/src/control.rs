@@ -11,8 +11,10 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::callbacks::{self, Notification, NotificationKind};
-use crate::ledger::{RefundState, Trade, TradeState, TransitionError};
-use crate::platform::{Faults, FaultsPatch, SimulatedPlatform, Tamper, lock};
+use crate::ledger::{
+    Refund, RefundState, SettleError, Settlement, Trade, TradeState, TransitionError,
+};
+use crate::platform::{Faults, FaultsPatch, RefundEnding, SimulatedPlatform, Tamper, lock};
 
 /// The control routes, to be merged into a platform's router.
 pub fn router(platform: Arc<dyn SimulatedPlatform>) -> Router {
@@ -22,6 +24,11 @@ pub fn router(platform: Arc<dyn SimulatedPlatform>) -> Router {
         .route("/sandbox/trades/{out_trade_no}", get(show_trade))
         .route("/sandbox/trades/{out_trade_no}/pay", post(pay))
         .route("/sandbox/trades/{out_trade_no}/notify", post(notify_once))
+        .route("/sandbox/refunds/{out_refund_no}", get(show_refund))
+        .route(
+            "/sandbox/refunds/{out_refund_no}/settle",
+            post(settle_refund),
+        )
         .route(
             "/sandbox/faults",
             get(show_faults).post(patch_faults).delete(reset_faults),
@@ -33,13 +40,35 @@ pub fn router(platform: Arc<dyn SimulatedPlatform>) -> Router {
         .with_state(platform)
 }
 
-/// A refund in the control API's JSON.
+/// A refund in the control API's JSON (alone, and as the items of a trade's `refunds`).
 #[derive(Debug, Serialize)]
 pub struct RefundView {
+    out_trade_no: String,
     out_refund_no: String,
     amount_minor: u64,
     state: RefundState,
+    /// WeChat ABNORMAL (state stays PROCESSING).
+    abnormal: bool,
     channel_refund_no: String,
+    requests: u32,
+    created_at: String,
+    settled_at: Option<String>,
+}
+
+impl RefundView {
+    fn new(trade: &Trade, r: &Refund) -> Self {
+        Self {
+            out_trade_no: trade.out_trade_no.clone(),
+            out_refund_no: r.out_refund_no.clone(),
+            amount_minor: r.amount_minor,
+            state: r.state,
+            abnormal: r.abnormal,
+            channel_refund_no: r.channel_refund_no.clone(),
+            requests: r.requests,
+            created_at: r.created_at.to_rfc3339(),
+            settled_at: r.settled_at.map(|t| t.to_rfc3339()),
+        }
+    }
 }
 
 /// A trade in the control API's JSON.
@@ -73,16 +102,7 @@ impl From<&Trade> for TradeView {
             notify_url: t.notify_url.clone(),
             created_at: t.created_at.to_rfc3339(),
             paid_at: t.paid_at.map(|p| p.to_rfc3339()),
-            refunds: t
-                .refunds
-                .iter()
-                .map(|r| RefundView {
-                    out_refund_no: r.out_refund_no.clone(),
-                    amount_minor: r.amount_minor,
-                    state: r.state,
-                    channel_refund_no: r.channel_refund_no.clone(),
-                })
-                .collect(),
+            refunds: t.refunds.iter().map(|r| RefundView::new(t, r)).collect(),
         }
     }
 }
@@ -208,6 +228,42 @@ async fn notify_once(
     }
 }
 
+async fn show_refund(
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
+    Path(out_refund_no): Path<String>,
+) -> Response {
+    match platform.core().ledger().refund(&out_refund_no) {
+        Some((trade, refund)) => Json(RefundView::new(trade, refund)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such refund"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct SettleBody {
+    outcome: Settlement,
+}
+
+async fn settle_refund(
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
+    Path(out_refund_no): Path<String>,
+    Json(body): Json<SettleBody>,
+) -> Response {
+    if body.outcome == Settlement::Abnormal && !platform.supports_abnormal_refunds() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("{} has no abnormal refunds", platform.profile().name),
+        );
+    }
+    match crate::platform::settle_refund(&platform, &out_refund_no, body.outcome) {
+        Ok((trade, refund)) => Json(RefundView::new(&trade, &refund)).into_response(),
+        Err(SettleError::NotFound) => error(StatusCode::NOT_FOUND, "no such refund"),
+        Err(SettleError::WrongState(state)) => error(
+            StatusCode::CONFLICT,
+            format!("refund is {state:?}, not PROCESSING (or already abnormal)"),
+        ),
+    }
+}
+
 async fn show_faults(State(platform): State<Arc<dyn SimulatedPlatform>>) -> Json<Faults> {
     Json(platform.core().faults())
 }
@@ -215,10 +271,20 @@ async fn show_faults(State(platform): State<Arc<dyn SimulatedPlatform>>) -> Json
 async fn patch_faults(
     State(platform): State<Arc<dyn SimulatedPlatform>>,
     Json(patch): Json<FaultsPatch>,
-) -> Json<Faults> {
+) -> Response {
+    if patch.refund_outcome == Some(RefundEnding::Abnormal) && !platform.supports_abnormal_refunds()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "refund_outcome abnormal is WeChat only, not {}",
+                platform.profile().name
+            ),
+        );
+    }
     let mut faults = lock(&platform.core().faults);
     faults.apply(patch);
-    Json(faults.clone())
+    Json(faults.clone()).into_response()
 }
 
 async fn reset_faults(State(platform): State<Arc<dyn SimulatedPlatform>>) -> Json<Faults> {

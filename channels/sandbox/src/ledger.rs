@@ -27,8 +27,34 @@ pub enum TradeState {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RefundState {
+    /// Accepted, money not yet returned (WeChat `PROCESSING`/`ABNORMAL`, Alipay `fund_change: N`,
+    /// UnionPay `origRespCode=05`). Counts against the refundable amount.
+    Processing,
     /// Money returned.
     Succeeded,
+    /// Refused or closed; no money moved, and its amount is refundable again.
+    Failed,
+}
+
+/// How a refund in flight is settled (by the settle timer or `POST /sandbox/refunds/{no}/settle`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Settlement {
+    /// Money returned: SUCCEEDED.
+    Success,
+    /// Refund failed: FAILED, its amount released.
+    Fail,
+    /// WeChat only: `ABNORMAL`, still PROCESSING (flag `abnormal`), resolved by hand later.
+    Abnormal,
+}
+
+/// Why a refund could not be settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleError {
+    /// No such refund.
+    NotFound,
+    /// The refund is not PROCESSING (or already ABNORMAL, for `Abnormal`).
+    WrongState(RefundState),
 }
 
 /// One refund of a trade.
@@ -41,6 +67,12 @@ pub struct Refund {
     pub amount_minor: u64,
     /// State.
     pub state: RefundState,
+    /// WeChat `ABNORMAL`: still PROCESSING, but the platform reported it abnormal.
+    pub abnormal: bool,
+    /// How many refund-creating requests named this refund (the first included).
+    pub requests: u32,
+    /// When it became SUCCEEDED or FAILED.
+    pub settled_at: Option<DateTime<Utc>>,
     /// The platform's refund id.
     pub channel_refund_no: String,
     /// Where the refund result is notified, if anywhere.
@@ -98,9 +130,22 @@ pub struct Trade {
 }
 
 impl Trade {
-    /// Sum of refunds that were not refused.
+    /// Sum of the refunds that succeeded (money returned).
     pub fn refunded_minor(&self) -> u64 {
-        self.refunds.iter().map(|r| r.amount_minor).sum()
+        self.refunds
+            .iter()
+            .filter(|r| r.state == RefundState::Succeeded)
+            .map(|r| r.amount_minor)
+            .sum()
+    }
+
+    /// Sum of the refunds that did not fail (succeeded or in flight): what is no longer refundable.
+    pub fn committed_minor(&self) -> u64 {
+        self.refunds
+            .iter()
+            .filter(|r| r.state != RefundState::Failed)
+            .map(|r| r.amount_minor)
+            .sum()
     }
 
     /// A platform-specific field, or `""`.
@@ -163,6 +208,8 @@ pub struct NewRefund {
     pub fingerprint: String,
     /// Platform-specific fields.
     pub extra: BTreeMap<String, String>,
+    /// The state it is recorded in (`Failed` records a refused refund so repeats can be counted).
+    pub initial_state: RefundState,
 }
 
 /// Why a refund was refused.
@@ -373,13 +420,27 @@ impl Ledger {
         new: NewRefund,
         channel_refund_no: String,
     ) -> Result<RefundOutcome, RefundError> {
-        if let Some((trade, existing)) = self.refund(&new.out_refund_no) {
-            if trade.out_trade_no != out_trade_no || existing.fingerprint != new.fingerprint {
+        if let Some(trade) = self
+            .trades
+            .values_mut()
+            .find(|t| t.refund(&new.out_refund_no).is_some())
+        {
+            let same_trade = trade.out_trade_no == out_trade_no;
+            let Some(existing) = trade
+                .refunds
+                .iter_mut()
+                .find(|r| r.out_refund_no == new.out_refund_no)
+            else {
+                return Err(RefundError::Conflict);
+            };
+            if !same_trade || existing.fingerprint != new.fingerprint {
                 return Err(RefundError::Conflict);
             }
+            existing.requests += 1;
+            let refund = existing.clone();
             return Ok(RefundOutcome {
                 trade: trade.clone(),
-                refund: existing.clone(),
+                refund,
                 created: false,
             });
         }
@@ -393,19 +454,23 @@ impl Ledger {
         if new.amount_minor == 0 {
             return Err(RefundError::ZeroAmount);
         }
-        let refundable_minor = trade.amount_minor - trade.refunded_minor();
+        let refundable_minor = trade.amount_minor.saturating_sub(trade.committed_minor());
         if new.amount_minor > refundable_minor {
             return Err(RefundError::ExceedsPaid { refundable_minor });
         }
+        let now = Utc::now();
         let refund = Refund {
             out_refund_no: new.out_refund_no,
             amount_minor: new.amount_minor,
-            state: RefundState::Succeeded,
+            state: new.initial_state,
+            abnormal: false,
+            requests: 1,
+            settled_at: (new.initial_state != RefundState::Processing).then_some(now),
             channel_refund_no,
             notify_url: new.notify_url,
             fingerprint: new.fingerprint,
             extra: new.extra,
-            created_at: Utc::now(),
+            created_at: now,
         };
         trade.refunds.push(refund.clone());
         Ok(RefundOutcome {
@@ -413,6 +478,49 @@ impl Ledger {
             refund,
             created: true,
         })
+    }
+}
+
+impl Ledger {
+    /// Settles a refund in flight: `Success` → SUCCEEDED, `Fail` → FAILED (amount released),
+    /// `Abnormal` → still PROCESSING with `abnormal` set.
+    ///
+    /// # Errors
+    /// [`SettleError`] for an unknown refund, or one that is not PROCESSING (or already abnormal
+    /// when asked to become abnormal).
+    pub fn settle_refund(
+        &mut self,
+        out_refund_no: &str,
+        to: Settlement,
+    ) -> Result<(Trade, Refund), SettleError> {
+        let trade = self
+            .trades
+            .values_mut()
+            .find(|t| t.refund(out_refund_no).is_some())
+            .ok_or(SettleError::NotFound)?;
+        let refund = trade
+            .refunds
+            .iter_mut()
+            .find(|r| r.out_refund_no == out_refund_no)
+            .ok_or(SettleError::NotFound)?;
+        if refund.state != RefundState::Processing
+            || (to == Settlement::Abnormal && refund.abnormal)
+        {
+            return Err(SettleError::WrongState(refund.state));
+        }
+        match to {
+            Settlement::Success => {
+                refund.state = RefundState::Succeeded;
+                refund.settled_at = Some(Utc::now());
+            }
+            Settlement::Fail => {
+                refund.state = RefundState::Failed;
+                refund.settled_at = Some(Utc::now());
+            }
+            Settlement::Abnormal => refund.abnormal = true,
+        }
+        let refund = refund.clone();
+        Ok((trade.clone(), refund))
     }
 }
 
@@ -442,6 +550,7 @@ mod tests {
             notify_url: None,
             fingerprint: format!("amount={amount}"),
             extra: BTreeMap::new(),
+            initial_state: RefundState::Processing,
         }
     }
 
@@ -552,5 +661,122 @@ mod tests {
             ledger.close("T1").unwrap_err(),
             TransitionError::WrongState(TradeState::Succeeded)
         );
+    }
+
+    fn paid_ledger(amount: u64) -> Ledger {
+        let mut ledger = Ledger::new();
+        ledger
+            .prepay(new_trade(amount), "C1".into(), "R1".into())
+            .unwrap();
+        ledger.settle("T1", TradeState::Succeeded).unwrap();
+        ledger
+    }
+
+    #[test]
+    fn a_processing_refund_counts_against_the_refundable_amount() {
+        let mut ledger = paid_ledger(100);
+        let first = ledger
+            .refund_trade("T1", new_refund("F1", 70), "X1".into())
+            .unwrap();
+        assert_eq!(first.refund.state, RefundState::Processing);
+        assert_eq!(first.refund.settled_at, None);
+        assert_eq!(first.trade.committed_minor(), 70);
+        assert_eq!(first.trade.refunded_minor(), 0);
+        assert_eq!(
+            ledger
+                .refund_trade("T1", new_refund("F2", 31), "X2".into())
+                .unwrap_err(),
+            RefundError::ExceedsPaid {
+                refundable_minor: 30
+            }
+        );
+        let (trade, refund) = ledger.settle_refund("F1", Settlement::Success).unwrap();
+        assert_eq!(refund.state, RefundState::Succeeded);
+        assert!(refund.settled_at.is_some());
+        assert_eq!(trade.refunded_minor(), 70);
+        assert_eq!(
+            ledger.settle_refund("F1", Settlement::Fail).unwrap_err(),
+            SettleError::WrongState(RefundState::Succeeded)
+        );
+        assert_eq!(
+            ledger.settle_refund("nope", Settlement::Fail).unwrap_err(),
+            SettleError::NotFound
+        );
+    }
+
+    #[test]
+    fn a_failed_refund_releases_its_amount_to_a_new_refund_number() {
+        let mut ledger = paid_ledger(100);
+        ledger
+            .refund_trade("T1", new_refund("F1", 100), "X1".into())
+            .unwrap();
+        ledger.settle_refund("F1", Settlement::Fail).unwrap();
+        // The same number stays the failed refund.
+        let again = ledger
+            .refund_trade("T1", new_refund("F1", 100), "X2".into())
+            .unwrap();
+        assert!(!again.created);
+        assert_eq!(again.refund.state, RefundState::Failed);
+        // A new number may take the whole amount again.
+        let second = ledger
+            .refund_trade("T1", new_refund("F2", 100), "X3".into())
+            .unwrap();
+        assert!(second.created);
+        assert_eq!(second.trade.committed_minor(), 100);
+        // A refund recorded as refused at once also releases its amount.
+        let mut ledger = paid_ledger(100);
+        let mut refused = new_refund("F1", 100);
+        refused.initial_state = RefundState::Failed;
+        let refused = ledger.refund_trade("T1", refused, "X1".into()).unwrap();
+        assert_eq!(refused.refund.state, RefundState::Failed);
+        assert!(refused.refund.settled_at.is_some());
+        assert!(
+            ledger
+                .refund_trade("T1", new_refund("F2", 100), "X2".into())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn every_request_naming_a_refund_is_counted() {
+        let mut ledger = paid_ledger(100);
+        for expected in 1..=3 {
+            let outcome = ledger
+                .refund_trade("T1", new_refund("F1", 10), format!("X{expected}"))
+                .unwrap();
+            assert_eq!(outcome.refund.requests, expected);
+            assert_eq!(outcome.refund.channel_refund_no, "X1");
+        }
+        // A conflicting reuse is refused and not counted.
+        assert!(
+            ledger
+                .refund_trade("T1", new_refund("F1", 11), "X9".into())
+                .is_err()
+        );
+        assert_eq!(ledger.refund("F1").unwrap().1.requests, 3);
+        assert_eq!(ledger.trade("T1").unwrap().refunds.len(), 1);
+    }
+
+    #[test]
+    fn an_abnormal_refund_stays_in_flight_until_resolved() {
+        let mut ledger = paid_ledger(100);
+        ledger
+            .refund_trade("T1", new_refund("F1", 100), "X1".into())
+            .unwrap();
+        let (_, r) = ledger.settle_refund("F1", Settlement::Abnormal).unwrap();
+        assert_eq!((r.state, r.abnormal), (RefundState::Processing, true));
+        assert_eq!(
+            ledger
+                .settle_refund("F1", Settlement::Abnormal)
+                .unwrap_err(),
+            SettleError::WrongState(RefundState::Processing)
+        );
+        assert!(
+            ledger
+                .refund_trade("T1", new_refund("F2", 1), "X2".into())
+                .is_err()
+        );
+        let (_, r) = ledger.settle_refund("F1", Settlement::Success).unwrap();
+        assert_eq!(r.state, RefundState::Succeeded);
     }
 }

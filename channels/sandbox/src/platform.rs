@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::callbacks::DeliveryRecord;
 use crate::http_client::{OutgoingRequest, Reply};
-use crate::ledger::{Ledger, Trade};
+use std::sync::Arc;
+
+use crate::ledger::{Ledger, Refund, RefundState, SettleError, Settlement, Trade};
 
 /// How a one-off notification sent through the control API is deliberately broken.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -69,6 +71,93 @@ pub trait SimulatedPlatform: Send + Sync + 'static {
         notify_id: &str,
         tamper: Tamper,
     ) -> Result<OutgoingRequest, BuildError>;
+    /// A refund was settled (SUCCEEDED, FAILED, or WeChat ABNORMAL) by the settle timer or the
+    /// control API: schedules the platform's refund notification, where it sends one.
+    fn refund_settled(self: Arc<Self>, trade: &Trade, refund: &Refund);
+    /// Whether `refund_outcome: "abnormal"` exists on this platform (WeChat only).
+    fn supports_abnormal_refunds(&self) -> bool {
+        false
+    }
+}
+
+/// How refunds created from now on end (`refund_outcome`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundEnding {
+    /// The refund succeeds.
+    #[default]
+    Success,
+    /// The refund fails (WeChat CLOSED, Alipay a business refusal, UnionPay a failure code).
+    Fail,
+    /// The refund stays PROCESSING until `POST /sandbox/refunds/{no}/settle`.
+    Manual,
+    /// WeChat only: the refund becomes ABNORMAL (still in flight, resolved by hand).
+    Abnormal,
+}
+
+impl RefundEnding {
+    /// The settlement the settle timer applies; `None` for `Manual`.
+    pub fn settlement(self) -> Option<Settlement> {
+        match self {
+            Self::Success => Some(Settlement::Success),
+            Self::Fail => Some(Settlement::Fail),
+            Self::Abnormal => Some(Settlement::Abnormal),
+            Self::Manual => None,
+        }
+    }
+}
+
+/// Settles a refund in flight and fires the platform's notification.
+///
+/// # Errors
+/// [`SettleError`] from the ledger.
+pub fn settle_refund(
+    platform: &Arc<dyn SimulatedPlatform>,
+    out_refund_no: &str,
+    to: Settlement,
+) -> Result<(Trade, Refund), SettleError> {
+    let (trade, refund) = platform.core().ledger().settle_refund(out_refund_no, to)?;
+    Arc::clone(platform).refund_settled(&trade, &refund);
+    Ok((trade, refund))
+}
+
+/// Called by a platform server when a refund-creating call that recorded a PROCESSING refund
+/// is about to answer (after its delays; the answer is already built): settles it to
+/// `refund_outcome` `refund_settle_ms` after its creation, or at once when that moment has
+/// passed; `Manual` never. Returns at once.
+pub fn schedule_refund_settlement(
+    platform: &Arc<dyn SimulatedPlatform>,
+    refund: &Refund,
+    ending: RefundEnding,
+) {
+    let Some(to) = ending.settlement() else {
+        return;
+    };
+    if refund.state != RefundState::Processing {
+        return;
+    }
+    let settle_ms = platform.core().faults().refund_settle_ms;
+    let due = refund.created_at
+        + chrono::Duration::milliseconds(settle_ms.try_into().unwrap_or(i64::MAX));
+    let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+    let out_refund_no = refund.out_refund_no.clone();
+    let settle = move |platform: &Arc<dyn SimulatedPlatform>| {
+        // A refund settled by hand in the meantime stays as it is.
+        if let Err(e) = settle_refund(platform, &out_refund_no, to) {
+            tracing::debug!(%out_refund_no, ?e, "refund settle timer: nothing to settle");
+        }
+    };
+    if wait.is_zero() {
+        // Due already (0 ms, or the answer was delayed past it): settled now, as the answer
+        // (already built, saying PROCESSING) leaves, so every later call sees the outcome.
+        settle(platform);
+        return;
+    }
+    let platform = Arc::clone(platform);
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        settle(&platform);
+    });
 }
 
 /// Callback delivery mode.
@@ -100,6 +189,13 @@ pub struct Faults {
     /// WeChat only: paid trades are reported (query answers and callbacks) with this many fen
     /// more than was paid, like a platform that booked another amount.
     pub reported_amount_delta_minor: i64,
+    /// How refunds created from now on end.
+    pub refund_outcome: RefundEnding,
+    /// A PROCESSING refund settles this many ms after creation (0 = once the creating call
+    /// has answered); not time-scaled.
+    pub refund_settle_ms: u64,
+    /// Refund-creating calls are executed, then answered this much later.
+    pub refund_answer_delay_ms: u64,
 }
 
 impl Default for Faults {
@@ -112,6 +208,9 @@ impl Default for Faults {
             api_error_rate: 0.0,
             api_delay_ms: 0,
             reported_amount_delta_minor: 0,
+            refund_outcome: RefundEnding::Success,
+            refund_settle_ms: 0,
+            refund_answer_delay_ms: 0,
         }
     }
 }
@@ -134,6 +233,12 @@ pub struct FaultsPatch {
     pub api_delay_ms: Option<u64>,
     /// See [`Faults::reported_amount_delta_minor`].
     pub reported_amount_delta_minor: Option<i64>,
+    /// See [`Faults::refund_outcome`].
+    pub refund_outcome: Option<RefundEnding>,
+    /// See [`Faults::refund_settle_ms`].
+    pub refund_settle_ms: Option<u64>,
+    /// See [`Faults::refund_answer_delay_ms`].
+    pub refund_answer_delay_ms: Option<u64>,
 }
 
 impl Faults {
@@ -163,6 +268,15 @@ impl Faults {
         }
         if let Some(v) = patch.reported_amount_delta_minor {
             self.reported_amount_delta_minor = v;
+        }
+        if let Some(v) = patch.refund_outcome {
+            self.refund_outcome = v;
+        }
+        if let Some(v) = patch.refund_settle_ms {
+            self.refund_settle_ms = v;
+        }
+        if let Some(v) = patch.refund_answer_delay_ms {
+            self.refund_answer_delay_ms = v;
         }
     }
 }
@@ -227,6 +341,14 @@ impl Core {
     /// Sleeps `api_delay_ms`, if set.
     pub async fn delay_api_answer(&self) {
         let delay = lock(&self.faults).api_delay_ms;
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+    }
+
+    /// Sleeps `refund_answer_delay_ms` (refund-creating calls only), if set.
+    pub async fn delay_refund_answer(&self) {
+        let delay = lock(&self.faults).refund_answer_delay_ms;
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }

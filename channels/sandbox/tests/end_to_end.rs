@@ -1248,3 +1248,520 @@ async fn unionpay_refuses_a_second_front_submission_of_the_same_order_as_a_dupli
     unionpay::verify_platform_message(&again, None).unwrap();
     assert_eq!(again["respCode"], "12");
 }
+
+// ---------------------------------------------------------------- refunds in flight
+
+async fn faults(base: &str, patch: Value) -> Value {
+    control(base, "POST", "/sandbox/faults", patch).await
+}
+
+async fn refund_view(base: &str, out_refund_no: &str) -> Value {
+    control(
+        base,
+        "GET",
+        &format!("/sandbox/refunds/{out_refund_no}"),
+        Value::Null,
+    )
+    .await
+}
+
+/// `POST /sandbox/refunds/{no}/settle`: (HTTP status, JSON).
+async fn settle(base: &str, out_refund_no: &str, outcome: &str) -> (u16, Value) {
+    let reply = send(OutgoingRequest::post(
+        format!("{base}/sandbox/refunds/{out_refund_no}/settle"),
+        "application/json",
+        json!({ "outcome": outcome }).to_string(),
+    ))
+    .await;
+    (
+        reply.status,
+        serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
+    )
+}
+
+/// Waits (bounded) until the refund is in `state`.
+async fn wait_refund_state(base: &str, out_refund_no: &str, state: &str) -> Value {
+    for _ in 0..300 {
+        let view = refund_view(base, out_refund_no).await;
+        if view["state"] == state {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("refund {out_refund_no} never became {state}");
+}
+
+fn event_type(received: &Received) -> String {
+    let body: Value = serde_json::from_slice(&received.body).unwrap();
+    body["event_type"].as_str().unwrap().to_owned()
+}
+
+impl WechatMerchant {
+    /// A paid Native trade of `total` fen notifying `url`; waits for its payment callback.
+    async fn paid_trade(&self, no: &str, total: u64, url: &str, receiver: &Receiver) {
+        self.native(no, total, url).await;
+        pay(&self.base, no).await;
+        receiver.wait_for(1).await;
+    }
+
+    fn refund_body(no: &str, refund_no: &str, amount: u64, total: u64, url: &str) -> String {
+        json!({"out_trade_no": no, "out_refund_no": refund_no, "notify_url": url,
+               "amount": {"refund": amount, "total": total, "currency": "CNY"}})
+        .to_string()
+    }
+
+    async fn refund(&self, no: &str, refund_no: &str, amount: u64, total: u64, url: &str) -> Reply {
+        self.call(
+            "POST",
+            "/v3/refund/domestic/refunds",
+            &Self::refund_body(no, refund_no, amount, total, url),
+        )
+        .await
+    }
+
+    async fn refund_status(&self, refund_no: &str) -> Value {
+        let reply = self
+            .call(
+                "GET",
+                &format!("/v3/refund/domestic/refunds/{refund_no}"),
+                "",
+            )
+            .await;
+        json_body(&reply)["status"].clone()
+    }
+}
+
+#[tokio::test]
+async fn wechat_refund_is_processing_until_refund_settle_ms_then_notifies_refund_success() {
+    let m = WechatMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "").await;
+    m.paid_trade("WXR001", 1000, &url, &receiver).await;
+    let f = faults(&m.base, json!({"refund_settle_ms": 400})).await;
+    assert_eq!(
+        (f["refund_outcome"].clone(), f["refund_settle_ms"].clone()),
+        (json!("success"), json!(400))
+    );
+    let first = m.refund("WXR001", "R1", 600, 1000, &url).await;
+    assert_eq!(
+        (first.status, json_body(&first)["status"].clone()),
+        (200, json!("PROCESSING"))
+    );
+    assert_eq!(m.refund_status("R1").await, "PROCESSING");
+    let again = m.refund("WXR001", "R1", 600, 1000, &url).await;
+    assert_eq!(json_body(&again)["status"], "PROCESSING");
+    assert_eq!(
+        json_body(&again)["refund_id"],
+        json_body(&first)["refund_id"]
+    );
+    let view = refund_view(&m.base, "R1").await;
+    assert_eq!(
+        (
+            view["state"].clone(),
+            view["requests"].clone(),
+            view["out_trade_no"].clone(),
+            view["amount_minor"].clone()
+        ),
+        (json!("PROCESSING"), json!(2), json!("WXR001"), json!(600))
+    );
+    // Only the settled refund is notified.
+    assert_eq!(receiver.seen().len(), 1);
+    let seen = receiver.wait_for(2).await;
+    assert_eq!(event_type(&seen[1]), "REFUND.SUCCESS");
+    let resource = m.open_callback(&seen[1]);
+    assert_eq!(resource["refund_status"], "SUCCESS");
+    assert_eq!(resource["amount"]["refund"], 600);
+    assert!(resource["success_time"].is_string());
+    assert_eq!(m.refund_status("R1").await, "SUCCESS");
+    let repeat = m.refund("WXR001", "R1", 600, 1000, &url).await;
+    assert_eq!(json_body(&repeat)["status"], "SUCCESS");
+    let trade = control(&m.base, "GET", "/sandbox/trades/WXR001", Value::Null).await;
+    assert_eq!(trade["refunds"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (
+            trade["refunds"][0]["state"].clone(),
+            trade["refunds"][0]["requests"].clone()
+        ),
+        (json!("SUCCEEDED"), json!(3))
+    );
+}
+
+#[tokio::test]
+async fn wechat_failed_refund_is_closed_notified_and_releases_its_amount() {
+    let m = WechatMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "").await;
+    m.paid_trade("WXR002", 1000, &url, &receiver).await;
+    faults(&m.base, json!({"refund_outcome": "fail"})).await;
+    let first = m.refund("WXR002", "R1", 1000, 1000, &url).await;
+    assert_eq!(json_body(&first)["status"], "PROCESSING");
+    let seen = receiver.wait_for(2).await;
+    assert_eq!(event_type(&seen[1]), "REFUND.CLOSED");
+    assert_eq!(m.open_callback(&seen[1])["refund_status"], "CLOSED");
+    assert_eq!(m.refund_status("R1").await, "CLOSED");
+    assert_eq!(refund_view(&m.base, "R1").await["state"], "FAILED");
+    // The closed refund released the whole amount to a new refund number.
+    faults(&m.base, json!({"refund_outcome": "success"})).await;
+    let second = m.refund("WXR002", "R2", 1000, 1000, &url).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(event_type(&receiver.wait_for(3).await[2]), "REFUND.SUCCESS");
+    let over = m.refund("WXR002", "R3", 1, 1000, &url).await;
+    assert_eq!(json_body(&over)["code"], "INVALID_REQUEST");
+}
+
+#[tokio::test]
+async fn wechat_manual_refund_waits_for_the_control_api_and_abnormal_stays_in_flight() {
+    let m = WechatMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "").await;
+    m.paid_trade("WXR003", 1000, &url, &receiver).await;
+    faults(&m.base, json!({"refund_outcome": "manual"})).await;
+    m.refund("WXR003", "R1", 300, 1000, &url).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(m.refund_status("R1").await, "PROCESSING");
+    assert_eq!(receiver.seen().len(), 1);
+    let (status, view) = settle(&m.base, "R1", "success").await;
+    assert_eq!((status, view["state"].clone()), (200, json!("SUCCEEDED")));
+    assert_eq!(view["requests"], 1);
+    assert_eq!(event_type(&receiver.wait_for(2).await[1]), "REFUND.SUCCESS");
+    assert_eq!(settle(&m.base, "R1", "fail").await.0, 409);
+    assert_eq!(settle(&m.base, "nope", "fail").await.0, 404);
+
+    faults(&m.base, json!({"refund_outcome": "abnormal"})).await;
+    m.refund("WXR003", "R2", 700, 1000, &url).await;
+    let seen = receiver.wait_for(3).await;
+    assert_eq!(event_type(&seen[2]), "REFUND.ABNORMAL");
+    assert_eq!(m.open_callback(&seen[2])["refund_status"], "ABNORMAL");
+    assert_eq!(m.refund_status("R2").await, "ABNORMAL");
+    let view = refund_view(&m.base, "R2").await;
+    assert_eq!(
+        (view["state"].clone(), view["abnormal"].clone()),
+        (json!("PROCESSING"), json!(true))
+    );
+    // Still in flight: its amount is not refundable.
+    let over = m.refund("WXR003", "R3", 1, 1000, &url).await;
+    assert_eq!(over.status, 400);
+    // WeChat resolves it by hand: here it fails.
+    let (status, view) = settle(&m.base, "R2", "fail").await;
+    assert_eq!((status, view["state"].clone()), (200, json!("FAILED")));
+    assert_eq!(event_type(&receiver.wait_for(4).await[3]), "REFUND.CLOSED");
+    assert_eq!(m.refund_status("R2").await, "CLOSED");
+}
+
+#[tokio::test]
+async fn wechat_refund_answer_delay_leaves_the_refund_behind_and_queries_answer_promptly() {
+    let m = WechatMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "").await;
+    m.paid_trade("WXR004", 1000, &url, &receiver).await;
+    faults(
+        &m.base,
+        json!({"refund_answer_delay_ms": 1500, "refund_outcome": "manual"}),
+    )
+    .await;
+    // A client that gives up after 300 ms.
+    let body = WechatMerchant::refund_body("WXR004", "R1", 100, 1000, &url);
+    let timestamp = chrono::Utc::now().timestamp();
+    let nonce = "TIMEOUTNONCE0000000000000000001";
+    let target = "/v3/refund/domestic/refunds";
+    let message = wechat::request_message("POST", target, timestamp, nonce, body.as_bytes());
+    let auth = wechat::Authorization {
+        mchid: m.mchid.clone(),
+        nonce_str: nonce.into(),
+        timestamp,
+        serial_no: m.serial.clone(),
+        signature: keys::sign_sha256_rsa(&m.key, &message).unwrap(),
+    };
+    let timed_out = http_client::send(
+        &OutgoingRequest::post(format!("{}{target}", m.base), "application/json", body)
+            .header("Authorization", auth.to_header_value())
+            .header("Accept", "application/json"),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(timed_out.is_err(), "the answer should have been late");
+    let view = refund_view(&m.base, "R1").await;
+    assert_eq!(
+        (view["state"].clone(), view["requests"].clone()),
+        (json!("PROCESSING"), json!(1))
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(m.refund_status("R1").await, "PROCESSING");
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    // api_error_rate applies to refund calls: not executed.
+    faults(
+        &m.base,
+        json!({"api_error_rate": 1.0, "refund_answer_delay_ms": 0}),
+    )
+    .await;
+    let failed = m.refund("WXR004", "R2", 100, 1000, &url).await;
+    assert_eq!(
+        (failed.status, json_body(&failed)["code"].clone()),
+        (500, json!("SYSTEM_ERROR"))
+    );
+    faults(&m.base, json!({"api_error_rate": 0.0})).await;
+    assert_eq!(
+        control(&m.base, "GET", "/sandbox/refunds/R2", Value::Null).await["error"],
+        "no such refund"
+    );
+    let reset = control(&m.base, "DELETE", "/sandbox/faults", Value::Null).await;
+    assert_eq!(
+        (
+            reset["refund_outcome"].clone(),
+            reset["refund_settle_ms"].clone(),
+            reset["refund_answer_delay_ms"].clone()
+        ),
+        (json!("success"), json!(0), json!(0))
+    );
+}
+
+#[tokio::test]
+async fn alipay_failed_refund_is_refused_recorded_and_not_notified() {
+    let m = AlipayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "success").await;
+    let biz = json!({"out_trade_no": "APR001", "total_amount": "10.00", "subject": "s"});
+    m.call("alipay.trade.precreate", biz, Some(&url)).await;
+    pay(&m.base, "APR001").await;
+    receiver.wait_for(1).await;
+    // Abnormal refunds are WeChat's alone.
+    assert!(faults(&m.base, json!({"refund_outcome": "abnormal"})).await["error"].is_string());
+    faults(&m.base, json!({"refund_outcome": "fail"})).await;
+    let refund = |no: &str, amount: &str| json!({"out_trade_no": "APR001", "refund_amount": amount, "out_request_no": no});
+    let refused = m
+        .call("alipay.trade.refund", refund("RF1", "10.00"), None)
+        .await;
+    assert_eq!(
+        (refused["code"].clone(), refused["sub_code"].clone()),
+        (json!("40004"), json!("ACQ.SELLER_BALANCE_NOT_ENOUGH"))
+    );
+    let again = m
+        .call("alipay.trade.refund", refund("RF1", "10.00"), None)
+        .await;
+    assert_eq!(again["sub_code"], "ACQ.SELLER_BALANCE_NOT_ENOUGH");
+    let view = refund_view(&m.base, "RF1").await;
+    assert_eq!(
+        (view["state"].clone(), view["requests"].clone()),
+        (json!("FAILED"), json!(2))
+    );
+    let queried = m
+        .call(
+            "alipay.trade.fastpay.refund.query",
+            json!({"out_trade_no": "APR001", "out_request_no": "RF1"}),
+            None,
+        )
+        .await;
+    assert_eq!(queried["code"], "10000");
+    assert!(queried.get("refund_status").is_none(), "{queried}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(receiver.seen().len(), 1, "no notify for a refused refund");
+    // The refused amount is refundable under a new number.
+    faults(&m.base, json!({"refund_outcome": "success"})).await;
+    let ok = m
+        .call("alipay.trade.refund", refund("RF2", "10.00"), None)
+        .await;
+    assert_eq!(
+        (ok["fund_change"].clone(), ok["refund_fee"].clone()),
+        (json!("Y"), json!("10.00"))
+    );
+}
+
+#[tokio::test]
+async fn alipay_manual_refund_answers_fund_change_n_until_settled_then_notifies() {
+    let m = AlipayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "success").await;
+    let biz = json!({"out_trade_no": "APR002", "total_amount": "10.00", "subject": "s"});
+    m.call("alipay.trade.precreate", biz, Some(&url)).await;
+    pay(&m.base, "APR002").await;
+    receiver.wait_for(1).await;
+    faults(&m.base, json!({"refund_outcome": "manual"})).await;
+    let refund =
+        json!({"out_trade_no": "APR002", "refund_amount": "4.00", "out_request_no": "RF1"});
+    let first = m.call("alipay.trade.refund", refund.clone(), None).await;
+    assert_eq!(
+        (
+            first["code"].clone(),
+            first["fund_change"].clone(),
+            first["refund_fee"].clone()
+        ),
+        (json!("10000"), json!("N"), json!("0.00"))
+    );
+    let query = || {
+        m.call(
+            "alipay.trade.fastpay.refund.query",
+            json!({"out_trade_no": "APR002", "out_request_no": "RF1"}),
+            None,
+        )
+    };
+    assert!(query().await.get("refund_status").is_none());
+    let (status, view) = settle(&m.base, "RF1", "success").await;
+    assert_eq!((status, view["state"].clone()), (200, json!("SUCCEEDED")));
+    let seen = receiver.wait_for(2).await;
+    let notify = form::decode(&String::from_utf8_lossy(&seen[1].body)).unwrap();
+    alipay::verify_notify(&m.alipay_key, &notify).unwrap();
+    assert_eq!(
+        (
+            notify["trade_status"].as_str(),
+            notify["refund_fee"].as_str(),
+            notify["out_biz_no"].as_str()
+        ),
+        ("TRADE_SUCCESS", "4.00", "RF1")
+    );
+    assert_eq!(query().await["refund_status"], "REFUND_SUCCESS");
+    let repeat = m.call("alipay.trade.refund", refund, None).await;
+    assert_eq!(
+        (repeat["fund_change"].clone(), repeat["refund_fee"].clone()),
+        (json!("N"), json!("4.00"))
+    );
+    assert_eq!(refund_view(&m.base, "RF1").await["requests"], 2);
+    assert_eq!(settle(&m.base, "RF1", "abnormal").await.0, 400);
+}
+
+impl UnionpayMerchant {
+    fn refund_fields(&self, order_id: &str, orig_qry_id: &str, amount: &str, url: &str) -> Params {
+        self.sign(&[
+            ("txnType", "04"),
+            ("txnSubType", "00"),
+            ("bizType", "000201"),
+            ("orderId", order_id),
+            ("origQryId", orig_qry_id),
+            ("txnTime", "20240101130000"),
+            ("txnAmt", amount),
+            ("backUrl", url),
+        ])
+    }
+}
+
+#[tokio::test]
+async fn unionpay_refund_is_accepted_processing_then_notified_and_queried_by_its_own_order() {
+    let m = UnionpayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "ok").await;
+    m.consume("UPR1000001", "1000", &url).await;
+    pay(&m.base, "UPR1000001").await;
+    receiver.wait_for(1).await;
+    let paid = m.query("UPR1000001", "20240101120000").await;
+    faults(&m.base, json!({"refund_settle_ms": 400})).await;
+    let fields = m.refund_fields("UPREF00001", &paid["queryId"], "600", &url);
+    let accepted = m.post("/gateway/api/backTransReq.do", &fields).await;
+    assert_eq!(accepted["respCode"], "00");
+    let processing = m.query("UPREF00001", "20240101130000").await;
+    assert_eq!(
+        (
+            processing["respCode"].as_str(),
+            processing["origRespCode"].as_str()
+        ),
+        ("00", "05")
+    );
+    // ASSUMPTION under test: a resubmission is refused as a duplicate, and counted.
+    let duplicate = m.post("/gateway/api/backTransReq.do", &fields).await;
+    assert_eq!(duplicate["respCode"], "12");
+    assert_eq!(refund_view(&m.base, "UPREF00001").await["requests"], 2);
+    let seen = receiver.wait_for(2).await;
+    let notify = form::decode(&String::from_utf8_lossy(&seen[1].body)).unwrap();
+    unionpay::verify_platform_message(&notify, None).unwrap();
+    assert_eq!(
+        (
+            notify["txnType"].as_str(),
+            notify["respCode"].as_str(),
+            notify["orderId"].as_str(),
+            notify["txnAmt"].as_str()
+        ),
+        ("04", "00", "UPREF00001", "600")
+    );
+    assert_eq!(
+        m.query("UPREF00001", "20240101130000").await["origRespCode"],
+        "00"
+    );
+    assert_eq!(
+        refund_view(&m.base, "UPREF00001").await["state"],
+        "SUCCEEDED"
+    );
+}
+
+#[tokio::test]
+async fn unionpay_failed_refund_is_notified_with_a_failure_code_and_queried_as_failed() {
+    let m = UnionpayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "ok").await;
+    m.consume("UPR2000001", "1000", &url).await;
+    pay(&m.base, "UPR2000001").await;
+    receiver.wait_for(1).await;
+    let paid = m.query("UPR2000001", "20240101120000").await;
+    faults(&m.base, json!({"refund_outcome": "manual"})).await;
+    let fields = m.refund_fields("UPREF00002", &paid["queryId"], "1000", &url);
+    assert_eq!(
+        m.post("/gateway/api/backTransReq.do", &fields).await["respCode"],
+        "00"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(receiver.seen().len(), 1);
+    let (status, _) = settle(&m.base, "UPREF00002", "fail").await;
+    assert_eq!(status, 200);
+    wait_refund_state(&m.base, "UPREF00002", "FAILED").await;
+    let seen = receiver.wait_for(2).await;
+    let notify = form::decode(&String::from_utf8_lossy(&seen[1].body)).unwrap();
+    unionpay::verify_platform_message(&notify, None).unwrap();
+    assert_eq!(
+        (notify["txnType"].as_str(), notify["respCode"].as_str()),
+        ("04", "01")
+    );
+    assert_eq!(
+        m.query("UPREF00002", "20240101130000").await["origRespCode"],
+        "01"
+    );
+    // The failed refund's amount is refundable again under a new orderId.
+    let fields = m.refund_fields("UPREF00003", &paid["queryId"], "1000", &url);
+    assert_eq!(
+        m.post("/gateway/api/backTransReq.do", &fields).await["respCode"],
+        "00"
+    );
+}
+
+#[tokio::test]
+async fn alipay_refund_answer_delay_and_unionpay_api_errors_apply_to_refund_calls() {
+    let m = AlipayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "success").await;
+    let biz = json!({"out_trade_no": "APR003", "total_amount": "10.00", "subject": "s"});
+    m.call("alipay.trade.precreate", biz, Some(&url)).await;
+    pay(&m.base, "APR003").await;
+    receiver.wait_for(1).await;
+    faults(&m.base, json!({"refund_answer_delay_ms": 1500})).await;
+    let params = m.signed_params(
+        "alipay.trade.refund",
+        &json!({"out_trade_no": "APR003", "refund_amount": "1.00", "out_request_no": "RF1"}),
+        None,
+    );
+    let body = form::encode(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let timed_out = http_client::send(
+        &OutgoingRequest::post(
+            format!("{}/gateway.do?charset=utf-8", m.base),
+            "application/x-www-form-urlencoded;charset=utf-8",
+            body,
+        ),
+        Duration::from_millis(300),
+    )
+    .await;
+    assert!(timed_out.is_err(), "the answer should have been late");
+    // Executed: the refund is there, and the query is not delayed.
+    assert_eq!(refund_view(&m.base, "RF1").await["state"], "SUCCEEDED");
+    let started = std::time::Instant::now();
+    let queried = m
+        .call(
+            "alipay.trade.fastpay.refund.query",
+            json!({"out_trade_no": "APR003", "out_request_no": "RF1"}),
+            None,
+        )
+        .await;
+    assert_eq!(queried["refund_status"], "REFUND_SUCCESS");
+    assert!(started.elapsed() < Duration::from_millis(1000));
+
+    let u = UnionpayMerchant::start().await;
+    let (url, receiver) = start_receiver(vec![200], "ok").await;
+    u.consume("UPR3000001", "1000", &url).await;
+    pay(&u.base, "UPR3000001").await;
+    receiver.wait_for(1).await;
+    let paid = u.query("UPR3000001", "20240101120000").await;
+    faults(&u.base, json!({"api_error_rate": 1.0})).await;
+    let fields = u.refund_fields("UPREF00004", &paid["queryId"], "100", &url);
+    let answer = u.post("/gateway/api/backTransReq.do", &fields).await;
+    assert_eq!(answer["respCode"], "03");
+    faults(&u.base, json!({"api_error_rate": 0.0})).await;
+    assert_eq!(
+        refund_view(&u.base, "UPREF00004").await["error"],
+        "no such refund"
+    );
+}

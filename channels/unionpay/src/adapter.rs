@@ -87,6 +87,23 @@ fn payment_state(s: TransactionStatus) -> pb::TradeState {
     }
 }
 
+/// The refund's state after the synchronous answer to its `backTransReq.do`; `None` is a final
+/// refusal (amount above the refundable, unpaid or unknown original, …: nothing happened).
+///
+/// - `00`: accepted, **not** done: PROCESSING until the notification or a query says more.
+/// - `03`/`04`/`05`: UNKNOWN, query.
+/// - `12` (duplicate): this `orderId` + `txnTime` was submitted before, so a refund under it
+///   exists and this answer says nothing of how it stands: UNKNOWN, query. Never a refusal: reading
+///   it as FAILED would release an amount that is still being refunded.
+pub(crate) fn refund_submit_state(resp_code: &str) -> Option<pb::RefundState> {
+    match (resp_code, classify_submit(resp_code)) {
+        ("12", _) => Some(pb::RefundState::Unknown),
+        (_, SubmitOutcome::Accepted) => Some(pb::RefundState::Processing),
+        (_, SubmitOutcome::Unknown) => Some(pb::RefundState::Unknown),
+        (_, SubmitOutcome::Rejected) => None,
+    }
+}
+
 fn refund_state(s: TransactionStatus) -> pb::RefundState {
     match s {
         TransactionStatus::Pending => pb::RefundState::Processing,
@@ -435,16 +452,11 @@ impl Adapter for UnionpayAdapter {
             .await?;
         let r = TransactionResult::from_fields(&answer)
             .map_err(|e| ChannelError::BadResponse(format!("refund answer: {e}")))?;
-        let state = match classify_submit(&r.resp_code) {
-            // Accepted is not done: the notification or a query says how it ended.
-            SubmitOutcome::Accepted => pb::RefundState::Processing,
-            SubmitOutcome::Unknown => pb::RefundState::Unknown,
-            SubmitOutcome::Rejected => {
-                return Err(ChannelError::Refused {
-                    code: r.resp_code,
-                    message: r.resp_msg,
-                });
-            }
+        let Some(state) = refund_submit_state(&r.resp_code) else {
+            return Err(ChannelError::Refused {
+                code: r.resp_code,
+                message: r.resp_msg,
+            });
         };
         Ok(pb::RefundResult {
             out_refund_no: req.out_refund_no,

@@ -282,3 +282,163 @@ async fn out_trade_no_is_at_most_64_letters_digits_or_underscores() {
         Err(ChannelError::InvalidArgument(_))
     ));
 }
+
+fn refund_answer(node: serde_json::Value) -> RefundResponse {
+    serde_json::from_value(node).unwrap()
+}
+
+fn query_answer(node: serde_json::Value) -> RefundQueryResponse {
+    serde_json::from_value(node).unwrap()
+}
+
+#[test]
+fn fund_change_y_covering_the_refund_is_success_anything_else_asks_the_query() {
+    let answer = |fund_change: &str, refund_fee: &str| {
+        refund_answer(serde_json::json!({
+            "code": "10000", "msg": "Success", "trade_no": "2024", "out_trade_no": "T1",
+            "fund_change": fund_change, "refund_fee": refund_fee,
+        }))
+    };
+    // 4.00 asked; the cumulative refund_fee includes earlier refunds.
+    assert_eq!(
+        read_refund_answer(&answer("Y", "4.00"), 400),
+        RefundAnswer::Succeeded
+    );
+    assert_eq!(
+        read_refund_answer(&answer("Y", "10.00"), 400),
+        RefundAnswer::Succeeded
+    );
+    // Y whose cumulative total is below this refund cannot be this refund.
+    assert_eq!(
+        read_refund_answer(&answer("Y", "3.99"), 400),
+        RefundAnswer::AskQuery
+    );
+    // N: an idempotent repeat, or a refund not carried out yet.
+    assert_eq!(
+        read_refund_answer(&answer("N", "4.00"), 400),
+        RefundAnswer::AskQuery
+    );
+    assert_eq!(
+        read_refund_answer(&answer("N", "0.00"), 400),
+        RefundAnswer::AskQuery
+    );
+}
+
+#[test]
+fn a_refund_query_maps_success_absent_and_odd_statuses() {
+    let ok = refund_query_result(
+        query_answer(serde_json::json!({
+            "code": "10000", "msg": "Success", "trade_no": "2024", "out_trade_no": "T1",
+            "out_request_no": "R1", "total_amount": "10.00", "refund_amount": "4.00",
+            "refund_status": "REFUND_SUCCESS", "gmt_refund_pay": "2024-01-01 13:00:00",
+        })),
+        "R1",
+    )
+    .unwrap();
+    assert_eq!(ok.state, pb::RefundState::Succeeded as i32);
+    assert_eq!(
+        ok.refunded,
+        Some(pb::Money {
+            amount_minor: 400,
+            currency: "CNY".into()
+        })
+    );
+    assert_eq!(ok.succeeded_at.unwrap().seconds, 1_704_085_200);
+    // Absent refund_status: "not received or failed" — not found, never failed.
+    let absent = refund_query_result(
+        query_answer(serde_json::json!({
+            "code": "10000", "msg": "Success", "trade_no": "2024", "out_trade_no": "T1",
+            "out_request_no": "R1",
+        })),
+        "R1",
+    )
+    .unwrap();
+    assert_eq!(absent.state, pb::RefundState::NotFound as i32);
+    assert_eq!(absent.refunded, None);
+    // ...but right after an accepted refund call it is a refund in flight.
+    assert_eq!(
+        after_accepted_refund(absent).state,
+        pb::RefundState::Processing as i32
+    );
+    let odd = refund_query_result(
+        query_answer(serde_json::json!({
+            "code": "10000", "msg": "Success", "refund_status": "REFUND_PROCESSING",
+        })),
+        "R1",
+    )
+    .unwrap();
+    assert_eq!(odd.state, pb::RefundState::Unknown as i32);
+    assert_eq!(
+        after_accepted_refund(odd).state,
+        pb::RefundState::Unknown as i32
+    );
+    let no_trade = refund_query_result(
+        query_answer(serde_json::json!({
+            "code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST",
+        })),
+        "R1",
+    )
+    .unwrap();
+    assert_eq!(no_trade.state, pb::RefundState::NotFound as i32);
+    // A success without its amount is not believed.
+    assert!(matches!(
+        refund_query_result(
+            query_answer(serde_json::json!({
+                "code": "10000", "msg": "Success", "refund_status": "REFUND_SUCCESS",
+            })),
+            "R1",
+        ),
+        Err(ChannelError::BadResponse(_))
+    ));
+    // A system error of the query is "try again", not an answer.
+    assert!(matches!(
+        refund_query_result(
+            query_answer(serde_json::json!({
+                "code": "20000", "msg": "Service Currently Unavailable",
+                "sub_code": "isp.unknow-error",
+            })),
+            "R1",
+        ),
+        Err(ChannelError::Unavailable(_))
+    ));
+}
+
+#[test]
+fn business_refusals_of_a_refund_are_final_refusals() {
+    for sub_code in [
+        "ACQ.SELLER_BALANCE_NOT_ENOUGH",
+        "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL",
+        "ACQ.TRADE_STATUS_ERROR",
+        "ACQ.DISCORDANT_REPEAT_REQUEST",
+        "ACQ.TRADE_NOT_EXIST",
+    ] {
+        let answer = refund_answer(serde_json::json!({
+            "code": "40004", "msg": "Business Failed", "sub_code": sub_code, "sub_msg": "m",
+        }));
+        let error = call_error(&answer.status, outcome(&answer.status));
+        assert!(
+            matches!(&error, ChannelError::Refused { code, .. } if code == sub_code),
+            "{sub_code}: {error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refund_notification_reports_the_cumulative_refund_fee_but_no_amount() {
+    let mut p = params(APP_ID);
+    p.insert("out_biz_no".into(), "R2".into());
+    p.insert("refund_fee".into(), "6.00".into());
+    p.insert("gmt_refund".into(), "2024-01-01 13:00:00.000".into());
+    let cb = callback(p, &keys().alipay);
+    let Notification::Refund {
+        event_id, result, ..
+    } = adapter().verify_callback(&cb).await.unwrap()
+    else {
+        panic!("expected a refund");
+    };
+    assert!(!event_id.is_empty());
+    assert_eq!(result.out_refund_no, "R2");
+    // refund_fee is the trade's total refunded, not this refund's amount.
+    assert_eq!(result.refunded, None);
+    assert!(result.channel_status.contains("refund_fee=6.00"));
+}

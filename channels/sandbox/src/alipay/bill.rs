@@ -81,13 +81,14 @@ pub fn trade_bill_zip(pid: &str, trades: &[&Trade], date: NaiveDate) -> (String,
         for refund in trade
             .refunds
             .iter()
-            .filter(|r| beijing_date(r.created_at) == Some(date))
+            .filter(|r| r.state == crate::ledger::RefundState::Succeeded)
+            .filter(|r| beijing_date(r.settled_at.unwrap_or(r.created_at)) == Some(date))
         {
             detail.push(row(
                 "退款",
                 refund.amount_minor,
                 true,
-                format_timestamp(refund.created_at),
+                format_timestamp(refund.settled_at.unwrap_or(refund.created_at)),
                 &refund.out_refund_no,
             ));
             refund_count += 1;

@@ -28,8 +28,10 @@ use crate::form::{self, Params};
 use crate::http_client::OutgoingRequest;
 use crate::keyfiles::AlipayKeyFiles;
 use crate::keys;
-use crate::ledger::{NewRefund, NewTrade, PrepayError, RefundError, Trade, TradeState};
-use crate::platform::{BuildError, Core, Profile, SimulatedPlatform, Tamper, lock};
+use crate::ledger::{
+    NewRefund, NewTrade, PrepayError, Refund, RefundError, RefundState, Trade, TradeState,
+};
+use crate::platform::{BuildError, Core, Profile, RefundEnding, SimulatedPlatform, Tamper, lock};
 
 /// 4m, 10m, 10m, 1h, 2h, 6h, 15h: 8 notifications within 25 hours.
 const RETRY_SCHEDULE: [Duration; 7] = [
@@ -381,6 +383,13 @@ impl Alipay {
         let mut extra = BTreeMap::new();
         // Its notify then carries no out_biz_no.
         extra.insert("out_request_no_given".to_owned(), given.to_string());
+        // The refund is synchronous: it succeeds or is refused at once, unless the fault setting
+        // leaves it in flight (`fund_change: N` until settled).
+        let initial_state = match self.core.faults().refund_outcome {
+            RefundEnding::Success => RefundState::Succeeded,
+            RefundEnding::Fail => RefundState::Failed,
+            RefundEnding::Manual | RefundEnding::Abnormal => RefundState::Processing,
+        };
         let result = {
             let mut ledger = self.core.ledger();
             let refund_no = ledger.next_channel_no("R", 28);
@@ -392,26 +401,35 @@ impl Alipay {
                     notify_url: Some(trade.notify_url.clone()),
                     fingerprint: amount.to_string(),
                     extra,
+                    initial_state,
                 },
                 refund_no,
             )
         };
         match result {
+            // A refused refund is recorded (so repeats are counted) and refused again on a repeat.
+            Ok(outcome) if outcome.refund.state == RefundState::Failed => {
+                business_error("ACQ.SELLER_BALANCE_NOT_ENOUGH", "卖家余额不足")
+            }
             Ok(outcome) => {
-                if outcome.created {
+                let moved = outcome.created && outcome.refund.state == RefundState::Succeeded;
+                if moved {
                     this.schedule_refund_notification(&outcome.trade, &outcome.refund);
                 }
-                success(json!({
+                let mut node = json!({
                     "trade_no": outcome.trade.channel_trade_no,
                     "out_trade_no": outcome.trade.out_trade_no,
                     "buyer_logon_id": "sandbox***@alipay.com",
                     "buyer_user_id": outcome.trade.extra("buyer_id"),
-                    "fund_change": if outcome.created { "Y" } else { "N" },
+                    "fund_change": if moved { "Y" } else { "N" },
                     "refund_fee": format_yuan(outcome.trade.refunded_minor()),
-                    "send_back_fee": format_yuan(outcome.refund.amount_minor),
-                    "gmt_refund_pay": format_timestamp(outcome.refund.created_at),
+                    "send_back_fee": format_yuan(if moved { outcome.refund.amount_minor } else { 0 }),
                     "out_request_no": outcome.refund.out_refund_no,
-                }))
+                });
+                if let Some(at) = outcome.refund.settled_at {
+                    node["gmt_refund_pay"] = json!(format_timestamp(at));
+                }
+                success(node)
             }
             Err(RefundError::TradeNotFound) => business_error("ACQ.TRADE_NOT_EXIST", "交易不存在"),
             Err(RefundError::NotPaid) => business_error("ACQ.TRADE_STATUS_ERROR", "交易状态不合法"),
@@ -437,12 +455,18 @@ impl Alipay {
             "out_trade_no": trade.out_trade_no,
             "out_request_no": out_request_no,
         });
-        // An absent refund_status means "no such refund (yet)", as at Alipay.
-        if let Some(refund) = trade.refund(out_request_no) {
+        // An absent refund_status means "not received, or failed", as at Alipay: a refund in
+        // flight or refused answers exactly like an unknown one.
+        if let Some(refund) = trade
+            .refund(out_request_no)
+            .filter(|r| r.state == RefundState::Succeeded)
+        {
             fields["total_amount"] = json!(format_yuan(trade.amount_minor));
             fields["refund_amount"] = json!(format_yuan(refund.amount_minor));
             fields["refund_status"] = json!("REFUND_SUCCESS");
-            fields["gmt_refund_pay"] = json!(format_timestamp(refund.created_at));
+            fields["gmt_refund_pay"] = json!(format_timestamp(
+                refund.settled_at.unwrap_or(refund.created_at)
+            ));
         }
         success(fields)
     }
@@ -576,12 +600,9 @@ impl Alipay {
             .ok_or_else(|| BuildError::Crypto("could not generate a second key".to_owned()))
     }
 
-    fn schedule_refund_notification(
-        self: &Arc<Self>,
-        trade: &Trade,
-        refund: &crate::ledger::Refund,
-    ) {
-        if trade.notify_url.is_empty() {
+    /// `trade_status_sync` after a refund succeeded (never for one in flight or refused).
+    fn schedule_refund_notification(self: &Arc<Self>, trade: &Trade, refund: &Refund) {
+        if trade.notify_url.is_empty() || refund.state != RefundState::Succeeded {
             return;
         }
         let notify_id = (PROFILE.new_notify_id)();
@@ -596,12 +617,13 @@ impl Alipay {
                 if refund.extra.get("out_request_no_given").map(String::as_str) != Some("false") {
                     params.insert("out_biz_no".to_owned(), refund.out_refund_no.clone());
                 }
+                let refunded_at = refund.settled_at.unwrap_or(refund.created_at);
                 params.insert(
                     "gmt_refund".to_owned(),
-                    format!("{}.000", format_timestamp(refund.created_at)),
+                    format!("{}.000", format_timestamp(refunded_at)),
                 );
                 if trade.refunded_minor() >= trade.amount_minor {
-                    params.insert("gmt_close".to_owned(), format_timestamp(refund.created_at));
+                    params.insert("gmt_close".to_owned(), format_timestamp(refunded_at));
                 }
                 this.signed_notification(&trade.notify_url, params, Tamper::None)
             })
@@ -655,6 +677,10 @@ impl SimulatedPlatform for Alipay {
         &self.core
     }
 
+    fn refund_settled(self: Arc<Self>, trade: &Trade, refund: &Refund) {
+        self.schedule_refund_notification(trade, refund);
+    }
+
     fn payment_notification(
         &self,
         trade: &Trade,
@@ -703,7 +729,10 @@ async fn gateway(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let response = gateway_answer(&alipay, query.as_deref(), &headers, &body);
+    let (response, refund_call) = gateway_answer(&alipay, query.as_deref(), &headers, &body);
+    if refund_call {
+        alipay.core.delay_refund_answer().await;
+    }
     alipay.core.delay_api_answer().await;
     response
 }
@@ -713,7 +742,7 @@ fn gateway_answer(
     query: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Response {
+) -> (Response, bool) {
     // Parameters may come in the query string (browser redirects, `?charset=utf-8`) and the
     // form body; the body wins where both carry a key.
     let parsed = (|| {
@@ -723,18 +752,23 @@ fn gateway_answer(
     })();
     let params = match parsed {
         Ok(p) => p,
-        Err(e) => return reject(alipay, &super::protocol::GatewayRejection::Form(e)),
+        Err(e) => {
+            return (
+                reject(alipay, &super::protocol::GatewayRejection::Form(e)),
+                false,
+            );
+        }
     };
     let request = GatewayRequest::from_params(params.clone());
     let call = match alipay.apps.verify(&request) {
         Ok(call) => call,
         Err(rejection) => {
             tracing::info!(%rejection, "gateway call refused");
-            return reject(alipay, &rejection);
+            return (reject(alipay, &rejection), false);
         }
     };
     let Ok(node_name) = response_node_name(&call.method) else {
-        return alipay.signed_json(
+        let answer = alipay.signed_json(
             ERROR_NODE,
             &ResultNode {
                 code: "40002".into(),
@@ -743,9 +777,10 @@ fn gateway_answer(
                 sub_msg: Some("不存在的方法名".into()),
             },
         );
+        return (answer, false);
     };
     if alipay.core.inject_api_error() {
-        return alipay.signed_json(
+        let answer = alipay.signed_json(
             &node_name,
             &ResultNode {
                 code: "20000".into(),
@@ -754,12 +789,15 @@ fn gateway_answer(
                 sub_msg: Some("系统繁忙".into()),
             },
         );
+        return (answer, false);
     }
     let mut params = params;
     if let Some(host) = headers.get("host").and_then(|h| h.to_str().ok()) {
         params.insert("__host".to_owned(), host.to_owned());
     }
-    match alipay.handle(alipay, &call, &params) {
+    // Refund-creating calls (executed by now) get `refund_answer_delay_ms`.
+    let refund_call = call.method == "alipay.trade.refund";
+    let answer = match alipay.handle(alipay, &call, &params) {
         Answer::Node(node) if call.method == "alipay.trade.precreate" => {
             match alipay
                 .signer
@@ -776,7 +814,8 @@ fn gateway_answer(
         }
         Answer::Node(node) => alipay.signed_json(&node_name, &node),
         Answer::Page(html) => Html(html).into_response(),
-    }
+    };
+    (answer, refund_call)
 }
 
 fn reject(alipay: &Alipay, rejection: &super::protocol::GatewayRejection) -> Response {

@@ -29,8 +29,12 @@ use crate::form::{self, Params};
 use crate::http_client::OutgoingRequest;
 use crate::keyfiles::{UNIONPAY_PLATFORM_CN, UnionpayKeyFiles};
 use crate::keys;
-use crate::ledger::{NewRefund, NewTrade, PrepayError, RefundError, Trade, TradeState};
-use crate::platform::{BuildError, Core, Profile, SimulatedPlatform, Tamper};
+use crate::ledger::{
+    NewRefund, NewTrade, PrepayError, Refund, RefundError, RefundState, Trade, TradeState,
+};
+use crate::platform::{
+    BuildError, Core, Profile, RefundEnding, SimulatedPlatform, Tamper, schedule_refund_settlement,
+};
 
 /// ASSUMPTION: UnionPay documents no `backUrl` retry schedule. The sandbox retries after
 /// 30s, 1m, 2m, 5m, 10m, 30m, 1h, 2h (9 attempts in about 4 h).
@@ -280,25 +284,29 @@ impl Unionpay {
         })
     }
 
-    fn refund(self: &Arc<Self>, fields: &Params) -> Answer {
+    /// A refund (`txnType=04`): accepted (`respCode=00`) as PROCESSING; its result comes by the
+    /// refund notification and the query. Returns the new refund with the outcome it will
+    /// settle to, for the settle timer.
+    fn refund(&self, fields: &Params) -> (Answer, Option<(Refund, RefundEnding)>) {
         let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or_default();
         let order_id = get("orderId");
         let Some(amount) = get("txnAmt").parse::<u64>().ok() else {
-            return Answer::new(RespCode::FormatError);
+            return (Answer::new(RespCode::FormatError), None);
         };
         if order_id.is_empty() || get("origQryId").is_empty() || get("txnTime").len() != 14 {
-            return Answer::new(RespCode::MissingElement);
+            return (Answer::new(RespCode::MissingElement), None);
         }
         if !valid_order_id(order_id) {
-            return Answer::new(RespCode::FormatError);
+            return (Answer::new(RespCode::FormatError), None);
         }
+        let ending = self.core.faults().refund_outcome;
         let result = {
             let mut ledger = self.core.ledger();
             let Some(out_trade_no) = ledger
                 .trade_by_channel_no(get("origQryId"))
                 .map(|t| t.out_trade_no.clone())
             else {
-                return Answer::failed("原交易不存在");
+                return (Answer::failed("原交易不存在"), None);
             };
             let mut extra = BTreeMap::new();
             extra.insert("txnTime".to_owned(), get("txnTime").to_owned());
@@ -312,23 +320,28 @@ impl Unionpay {
                     fingerprint: serde_json::json!([amount, get("origQryId"), get("txnTime")])
                         .to_string(),
                     extra,
+                    initial_state: RefundState::Processing,
                 },
                 format!("{}{}", beijing_now("%m%d%H%M%S"), random_digits(11)),
             )
         };
-        match result {
-            Ok(outcome) => {
-                if outcome.created {
-                    self.schedule_refund_notification(&outcome.trade, &outcome.refund);
-                }
-                Answer::new(RespCode::Success).with("queryId", outcome.refund.channel_refund_no)
+        let answer = match result {
+            Ok(outcome) if outcome.created => {
+                let answer = Answer::new(RespCode::Success)
+                    .with("queryId", outcome.refund.channel_refund_no.clone());
+                return (answer, Some((outcome.refund, ending)));
             }
+            // ASSUMPTION: a second submission of the same orderId + txnTime is refused as a
+            // duplicate (respCode=12, as for frontTransReq); the refund is unchanged (and the
+            // request counted): the merchant must query.
+            Ok(_) => Answer::new(RespCode::Duplicate),
             Err(RefundError::TradeNotFound) => Answer::failed("原交易不存在"),
             Err(RefundError::NotPaid) => Answer::failed("原交易状态不正确"),
             Err(RefundError::ExceedsPaid { .. }) => Answer::failed("退货金额超限"),
             Err(RefundError::Conflict) => Answer::failed("重复交易"),
             Err(RefundError::ZeroAmount) => Answer::new(RespCode::FormatError),
-        }
+        };
+        (answer, None)
     }
 
     /// The single query: by `orderId` (+ `txnTime`) of a consume or a refund.
@@ -379,13 +392,24 @@ impl Unionpay {
             echo.insert("txnSubType".to_owned(), "00".to_owned());
             echo.insert("txnAmt".to_owned(), refund.amount_minor.to_string());
             echo.insert("currencyCode".to_owned(), "156".to_owned());
-            let answer = Answer::new(RespCode::Success)
-                .with("origRespCode", RespCode::Success.as_str())
-                .with("origRespMsg", RespCode::Success.message())
-                .with("queryId", refund.channel_refund_no.clone())
-                .with("settleAmt", refund.amount_minor.to_string())
-                .with("settleCurrencyCode", "156")
-                .with("settleDate", refund.created_at.format("%m%d").to_string());
+            let (orig, orig_msg) = refund_result_code(refund);
+            let mut answer = Answer::new(RespCode::Success)
+                .with("origRespCode", orig.as_str())
+                .with("origRespMsg", orig_msg)
+                .with("queryId", refund.channel_refund_no.clone());
+            if refund.state == RefundState::Succeeded {
+                answer = answer
+                    .with("settleAmt", refund.amount_minor.to_string())
+                    .with("settleCurrencyCode", "156")
+                    .with(
+                        "settleDate",
+                        refund
+                            .settled_at
+                            .unwrap_or(refund.created_at)
+                            .format("%m%d")
+                            .to_string(),
+                    );
+            }
             return (echo, answer);
         }
         (echo, Answer::new(RespCode::NoSuchTransaction))
@@ -479,14 +503,17 @@ impl Unionpay {
         fields
     }
 
-    fn schedule_refund_notification(
-        self: &Arc<Self>,
-        trade: &Trade,
-        refund: &crate::ledger::Refund,
-    ) {
+    /// The refund notification (`txnType=04`) of a settled refund: `respCode=00` succeeded,
+    /// `01` failed.
+    fn schedule_refund_notification(self: &Arc<Self>, trade: &Trade, refund: &Refund) {
         let Some(url) = refund.notify_url.clone() else {
             return;
         };
+        if refund.state == RefundState::Processing {
+            return;
+        }
+        let (code, message) = refund_result_code(refund);
+        let at = refund.settled_at.unwrap_or(refund.created_at);
         let mut fields = self.common_notify_fields();
         for (k, v) in [
             ("bizType", "000201".to_owned()),
@@ -500,16 +527,13 @@ impl Unionpay {
             ("txnAmt", refund.amount_minor.to_string()),
             ("origQryId", trade.channel_trade_no.clone()),
             ("queryId", refund.channel_refund_no.clone()),
-            ("respCode", RespCode::Success.as_str().to_owned()),
-            ("respMsg", RespCode::Success.message().to_owned()),
+            ("respCode", code.as_str().to_owned()),
+            ("respMsg", message.to_owned()),
             ("settleAmt", refund.amount_minor.to_string()),
             ("settleCurrencyCode", "156".to_owned()),
-            ("settleDate", refund.created_at.format("%m%d").to_string()),
+            ("settleDate", at.format("%m%d").to_string()),
             ("traceNo", random_digits(6)),
-            (
-                "traceTime",
-                refund.created_at.format("%m%d%H%M%S").to_string(),
-            ),
+            ("traceTime", at.format("%m%d%H%M%S").to_string()),
             (
                 "reqReserved",
                 refund.extra.get("reqReserved").cloned().unwrap_or_default(),
@@ -536,6 +560,17 @@ impl Unionpay {
     }
 }
 
+/// A refund's result code, in queries (`origRespCode`) and its notification (`respCode`):
+/// `05` processing, `00` succeeded, `01` failed (**ASSUMPTION**: the real failure codes are in
+/// the appendix the notes lack).
+fn refund_result_code(refund: &Refund) -> (RespCode, &'static str) {
+    match refund.state {
+        RefundState::Processing => (RespCode::Accepted, RespCode::Accepted.message()),
+        RefundState::Succeeded => (RespCode::Success, RespCode::Success.message()),
+        RefundState::Failed => (RespCode::Failed, "交易失败[退货失败]"),
+    }
+}
+
 impl SimulatedPlatform for Unionpay {
     fn profile(&self) -> &'static Profile {
         &PROFILE
@@ -543,6 +578,10 @@ impl SimulatedPlatform for Unionpay {
 
     fn core(&self) -> &Core {
         &self.core
+    }
+
+    fn refund_settled(self: Arc<Self>, trade: &Trade, refund: &Refund) {
+        self.schedule_refund_notification(trade, refund);
     }
 
     fn payment_notification(
@@ -631,6 +670,8 @@ async fn front_trans(State(unionpay): State<Arc<Unionpay>>, body: Bytes) -> Resp
 }
 
 async fn back_trans(State(unionpay): State<Arc<Unionpay>>, body: Bytes) -> Response {
+    let mut created = None;
+    let mut refund_call = false;
     let response = match unionpay.admit(&body) {
         Err(answer) => answer,
         Ok(fields) => {
@@ -639,13 +680,25 @@ async fn back_trans(State(unionpay): State<Arc<Unionpay>>, body: Bytes) -> Respo
                     Ok(_) => Answer::new(RespCode::Success),
                     Err(answer) => answer,
                 },
-                Some("04") => unionpay.refund(&fields),
+                Some("04") => {
+                    refund_call = true;
+                    let (answer, new) = unionpay.refund(&fields);
+                    created = new;
+                    answer
+                }
                 _ => Answer::new(RespCode::FormatError),
             };
             unionpay.respond(&fields, answer)
         }
     };
+    if refund_call {
+        unionpay.core.delay_refund_answer().await;
+    }
     unionpay.core.delay_api_answer().await;
+    if let Some((refund, ending)) = created {
+        let platform: Arc<dyn SimulatedPlatform> = unionpay.clone();
+        schedule_refund_settlement(&platform, &refund, ending);
+    }
     response
 }
 

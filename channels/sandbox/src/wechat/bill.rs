@@ -107,7 +107,7 @@ pub fn trade_bill(
                 yuan(refund.amount_minor),
                 "0.00".to_owned(),
                 "ORIGINAL".to_owned(),
-                "SUCCESS".to_owned(),
+                super::server::refund_status(refund).to_owned(),
                 trade.subject.clone(),
                 trade.extra("attach").to_owned(),
                 "0.00000".to_owned(),

@@ -1,6 +1,7 @@
 //! The WeChat Pay API v3 endpoints: JSAPI and Native prepay, query, close, refund, refund query,
-//! trade bill; plus the TRANSACTION.SUCCESS / REFUND.SUCCESS callbacks. Every request is checked
-//! with [`MerchantKeys::verify_request`]; every answer and callback is signed by the platform key.
+//! trade bill; plus the TRANSACTION.SUCCESS and REFUND.SUCCESS/CLOSED/ABNORMAL callbacks. Every
+//! request is checked with [`MerchantKeys::verify_request`]; every answer and callback is signed
+//! by the platform key.
 
 // Handlers short-circuit with the platform's signed answer as `Err(Response)`; boxing it would
 // only add noise, since every path ends in a `Response` anyway.
@@ -30,8 +31,13 @@ use crate::callbacks::{self, Notification, NotificationKind};
 use crate::control;
 use crate::http_client::OutgoingRequest;
 use crate::keyfiles::WechatKeyFiles;
-use crate::ledger::{NewRefund, NewTrade, PrepayError, RefundError, Trade, TradeState};
-use crate::platform::{BuildError, Core, Profile, SimulatedPlatform, Tamper, lock};
+use crate::ledger::{
+    NewRefund, NewTrade, PrepayError, Refund, RefundError, RefundState, Trade, TradeState,
+};
+use crate::platform::{
+    BuildError, Core, Profile, RefundEnding, SimulatedPlatform, Tamper, lock,
+    schedule_refund_settlement,
+};
 
 /// 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/3h/6h/6h, from the payment notify page.
 const RETRY_SCHEDULE: [Duration; 15] = [
@@ -386,7 +392,11 @@ impl Wechat {
     fn transaction(&self, trade: &Trade) -> Value {
         let (state, desc) = match trade.state {
             TradeState::Pending => ("NOTPAY", "订单未支付"),
-            TradeState::Succeeded if trade.refunds.is_empty() => ("SUCCESS", "支付成功"),
+            TradeState::Succeeded
+                if trade.refunds.iter().all(|r| r.state == RefundState::Failed) =>
+            {
+                ("SUCCESS", "支付成功")
+            }
             TradeState::Succeeded => ("REFUND", "转入退款"),
             TradeState::Failed => ("PAYERROR", "支付失败"),
             TradeState::Closed => ("CLOSED", "订单已关闭"),
@@ -418,7 +428,8 @@ impl Wechat {
         value
     }
 
-    fn refund_object(trade: &Trade, refund: &crate::ledger::Refund, status: &str) -> Value {
+    fn refund_object(trade: &Trade, refund: &Refund) -> Value {
+        let status = refund_status(refund);
         let mut value = json!({
             "refund_id": refund.channel_refund_no,
             "out_refund_no": refund.out_refund_no,
@@ -442,8 +453,8 @@ impl Wechat {
             },
             "promotion_detail": [],
         });
-        if status == "SUCCESS" {
-            value["success_time"] = json!(rfc3339(refund.created_at));
+        if let (RefundState::Succeeded, Some(at)) = (refund.state, refund.settled_at) {
+            value["success_time"] = json!(rfc3339(at));
         }
         value
     }
@@ -514,22 +525,26 @@ impl Wechat {
         Ok(request)
     }
 
-    fn schedule_refund_notification(
-        self: &Arc<Self>,
-        trade: &Trade,
-        refund: &crate::ledger::Refund,
-    ) {
+    /// The refund notification for a settled refund: `REFUND.SUCCESS`, `REFUND.CLOSED` or
+    /// `REFUND.ABNORMAL`, to the refund's `notify_url` (none if the request had none).
+    fn schedule_refund_notification(self: &Arc<Self>, trade: &Trade, refund: &Refund) {
         let Some(url) = refund.notify_url.clone().filter(|u| !u.is_empty()) else {
             return;
         };
-        let plaintext = json!({
+        let status = refund_status(refund);
+        let event_type = match status {
+            "SUCCESS" => EventType::RefundSuccess,
+            "CLOSED" => EventType::RefundClosed,
+            "ABNORMAL" => EventType::RefundAbnormal,
+            _ => return,
+        };
+        let mut plaintext = json!({
             "mchid": self.mchid,
             "out_trade_no": trade.out_trade_no,
             "transaction_id": trade.channel_trade_no,
             "out_refund_no": refund.out_refund_no,
             "refund_id": refund.channel_refund_no,
-            "refund_status": "SUCCESS",
-            "success_time": rfc3339(refund.created_at),
+            "refund_status": status,
             "user_received_account": "支付用户零钱",
             "amount": {
                 "total": trade.amount_minor,
@@ -537,8 +552,11 @@ impl Wechat {
                 "payer_total": trade.amount_minor,
                 "payer_refund": refund.amount_minor,
             },
-        })
-        .to_string();
+        });
+        if let (RefundState::Succeeded, Some(at)) = (refund.state, refund.settled_at) {
+            plaintext["success_time"] = json!(rfc3339(at));
+        }
+        let plaintext = plaintext.to_string();
         let notify_id = (PROFILE.new_notify_id)();
         let build = {
             let this = Arc::clone(self);
@@ -548,7 +566,7 @@ impl Wechat {
                     &url,
                     &notify_id,
                     Resource {
-                        event_type: EventType::RefundSuccess,
+                        event_type,
                         associated_data: "refund",
                         plaintext: plaintext.as_bytes(),
                         tampered_plaintext: None,
@@ -570,6 +588,17 @@ impl Wechat {
     }
 }
 
+/// A refund's WeChat `status` (query) / `refund_status` (notification): PROCESSING, ABNORMAL
+/// (in flight, flagged), SUCCESS, or CLOSED (failed).
+pub fn refund_status(refund: &Refund) -> &'static str {
+    match (refund.state, refund.abnormal) {
+        (RefundState::Processing, false) => "PROCESSING",
+        (RefundState::Processing, true) => "ABNORMAL",
+        (RefundState::Succeeded, _) => "SUCCESS",
+        (RefundState::Failed, _) => "CLOSED",
+    }
+}
+
 impl SimulatedPlatform for Wechat {
     fn profile(&self) -> &'static Profile {
         &PROFILE
@@ -577,6 +606,14 @@ impl SimulatedPlatform for Wechat {
 
     fn core(&self) -> &Core {
         &self.core
+    }
+
+    fn refund_settled(self: Arc<Self>, trade: &Trade, refund: &Refund) {
+        self.schedule_refund_notification(trade, refund);
+    }
+
+    fn supports_abnormal_refunds(&self) -> bool {
+        true
     }
 
     fn payment_notification(
@@ -991,21 +1028,31 @@ async fn refund(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let response =
-        refund_inner(&wechat, &method, &uri, &headers, &body).unwrap_or_else(|answer| answer);
-    answer_after_delay(&wechat, response).await
+    if let Err(answer) = wechat.admit(&method, &uri, &headers, &body) {
+        return answer_after_delay(&wechat, answer).await;
+    }
+    let (response, created) = match refund_inner(&wechat, &body) {
+        Ok((response, created)) => (response, created),
+        Err(answer) => (answer, None),
+    };
+    // Every refund-creating call that was executed (past the signature check and
+    // `api_error_rate`) is answered `refund_answer_delay_ms` late.
+    wechat.core.delay_refund_answer().await;
+    let response = answer_after_delay(&wechat, response).await;
+    if let Some((refund, ending)) = created {
+        let platform: Arc<dyn SimulatedPlatform> = wechat.clone();
+        schedule_refund_settlement(&platform, &refund, ending);
+    }
+    response
 }
 
 fn refund_inner(
     wechat: &Arc<Wechat>,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
     raw: &[u8],
-) -> Result<Response, Response> {
-    wechat.admit(method, uri, headers, raw)?;
+) -> Result<(Response, Option<(Refund, RefundEnding)>), Response> {
     let body: Value =
         serde_json::from_slice(raw).map_err(|_| wechat.param_error("/", "body is not JSON"))?;
+    let ending = wechat.core.faults().refund_outcome;
     let out_refund_no = text_field(&body, "/out_refund_no")
         .ok_or_else(|| wechat.param_error("/out_refund_no", "missing or empty"))?
         .to_owned();
@@ -1057,6 +1104,7 @@ fn refund_inner(
                 notify_url: notify_url.clone(),
                 fingerprint: json!([refund, total, notify_url]).to_string(),
                 extra: BTreeMap::new(),
+                initial_state: RefundState::Processing,
             },
             channel_no,
         )
@@ -1064,21 +1112,9 @@ fn refund_inner(
     let invalid = |message: &str| wechat.fail(ErrorBody::new(ErrorCode::InvalidRequest, message));
     match result {
         Ok(outcome) => {
-            if outcome.created {
-                wechat.schedule_refund_notification(&outcome.trade, &outcome.refund);
-            }
-            // WeChat accepts a refund as PROCESSING; the sandbox settles it at once, so later
-            // answers (a repeat, a query) say SUCCESS.
-            let status = if outcome.created {
-                "PROCESSING"
-            } else {
-                "SUCCESS"
-            };
-            Ok(wechat.json(&Wechat::refund_object(
-                &outcome.trade,
-                &outcome.refund,
-                status,
-            )))
+            // WeChat accepts a refund as PROCESSING; a repeat answers its current status.
+            let answer = wechat.json(&Wechat::refund_object(&outcome.trade, &outcome.refund));
+            Ok((answer, outcome.created.then_some((outcome.refund, ending))))
         }
         Err(RefundError::TradeNotFound) => Err(not_found()),
         Err(RefundError::NotPaid) => Err(invalid("订单未支付，不能退款")),
@@ -1099,7 +1135,7 @@ async fn query_refund(
         wechat.admit(&method, &uri, &headers, b"")?;
         let ledger = wechat.core.ledger();
         Ok::<_, Response>(match ledger.refund(&out_refund_no) {
-            Some((trade, refund)) => wechat.json(&Wechat::refund_object(trade, refund, "SUCCESS")),
+            Some((trade, refund)) => wechat.json(&Wechat::refund_object(trade, refund)),
             None => wechat.fail(ErrorBody::new(ErrorCode::ResourceNotExists, "退款单不存在")),
         })
     })()

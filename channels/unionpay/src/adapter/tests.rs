@@ -330,3 +330,77 @@ async fn order_numbers_outside_8_to_40_alphanumerics_are_invalid_arguments() {
         }
     }
 }
+
+#[test]
+fn a_refund_submission_is_processing_when_accepted_and_unknown_when_duplicate() {
+    assert_eq!(refund_submit_state("00"), Some(pb::RefundState::Processing));
+    for code in ["03", "04", "05", "12"] {
+        assert_eq!(
+            refund_submit_state(code),
+            Some(pb::RefundState::Unknown),
+            "{code}"
+        );
+    }
+    // Business refusals (amount above the refundable, unpaid original, …) are final.
+    for code in ["01", "02", "06", "30", "61"] {
+        assert_eq!(refund_submit_state(code), None, "{code}");
+    }
+}
+
+fn refund_query(orig: Option<&str>, resp: &str) -> pb::RefundResult {
+    let mut f = fields("04", "20260101090000R0001", MER_ID);
+    f.insert("respCode".into(), resp.into());
+    if let Some(orig) = orig {
+        f.insert("origRespCode".into(), orig.into());
+    }
+    let r = TransactionResult::from_fields(&f).unwrap();
+    let status = crate::status::query_status(&r.resp_code, r.orig_resp_code.as_deref());
+    refund_result("20260101090000R0001", &r, status).unwrap()
+}
+
+#[test]
+fn a_refund_query_is_processing_succeeded_failed_or_not_found_by_orig_resp_code() {
+    let state = |orig: Option<&str>, resp: &str| refund_query(orig, resp).state;
+    for orig in ["03", "04", "05"] {
+        assert_eq!(
+            state(Some(orig), "00"),
+            pb::RefundState::Processing as i32,
+            "{orig}"
+        );
+    }
+    let done = refund_query(Some("00"), "00");
+    assert_eq!(done.state, pb::RefundState::Succeeded as i32);
+    assert_eq!(
+        done.refunded,
+        Some(pb::Money {
+            amount_minor: 8888,
+            currency: "CNY".into()
+        })
+    );
+    assert_eq!(done.channel_refund_no, "512601010800000000001");
+    // A failure code in a successful query is final.
+    assert_eq!(state(Some("01"), "00"), pb::RefundState::Failed as i32);
+    assert_eq!(refund_query(Some("01"), "00").refunded, None);
+    assert_eq!(state(None, "34"), pb::RefundState::NotFound as i32);
+    // The query itself not answering says nothing about the refund.
+    for resp in ["03", "04", "05", "10"] {
+        assert_eq!(state(None, resp), pb::RefundState::Unknown as i32, "{resp}");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_refund_notification_is_unknown_so_the_core_queries_never_failed() {
+    // The notes document only 00/A6 in notifications: a failure code is confirmed by the query.
+    let mut f = fields("04", "20260101090000R0001", MER_ID);
+    f.insert("respCode".into(), "01".into());
+    let Notification::Refund {
+        event_id, result, ..
+    } = adapter().verify_callback(&good(f)).await.unwrap()
+    else {
+        panic!("expected a refund");
+    };
+    assert_eq!(event_id, "512601010800000000001:0101080005");
+    assert_eq!(result.state, pb::RefundState::Unknown as i32);
+    assert_eq!(result.refunded, None);
+    assert!(result.channel_status.contains("respCode=01"));
+}

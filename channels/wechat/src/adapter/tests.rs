@@ -278,6 +278,149 @@ async fn a_refund_notification_becomes_a_refund_result() {
     assert_eq!(result.refunded.unwrap().amount_minor, 40);
 }
 
+fn refund_resource(status: &str) -> String {
+    format!(
+        r#"{{"mchid":"{MCHID}","out_trade_no":"T20240101000001","transaction_id":"4200000000202401010000000001","out_refund_no":"R20240101000001","refund_id":"50000000382019052709732678859","refund_status":"{status}","user_received_account":"招商银行信用卡0403","amount":{{"total":100,"refund":40,"payer_total":100,"payer_refund":40}}}}"#
+    )
+}
+
+fn refund_body(event_type: &str, status: &str) -> String {
+    envelope(
+        event_type,
+        "refund",
+        &seal(APIV3_KEY, &refund_resource(status), "refund"),
+    )
+}
+
+#[tokio::test]
+async fn abnormal_and_closed_refund_notifications_are_processing_and_failed() {
+    for (event_type, status, expected) in [
+        ("REFUND.ABNORMAL", "ABNORMAL", pb::RefundState::Processing),
+        ("REFUND.CLOSED", "CLOSED", pb::RefundState::Failed),
+        ("REFUND.SUCCESS", "SUCCESS", pb::RefundState::Succeeded),
+    ] {
+        let cb = callback(
+            &refund_body(event_type, status),
+            NOW,
+            PLATFORM_SERIAL,
+            &keys().platform,
+        );
+        let Notification::Refund {
+            event_id, result, ..
+        } = adapter().verify_callback(&cb).await.unwrap()
+        else {
+            panic!("expected a refund for {event_type}");
+        };
+        assert_eq!(event_id, "EV-2018022511223320873", "{event_type}");
+        assert_eq!(result.state, expected as i32, "{event_type}");
+        assert_eq!(result.channel_status, status);
+        assert_eq!(result.channel_refund_no, "50000000382019052709732678859");
+        assert_eq!(
+            result.refunded,
+            Some(pb::Money {
+                amount_minor: 40,
+                currency: "CNY".into()
+            }),
+            "{event_type}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refund_notification_with_a_bad_signature_or_ciphertext_is_refused_with_fail() {
+    let a = adapter();
+    // Signed, then changed.
+    let mut cb = callback(
+        &refund_body("REFUND.SUCCESS", "SUCCESS"),
+        NOW,
+        PLATFORM_SERIAL,
+        &keys().platform,
+    );
+    let tampered = String::from_utf8(cb.body.to_vec())
+        .unwrap()
+        .replace("REFUND.SUCCESS", "REFUND.CLOSED");
+    cb.body = tampered.into_bytes().into();
+    assert_eq!(
+        reason(a.verify_callback(&cb).await),
+        RejectReason::BadSignature
+    );
+    // Signed by another key.
+    let cb = callback(
+        &refund_body("REFUND.SUCCESS", "SUCCESS"),
+        NOW,
+        PLATFORM_SERIAL,
+        &keys().stranger,
+    );
+    assert_eq!(
+        reason(a.verify_callback(&cb).await),
+        RejectReason::BadSignature
+    );
+    // Correctly signed, but sealed with another key, or not ciphertext at all.
+    for ciphertext in [
+        seal(
+            "00000000000000000000000000000000",
+            &refund_resource("SUCCESS"),
+            "refund",
+        ),
+        "bm90IGEgY2lwaGVydGV4dA==".to_owned(),
+    ] {
+        let body = envelope("REFUND.SUCCESS", "refund", &ciphertext);
+        let cb = callback(&body, NOW, PLATFORM_SERIAL, &keys().platform);
+        assert_eq!(
+            reason(a.verify_callback(&cb).await),
+            RejectReason::DecryptFailed
+        );
+    }
+    // What the kit answers for every rejection (nothing is forwarded): WeChat's failure form.
+    let nack = a.nack("verification failed");
+    assert!((400..600).contains(&nack.status));
+    let body: serde_json::Value = serde_json::from_str(&nack.body).unwrap();
+    assert_eq!(body["code"], "FAIL");
+}
+
+#[test]
+fn every_refund_status_maps_and_abnormal_is_never_failed() {
+    for (status, expected) in [
+        ("PROCESSING", pb::RefundState::Processing),
+        ("ABNORMAL", pb::RefundState::Processing),
+        ("SUCCESS", pb::RefundState::Succeeded),
+        ("CLOSED", pb::RefundState::Failed),
+        ("SOMETHING_NEW", pb::RefundState::Unknown),
+        ("", pb::RefundState::Unknown),
+    ] {
+        assert_eq!(refund_state(status), expected, "{status:?}");
+    }
+}
+
+#[test]
+fn refusals_of_a_refund_are_final_refusals() {
+    use crate::client::PlatformRefusal;
+    use crate::status::classify_error;
+    for (status, code) in [
+        (400, "INVALID_REQUEST"),
+        (403, "NOT_ENOUGH"),
+        (400, "PARAM_ERROR"),
+    ] {
+        let refusal = PlatformRefusal {
+            status,
+            code: code.to_owned(),
+            message: "m".to_owned(),
+            class: classify_error(status, code),
+        };
+        assert!(
+            matches!(refusal.into_error(), ChannelError::Refused { .. }),
+            "{code}"
+        );
+    }
+    let unknown = PlatformRefusal {
+        status: 500,
+        code: "SYSTEM_ERROR".to_owned(),
+        message: "m".to_owned(),
+        class: classify_error(500, "SYSTEM_ERROR"),
+    };
+    assert!(matches!(unknown.into_error(), ChannelError::Unavailable(_)));
+}
+
 #[test]
 fn replies_follow_the_documented_forms() {
     let a = adapter();
@@ -590,4 +733,105 @@ async fn certificates_are_refreshed_periodically_without_any_callback() {
     );
     assert!(a.verify_callback(&new).await.is_ok());
     assert!(mock.downloads.load(std::sync::atomic::Ordering::SeqCst) <= before + 1);
+}
+
+/// A "core" that counts the connections it gets and never answers.
+async fn counting_core() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                drop(stream);
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// Posts `cb` to the kit's callback listener: (HTTP status, body).
+async fn post_to_listener(addr: std::net::SocketAddr, cb: &Callback) -> (u16, String) {
+    let reply = reqwest::Client::new()
+        .post(format!("http://{addr}/notify/refund"))
+        .headers(cb.headers.clone())
+        .header("Content-Type", "application/json")
+        .body(cb.body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    (reply.status().as_u16(), reply.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn through_the_kit_a_forged_refund_notification_gets_fail_and_never_reaches_the_core() {
+    use std::sync::atomic::Ordering;
+    let (core, connections) = counting_core().await;
+    let any = "127.0.0.1:0".parse().unwrap();
+    let settings = channel_kit::KitSettings {
+        grpc_listen: any,
+        callback_listen: any,
+        metrics_listen: any,
+        core_endpoint: format!("http://{core}"),
+        core_token: Secret::new("test-core-token-0123456789"),
+        grpc_token: Secret::new("test-grpc-token-0123456789"),
+        forward_budget: std::time::Duration::from_millis(500),
+        callback_header_timeout: std::time::Duration::from_millis(500),
+        callback_body_timeout: std::time::Duration::from_millis(500),
+        callback_max_in_flight: 8,
+        platform_timeout: std::time::Duration::from_secs(1),
+        shutdown_grace: std::time::Duration::from_secs(1),
+    };
+    let listeners = channel_kit::Listeners::bind(&settings).await.unwrap();
+    let callbacks = listeners.callbacks.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // The adapter's clock is fixed at NOW; the notifications below are signed for then.
+    tokio::spawn(listeners.run(Arc::new(adapter()), settings, async move {
+        let _ = stopped.await;
+    }));
+
+    let bad_ciphertext = envelope(
+        "REFUND.SUCCESS",
+        "refund",
+        &seal(
+            "00000000000000000000000000000000",
+            &refund_resource("SUCCESS"),
+            "refund",
+        ),
+    );
+    for cb in [
+        callback(
+            &refund_body("REFUND.SUCCESS", "SUCCESS"),
+            NOW,
+            PLATFORM_SERIAL,
+            &keys().stranger,
+        ),
+        callback(&bad_ciphertext, NOW, PLATFORM_SERIAL, &keys().platform),
+    ] {
+        let (status, body) = post_to_listener(callbacks, &cb).await;
+        assert!((400..600).contains(&status), "{status} {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], "FAIL");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        0,
+        "nothing was forwarded"
+    );
+
+    // The same listener does forward a genuine one (the core here never answers, so WeChat is
+    // told to retry): the check above is not vacuous.
+    let genuine = callback(
+        &refund_body("REFUND.SUCCESS", "SUCCESS"),
+        NOW,
+        PLATFORM_SERIAL,
+        &keys().platform,
+    );
+    let (status, _) = post_to_listener(callbacks, &genuine).await;
+    assert_eq!(status, 500);
+    assert!(connections.load(Ordering::SeqCst) >= 1);
 }
