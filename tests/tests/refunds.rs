@@ -225,8 +225,11 @@ async fn fifty_concurrent_refunds_over_three_replicas_never_exceed_what_was_paid
             Ok(_) => ok += 1,
             Err(s) => {
                 assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+                // Refused on the amount, or (once the ten refunds have settled) on the order's
+                // state: either way nothing is left.
                 assert!(
-                    s.message().contains("remains refundable: 0"),
+                    s.message().contains("remains refundable: 0")
+                        || s.message().contains("order is REFUNDED"),
                     "{}",
                     s.message()
                 );
@@ -331,9 +334,18 @@ async fn a_refund_whose_call_times_out_is_settled_by_the_query_job_without_a_sec
             let settled = wait_refund(&mut c, &no, want, SETTLE).await;
             let at_sandbox = p.sandbox_refunds(ch, &trade).await;
             assert_eq!(at_sandbox.len(), 1, "{name}/{outcome}: {at_sandbox:?}");
+            // One refund, and one request for it — except a refused Alipay refund: Alipay's
+            // query cannot tell "refused" from "never received" (no refund_status either way),
+            // and its documented answer is to re-send the same out_request_no, which Alipay
+            // refuses again. Still one refund number, never a second refund.
+            let requests = if ch == SandboxedChannel::Alipay && outcome == "fail" {
+                2
+            } else {
+                1
+            };
             assert_eq!(
-                at_sandbox[0]["requests"], 1,
-                "{name}/{outcome}: a second refund request was sent: {at_sandbox:?}"
+                at_sandbox[0]["requests"], requests,
+                "{name}/{outcome}: {at_sandbox:?}"
             );
             assert_eq!(
                 at_sandbox[0]["state"],

@@ -121,8 +121,9 @@ pub fn settle_refund(
     Ok((trade, refund))
 }
 
-/// Called by a platform server when a refund-creating call that recorded a PROCESSING refund
-/// is about to answer (after its delays; the answer is already built): settles it to
+/// Called by a platform server when a refund-creating call has recorded a PROCESSING refund
+/// (the answer is already built, before any answer delay, so a merchant that hangs up does not
+/// stop it): settles it to
 /// `refund_outcome` `refund_settle_ms` after its creation, or at once when that moment has
 /// passed; `Manual` never. Returns at once.
 pub fn schedule_refund_settlement(
@@ -148,8 +149,8 @@ pub fn schedule_refund_settlement(
         }
     };
     if wait.is_zero() {
-        // Due already (0 ms, or the answer was delayed past it): settled now, as the answer
-        // (already built, saying PROCESSING) leaves, so every later call sees the outcome.
+        // Due already (0 ms): settled now; the answer (already built) says PROCESSING, and
+        // every later call sees the outcome.
         settle(platform);
         return;
     }

@@ -691,14 +691,16 @@ async fn back_trans(State(unionpay): State<Arc<Unionpay>>, body: Bytes) -> Respo
             unionpay.respond(&fields, answer)
         }
     };
-    if refund_call {
-        unionpay.core.delay_refund_answer().await;
-    }
-    unionpay.core.delay_api_answer().await;
+    // The refund settles on its own schedule whether or not the merchant waits for the answer
+    // (a client that times out and hangs up must not stop the platform's work).
     if let Some((refund, ending)) = created {
         let platform: Arc<dyn SimulatedPlatform> = unionpay.clone();
         schedule_refund_settlement(&platform, &refund, ending);
     }
+    if refund_call {
+        unionpay.core.delay_refund_answer().await;
+    }
+    unionpay.core.delay_api_answer().await;
     response
 }
 

@@ -1035,15 +1035,16 @@ async fn refund(
         Ok((response, created)) => (response, created),
         Err(answer) => (answer, None),
     };
-    // Every refund-creating call that was executed (past the signature check and
-    // `api_error_rate`) is answered `refund_answer_delay_ms` late.
-    wechat.core.delay_refund_answer().await;
-    let response = answer_after_delay(&wechat, response).await;
+    // The refund settles on its own schedule whether or not the merchant waits for the answer
+    // (a client that times out and hangs up must not stop the platform's work).
     if let Some((refund, ending)) = created {
         let platform: Arc<dyn SimulatedPlatform> = wechat.clone();
         schedule_refund_settlement(&platform, &refund, ending);
     }
-    response
+    // Every refund-creating call that was executed (past the signature check and
+    // `api_error_rate`) is answered `refund_answer_delay_ms` late.
+    wechat.core.delay_refund_answer().await;
+    answer_after_delay(&wechat, response).await
 }
 
 fn refund_inner(
