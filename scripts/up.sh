@@ -105,10 +105,18 @@ pay_through() { # channel method sandbox-port
         "http://127.0.0.1:$port/sandbox/trades/$trade/pay" >/dev/null
     for _ in $(seq 1 100); do
         status=$("$BIN/payctl" get-order --order-id "$id")
-        case "$status" in *status=PAID*) echo "$status"; log "$channel: PAID"; return 0;; esac
+        case "$status" in *status=PAID*) echo "$status"; log "$channel: PAID"; break;; esac
         sleep 0.2
     done
-    echo "$status"; log "$channel: the order did not reach PAID; see $RUN/*.log"; return 1
+    case "$status" in *status=PAID*) ;; *) echo "$status"; log "$channel: the order did not reach PAID; see $RUN/*.log"; return 1;; esac
+    log "$channel: CreateRefund of 10.00 CNY"
+    "$BIN/payctl" refund --order-id "$id" --amount 1000 --refund-request-no "RF-$no" --reason "demo refund" --operator demo
+    for _ in $(seq 1 100); do
+        status=$("$BIN/payctl" get-refund --refund-request-no "RF-$no")
+        case "$status" in *status=SUCCEEDED*) echo "$status"; "$BIN/payctl" get-order --order-id "$id"; log "$channel: refunded 10.00 of 88.88 (PARTIALLY_REFUNDED)"; return 0;; esac
+        sleep 0.2
+    done
+    echo "$status"; log "$channel: the refund did not succeed; see $RUN/*.log"; return 1
 }
 pay_through wechat wechat_native 8091
 pay_through alipay alipay_qr 8092

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub refunds_unsettled: IntGaugeVec,
     /// Unsettled refunds flagged for a person, by channel; refreshed by the job.
     pub refunds_needing_attention: IntGaugeVec,
+    /// Age of the oldest unsettled refund, by channel (0 when none): a refund stuck in
+    /// PROCESSING shows here long before it is flagged.
+    pub refunds_oldest_unsettled_age: IntGaugeVec,
 }
 
 impl Metrics {
@@ -142,7 +145,13 @@ impl Metrics {
             "Unsettled refunds flagged for a person, by channel.",
             &["channel"],
         )?;
+        let refunds_oldest_unsettled_age = gauge(
+            "payment_refunds_oldest_unsettled_age_seconds",
+            "Age of the oldest refund not settled yet (PENDING or PROCESSING), by channel; 0 when none.",
+            &["channel"],
+        )?;
         Ok(Self {
+            refunds_oldest_unsettled_age,
             refunds,
             refunded_minor,
             refund_queries,

@@ -626,18 +626,26 @@ impl App {
     pub async fn refresh_refund_gauges(&self) -> Result<(), ServiceError> {
         let rows = self.db.run(refunds::unsettled_by_channel).await?;
         for c in Channel::ALL {
-            let (n, flagged) = rows
+            let u = rows
                 .iter()
-                .find(|(ch, _, _)| *ch == c)
-                .map_or((0, 0), |(_, n, f)| (*n, *f));
-            self.metrics
-                .refunds_unsettled
+                .find(|u| u.channel == c)
+                .copied()
+                .unwrap_or(refunds::Unsettled {
+                    channel: c,
+                    count: 0,
+                    needing_attention: 0,
+                    oldest_age_secs: 0,
+                });
+            let m = &self.metrics;
+            m.refunds_unsettled
                 .with_label_values(&[c.as_str()])
-                .set(n);
-            self.metrics
-                .refunds_needing_attention
+                .set(u.count);
+            m.refunds_needing_attention
                 .with_label_values(&[c.as_str()])
-                .set(flagged);
+                .set(u.needing_attention);
+            m.refunds_oldest_unsettled_age
+                .with_label_values(&[c.as_str()])
+                .set(u.oldest_age_secs);
         }
         Ok(())
     }

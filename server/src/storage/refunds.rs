@@ -473,20 +473,40 @@ pub fn list(
         .load(conn)?)
 }
 
-/// Unsettled refunds per channel (PENDING or PROCESSING), and how many need a person: one
-/// indexed aggregate, run by the job on its tick, not per scrape.
-pub fn unsettled_by_channel(
-    conn: &mut PgConnection,
-) -> Result<Vec<(Channel, i64, i64)>, StorageError> {
+/// Unsettled refunds of one channel: how many, how many need a person, and the age in seconds
+/// of the oldest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsettled {
+    pub channel: Channel,
+    pub count: i64,
+    pub needing_attention: i64,
+    pub oldest_age_secs: i64,
+}
+
+/// Unsettled refunds (PENDING or PROCESSING) per channel: one aggregate over the `refunds_due`
+/// partial index's rows, run by the job on its tick, not per scrape.
+pub fn unsettled_by_channel(conn: &mut PgConnection) -> Result<Vec<Unsettled>, StorageError> {
     use diesel::dsl::{count_star, sql};
     use diesel::sql_types::BigInt;
-    Ok(refunds::table
+    let rows: Vec<(Channel, i64, i64, i64)> = refunds::table
         .filter(refunds::status.eq_any(["PENDING", "PROCESSING"]))
         .group_by(refunds::channel)
         .select((
             refunds::channel,
             count_star(),
             sql::<BigInt>("count(*) FILTER (WHERE needs_attention)"),
+            sql::<BigInt>("coalesce(extract(epoch FROM now() - min(created_at)), 0)::bigint"),
         ))
-        .load(conn)?)
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(channel, count, needing_attention, oldest_age_secs)| Unsettled {
+                channel,
+                count,
+                needing_attention,
+                oldest_age_secs,
+            },
+        )
+        .collect())
 }

@@ -431,4 +431,23 @@ async fn a_refund_unknown_past_the_last_query_is_flagged_for_a_person() {
         m.contains("payment_refund_queries_total{channel=\"WECHAT\",result=\"UNKNOWN\"} 2"),
         "{m}"
     );
+
+    // The gauges come from the job's periodic aggregate.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = app.metrics_text().await;
+        if m.contains("payment_refunds_needing_attention{channel=\"WECHAT\"} 1") {
+            assert!(
+                m.contains("payment_refunds_unsettled{channel=\"WECHAT\"} 1"),
+                "{m}"
+            );
+            assert!(
+                m.contains("payment_refunds_oldest_unsettled_age_seconds{channel=\"WECHAT\"}"),
+                "{m}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
