@@ -1,6 +1,7 @@
 //! Use cases: each one validates nothing (the edge did), takes the locks it needs, and makes its
 //! change in one Postgres transaction together with the idempotency record.
 pub mod error;
+pub mod events;
 pub mod pay;
 pub mod refunds;
 pub mod results;

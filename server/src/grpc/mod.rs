@@ -4,6 +4,7 @@ pub mod events;
 pub mod payment;
 mod refund;
 pub mod status;
+pub mod watch;
 
 use std::time::Duration;
 

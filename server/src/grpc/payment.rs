@@ -388,6 +388,24 @@ impl PaymentService for PaymentApi {
         self.respond("Pay", r)
     }
 
+    type WatchEventsStream = super::watch::EventStream;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let r = self.watch_events_call(req).await;
+        self.respond("WatchEvents", r)
+    }
+
+    async fn redeliver_events(
+        &self,
+        req: Request<pb::RedeliverEventsRequest>,
+    ) -> Result<Response<pb::RedeliverEventsResponse>, Status> {
+        let r = self.redeliver_events_call(req).await;
+        self.respond("RedeliverEvents", r)
+    }
+
     async fn create_refund(
         &self,
         req: Request<pb::CreateRefundRequest>,

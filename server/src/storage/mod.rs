@@ -5,6 +5,7 @@ pub mod attempts;
 pub mod events;
 pub mod idempotency;
 pub mod orders;
+pub mod outbox;
 pub mod refunds;
 pub mod schema;
 mod text_enums;

@@ -18,6 +18,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         closed_at -> Nullable<Timestamptz>,
+        event_seq -> Int8,
     }
 }
 
@@ -65,6 +66,28 @@ diesel::table! {
         pay_deadline -> Timestamptz,
         refund_reserved_minor -> Int8,
         refunded_minor -> Int8,
+        next_query_at -> Nullable<Timestamptz>,
+        queries -> Int4,
+        needs_attention -> Bool,
+    }
+}
+
+diesel::table! {
+    outbox_events (id) {
+        id -> Int8,
+        event_id -> Uuid,
+        app_id -> Text,
+        order_id -> Uuid,
+        order_seq -> Int8,
+        event_type -> Text,
+        payload -> Bytea,
+        created_at -> Timestamptz,
+        stream_seq -> Nullable<Int8>,
+        delivery -> Text,
+        delivery_attempts -> Int4,
+        next_delivery_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        delivered_at -> Nullable<Timestamptz>,
     }
 }
 
@@ -141,6 +164,7 @@ diesel::joinable!(payment_attempts -> orders (order_id));
 diesel::joinable!(refunds -> orders (order_id));
 diesel::joinable!(refunds -> payment_attempts (attempt_id));
 diesel::joinable!(refund_transitions -> refunds (refund_id));
+diesel::joinable!(outbox_events -> orders (order_id));
 diesel::allow_tables_to_appear_in_same_query!(
     orders,
     order_transitions,
@@ -149,5 +173,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     channel_events,
     duplicate_payments,
     refunds,
-    refund_transitions
+    refund_transitions,
+    outbox_events
 );

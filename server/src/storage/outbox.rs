@@ -1,0 +1,280 @@
+//! The transactional outbox: events appended in the transaction that made their fact true, put
+//! in stream order after commit by one sequencer at a time, streamed to WatchEvents readers and
+//! pushed to EventSinks by the dispatcher.
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use uuid::Uuid;
+
+use super::StorageError;
+use super::schema::{orders, outbox_events};
+
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = outbox_events, check_for_backend(diesel::pg::Pg))]
+pub struct OutboxRow {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub app_id: String,
+    pub order_id: Uuid,
+    pub order_seq: i64,
+    pub event_type: String,
+    pub payload: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub stream_seq: Option<i64>,
+    pub delivery: String,
+    pub delivery_attempts: i32,
+    pub next_delivery_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// Appends an event of `order` inside the caller's transaction. The per-order sequence number is
+/// taken from `orders.event_seq` by an UPDATE, which holds the order's row lock until commit, so
+/// an order's events are numbered in the order their transactions commit. `payload` encodes the
+/// event from its id and sequence number.
+pub fn append(
+    conn: &mut PgConnection,
+    app_id: &str,
+    order_id: Uuid,
+    event_type: &str,
+    payload: impl FnOnce(Uuid, i64) -> Vec<u8>,
+) -> Result<Uuid, StorageError> {
+    let seq: i64 = diesel::update(orders::table.filter(orders::id.eq(order_id)))
+        .set(orders::event_seq.eq(orders::event_seq + 1))
+        .returning(orders::event_seq)
+        .get_result(conn)?;
+    let event_id = Uuid::now_v7();
+    diesel::insert_into(outbox_events::table)
+        .values((
+            outbox_events::event_id.eq(event_id),
+            outbox_events::app_id.eq(app_id),
+            outbox_events::order_id.eq(order_id),
+            outbox_events::order_seq.eq(seq),
+            outbox_events::event_type.eq(event_type),
+            outbox_events::payload.eq(payload(event_id, seq)),
+            outbox_events::delivery.eq("NONE"),
+        ))
+        .execute(conn)?;
+    Ok(event_id)
+}
+
+/// Gives committed, unsequenced events their stream position, oldest first, up to `limit`, and
+/// marks those of `subscribed` apps for delivery. One sequencer at a time (a transaction-scoped
+/// advisory lock; the others return 0 at once), and only committed rows are visible to it, so the
+/// stream order is commit order at the sequencer's granularity, never with a gap a reader could
+/// skip. Returns how many were sequenced.
+pub fn sequence(
+    conn: &mut PgConnection,
+    subscribed: &[String],
+    limit: i64,
+) -> Result<usize, StorageError> {
+    use diesel::Connection;
+    const LOCK: i64 = 0x0070_6179_6473_6571; // "paydseq"
+    #[derive(QueryableByName)]
+    struct Got {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        ok: bool,
+    }
+    conn.transaction(|conn| {
+        let got: Got = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS ok")
+            .bind::<diesel::sql_types::BigInt, _>(LOCK)
+            .get_result(conn)?;
+        if !got.ok {
+            return Ok(0);
+        }
+        let n = diesel::sql_query(
+            "WITH next AS ( \
+               SELECT id FROM outbox_events WHERE stream_seq IS NULL ORDER BY id LIMIT $1) \
+             UPDATE outbox_events e SET \
+               stream_seq = s.seq, \
+               delivery = CASE WHEN e.app_id = ANY($2) THEN 'PENDING' ELSE 'NONE' END, \
+               next_delivery_at = CASE WHEN e.app_id = ANY($2) THEN now() END \
+             FROM (SELECT id, nextval('outbox_stream') AS seq FROM (SELECT id FROM next ORDER BY id) o) s \
+             WHERE e.id = s.id",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(subscribed)
+        .execute(conn)?;
+        Ok(n)
+    })
+}
+
+/// The app's sequenced events after `cursor`, in stream order.
+pub fn read_stream(
+    conn: &mut PgConnection,
+    app_id: &str,
+    cursor: i64,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, StorageError> {
+    Ok(outbox_events::table
+        .filter(outbox_events::app_id.eq(app_id))
+        .filter(outbox_events::stream_seq.gt(cursor))
+        .order(outbox_events::stream_seq.asc())
+        .limit(limit)
+        .select(OutboxRow::as_select())
+        .load(conn)?)
+}
+
+/// Claims up to `limit` events due for delivery, for `lease`: for each order, only its earliest
+/// event still pending (so an order's events reach the sink in sequence, one at a time), chosen
+/// with `FOR UPDATE SKIP LOCKED` and moved past the lease in the same short transaction, so
+/// dispatchers on several replicas never push one event at once and a dispatcher that dies
+/// gives its claims back when the lease ends.
+pub fn claim_deliverable(
+    conn: &mut PgConnection,
+    limit: i64,
+    lease: std::time::Duration,
+) -> Result<Vec<OutboxRow>, StorageError> {
+    use diesel::Connection;
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    conn.transaction(|conn| {
+        Ok(diesel::sql_query(
+            "WITH due AS ( \
+               SELECT e.id FROM outbox_events e \
+               WHERE e.delivery = 'PENDING' AND e.next_delivery_at <= now() \
+                 AND NOT EXISTS (SELECT 1 FROM outbox_events p \
+                                 WHERE p.order_id = e.order_id AND p.delivery = 'PENDING' \
+                                   AND p.order_seq < e.order_seq) \
+               ORDER BY e.next_delivery_at LIMIT $1 \
+               FOR UPDATE OF e SKIP LOCKED) \
+             UPDATE outbox_events e \
+               SET next_delivery_at = now() + make_interval(secs => $2::double precision / 1000), \
+                   delivery_attempts = delivery_attempts + 1 \
+             FROM due WHERE e.id = due.id \
+             RETURNING e.*",
+        )
+        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .bind::<diesel::sql_types::BigInt, _>(lease_ms)
+        .load::<OutboxRowByName>(conn)?
+        .into_iter()
+        .map(OutboxRow::from)
+        .collect())
+    })
+}
+
+/// The same row, loadable from `sql_query`.
+#[derive(QueryableByName)]
+#[diesel(table_name = outbox_events, check_for_backend(diesel::pg::Pg))]
+struct OutboxRowByName {
+    id: i64,
+    event_id: Uuid,
+    app_id: String,
+    order_id: Uuid,
+    order_seq: i64,
+    event_type: String,
+    payload: Vec<u8>,
+    created_at: DateTime<Utc>,
+    stream_seq: Option<i64>,
+    delivery: String,
+    delivery_attempts: i32,
+    next_delivery_at: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    delivered_at: Option<DateTime<Utc>>,
+}
+
+impl From<OutboxRowByName> for OutboxRow {
+    fn from(r: OutboxRowByName) -> Self {
+        Self {
+            id: r.id,
+            event_id: r.event_id,
+            app_id: r.app_id,
+            order_id: r.order_id,
+            order_seq: r.order_seq,
+            event_type: r.event_type,
+            payload: r.payload,
+            created_at: r.created_at,
+            stream_seq: r.stream_seq,
+            delivery: r.delivery,
+            delivery_attempts: r.delivery_attempts,
+            next_delivery_at: r.next_delivery_at,
+            last_error: r.last_error,
+            delivered_at: r.delivered_at,
+        }
+    }
+}
+
+/// Marks delivered events (one statement for a batch).
+pub fn mark_delivered(conn: &mut PgConnection, ids: &[i64]) -> Result<usize, StorageError> {
+    Ok(diesel::update(
+        outbox_events::table
+            .filter(outbox_events::id.eq_any(ids))
+            .filter(outbox_events::delivery.eq("PENDING")),
+    )
+    .set((
+        outbox_events::delivery.eq("DELIVERED"),
+        outbox_events::delivered_at.eq(Utc::now()),
+        outbox_events::next_delivery_at.eq(None::<DateTime<Utc>>),
+        outbox_events::last_error.eq(None::<String>),
+    ))
+    .execute(conn)?)
+}
+
+/// Records a failed delivery: retried at `retry_at`, or dead-lettered when `None`.
+pub fn mark_failed(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+    retry_at: Option<DateTime<Utc>>,
+) -> Result<(), StorageError> {
+    diesel::update(
+        outbox_events::table
+            .filter(outbox_events::id.eq(id))
+            .filter(outbox_events::delivery.eq("PENDING")),
+    )
+    .set((
+        outbox_events::delivery.eq(if retry_at.is_some() {
+            "PENDING"
+        } else {
+            "DEAD"
+        }),
+        outbox_events::next_delivery_at.eq(retry_at),
+        outbox_events::last_error.eq(error),
+    ))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Puts the app's dead-lettered events (all, or those named) back into delivery.
+pub fn redeliver(
+    conn: &mut PgConnection,
+    app_id: &str,
+    event_ids: &[Uuid],
+) -> Result<usize, StorageError> {
+    let mut q = diesel::update(outbox_events::table)
+        .filter(outbox_events::app_id.eq(app_id))
+        .filter(outbox_events::delivery.eq("DEAD"))
+        .into_boxed();
+    if !event_ids.is_empty() {
+        q = q.filter(outbox_events::event_id.eq_any(event_ids));
+    }
+    Ok(q.set((
+        outbox_events::delivery.eq("PENDING"),
+        outbox_events::delivery_attempts.eq(0),
+        outbox_events::next_delivery_at.eq(Utc::now()),
+    ))
+    .execute(conn)?)
+}
+
+/// Backlog figures for the gauges: (unsequenced, pending delivery, dead, age in seconds of the
+/// oldest pending delivery).
+pub fn backlog(conn: &mut PgConnection) -> Result<(i64, i64, i64, i64), StorageError> {
+    #[derive(QueryableByName)]
+    struct B {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        unsequenced: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        pending: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        dead: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        oldest: i64,
+    }
+    let b: B = diesel::sql_query(
+        "SELECT (SELECT count(*) FROM outbox_events WHERE stream_seq IS NULL) AS unsequenced, \
+                (SELECT count(*) FROM outbox_events WHERE delivery = 'PENDING') AS pending, \
+                (SELECT count(*) FROM outbox_events WHERE delivery = 'DEAD') AS dead, \
+                coalesce((SELECT extract(epoch FROM now() - min(created_at))::bigint \
+                          FROM outbox_events WHERE delivery = 'PENDING'), 0) AS oldest",
+    )
+    .get_result(conn)?;
+    Ok((b.unsequenced, b.pending, b.dead, b.oldest))
+}
