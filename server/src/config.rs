@@ -127,6 +127,17 @@ pub struct Settings {
     pub refund_pending_grace_ms: Option<u64>,
     /// `PAYD_REFUND_JOB_TICK_MS`: how often the refund query job looks for due refunds.
     pub refund_job_tick_ms: u64,
+    /// `PAYD_EVENT_SINKS`: where each app's events are pushed, `app=url` pairs separated by
+    /// commas (`shop-1=http://orders.internal:7000`); an app without a sink reads its events
+    /// with WatchEvents only.
+    pub event_sinks: String,
+    /// `PAYD_EVENT_RETRY_DELAYS_MS`: delays between push-delivery tries of one event; past the
+    /// last it is dead-lettered. Default 15 s, 1 m, 5 m, 30 m, 2 h, 6 h, 12 h, 24 h.
+    pub event_retry_delays_ms: String,
+    /// `PAYD_EVENT_SINK_TIMEOUT_MS`: how long a sink may take to acknowledge one event.
+    pub event_sink_timeout_ms: u64,
+    /// `PAYD_OUTBOX_TICK_MS`: how often the sequencer and the dispatcher run when idle.
+    pub outbox_tick_ms: u64,
 }
 
 impl Default for Settings {
@@ -174,8 +185,26 @@ impl Default for Settings {
                 .join(","),
             refund_pending_grace_ms: None,
             refund_job_tick_ms: 1_000,
+            event_sinks: String::new(),
+            event_retry_delays_ms: "15000,60000,300000,1800000,7200000,21600000,43200000,86400000"
+                .to_owned(),
+            event_sink_timeout_ms: 10_000,
+            outbox_tick_ms: 50,
         }
     }
+}
+
+/// A comma-separated list of positive milliseconds.
+fn parse_delays_ms(key: &'static str, text: &str) -> Result<Vec<Duration>, ConfigError> {
+    text.split(',')
+        .map(|d| d.trim().parse::<u64>().ok().filter(|n| *n > 0))
+        .collect::<Option<Vec<u64>>>()
+        .filter(|v| !v.is_empty())
+        .map(|v| v.into_iter().map(Duration::from_millis).collect())
+        .ok_or_else(|| ConfigError::Invalid {
+            key,
+            reason: "must be a comma-separated list of positive milliseconds".to_owned(),
+        })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -252,9 +281,54 @@ impl Settings {
             return bad("refund_job_tick_ms", "must be at least 1");
         }
         self.refund_policy()?;
+        self.event_subscriptions()?;
+        parse_delays_ms("event_retry_delays_ms", &self.event_retry_delays_ms)?;
+        if self.outbox_tick_ms == 0 {
+            return bad("outbox_tick_ms", "must be at least 1");
+        }
         self.adapter_tokens()?;
         self.adapter_endpoints()?;
         Ok(())
+    }
+
+    /// The apps' event sinks as (app, url) pairs.
+    ///
+    /// # Errors
+    /// `event_sinks` that is not `app=url` pairs, or names an app twice.
+    pub fn event_subscriptions(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let bad = |reason: String| ConfigError::Invalid {
+            key: "event_sinks",
+            reason,
+        };
+        let mut out: Vec<(String, String)> = Vec::new();
+        for pair in self
+            .event_sinks
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let (app, url) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{pair:?} is not app=url")))?;
+            crate::domain::AppId::parse("event_sinks", app.trim())
+                .map_err(|e| bad(e.to_string()))?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(bad(format!("the sink of {app} must be an http(s) URL")));
+            }
+            if out.iter().any(|(a, _)| a == app.trim()) {
+                return Err(bad(format!("{app} is named twice")));
+            }
+            out.push((app.trim().to_owned(), url.trim().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// The push-delivery schedule.
+    ///
+    /// # Errors
+    /// A malformed `event_retry_delays_ms`.
+    pub fn event_retry_delays(&self) -> Result<Vec<Duration>, ConfigError> {
+        parse_delays_ms("event_retry_delays_ms", &self.event_retry_delays_ms)
     }
 
     /// How unsettled refunds are followed up.
@@ -262,22 +336,13 @@ impl Settings {
     /// # Errors
     /// `refund_query_delays_ms` that is not a non-empty list of positive integers.
     pub fn refund_policy(&self) -> Result<crate::app::refunds::RefundPolicy, ConfigError> {
-        let delays = self
-            .refund_query_delays_ms
-            .split(',')
-            .map(|d| d.trim().parse::<u64>().ok().filter(|n| *n > 0))
-            .collect::<Option<Vec<u64>>>()
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| ConfigError::Invalid {
-                key: "refund_query_delays_ms",
-                reason: "must be a comma-separated list of positive milliseconds".to_owned(),
-            })?;
+        let delays = parse_delays_ms("refund_query_delays_ms", &self.refund_query_delays_ms)?;
         let timeout = Duration::from_millis(self.channel_timeout_ms);
         Ok(crate::app::refunds::RefundPolicy {
             pending_grace: self
                 .refund_pending_grace_ms
                 .map_or(timeout + Duration::from_secs(5), Duration::from_millis),
-            query_delays: delays.into_iter().map(Duration::from_millis).collect(),
+            query_delays: delays,
             claim_lease: 2 * timeout + Duration::from_secs(5),
             tick: Duration::from_millis(self.refund_job_tick_ms),
             repeat_wait: timeout + Duration::from_secs(2),

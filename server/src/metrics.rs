@@ -43,6 +43,18 @@ pub struct Metrics {
     /// Age of the oldest unsettled refund, by channel (0 when none): a refund stuck in
     /// PROCESSING shows here long before it is flagged.
     pub refunds_oldest_unsettled_age: IntGaugeVec,
+    /// Automatic refunds of duplicate payments that reached a final state, by outcome.
+    pub duplicate_refunds: IntCounterVec,
+    /// Outbox: events not yet in stream order, pending push delivery, dead-lettered; age of the
+    /// oldest pending delivery.
+    pub outbox_unsequenced: prometheus::IntGauge,
+    pub outbox_pending: prometheus::IntGauge,
+    pub outbox_dead: prometheus::IntGauge,
+    pub outbox_oldest_pending_age: prometheus::IntGauge,
+    /// Push deliveries to EventSinks by outcome (delivered, failed, dead).
+    pub event_deliveries: IntCounterVec,
+    /// Commit-to-acknowledgement time of delivered events.
+    pub event_delivery_lag: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -150,7 +162,56 @@ impl Metrics {
             "Age of the oldest refund not settled yet (PENDING or PROCESSING), by channel; 0 when none.",
             &["channel"],
         )?;
+        let duplicate_refunds = vec(
+            "payment_duplicate_refunds_total",
+            "Automatic refunds of duplicate payments that reached a final state, by channel and outcome.",
+            &["channel", "outcome"],
+        )?;
+        let int_gauge =
+            |name: &str, help: &str| -> Result<prometheus::IntGauge, prometheus::Error> {
+                let g = prometheus::IntGauge::new(name, help)?;
+                registry.register(Box::new(g.clone()))?;
+                Ok(g)
+            };
+        let outbox_unsequenced = int_gauge(
+            "payment_outbox_unsequenced_events",
+            "Committed events not yet given their stream position.",
+        )?;
+        let outbox_pending = int_gauge(
+            "payment_outbox_pending_deliveries",
+            "Events waiting to be pushed to their app's EventSink.",
+        )?;
+        let outbox_dead = int_gauge(
+            "payment_outbox_dead_letters",
+            "Events whose push delivery gave up after the last try (RedeliverEvents puts them back).",
+        )?;
+        let outbox_oldest_pending_age = int_gauge(
+            "payment_outbox_oldest_pending_age_seconds",
+            "Age of the oldest event waiting for push delivery; 0 when none.",
+        )?;
+        let event_deliveries = vec(
+            "payment_event_deliveries_total",
+            "Push deliveries to EventSinks by outcome (delivered, failed, dead).",
+            &["outcome"],
+        )?;
+        let event_delivery_lag = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "payment_event_delivery_lag_seconds",
+                "From the event's commit to the sink's acknowledgement.",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 3600.0,
+            ]),
+        )?;
+        registry.register(Box::new(event_delivery_lag.clone()))?;
         Ok(Self {
+            duplicate_refunds,
+            outbox_unsequenced,
+            outbox_pending,
+            outbox_dead,
+            outbox_oldest_pending_age,
+            event_deliveries,
+            event_delivery_lag,
             refunds_oldest_unsettled_age,
             refunds,
             refunded_minor,

@@ -30,6 +30,7 @@ pub struct Application {
     database_url: String,
     lease_check: Duration,
     grace: Duration,
+    outbox_tick: Duration,
 }
 
 impl Application {
@@ -78,6 +79,14 @@ impl Application {
             worker_lease: Arc::new(std::sync::Mutex::new(lease)),
             pay_windows: settings.pay_windows(),
             refunds: settings.refund_policy()?,
+            sinks: Arc::new(
+                crate::app::delivery::EventSinks::new(
+                    &settings.event_subscriptions()?,
+                    Duration::from_millis(settings.event_sink_timeout_ms),
+                    settings.event_retry_delays()?,
+                )
+                .context("event sinks")?,
+            ),
         };
         let grpc = TcpListener::bind(settings.listen)
             .await
@@ -92,6 +101,7 @@ impl Application {
             database_url: settings.database_url.expose().to_owned(),
             lease_check: Duration::from_millis(settings.worker_lease_check_ms),
             grace: Duration::from_millis(settings.shutdown_grace_ms),
+            outbox_tick: Duration::from_millis(settings.outbox_tick_ms),
         })
     }
 
@@ -139,6 +149,11 @@ impl Application {
 
         let purger = tokio::spawn(purge_loop(self.app.clone(), stop_rx.clone()));
         let refund_job = tokio::spawn(refund_query_loop(self.app.clone(), stop_rx.clone()));
+        let outbox_job = tokio::spawn(outbox_loop(
+            self.app.clone(),
+            self.outbox_tick,
+            stop_rx.clone(),
+        ));
         let leaser = tokio::spawn(lease_loop(
             self.app.clone(),
             self.database_url.clone(),
@@ -170,6 +185,7 @@ impl Application {
             let _ = http.await;
             let _ = purger.await;
             let _ = refund_job.await;
+            let _ = outbox_job.await;
             let _ = leaser.await;
             g
         })
@@ -224,6 +240,40 @@ async fn refund_query_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool
             tracing::warn!(error = ?e, "refreshing the refund gauges failed");
         }
         n += 1;
+    }
+}
+
+/// The outbox's two workers in one loop: the sequencer (one replica at a time, by an advisory
+/// lock) and the dispatcher (every replica, sharing by `SKIP LOCKED`). A pass that found a full
+/// batch runs again at once; an idle one waits a tick. The gauges are refreshed once a second.
+async fn outbox_loop(app: App, tick: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut last_gauges = tokio::time::Instant::now() - Duration::from_secs(2);
+    loop {
+        let sequenced = match app.sequence_events().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = ?e, "outbox sequencer pass failed; will retry");
+                0
+            }
+        };
+        let dispatched = match app.dispatch_events().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = ?e, "event dispatch pass failed; will retry");
+                0
+            }
+        };
+        if last_gauges.elapsed() >= Duration::from_secs(1) {
+            last_gauges = tokio::time::Instant::now();
+            if let Err(e) = app.refresh_outbox_gauges().await {
+                tracing::warn!(error = ?e, "refreshing the outbox gauges failed");
+            }
+        }
+        let busy = sequenced >= 1000 || dispatched > 0;
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(if busy { Duration::ZERO } else { tick }) => {}
+        }
     }
 }
 

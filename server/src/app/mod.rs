@@ -1,5 +1,6 @@
 //! Use cases: each one validates nothing (the edge did), takes the locks it needs, and makes its
 //! change in one Postgres transaction together with the idempotency record.
+pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod pay;
@@ -57,6 +58,8 @@ pub struct App {
     pub pay_windows: pay::PayWindows,
     /// How unsettled refunds are followed up.
     pub refunds: refunds::RefundPolicy,
+    /// Each app's EventSink, and the delivery schedule.
+    pub sinks: std::sync::Arc<delivery::EventSinks>,
 }
 
 impl App {
@@ -97,7 +100,15 @@ impl App {
                         status: crate::domain::OrderStatus::Pending,
                     };
                     let order = match orders::insert(conn, &row, expires_in)? {
-                        Some(o) => o,
+                        Some(o) => {
+                            events::record(
+                                conn,
+                                events::EventType::OrderCreated,
+                                &Order::from(o.clone()),
+                                events::Extra::default(),
+                            )?;
+                            o
+                        }
                         None => {
                             let existing = orders::find_by_merchant_order_no(
                                 conn,
@@ -309,6 +320,17 @@ impl App {
                         }
                     };
                     let updated = Order::from(updated);
+                    if to == crate::domain::OrderStatus::Closed {
+                        events::record(
+                            conn,
+                            events::EventType::OrderClosed,
+                            &updated,
+                            events::Extra {
+                                detail: reason,
+                                ..events::Extra::default()
+                            },
+                        )?;
+                    }
                     if let Some(i) = &idem {
                         idempotency::store_response(conn, &i.claim, &(i.encode)(&updated))?;
                     }

@@ -19,8 +19,10 @@ use diesel::Connection;
 use diesel::PgConnection;
 use payproto::channel::v1 as cpb;
 
+use super::events::{self as outbox_events, EventType, Extra};
 use super::{App, Outcome, ServiceError, Subject};
 use crate::channel_client::{CallFailure, timestamp};
+use crate::domain::Order;
 use crate::domain::{
     AppId, Channel, ChannelRefundState, NewRefund, OrderEvent, OrderId, OrderStatus, Refund,
     RefundEvent, RefundFilter, RefundResult, RefundStatus,
@@ -438,6 +440,11 @@ impl App {
             m.refunds
                 .with_label_values(&[channel.as_str(), outcome])
                 .inc();
+            if row.duplicate_payment_id.is_some() {
+                m.duplicate_refunds
+                    .with_label_values(&[channel.as_str(), outcome])
+                    .inc();
+            }
         }
         match outcome {
             RefundOutcome::Contradiction => {
@@ -597,11 +604,29 @@ impl App {
                 let flagged = self
                     .db
                     .run(move |conn| {
-                        refunds::flag_for_attention(
-                            conn,
-                            id,
-                            "outcome unknown after the last scheduled query",
-                        )
+                        conn.transaction(|conn| {
+                            let reason = "outcome unknown after the last scheduled query";
+                            if !refunds::flag_for_attention(conn, id, reason)? {
+                                return Ok::<_, ServiceError>(false);
+                            }
+                            let refund =
+                                refunds::find_by_out_refund_no(conn, &after.out_refund_no)?
+                                    .ok_or_else(|| anyhow::anyhow!("refund {id} vanished"))?;
+                            let order =
+                                orders::find_by_id(conn, OrderId::from_uuid(refund.order_id))?
+                                    .ok_or_else(|| anyhow::anyhow!("refund {id} has no order"))?;
+                            outbox_events::record(
+                                conn,
+                                EventType::RefundNeedsAttention,
+                                &Order::from(order),
+                                Extra {
+                                    refund: Some(&Refund::from(refund)),
+                                    detail: reason,
+                                    ..Extra::default()
+                                },
+                            )?;
+                            Ok(true)
+                        })
                     })
                     .await?;
                 if flagged {
@@ -649,6 +674,64 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Records, in the caller's transaction (the one that recorded the duplicate payment), the
+/// refund that gives a duplicate payment back in full: reserved on the duplicate attempt (never
+/// on the paying attempt's refundable amount), PENDING and due at once, so the refund query job
+/// sends it (a refund the channel does not know yet is sent with its number). Its numbers derive
+/// from the duplicate attempt's, so a second detection of the same duplicate cannot make a second
+/// refund.
+///
+/// # Errors
+/// Storage errors; `Internal` if the duplicate attempt cannot be reserved in full (a bug).
+pub fn create_duplicate_refund(
+    conn: &mut PgConnection,
+    order: &orders::OrderRow,
+    attempt: &attempts::AttemptRow,
+    duplicate_payment_id: uuid::Uuid,
+) -> Result<Refund, ServiceError> {
+    let amount = attempt.paid_minor.unwrap_or(attempt.amount_minor);
+    if let Err(left) = refunds::reserve(conn, attempt.id, amount)? {
+        return Err(anyhow::anyhow!(
+            "duplicate attempt {} has only {left} of {amount} refundable",
+            attempt.out_trade_no
+        )
+        .into());
+    }
+    let digits = attempt
+        .out_trade_no
+        .trim_start_matches(|c: char| !c.is_ascii_digit());
+    let out_refund_no = format!("R{digits}");
+    let request_no = format!("DUP-{}", attempt.out_trade_no);
+    let row = NewRefundRow {
+        id: uuid::Uuid::now_v7(),
+        app_id: &order.app_id,
+        order_id: order.id,
+        attempt_id: attempt.id,
+        refund_request_no: &request_no,
+        out_refund_no: &out_refund_no,
+        channel: attempt.channel,
+        amount_minor: amount,
+        currency: attempt.currency.trim(),
+        reason: "duplicate payment",
+        status: RefundStatus::Pending,
+        requested_by: "system:duplicate-payment",
+        operator: None,
+        next_query_at: Utc::now(),
+        duplicate_payment_id: Some(duplicate_payment_id),
+    };
+    let refund = match refunds::insert(conn, &row, "system:duplicate-payment")? {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "the refund of duplicate payment {duplicate_payment_id} collided ({e:?})"
+            )
+            .into());
+        }
+    };
+    events::set_duplicate_status(conn, duplicate_payment_id, "REFUNDING")?;
+    Ok(Refund::from(refund))
 }
 
 /// Whether the platform's refusal of a re-sent refund number says the refund failed. WeChat and
@@ -809,6 +892,18 @@ fn decide_and_apply(
                 ),
             )?;
             let after = refunds::find_by_out_refund_no(conn, &r.out_refund_no)?;
+            if let Some(a) = &after {
+                outbox_events::record(
+                    conn,
+                    EventType::RefundNeedsAttention,
+                    &Order::from(order.clone()),
+                    Extra {
+                        refund: Some(&Refund::from(a.clone())),
+                        detail: "the channel contradicts the refund's final state",
+                        ..Extra::default()
+                    },
+                )?;
+            }
             return Ok((RefundOutcome::Contradiction, None, after));
         }
     };
@@ -865,6 +960,18 @@ fn decide_and_apply(
             )?
             .ok_or_else(conflict)?;
             refunds::release(conn, refund.attempt_id, refund.amount_minor)?;
+            if let Some(dup) = refund.duplicate_payment_id {
+                events::set_duplicate_status(conn, dup, "REFUND_FAILED")?;
+            }
+            outbox_events::record(
+                conn,
+                EventType::RefundFailed,
+                &Order::from(order.clone()),
+                Extra {
+                    refund: Some(&Refund::from(after.clone())),
+                    ..Extra::default()
+                },
+            )?;
             Ok((RefundOutcome::Applied, Some(next), Some(after)))
         }
         RefundStatus::Succeeded => {
@@ -881,9 +988,22 @@ fn decide_and_apply(
             )?
             .ok_or_else(conflict)?;
             refunds::add_refunded(conn, refund.attempt_id, refund.amount_minor)?;
+            let view = Refund::from(after.clone());
             // A duplicate payment's refund gives back the duplicate attempt's money: the order's
             // own refunded total and status are not its business.
-            if refund.duplicate_payment_id.is_none() {
+            if let Some(dup) = refund.duplicate_payment_id {
+                events::set_duplicate_status(conn, dup, "REFUNDED")?;
+                outbox_events::record(
+                    conn,
+                    EventType::RefundSucceeded,
+                    &Order::from(order.clone()),
+                    Extra {
+                        refund: Some(&view),
+                        detail: "duplicate payment refunded",
+                        ..Extra::default()
+                    },
+                )?;
+            } else {
                 let refunded = order.refunded_minor + refund.amount_minor;
                 let fully = refunded >= order.paid_minor;
                 let to = order
@@ -895,8 +1015,21 @@ fn decide_and_apply(
                 } else {
                     "partially refunded"
                 };
-                orders::record_refund(conn, &order, refund.amount_minor, to, reason)?
-                    .ok_or_else(|| ServiceError::Conflict(Subject::Order(order.order_id())))?;
+                let updated = Order::from(
+                    orders::record_refund(conn, &order, refund.amount_minor, to, reason)?
+                        .ok_or_else(|| ServiceError::Conflict(Subject::Order(order.order_id())))?,
+                );
+                let extra = || Extra {
+                    refund: Some(&view),
+                    ..Extra::default()
+                };
+                outbox_events::record(conn, EventType::RefundSucceeded, &updated, extra())?;
+                let order_kind = if fully {
+                    EventType::OrderRefunded
+                } else {
+                    EventType::OrderPartiallyRefunded
+                };
+                outbox_events::record(conn, order_kind, &updated, extra())?;
             }
             Ok((RefundOutcome::Applied, Some(next), Some(after)))
         }

@@ -8,8 +8,10 @@ use chrono::Utc;
 use diesel::Connection;
 use diesel::PgConnection;
 
+use super::events::{self as outbox_events, EventType, Extra};
 use super::{App, ServiceError, Subject};
 pub use crate::domain::PaymentResult;
+use crate::domain::{Attempt, Order};
 use crate::domain::{AttemptEvent, AttemptStatus, OrderEvent, OrderId, OrderStatus, TradeState};
 use crate::storage::attempts::{self, AttemptChange};
 use crate::storage::events::{self, NewEvent};
@@ -180,7 +182,7 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
             let next = a_status
                 .apply(AttemptEvent::Succeeded)
                 .context("an attempt the results transition chose refused Succeeded")?;
-            attempts::transition(
+            let paid_attempt = attempts::transition(
                 conn,
                 attempt.id,
                 a_status,
@@ -200,16 +202,46 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
                     } else {
                         "paid"
                     };
-                    transition_unlocked(conn, &order, o_status, to, reason, *paid_minor)?;
+                    let paid =
+                        transition_unlocked(conn, &order, o_status, to, reason, *paid_minor)?;
+                    outbox_events::record(
+                        conn,
+                        EventType::OrderPaid,
+                        &Order::from(paid),
+                        Extra {
+                            attempt: Some(&Attempt::from(paid_attempt)),
+                            detail: reason,
+                            ..Extra::default()
+                        },
+                    )?;
                     Ok((ResultOutcome::Applied, Some((order_id, attempt.id))))
                 }
                 Err(_) => {
-                    events::record_duplicate(
+                    let dup = events::record_duplicate(
                         conn,
                         order.id,
                         attempt.id,
                         *paid_minor,
                         &attempt.currency,
+                    )?;
+                    let refund = match dup {
+                        Some(dup_id) => Some(super::refunds::create_duplicate_refund(
+                            conn,
+                            &order,
+                            &paid_attempt,
+                            dup_id,
+                        )?),
+                        None => None,
+                    };
+                    outbox_events::record(
+                        conn,
+                        EventType::DuplicateDetected,
+                        &Order::from(order.clone()),
+                        Extra {
+                            attempt: Some(&Attempt::from(paid_attempt)),
+                            refund: refund.as_ref(),
+                            detail: "an already paid order was paid again; the duplicate is refunded in full",
+                        },
                     )?;
                     Ok((ResultOutcome::DuplicatePayment, None))
                 }

@@ -45,17 +45,19 @@ pub fn record(conn: &mut PgConnection, e: &NewEvent<'_>) -> Result<bool, Storage
     Ok(n == 1)
 }
 
-/// Records a second successful payment of an already paid order (once per attempt).
+/// Records a second successful payment of an already paid order (once per attempt); its id, or
+/// `None` when this attempt's duplicate was already recorded.
 pub fn record_duplicate(
     conn: &mut PgConnection,
     order_id: Uuid,
     attempt_id: Uuid,
     amount_minor: i64,
     currency: &str,
-) -> Result<bool, StorageError> {
+) -> Result<Option<Uuid>, StorageError> {
+    let id = Uuid::now_v7();
     let n = diesel::insert_into(duplicate_payments::table)
         .values((
-            duplicate_payments::id.eq(Uuid::now_v7()),
+            duplicate_payments::id.eq(id),
             duplicate_payments::order_id.eq(order_id),
             duplicate_payments::attempt_id.eq(attempt_id),
             duplicate_payments::amount_minor.eq(amount_minor),
@@ -65,5 +67,17 @@ pub fn record_duplicate(
         .on_conflict(duplicate_payments::attempt_id)
         .do_nothing()
         .execute(conn)?;
-    Ok(n == 1)
+    Ok((n == 1).then_some(id))
+}
+
+/// Moves a duplicate payment to `status` (REFUNDING, REFUNDED, REFUND_FAILED).
+pub fn set_duplicate_status(
+    conn: &mut PgConnection,
+    id: Uuid,
+    status: &str,
+) -> Result<(), StorageError> {
+    diesel::update(duplicate_payments::table.filter(duplicate_payments::id.eq(id)))
+        .set(duplicate_payments::status.eq(status))
+        .execute(conn)?;
+    Ok(())
 }
