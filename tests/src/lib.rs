@@ -7,6 +7,7 @@
 //! - [`platform`]: the whole platform as processes ([`platform::Platform`]: sandboxes, adapters
 //!   and payd, one [`platform::SandboxedChannel`] per channel).
 //! - [`calls`]: typed `payment.v1` calls and the payer's side at the sandboxes.
+//! - [`sink`]: a test `EventSink` that records what it receives and can refuse deliveries.
 //!
 //! Environment: `TEST_DATABASE_URL` (server URL without a database; default
 //! `postgres://postgres@127.0.0.1:5432`), `TEST_REDIS_URL` (default `redis://127.0.0.1:6379`).
@@ -14,6 +15,7 @@
 
 pub mod calls;
 pub mod platform;
+pub mod sink;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;

@@ -115,6 +115,10 @@ pub struct Trade {
     pub paid_at: Option<DateTime<Utc>>,
     /// Refunds, oldest first.
     pub refunds: Vec<Refund>,
+    /// Closed while a payment was already on its way (`close_race`): that payment may still
+    /// complete.
+    #[serde(skip)]
+    pub payment_in_flight: bool,
     /// The latest moment the payer may pay (WeChat `time_expire`, Alipay `time_expire` /
     /// `timeout_express`, UnionPay `payTimeout`); the platform closes the trade then.
     pub pay_deadline: Option<DateTime<Utc>>,
@@ -330,6 +334,7 @@ impl Ledger {
             created_at: Utc::now(),
             paid_at: None,
             refunds: Vec::new(),
+            payment_in_flight: false,
             prepay_result,
             fingerprint: new.fingerprint,
             extra: new.extra,
@@ -377,6 +382,11 @@ impl Ledger {
             .trades
             .get_mut(out_trade_no)
             .ok_or(TransitionError::NotFound)?;
+        if trade.state == TradeState::Closed && trade.payment_in_flight {
+            // The payment that was already on its way when the trade was closed completes.
+            trade.payment_in_flight = false;
+            trade.state = TradeState::Pending;
+        }
         if trade.state == TradeState::Pending && trade.pay_deadline.is_some_and(|d| Utc::now() > d)
         {
             trade.state = TradeState::Closed;
@@ -389,6 +399,28 @@ impl Ledger {
             trade.paid_at = Some(Utc::now());
         }
         Ok(trade.clone())
+    }
+
+    /// Closes a pending trade while the payer's payment is already on its way inside the
+    /// platform: the trade shows CLOSED, yet that payment can still complete (once) — the race
+    /// by which a merchant that closes before switching channel is still paid twice.
+    ///
+    /// # Errors
+    /// As [`Ledger::close`].
+    pub fn close_with_payment_in_flight(
+        &mut self,
+        out_trade_no: &str,
+    ) -> Result<Trade, TransitionError> {
+        let was_pending = self
+            .trades
+            .get(out_trade_no)
+            .is_some_and(|t| t.state == TradeState::Pending);
+        let mut closed = self.close(out_trade_no)?;
+        if was_pending && let Some(t) = self.trades.get_mut(out_trade_no) {
+            t.payment_in_flight = true;
+            closed = t.clone();
+        }
+        Ok(closed)
     }
 
     /// Closes a trade that is pending (or already closed or failed: closing is idempotent).

@@ -197,6 +197,11 @@ pub struct Faults {
     pub refund_settle_ms: u64,
     /// Refund-creating calls are executed, then answered this much later.
     pub refund_answer_delay_ms: u64,
+    /// WeChat only: a close of an unpaid trade closes it (queries show CLOSED), but a payment
+    /// already in flight inside the platform when the close arrived can still complete once (the
+    /// payer's next `pay` succeeds). The way a merchant that closes before switching can still
+    /// be paid twice.
+    pub close_race: bool,
 }
 
 impl Default for Faults {
@@ -212,6 +217,7 @@ impl Default for Faults {
             refund_outcome: RefundEnding::Success,
             refund_settle_ms: 0,
             refund_answer_delay_ms: 0,
+            close_race: false,
         }
     }
 }
@@ -240,6 +246,8 @@ pub struct FaultsPatch {
     pub refund_settle_ms: Option<u64>,
     /// See [`Faults::refund_answer_delay_ms`].
     pub refund_answer_delay_ms: Option<u64>,
+    /// See [`Faults::close_race`].
+    pub close_race: Option<bool>,
 }
 
 impl Faults {
@@ -278,6 +286,9 @@ impl Faults {
         }
         if let Some(v) = patch.refund_answer_delay_ms {
             self.refund_answer_delay_ms = v;
+        }
+        if let Some(v) = patch.close_race {
+            self.close_race = v;
         }
     }
 }

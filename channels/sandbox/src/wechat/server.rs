@@ -1006,7 +1006,14 @@ async fn close(
         if text_field(&parsed, "/mchid") != Some(wechat.mchid.as_str()) {
             return Err(wechat.param_error("/mchid", "missing or not this merchant"));
         }
-        let result = wechat.core.ledger().close(&out_trade_no);
+        let result = if wechat.core.faults().close_race {
+            wechat
+                .core
+                .ledger()
+                .close_with_payment_in_flight(&out_trade_no)
+        } else {
+            wechat.core.ledger().close(&out_trade_no)
+        };
         Ok(match result {
             Ok(_) => wechat.signed(StatusCode::NO_CONTENT, String::new()),
             Err(crate::ledger::TransitionError::NotFound) => {
