@@ -25,6 +25,8 @@ fn opts(sink: &TestSink, extra: &[(&str, &str)]) -> PlatformOptions {
                 .to_owned(),
         ),
         ("PAYD_REFUND_JOB_TICK_MS".to_owned(), "100".to_owned()),
+        // A killed dispatcher's claims come back after 2 × this + 5 s.
+        ("PAYD_EVENT_SINK_TIMEOUT_MS".to_owned(), "1000".to_owned()),
     ];
     payd_env.extend(
         extra
@@ -392,7 +394,15 @@ async fn a_callback_storm_over_three_replicas_with_one_killed_pays_and_tells_eac
                 // Replica 2 dies mid-storm: its clients move on to the others.
                 let mut k = (i + w) % 3;
                 loop {
-                    let mut c = calls::client(endpoints[k].clone()).await;
+                    let Ok(mut c) =
+                        payproto::payment::v1::payment_service_client::PaymentServiceClient::connect(
+                            endpoints[k].clone(),
+                        )
+                        .await
+                    else {
+                        k = (k + 1) % 3;
+                        continue;
+                    };
                     let attempt = async {
                         let o = c
                             .create_order(calls::req(pb::CreateOrderRequest {
