@@ -121,4 +121,6 @@ pay_through() { # channel method sandbox-port
 pay_through wechat wechat_native 8091
 pay_through alipay alipay_qr 8092
 pay_through unionpay unionpay_front 8093
+log "the app's events (WatchEvents from the start: created, paid, refund.succeeded, partially_refunded per order)"
+"$BIN/payctl" watch-events --limit 12
 log "platform is up: payd $PAYD_LISTEN, adapters :50061-50063, sandboxes :8091-8093; stop with: bash scripts/down.sh"

@@ -371,7 +371,7 @@ async fn a_callback_storm_over_three_replicas_with_one_killed_pays_and_tells_eac
         p.sandbox_post(ch, "/sandbox/faults", json!({"callback_copies": 5}))
             .await;
     }
-    let mut replicas = vec![Some(p.spawn_payd()), Some(p.spawn_payd())];
+    let mut replicas = [Some(p.spawn_payd()), Some(p.spawn_payd())];
     let endpoints: Vec<String> = std::iter::once(p.payd.endpoint())
         .chain(replicas.iter().map(|r| r.as_ref().unwrap().endpoint()))
         .collect();

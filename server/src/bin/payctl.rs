@@ -111,6 +111,20 @@ enum Command {
         #[arg(long)]
         refund_request_no: Option<String>,
     },
+    /// Follow the app's events (WatchEvents) from a cursor, printing one line each with its
+    /// cursor; resume later with `--cursor <the last one printed>`.
+    WatchEvents {
+        #[arg(long, default_value = "")]
+        cursor: String,
+        /// Stop after this many events (0: follow until interrupted).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+    },
+    /// Put the app's dead-lettered events (all, or the named ones) back into delivery.
+    RedeliverEvents {
+        #[arg(long = "event-id")]
+        event_ids: Vec<String>,
+    },
     /// List refunds, newest first (of one order, or all of the app's).
     ListRefunds {
         #[arg(long, default_value = "")]
@@ -362,6 +376,58 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map(|r| print_refund(r.into_inner().refund))
         }
+        Command::WatchEvents { cursor, limit } => {
+            match client
+                .watch_events(with_app(app, pb::WatchEventsRequest { cursor })?)
+                .await
+            {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    let mut seen = 0;
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(m)) => {
+                                let Some(e) = m.event else { continue };
+                                let status = e.order.as_ref().map_or(String::new(), |o| {
+                                    pb::OrderStatus::try_from(o.status)
+                                        .map(|s| {
+                                            s.as_str_name()
+                                                .trim_start_matches("ORDER_STATUS_")
+                                                .to_owned()
+                                        })
+                                        .unwrap_or_default()
+                                });
+                                println!(
+                                    "cursor={}  {}  order={} #{}  status={}  event={}{}",
+                                    e.cursor,
+                                    e.r#type,
+                                    e.order_id,
+                                    e.order_sequence,
+                                    status,
+                                    e.event_id,
+                                    e.refund.as_ref().map_or(String::new(), |r| format!(
+                                        "  refund={} {}",
+                                        r.refund_request_no,
+                                        r.amount.as_ref().map_or(0, |a| a.amount_minor)
+                                    ))
+                                );
+                                seen += 1;
+                                if limit > 0 && seen >= limit {
+                                    break Ok(());
+                                }
+                            }
+                            Ok(None) => break Ok(()),
+                            Err(s) => break Err(s),
+                        }
+                    }
+                }
+                Err(s) => Err(s),
+            }
+        }
+        Command::RedeliverEvents { event_ids } => client
+            .redeliver_events(with_app(app, pb::RedeliverEventsRequest { event_ids })?)
+            .await
+            .map(|r| println!("{} events put back into delivery", r.into_inner().requeued)),
         Command::ListRefunds {
             order_id,
             statuses,
