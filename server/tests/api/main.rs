@@ -7,6 +7,7 @@ mod idempotency;
 mod lease;
 mod locks;
 mod orders;
+mod outbox;
 mod pay;
 mod refunds;
 mod validation;

@@ -1,0 +1,125 @@
+//! The outbox against real Postgres: stream positions are given after commit, so a transaction
+//! that commits late is never skipped by a reader; dead-lettered pushes come back with
+//! RedeliverEvents.
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use payproto::payment::v1 as pb;
+
+use crate::helpers::*;
+
+fn order_row(app: &TestApp, no: &str) -> uuid::Uuid {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        id: uuid::Uuid,
+    }
+    diesel::sql_query(format!(
+        "INSERT INTO orders (id, app_id, merchant_order_no, amount_minor, currency, subject, status, expires_at) \
+         VALUES (gen_random_uuid(), 'shop-1', '{no}', 100, 'CNY', 's', 'PENDING', now() + interval '1 hour') RETURNING id"
+    ))
+    .get_result::<Id>(&mut app.conn())
+    .unwrap()
+    .id
+}
+
+fn append(conn: &mut PgConnection, order: uuid::Uuid, kind: &str) {
+    payd::storage::outbox::append(conn, "shop-1", order, kind, |id, seq| {
+        format!("{id}:{seq}").into_bytes()
+    })
+    .unwrap();
+}
+
+/// The interleaving that loses events when a stream is paged by insert id: T1 inserts first
+/// (lower id) and commits last. The reader has already passed T2's later id when T1's row
+/// becomes visible. With positions assigned after commit, T1's event gets the later position and
+/// the reader, resuming from its cursor, sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_commits_late_is_not_skipped_by_a_reader() {
+    let app = spawn_app_with(|s| s.outbox_tick_ms = 3_600_000).await;
+    let (a, b) = (order_row(&app, "OUTBOX-A"), order_row(&app, "OUTBOX-B"));
+    let mut t1 = app.conn();
+    let mut t2 = app.conn();
+    let mut reader = app.conn();
+    diesel::sql_query("BEGIN").execute(&mut t1).unwrap();
+    append(&mut t1, a, "order.created");
+    append(&mut t2, b, "order.created");
+    // Only T2's row is committed: the reader gets it, and its cursor moves past it.
+    payd::storage::outbox::sequence(&mut reader, &[], 100).unwrap();
+    let first = payd::storage::outbox::read_stream(&mut reader, "shop-1", 0, 100).unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].order_id, b);
+    let cursor = first[0].stream_seq.unwrap();
+    diesel::sql_query("COMMIT").execute(&mut t1).unwrap();
+    payd::storage::outbox::sequence(&mut reader, &[], 100).unwrap();
+    let next = payd::storage::outbox::read_stream(&mut reader, "shop-1", cursor, 100).unwrap();
+    assert_eq!(next.len(), 1, "the late commit was skipped");
+    assert_eq!(next[0].order_id, a);
+    // A's insert id is below B's: a reader paging by id from B's would have passed it.
+    assert!(next[0].id < first[0].id);
+}
+
+/// A sink that never answers OK: after the last try the event is dead-lettered (gauge), and
+/// RedeliverEvents puts it back once the sink works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lettered_events_come_back_with_redeliver_events() {
+    let sink = e2e::sink::TestSink::start().await;
+    sink.set_down(true);
+    let url = sink.url.clone();
+    let mut app = spawn_app_with(move |s| {
+        s.event_sinks = format!("shop-1={url}");
+        s.event_retry_delays_ms = "50,50".into();
+        s.event_sink_timeout_ms = 500;
+        s.outbox_tick_ms = 20;
+    })
+    .await;
+    let order = create_order(&mut app, "OUTBOX-DEAD-1", 300).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while app.count("SELECT count(*) AS n FROM outbox_events WHERE delivery = 'DEAD'") < 1 {
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(sink.refused(), 3, "one try and two retries");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let m = app.metrics_text().await;
+        if m.contains("payment_outbox_dead_letters 1") {
+            assert!(
+                m.contains("payment_event_deliveries_total{outcome=\"dead\"} 1"),
+                "{m}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    sink.set_down(false);
+    let requeued = app
+        .client
+        .redeliver_events(req(pb::RedeliverEventsRequest { event_ids: vec![] }))
+        .await
+        .unwrap()
+        .into_inner()
+        .requeued;
+    assert_eq!(requeued, 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while sink.received().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "not redelivered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let e = &sink.received()[0];
+    assert_eq!(e.r#type, "order.created");
+    assert_eq!(e.order_id, order.order_id);
+    assert_eq!(e.order_sequence, 1);
+    assert_eq!(e.cursor, "1");
+    // Another app's events are not this app's to redeliver.
+    let other = app
+        .client
+        .redeliver_events(req_as(
+            "shop-2",
+            pb::RedeliverEventsRequest { event_ids: vec![] },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .requeued;
+    assert_eq!(other, 0);
+}
