@@ -1,7 +1,7 @@
 //! The outbox against real Postgres: stream positions are given after commit, so a transaction
 //! that commits late is never skipped by a reader; dead-lettered pushes come back with
 //! RedeliverEvents.
-use diesel::{Connection, PgConnection, RunQueryDsl};
+use diesel::{PgConnection, RunQueryDsl};
 use payproto::payment::v1 as pb;
 
 use crate::helpers::*;
