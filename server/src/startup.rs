@@ -78,6 +78,7 @@ impl Application {
             worker_lease: Arc::new(std::sync::Mutex::new(lease)),
             pay_windows: settings.pay_windows(),
             refunds: settings.refund_policy()?,
+            payment_queries: settings.payment_queries()?,
         };
         let grpc = TcpListener::bind(settings.listen)
             .await
@@ -139,6 +140,8 @@ impl Application {
 
         let purger = tokio::spawn(purge_loop(self.app.clone(), stop_rx.clone()));
         let refund_job = tokio::spawn(refund_query_loop(self.app.clone(), stop_rx.clone()));
+        let query_job = tokio::spawn(payment_query_loop(self.app.clone(), stop_rx.clone()));
+        let expiry_job = tokio::spawn(expiry_loop(self.app.clone(), stop_rx.clone()));
         let leaser = tokio::spawn(lease_loop(
             self.app.clone(),
             self.database_url.clone(),
@@ -170,6 +173,8 @@ impl Application {
             let _ = http.await;
             let _ = purger.await;
             let _ = refund_job.await;
+            let _ = query_job.await;
+            let _ = expiry_job.await;
             let _ = leaser.await;
             g
         })
@@ -224,6 +229,47 @@ async fn refund_query_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool
             tracing::warn!(error = ?e, "refreshing the refund gauges failed");
         }
         n += 1;
+    }
+}
+
+/// The payment query job: on every tick, claims the due open attempts (shared by replicas
+/// through `FOR UPDATE SKIP LOCKED`) and applies what their channels say; refreshes the
+/// open-attempt gauges every ten ticks. On stop, the pass in progress finishes.
+async fn payment_query_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(app.payment_queries.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = app.run_payment_queries().await {
+            tracing::warn!(error = ?e, "payment query pass failed; will retry");
+        }
+        if n.is_multiple_of(10)
+            && let Err(e) = app.refresh_attempt_gauges().await
+        {
+            tracing::warn!(error = ?e, "refreshing the open-attempt gauges failed");
+        }
+        n += 1;
+    }
+}
+
+/// The expiry job: on every tick, closes a batch of expired unpaid orders (at their channel
+/// first). Replicas may run it at once: the order's lock and the state machine make a double
+/// close harmless.
+async fn expiry_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(app.payment_queries.expiry_tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = app.expire_orders().await {
+            tracing::warn!(error = ?e, "expiry pass failed; will retry");
+        }
     }
 }
 

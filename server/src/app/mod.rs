@@ -3,6 +3,7 @@
 pub mod error;
 pub mod events;
 pub mod pay;
+pub mod queries;
 pub mod refunds;
 pub mod results;
 
@@ -57,6 +58,8 @@ pub struct App {
     pub pay_windows: pay::PayWindows,
     /// How unsettled refunds are followed up.
     pub refunds: refunds::RefundPolicy,
+    /// How open attempts are queried and unpaid orders expired.
+    pub payment_queries: queries::PaymentQueries,
 }
 
 impl App {
