@@ -8,5 +8,6 @@ mod lease;
 mod locks;
 mod orders;
 mod pay;
+mod queries;
 mod refunds;
 mod validation;
