@@ -560,6 +560,7 @@ impl App {
                 out_trade_no: attempt.out_trade_no.clone(),
                 method: method_to_pb(attempt.method) as i32,
                 channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
+                created_at: Some(timestamp(attempt.created_at)),
             })
             .await
             .map_err(|s| unconfirmed(channel, "query", &s))?
@@ -585,6 +586,7 @@ impl App {
                 out_trade_no: attempt.out_trade_no.clone(),
                 method: method_to_pb(attempt.method) as i32,
                 channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
+                created_at: Some(timestamp(attempt.created_at)),
             })
             .await
             .map_err(|s| unconfirmed(channel, "close", &s))?
