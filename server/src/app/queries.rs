@@ -256,8 +256,10 @@ impl App {
             .db
             .run(move |conn| attempts::find_by_id(conn, id))
             .await;
+        // Only the attempt the decision was made about: a Pay that moved it INIT → PAYING
+        // meanwhile has just handed its parameters out, and its trade must stay payable.
         if let Ok(Some(current)) = current
-            && current.status.is_open()
+            && current.status == a.status
             && let Err(e) = self.close_at_channel(&current).await
         {
             tracing::info!(out_trade_no = %a.out_trade_no, error = ?e, "payment query: the trade could not be closed yet");

@@ -163,3 +163,32 @@ fn the_schedule_gives_the_gaps_then_backs_off_then_ends_after_the_expiry() {
     // +10, +20, +30 s, then 60, 120, 240, 300 (ceiling), 300 … until 15 min + 60 s.
     assert_eq!(times, vec![10, 30, 60, 120, 240, 480, 780, 960]);
 }
+
+#[tokio::test]
+async fn expired_orders_are_closed_and_one_that_cannot_be_is_not_retried_in_a_hot_loop() {
+    let mut app = app_with_dead_adapter("600000", 3_600_000).await;
+    let bare = create_order(&mut app, "EXP-BARE-01", 500).await;
+    // An open attempt at an unreachable channel: the close cannot be confirmed.
+    let stuck = open_attempt(&mut app, "EXP-STUCK-01", "T000EXPSTUCK01", "PAYING").await;
+    diesel::sql_query("UPDATE orders SET expires_at = now() - interval '1 second'")
+        .execute(&mut app.conn())
+        .unwrap();
+    assert_eq!(app.app.expire_orders().await.unwrap(), 2);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM order_transitions WHERE order_id = '{}' AND to_status = 'CLOSED' AND reason = 'expired'",
+            bare.order_id
+        )),
+        1
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM orders WHERE id = '{stuck}' AND status = 'PENDING'"
+        )),
+        1
+    );
+    // The stuck order waits for its retry time instead of being taken again at once.
+    assert_eq!(app.app.expire_orders().await.unwrap(), 0);
+    let text = app.metrics_text().await;
+    assert_eq!(metric(&text, "payment_orders_expired_total"), 1, "{text}");
+}
