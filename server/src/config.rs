@@ -138,6 +138,17 @@ pub struct Settings {
     pub event_sink_timeout_ms: u64,
     /// `PAYD_OUTBOX_TICK_MS`: how often the sequencer and the dispatcher run when idle.
     pub outbox_tick_ms: u64,
+    /// `PAYD_PAYMENT_QUERY_DELAYS_MS`: comma-separated gaps between the active queries of an
+    /// open payment attempt, from its Prepay on (default 10 s, 20 s, 30 s); after the last, the
+    /// gap doubles up to `PAYD_PAYMENT_QUERY_CEILING_MS`, until the order's expiry plus
+    /// `PAYD_PAY_DEADLINE_MARGIN_MS`; an attempt still unknown then is flagged for a person.
+    pub payment_query_delays_ms: String,
+    /// `PAYD_PAYMENT_QUERY_CEILING_MS`: the longest gap between two queries of an attempt.
+    pub payment_query_ceiling_ms: u64,
+    /// `PAYD_PAYMENT_QUERY_TICK_MS`: how often the payment query job looks for due attempts.
+    pub payment_query_tick_ms: u64,
+    /// `PAYD_EXPIRY_TICK_MS`: how often the expiry job looks for expired unpaid orders.
+    pub expiry_tick_ms: u64,
 }
 
 impl Default for Settings {
@@ -190,6 +201,10 @@ impl Default for Settings {
                 .to_owned(),
             event_sink_timeout_ms: 10_000,
             outbox_tick_ms: 50,
+            payment_query_delays_ms: "10000,20000,30000".to_owned(),
+            payment_query_ceiling_ms: 300_000,
+            payment_query_tick_ms: 1_000,
+            expiry_tick_ms: 1_000,
         }
     }
 }
@@ -286,6 +301,7 @@ impl Settings {
         if self.outbox_tick_ms == 0 {
             return bad("outbox_tick_ms", "must be at least 1");
         }
+        self.payment_queries()?;
         self.adapter_tokens()?;
         self.adapter_endpoints()?;
         Ok(())
@@ -347,6 +363,46 @@ impl Settings {
             tick: Duration::from_millis(self.refund_job_tick_ms),
             repeat_wait: timeout + Duration::from_secs(2),
             ..crate::app::refunds::RefundPolicy::default()
+        })
+    }
+
+    /// How open attempts are queried and unpaid orders expired.
+    ///
+    /// # Errors
+    /// `payment_query_delays_ms` that is not a non-empty list of positive integers, or a zero
+    /// ceiling or tick.
+    pub fn payment_queries(&self) -> Result<crate::app::queries::PaymentQueries, ConfigError> {
+        let delays = self
+            .payment_query_delays_ms
+            .split(',')
+            .map(|d| d.trim().parse::<u64>().ok().filter(|n| *n > 0))
+            .collect::<Option<Vec<u64>>>()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ConfigError::Invalid {
+                key: "payment_query_delays_ms",
+                reason: "must be a comma-separated list of positive milliseconds".to_owned(),
+            })?;
+        for (key, v) in [
+            ("payment_query_ceiling_ms", self.payment_query_ceiling_ms),
+            ("payment_query_tick_ms", self.payment_query_tick_ms),
+            ("expiry_tick_ms", self.expiry_tick_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        let timeout = Duration::from_millis(self.channel_timeout_ms);
+        Ok(crate::app::queries::PaymentQueries {
+            delays: delays.into_iter().map(Duration::from_millis).collect(),
+            ceiling: Duration::from_millis(self.payment_query_ceiling_ms),
+            // A query, and possibly a close under the order's lock: two channel calls.
+            claim_lease: 2 * timeout + Duration::from_secs(5),
+            tick: Duration::from_millis(self.payment_query_tick_ms),
+            expiry_tick: Duration::from_millis(self.expiry_tick_ms),
+            ..crate::app::queries::PaymentQueries::default()
         })
     }
 

@@ -55,6 +55,17 @@ pub struct Metrics {
     pub event_deliveries: IntCounterVec,
     /// Commit-to-acknowledgement time of delivered events.
     pub event_delivery_lag: prometheus::Histogram,
+    // Active queries and expiry.
+    /// Queries of open attempts by the query job, by channel and what they learned.
+    pub payment_attempt_queries: IntCounterVec,
+    /// Open attempts whose outcome stayed unknown past the last query: a person must settle them.
+    pub payment_attempts_flagged: IntCounterVec,
+    /// Open attempts (INIT or PAYING), by channel; refreshed by the query job.
+    pub payment_attempts_open: IntGaugeVec,
+    /// Open attempts flagged for a person, by channel; refreshed by the query job.
+    pub payment_attempts_needing_attention: IntGaugeVec,
+    /// Orders closed by the expiry job.
+    pub orders_expired: IntCounter,
 }
 
 impl Metrics {
@@ -204,6 +215,32 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(event_delivery_lag.clone()))?;
+        // Active queries and expiry.
+        let payment_attempt_queries = vec(
+            "payment_attempt_queries_total",
+            "Queries of open payment attempts by the query job, by channel and result.",
+            &["channel", "result"],
+        )?;
+        let payment_attempts_flagged = vec(
+            "payment_attempts_flagged_total",
+            "Open payment attempts whose outcome stayed unknown past the last query: flagged for a person.",
+            &["channel"],
+        )?;
+        let payment_attempts_open = gauge(
+            "payment_attempts_open",
+            "Open payment attempts (INIT or PAYING), by channel.",
+            &["channel"],
+        )?;
+        let payment_attempts_needing_attention = gauge(
+            "payment_attempts_needing_attention",
+            "Open payment attempts flagged for a person, by channel.",
+            &["channel"],
+        )?;
+        let orders_expired = IntCounter::new(
+            "payment_orders_expired_total",
+            "Unpaid orders closed at their expiry by the expiry job.",
+        )?;
+        registry.register(Box::new(orders_expired.clone()))?;
         Ok(Self {
             duplicate_refunds,
             outbox_unsequenced,
@@ -212,6 +249,11 @@ impl Metrics {
             outbox_oldest_pending_age,
             event_deliveries,
             event_delivery_lag,
+            payment_attempt_queries,
+            payment_attempts_flagged,
+            payment_attempts_open,
+            payment_attempts_needing_attention,
+            orders_expired,
             refunds_oldest_unsettled_age,
             refunds,
             refunded_minor,

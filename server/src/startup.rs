@@ -87,6 +87,7 @@ impl Application {
                 )
                 .context("event sinks")?,
             ),
+            payment_queries: settings.payment_queries()?,
         };
         let grpc = TcpListener::bind(settings.listen)
             .await
@@ -154,6 +155,8 @@ impl Application {
             self.outbox_tick,
             stop_rx.clone(),
         ));
+        let query_job = tokio::spawn(payment_query_loop(self.app.clone(), stop_rx.clone()));
+        let expiry_job = tokio::spawn(expiry_loop(self.app.clone(), stop_rx.clone()));
         let leaser = tokio::spawn(lease_loop(
             self.app.clone(),
             self.database_url.clone(),
@@ -186,6 +189,8 @@ impl Application {
             let _ = purger.await;
             let _ = refund_job.await;
             let _ = outbox_job.await;
+            let _ = query_job.await;
+            let _ = expiry_job.await;
             let _ = leaser.await;
             g
         })
@@ -273,6 +278,47 @@ async fn outbox_loop(app: App, tick: Duration, mut stop: tokio::sync::watch::Rec
         tokio::select! {
             _ = stop.changed() => return,
             () = tokio::time::sleep(if busy { Duration::ZERO } else { tick }) => {}
+        }
+    }
+}
+
+/// The payment query job: on every tick, claims the due open attempts (shared by replicas
+/// through `FOR UPDATE SKIP LOCKED`) and applies what their channels say; refreshes the
+/// open-attempt gauges every ten ticks. On stop, the pass in progress finishes.
+async fn payment_query_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(app.payment_queries.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = app.run_payment_queries().await {
+            tracing::warn!(error = ?e, "payment query pass failed; will retry");
+        }
+        if n.is_multiple_of(10)
+            && let Err(e) = app.refresh_attempt_gauges().await
+        {
+            tracing::warn!(error = ?e, "refreshing the open-attempt gauges failed");
+        }
+        n += 1;
+    }
+}
+
+/// The expiry job: on every tick, closes a batch of expired unpaid orders (at their channel
+/// first). Replicas may run it at once: the order's lock and the state machine make a double
+/// close harmless.
+async fn expiry_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(app.payment_queries.expiry_tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = app.expire_orders().await {
+            tracing::warn!(error = ?e, "expiry pass failed; will retry");
         }
     }
 }

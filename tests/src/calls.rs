@@ -45,6 +45,11 @@ pub fn channel_of(ch: SandboxedChannel) -> cpb::Channel {
 
 /// CreateOrder, expiring in 15 minutes.
 pub async fn create(c: &mut Client, no: &str, amount: i64) -> pb::Order {
+    create_expiring(c, no, amount, 900).await
+}
+
+/// CreateOrder, expiring in `secs` seconds (below 60 only with a lower `PAYD_MIN_EXPIRY_SECS`).
+pub async fn create_expiring(c: &mut Client, no: &str, amount: i64, secs: i64) -> pb::Order {
     c.create_order(req(pb::CreateOrderRequest {
         merchant_order_no: no.into(),
         amount: Some(pb::Money {
@@ -52,7 +57,7 @@ pub async fn create(c: &mut Client, no: &str, amount: i64) -> pb::Order {
             currency: "CNY".into(),
         }),
         subject: "Concert ticket".into(),
-        expires_in_seconds: 900,
+        expires_in_seconds: secs,
         metadata: BTreeMap::new(),
         idempotency_key: String::new(),
     }))

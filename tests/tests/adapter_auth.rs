@@ -51,6 +51,7 @@ async fn close(a: &mut AdapterClient, no: &str, prepay_id: &str) -> Result<(), t
         out_trade_no: no.into(),
         method: cpb::PayMethod::WechatNative as i32,
         channel_prepay_id: prepay_id.into(),
+        created_at: None,
     })
     .await
     .map(drop)

@@ -586,6 +586,7 @@ async fn an_alipay_qr_that_is_never_scanned_stays_not_found_until_scanned() {
             out_trade_no: out_trade_no.clone(),
             method: cpb::PayMethod::AlipayQr as i32,
             channel_prepay_id: String::new(),
+            created_at: None,
         })
         .await
         .expect("query")

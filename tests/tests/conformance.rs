@@ -52,6 +52,7 @@ async fn query(
         out_trade_no: no.into(),
         method: method(ch) as i32,
         channel_prepay_id: prepay_id.into(),
+        created_at: None,
     })
     .await
     .expect("query")
@@ -119,6 +120,7 @@ async fn conformance(ch: SandboxedChannel) {
             out_trade_no: no.clone(),
             method: method(ch) as i32,
             channel_prepay_id: prepay_id.clone(),
+            created_at: None,
         })
         .await
         .expect("close")

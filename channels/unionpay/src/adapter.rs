@@ -58,6 +58,17 @@ pub fn txn_time_at(
         })
 }
 
+/// The txnTime naming a payment: what Prepay returned as `channel_prepay_id`, or, when the core
+/// never got that answer, the same value derived from the attempt's creation time (which Prepay
+/// used).
+fn txn_time_of(channel_prepay_id: &str, created_at: Option<&prost_types::Timestamp>) -> String {
+    if channel_prepay_id.is_empty() {
+        txn_time_at(created_at, "created_at").unwrap_or_default()
+    } else {
+        channel_prepay_id.to_owned()
+    }
+}
+
 /// `156` is the only currency these adapters handle.
 fn currency_of(code: Option<&str>) -> Result<String, String> {
     match code {
@@ -399,8 +410,11 @@ impl Adapter for UnionpayAdapter {
         &self,
         req: pb::QueryPaymentRequest,
     ) -> Result<pb::PaymentResult, ChannelError> {
-        self.query_payment_state(&req.out_trade_no, &req.channel_prepay_id)
-            .await
+        self.query_payment_state(
+            &req.out_trade_no,
+            &txn_time_of(&req.channel_prepay_id, req.created_at.as_ref()),
+        )
+        .await
     }
 
     /// UnionPay has no close for a consume: an unpaid front trade lapses at its `payTimeout`, and
@@ -412,7 +426,10 @@ impl Adapter for UnionpayAdapter {
         req: pb::ClosePaymentRequest,
     ) -> Result<pb::PaymentResult, ChannelError> {
         let mut result = self
-            .query_payment_state(&req.out_trade_no, &req.channel_prepay_id)
+            .query_payment_state(
+                &req.out_trade_no,
+                &txn_time_of(&req.channel_prepay_id, req.created_at.as_ref()),
+            )
             .await?;
         if result.state != pb::TradeState::Succeeded as i32 {
             result.channel_status = format!(

@@ -4,6 +4,7 @@ pub mod delivery;
 pub mod error;
 pub mod events;
 pub mod pay;
+pub mod queries;
 pub mod refunds;
 pub mod results;
 
@@ -60,6 +61,8 @@ pub struct App {
     pub refunds: refunds::RefundPolicy,
     /// Each app's EventSink, and the delivery schedule.
     pub sinks: std::sync::Arc<delivery::EventSinks>,
+    /// How open attempts are queried and unpaid orders expired.
+    pub payment_queries: queries::PaymentQueries,
 }
 
 impl App {

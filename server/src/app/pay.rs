@@ -368,6 +368,8 @@ impl App {
         let pay_deadline =
             self.pay_windows
                 .deadline(method.channel(), Utc::now(), order.expires_at);
+        // Its Prepay answer may be lost: the query job looks at it even if Pay never returns.
+        let first_query = self.payment_queries.first_due(Utc::now());
         self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
@@ -396,7 +398,10 @@ impl App {
                         pay_deadline,
                     };
                     match attempts::insert(conn, &row)? {
-                        Ok(a) => Ok(a),
+                        Ok(a) => {
+                            attempts::schedule_query(conn, a.id, first_query)?;
+                            Ok(a)
+                        }
                         // The partial unique index refuses a second open attempt even if two
                         // callers got past the Redis lock; a taken out_trade_no means two
                         // minters shared a worker id. Both: retry.
@@ -423,6 +428,7 @@ impl App {
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         let retention = self.idempotency_retention;
         let opened = prepay.is_some();
+        let first_query = self.payment_queries.first_due(Utc::now());
         let out = out_trade_no.clone();
         let committed = self
             .db
@@ -466,6 +472,8 @@ impl App {
                             },
                         )?
                         .ok_or_else(|| ServiceError::Conflict(Subject::Order(id)))?;
+                        // PAYING: its result may come by callback, or only by query.
+                        attempts::schedule_query(conn, attempt.id, first_query)?;
                     }
                     let order = if o_status == OrderStatus::Pending {
                         let t = Transition {
@@ -541,7 +549,10 @@ impl App {
     }
 
     /// Asks the channel for the attempt's trade.
-    async fn query_at_channel(&self, attempt: &AttemptRow) -> Result<PaymentResult, ServiceError> {
+    pub(super) async fn query_at_channel(
+        &self,
+        attempt: &AttemptRow,
+    ) -> Result<PaymentResult, ServiceError> {
         let channel = attempt.channel;
         let mut client = self.channels.get(channel)?;
         let resp = client
@@ -549,6 +560,7 @@ impl App {
                 out_trade_no: attempt.out_trade_no.clone(),
                 method: method_to_pb(attempt.method) as i32,
                 channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
+                created_at: Some(timestamp(attempt.created_at)),
             })
             .await
             .map_err(|s| unconfirmed(channel, "query", &s))?
@@ -574,6 +586,7 @@ impl App {
                 out_trade_no: attempt.out_trade_no.clone(),
                 method: method_to_pb(attempt.method) as i32,
                 channel_prepay_id: attempt.channel_prepay_id.clone().unwrap_or_default(),
+                created_at: Some(timestamp(attempt.created_at)),
             })
             .await
             .map_err(|s| unconfirmed(channel, "close", &s))?

@@ -234,3 +234,106 @@ pub fn paying_attempt(
         .first(conn)
         .optional()?)
 }
+
+/// Sets when the payment query job looks at the attempt next, while it is open.
+pub fn schedule_query(
+    conn: &mut PgConnection,
+    id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<(), StorageError> {
+    diesel::update(
+        payment_attempts::table
+            .filter(payment_attempts::id.eq(id))
+            .filter(payment_attempts::status.eq_any(["INIT", "PAYING"])),
+    )
+    .set(payment_attempts::next_query_at.eq(at))
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Claims up to `limit` open attempts whose query is due, for `lease`: their due time moves past
+/// the lease and their query count goes up, in one transaction with `FOR UPDATE SKIP LOCKED`,
+/// so replicas running the job at once never claim the same attempt, and a claimer that dies
+/// releases it when the lease ends. Each comes with its query count (this one included).
+pub fn claim_due_queries(
+    conn: &mut PgConnection,
+    limit: i64,
+    lease: std::time::Duration,
+) -> Result<Vec<(AttemptRow, i32)>, StorageError> {
+    use diesel::Connection;
+    conn.transaction(|conn| {
+        let now = Utc::now();
+        let ids: Vec<Uuid> = payment_attempts::table
+            .filter(payment_attempts::status.eq_any(["INIT", "PAYING"]))
+            .filter(payment_attempts::needs_attention.eq(false))
+            .filter(payment_attempts::next_query_at.le(now))
+            .order(payment_attempts::next_query_at.asc())
+            .limit(limit)
+            .select(payment_attempts::id)
+            .for_update()
+            .skip_locked()
+            .load(conn)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
+        Ok(
+            diesel::update(payment_attempts::table.filter(payment_attempts::id.eq_any(&ids)))
+                .set((
+                    payment_attempts::next_query_at.eq(until),
+                    payment_attempts::queries.eq(payment_attempts::queries + 1),
+                ))
+                .returning((AttemptRow::as_returning(), payment_attempts::queries))
+                .get_results(conn)?,
+        )
+    })
+}
+
+/// Flags an open attempt for a person (no more queries); `false` if it was settled or flagged
+/// meanwhile. The caller writes the outbox event in the same transaction.
+pub fn flag_for_attention(conn: &mut PgConnection, id: Uuid) -> Result<bool, StorageError> {
+    let n = diesel::update(
+        payment_attempts::table
+            .filter(payment_attempts::id.eq(id))
+            .filter(payment_attempts::status.eq_any(["INIT", "PAYING"]))
+            .filter(payment_attempts::needs_attention.eq(false)),
+    )
+    .set((
+        payment_attempts::needs_attention.eq(true),
+        payment_attempts::next_query_at.eq(None::<DateTime<Utc>>),
+        payment_attempts::updated_at.eq(Utc::now()),
+    ))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Open attempts (INIT or PAYING) per channel, and how many of them are flagged for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenByChannel {
+    pub channel: Channel,
+    pub open: i64,
+    pub needing_attention: i64,
+}
+
+/// One aggregate query for the open-attempt gauges.
+pub fn open_by_channel(conn: &mut PgConnection) -> Result<Vec<OpenByChannel>, StorageError> {
+    use diesel::dsl::{count_star, sql};
+    use diesel::sql_types::BigInt;
+    let rows: Vec<(Channel, i64, i64)> = payment_attempts::table
+        .filter(payment_attempts::status.eq_any(["INIT", "PAYING"]))
+        .group_by(payment_attempts::channel)
+        .select((
+            payment_attempts::channel,
+            count_star(),
+            sql::<BigInt>("count(*) FILTER (WHERE needs_attention)"),
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(channel, open, needing_attention)| OpenByChannel {
+            channel,
+            open,
+            needing_attention,
+        })
+        .collect())
+}

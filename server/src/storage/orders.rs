@@ -392,3 +392,20 @@ pub fn list(
         .limit(f.limit)
         .load(conn)?)
 }
+
+/// Up to `limit` PENDING or PAYING orders past their expiry, oldest expiry first, leaving out
+/// `skip` (orders that cannot be closed yet; see `App::expire_orders`).
+pub fn find_expired(
+    conn: &mut PgConnection,
+    limit: i64,
+    skip: &[Uuid],
+) -> Result<Vec<OrderRow>, StorageError> {
+    Ok(orders::table
+        .filter(orders::status.eq_any(["PENDING", "PAYING"]))
+        .filter(orders::expires_at.le(Utc::now()))
+        .filter(diesel::dsl::not(orders::id.eq_any(skip)))
+        .order(orders::expires_at.asc())
+        .limit(limit)
+        .select(OrderRow::as_select())
+        .load(conn)?)
+}

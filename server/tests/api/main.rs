@@ -9,5 +9,6 @@ mod locks;
 mod orders;
 mod outbox;
 mod pay;
+mod queries;
 mod refunds;
 mod validation;

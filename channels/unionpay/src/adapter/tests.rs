@@ -404,3 +404,14 @@ async fn a_failed_refund_notification_is_unknown_so_the_core_queries_never_faile
     assert_eq!(result.refunded, None);
     assert!(result.channel_status.contains("respCode=01"));
 }
+
+#[test]
+fn a_payment_without_its_prepay_answer_is_named_by_the_txn_time_of_its_creation() {
+    let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+    let ts = timestamp(at);
+    // What Prepay would have returned as channel_prepay_id for an attempt created `at`.
+    let from_prepay = txn_time_at(Some(&ts), "created_at").unwrap();
+    assert_eq!(txn_time_of("", Some(&ts)), from_prepay);
+    assert_eq!(txn_time_of("20260101120000", Some(&ts)), "20260101120000");
+    assert_eq!(txn_time_of("", None), "");
+}
