@@ -28,6 +28,17 @@ log "buf lint"
 BUF=$(buf_bin)
 (cd proto && "$BUF" lint)
 
+# promtool (alert rules and their unit tests; the e2e metrics lint) comes from Debian's
+# `prometheus` package (the server is not started).
+if ! command -v promtool >/dev/null; then
+    log "installing promtool (Debian package prometheus)"
+    apt_install prometheus || { log "promtool is required (apt-get install prometheus) and could not be installed"; exit 1; }
+fi
+log "promtool check rules / test rules"
+promtool check rules helm/payplatform/files/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
+python3 scripts/check-alert-tests.py helm/payplatform/files/alerts.yml deploy/prometheus/alerts_test.yml docs/RUNBOOK.md
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
