@@ -20,6 +20,7 @@ pub mod domain;
 pub mod grpc;
 pub mod locks;
 pub mod metrics;
+pub mod ops;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

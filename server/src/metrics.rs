@@ -1,6 +1,9 @@
 //! Prometheus metrics of the core, served as text on `/metrics`.
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+/// The Content-Type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Every metric `payd` exports, registered in its own registry (so tests running several apps in
 /// one process do not collide).
 #[derive(Clone)]
@@ -55,6 +58,16 @@ pub struct Metrics {
     pub event_deliveries: IntCounterVec,
     /// Commit-to-acknowledgement time of delivered events.
     pub event_delivery_lag: prometheus::Histogram,
+    /// Operations (issue 12), refreshed by `ops::watch`: whether Postgres and Redis answer a cheap
+    /// check, by dependency; 1 while this replica holds its worker-id lease; build info.
+    pub dependency_up: IntGaugeVec,
+    pub worker_lease_held: prometheus::IntGauge,
+    pub build_info: IntGaugeVec,
+    /// Duplicate payments not refunded yet and the age of the oldest, by channel (from the database).
+    pub duplicates_unrefunded: IntGaugeVec,
+    pub duplicates_oldest_unrefunded_age: IntGaugeVec,
+    /// Age of the oldest attempt still PAYING (not flagged), by channel (from the database).
+    pub attempts_oldest_paying_age: IntGaugeVec,
 }
 
 impl Metrics {
@@ -204,6 +217,39 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(event_delivery_lag.clone()))?;
+        let dependency_up = gauge(
+            "payd_dependency_up",
+            "Whether a dependency answered payd's last periodic check (1) or not (0).",
+            &["dependency"],
+        )?;
+        let worker_lease_held = int_gauge(
+            "payd_worker_lease_held",
+            "1 while this replica holds its snowflake worker-id lease (it can mint trade numbers).",
+        )?;
+        let build_info = gauge(
+            "payd_build_info",
+            "Always 1; the labels say which build runs.",
+            &["version"],
+        )?;
+        let duplicates_unrefunded = gauge(
+            "payment_duplicate_payments_unrefunded",
+            "Duplicate payments whose automatic refund has not succeeded yet, by channel.",
+            &["channel"],
+        )?;
+        let duplicates_oldest_unrefunded_age = gauge(
+            "payment_duplicate_payments_oldest_unrefunded_age_seconds",
+            "Age of the oldest duplicate payment not refunded yet, by channel; 0 when none.",
+            &["channel"],
+        )?;
+        let attempts_oldest_paying_age = gauge(
+            "payment_attempts_oldest_paying_age_seconds",
+            "Age of the oldest attempt still PAYING and not flagged, by channel; 0 when none.",
+            &["channel"],
+        )?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             duplicate_refunds,
             outbox_unsequenced,
@@ -231,6 +277,12 @@ impl Metrics {
             duplicate_payments,
             amount_mismatches,
             attempts_reused,
+            dependency_up,
+            worker_lease_held,
+            build_info,
+            duplicates_unrefunded,
+            duplicates_oldest_unrefunded_age,
+            attempts_oldest_paying_age,
         })
     }
 

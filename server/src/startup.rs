@@ -37,10 +37,12 @@ impl Application {
     /// Connects (lazily) to Postgres and Redis and binds both listeners. Port 0 picks a free port,
     /// which tests read back from [`Application::grpc_addr`].
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let db = Db::connect_lazy(
+        let metrics = Metrics::new()?;
+        let db = Db::connect_lazy_counting(
             settings.database_url.expose(),
             settings.database_pool_size,
             Duration::from_millis(settings.database_connect_timeout_ms),
+            Some(metrics.order_transitions.clone()),
         )?;
         let client = redis::Client::open(settings.redis_url.expose()).context("redis_url")?;
         let redis_cfg = redis::aio::ConnectionManagerConfig::new()
@@ -72,7 +74,7 @@ impl Application {
             locks,
             limits: settings.order_limits(),
             idempotency_retention: settings.idempotency_retention(),
-            metrics: Metrics::new()?,
+            metrics,
             channels,
             adapter_tokens: Arc::new(settings.adapter_tokens()?),
             ids: Arc::new(Snowflake::new(worker)),
@@ -130,7 +132,15 @@ impl Application {
         let http_app = axum::Router::new()
             .route(
                 "/metrics",
-                get(move || std::future::ready(metrics.render())),
+                get(move || {
+                    std::future::ready((
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            crate::metrics::CONTENT_TYPE,
+                        )],
+                        metrics.render(),
+                    ))
+                }),
             )
             .route("/healthz", get(|| std::future::ready("ok")));
         let mut http_stop = stop_rx.clone();
@@ -154,6 +164,7 @@ impl Application {
             self.outbox_tick,
             stop_rx.clone(),
         ));
+        let ops = tokio::spawn(crate::ops::watch(self.app.clone(), stop_rx.clone()));
         let leaser = tokio::spawn(lease_loop(
             self.app.clone(),
             self.database_url.clone(),
@@ -187,6 +198,7 @@ impl Application {
             let _ = refund_job.await;
             let _ = outbox_job.await;
             let _ = leaser.await;
+            let _ = ops.await;
             g
         })
         .await;

@@ -31,11 +31,11 @@ pub async fn build_grpc_router(
         .set_serving::<PaymentServiceServer<payment::PaymentApi>>()
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(payproto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(payproto::PAYD_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(payproto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(payproto::PAYD_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let router = tonic::transport::Server::builder()
