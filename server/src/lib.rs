@@ -18,6 +18,7 @@ pub mod channel_client;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod locks;
 pub mod metrics;
 pub mod ops;

@@ -68,6 +68,8 @@ pub struct Metrics {
     pub duplicates_oldest_unrefunded_age: IntGaugeVec,
     /// Age of the oldest attempt still PAYING (not flagged), by channel (from the database).
     pub attempts_oldest_paying_age: IntGaugeVec,
+    /// Server-side gRPC latency by service and method (time to the response headers).
+    pub grpc_request_duration: prometheus::HistogramVec,
 }
 
 impl Metrics {
@@ -246,6 +248,17 @@ impl Metrics {
             "Age of the oldest attempt still PAYING and not flagged, by channel; 0 when none.",
             &["channel"],
         )?;
+        let grpc_request_duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "payd_grpc_request_duration_seconds",
+                "Server-side gRPC latency to the response headers (the whole call when unary).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["service", "method"],
+        )?;
+        registry.register(Box::new(grpc_request_duration.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -283,6 +296,7 @@ impl Metrics {
             duplicates_unrefunded,
             duplicates_oldest_unrefunded_age,
             attempts_oldest_paying_age,
+            grpc_request_duration,
         })
     }
 

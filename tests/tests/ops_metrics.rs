@@ -155,6 +155,10 @@ async fn every_process_exports_lintable_metrics_and_a_duplicate_payment_counts_o
             "{a}"
         );
         assert!(a.contains("process_resident_memory_bytes"), "{a}");
+        assert!(
+            a.contains("adapter_grpc_request_duration_seconds_count{method=\"Prepay\",service=\"channel.v1.ChannelAdapterService\"}"),
+            "{a}"
+        );
     }
 
     // The duplicate: counted once, refunded once, nothing left unrefunded.
@@ -220,6 +224,14 @@ async fn every_process_exports_lintable_metrics_and_a_duplicate_payment_counts_o
     assert_eq!(metric_sum(&m, "payd_worker_lease_held"), 1.0);
     assert!(m.contains("payd_build_info{version=\""), "{m}");
     assert!(m.contains("process_open_fds"), "{m}");
+    assert!(
+        m.contains("payd_grpc_request_duration_seconds_count{method=\"CreateOrder\",service=\"payment.v1.PaymentService\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("payd_grpc_request_duration_seconds_count{method=\"ReportPayment\",service=\"channel.v1.ChannelEventsService\"}"),
+        "{m}"
+    );
 }
 
 #[tokio::test]

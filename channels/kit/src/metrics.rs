@@ -25,6 +25,8 @@ pub struct Metrics {
     pub platform_requests: IntCounterVec,
     /// Duration of calls to the platform by operation.
     pub platform_request_duration: HistogramVec,
+    /// Server-side gRPC latency by service and method (time to the response headers).
+    pub grpc_request_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -47,12 +49,24 @@ impl Metrics {
             &["channel", "op"],
         )?;
         registry.register(Box::new(platform_request_duration.clone()))?;
+        let grpc_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "adapter_grpc_request_duration_seconds",
+                "Server-side gRPC latency to the response headers, by service and method.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["service", "method"],
+        )?;
+        registry.register(Box::new(grpc_request_duration.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(Self {
             platform_request_duration,
+            grpc_request_duration,
             channel: channel_label(channel),
             callbacks: reg(
                 "adapter_callbacks_total",
