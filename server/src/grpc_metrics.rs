@@ -1,6 +1,7 @@
-//! Server-side gRPC latency: a tower wrapper around each service that observes the time to the
-//! response headers (the whole call for unary RPCs) by service and method. Labels come only from
-//! the served descriptor set, so a client making up paths cannot grow the label set.
+//! gRPC latency: a tower wrapper (around a served service, or a client's channel) that observes
+//! the time to the response headers (the whole call for unary RPCs) by service and method, after
+//! any fixed leading label values (e.g. the channel of a client). Labels come only from the known
+//! descriptor set, so made-up paths cannot grow the label set.
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,11 +30,13 @@ pub fn known_paths(descriptor_sets: &[&[u8]]) -> HashSet<String> {
     paths
 }
 
-/// Wraps services so their calls are timed into `histogram` (labels: service, method).
+/// Wraps services so their calls are timed into `histogram` (labels: the prefix values, then
+/// service and method).
 #[derive(Clone)]
 pub struct Timed {
     histogram: HistogramVec,
     known: Arc<HashSet<String>>,
+    prefix: Arc<Vec<String>>,
 }
 
 impl Timed {
@@ -41,6 +44,16 @@ impl Timed {
         Self {
             histogram,
             known: Arc::new(known),
+            prefix: Arc::new(Vec::new()),
+        }
+    }
+
+    /// The same, with these values for the histogram's leading labels.
+    #[must_use]
+    pub fn with_prefix(&self, values: &[&str]) -> Self {
+        Self {
+            prefix: Arc::new(values.iter().map(|v| (*v).to_owned()).collect()),
+            ..self.clone()
         }
     }
 
@@ -84,12 +97,15 @@ where
             ("other".to_owned(), "other".to_owned())
         };
         let histogram = self.timed.histogram.clone();
+        let prefix = self.timed.prefix.clone();
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
+            let mut labels: Vec<&str> = prefix.iter().map(String::as_str).collect();
+            labels.extend([service.as_str(), method.as_str()]);
             histogram
-                .with_label_values(&[&service, &method])
+                .with_label_values(&labels)
                 .observe(start.elapsed().as_secs_f64());
             r
         })

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub attempts_oldest_paying_age: IntGaugeVec,
     /// Server-side gRPC latency by service and method (time to the response headers).
     pub grpc_request_duration: prometheus::HistogramVec,
+    /// Client-side latency of payd's calls to the adapters, by channel, service and method.
+    pub channel_request_duration: prometheus::HistogramVec,
 }
 
 impl Metrics {
@@ -259,6 +261,17 @@ impl Metrics {
             &["service", "method"],
         )?;
         registry.register(Box::new(grpc_request_duration.clone()))?;
+        let channel_request_duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "payd_channel_request_duration_seconds",
+                "payd's calls to the adapters (client side), to the response headers.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["channel", "service", "method"],
+        )?;
+        registry.register(Box::new(channel_request_duration.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -297,6 +310,7 @@ impl Metrics {
             duplicates_oldest_unrefunded_age,
             attempts_oldest_paying_age,
             grpc_request_duration,
+            channel_request_duration,
         })
     }
 

@@ -58,9 +58,10 @@ impl Application {
             settings.lock_wait(),
             db.clone(),
         );
-        let channels = ChannelClients::new(
+        let channels = ChannelClients::new_timed(
             &settings.adapter_endpoints()?,
             Duration::from_millis(settings.channel_timeout_ms),
+            metrics.channel_request_duration.clone(),
         )
         .context("channel endpoints")?;
         let url = settings.database_url.expose().to_owned();

@@ -232,6 +232,11 @@ async fn every_process_exports_lintable_metrics_and_a_duplicate_payment_counts_o
         m.contains("payd_grpc_request_duration_seconds_count{method=\"ReportPayment\",service=\"channel.v1.ChannelEventsService\"}"),
         "{m}"
     );
+    // payd's own calls to the adapters, client side.
+    assert!(
+        m.contains("payd_channel_request_duration_seconds_count{channel=\"WECHAT\",method=\"Prepay\",service=\"channel.v1.ChannelAdapterService\"}"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
