@@ -72,6 +72,9 @@ pub struct Metrics {
     pub grpc_request_duration: prometheus::HistogramVec,
     /// Client-side latency of payd's calls to the adapters, by channel, service and method.
     pub channel_request_duration: prometheus::HistogramVec,
+    /// Open orders (PENDING, PAYING) by status, from the database (final states are counted by
+    /// `payd_order_transitions_total`: counting them would scan the table).
+    pub orders_open: IntGaugeVec,
 }
 
 impl Metrics {
@@ -272,6 +275,11 @@ impl Metrics {
             &["channel", "service", "method"],
         )?;
         registry.register(Box::new(channel_request_duration.clone()))?;
+        let orders_open = gauge(
+            "payment_orders_open",
+            "Orders not final yet, by status (PENDING, PAYING).",
+            &["status"],
+        )?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -311,6 +319,7 @@ impl Metrics {
             attempts_oldest_paying_age,
             grpc_request_duration,
             channel_request_duration,
+            orders_open,
         })
     }
 

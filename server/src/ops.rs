@@ -1,6 +1,6 @@
 //! Operations gauges refreshed by one cheap periodic check (never by a scrape): whether Postgres
-//! and Redis answer, whether this replica holds its worker-id lease, and the database-derived
-//! gauges the duplicate-payment and stuck-attempt alerts watch. Also primes the counters the
+//! and Redis answer, whether this replica holds its worker-id lease, open orders by status, and
+//! the database-derived gauges the duplicate-payment and stuck-attempt alerts watch. Also primes the counters the
 //! alerts take `increase()` of, so their first increment is seen as one (a series born at 1 is
 //! not an increase to Prometheus).
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub async fn check(app: &App) {
         .with_label_values(&["redis"])
         .set(i64::from(redis));
     let gauges = tokio::time::timeout(CHECK_TIMEOUT, app.db.run(load_gauges)).await;
-    let (dups, paying) = match gauges {
+    let (dups, paying, open) = match gauges {
         Ok(Ok(v)) => {
             m.dependency_up.with_label_values(&["postgres"]).set(1);
             v
@@ -83,6 +83,11 @@ pub async fn check(app: &App) {
             return;
         }
     };
+    for status in ["PENDING", "PAYING"] {
+        m.orders_open
+            .with_label_values(&[status])
+            .set(open.iter().find(|r| r.channel == status).map_or(0, |r| r.n));
+    }
     for c in Channel::ALL {
         let c = c.as_str();
         let d = dups.iter().find(|r| r.channel == c);
@@ -99,10 +104,10 @@ pub async fn check(app: &App) {
     }
 }
 
-type Gauges = (Vec<ChannelAge>, Vec<ChannelAge>);
+type Gauges = (Vec<ChannelAge>, Vec<ChannelAge>, Vec<ChannelAge>);
 
-/// Two small queries: duplicates not refunded (a handful of rows at most) and open attempts
-/// (through the partial index on open attempts).
+/// Three small queries: duplicates not refunded (a handful of rows at most), open attempts and
+/// open orders (each through its partial index on open rows).
 fn load_gauges(conn: &mut diesel::PgConnection) -> Result<Gauges, StorageError> {
     let dups = diesel::sql_query(
         "SELECT a.channel, count(*) AS n, \
@@ -117,5 +122,11 @@ fn load_gauges(conn: &mut diesel::PgConnection) -> Result<Gauges, StorageError> 
          FROM payment_attempts WHERE status IN ('INIT', 'PAYING') GROUP BY channel",
     )
     .load::<ChannelAge>(conn)?;
-    Ok((dups, paying))
+    // `channel` holds the status here (same row shape).
+    let open = diesel::sql_query(
+        "SELECT status AS channel, count(*) AS n, 0::bigint AS age FROM orders \
+         WHERE status IN ('PENDING', 'PAYING') GROUP BY status",
+    )
+    .load::<ChannelAge>(conn)?;
+    Ok((dups, paying, open))
 }

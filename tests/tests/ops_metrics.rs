@@ -222,6 +222,19 @@ async fn every_process_exports_lintable_metrics_and_a_duplicate_payment_counts_o
         1.0
     );
     assert_eq!(metric_sum(&m, "payd_worker_lease_held"), 1.0);
+    // Both orders are paid: none open.
+    assert_eq!(
+        metric_sum(&m, "payment_orders_open{status=\"PENDING\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric_sum(&m, "payment_orders_open{status=\"PAYING\"}"),
+        0.0
+    );
+    assert!(
+        m.contains("payment_orders_open{status=\"PAYING\"} 0"),
+        "{m}"
+    );
     assert!(m.contains("payd_build_info{version=\""), "{m}");
     assert!(m.contains("process_open_fds"), "{m}");
     assert!(
