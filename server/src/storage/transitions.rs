@@ -100,3 +100,66 @@ impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for Cu
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use diesel::Connection;
+
+    use super::*;
+
+    fn counter() -> IntCounterVec {
+        IntCounterVec::new(prometheus::Opts::new("t", "t"), &["from", "to"]).unwrap()
+    }
+
+    /// A connection with the instrumentation (to the server's `postgres` database: no tables
+    /// are needed).
+    fn conn(c: &IntCounterVec) -> PgConnection {
+        let base = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let mut conn = PgConnection::establish(&format!("{base}/postgres")).unwrap();
+        conn.set_instrumentation(CountCommitted { counter: c.clone() });
+        conn
+    }
+
+    fn n(c: &IntCounterVec, from: &str, to: &str) -> u64 {
+        c.with_label_values(&[from, to]).get()
+    }
+
+    #[test]
+    fn transitions_count_once_committed_and_not_when_rolled_back() {
+        let c = counter();
+        let mut conn = conn(&c);
+        conn.transaction::<_, diesel::result::Error, _>(|_| {
+            written(None, OrderStatus::Pending);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n(&c, "", "PENDING"), 1);
+
+        let _ = conn.transaction::<(), _, _>(|_| {
+            written(Some(OrderStatus::Pending), OrderStatus::Paying);
+            Err(diesel::result::Error::RollbackTransaction)
+        });
+        assert_eq!(n(&c, "PENDING", "PAYING"), 0);
+
+        // A savepoint that rolls back takes its transitions with it; the outer ones count.
+        conn.transaction::<_, diesel::result::Error, _>(|conn| {
+            written(Some(OrderStatus::Pending), OrderStatus::Paying);
+            let _ = conn.transaction::<(), _, _>(|_| {
+                written(Some(OrderStatus::Paying), OrderStatus::Paid);
+                Err(diesel::result::Error::RollbackTransaction)
+            });
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n(&c, "PENDING", "PAYING"), 1);
+        assert_eq!(n(&c, "PAYING", "PAID"), 0);
+
+        // Nothing is left over for the next transaction to count.
+        conn.transaction::<_, diesel::result::Error, _>(|_| Ok(()))
+            .unwrap();
+        assert_eq!(n(&c, "", "PENDING"), 1);
+        assert_eq!(n(&c, "PENDING", "PAYING"), 1);
+    }
+}
