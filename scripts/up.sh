@@ -91,29 +91,34 @@ UNIONPAY_ACCEPT_TEST_CN=true ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8083 
 for port in 9561 9562 9563; do wait_http "http://127.0.0.1:$port/healthz" "adapter metrics :$port"; done
 
 export PAYCTL_ENDPOINT="http://$PAYD_LISTEN" PAYCTL_APP_ID=demo-shop
+# field PATH: reads payctl --json output on stdin, prints the dotted PATH (e.g. order.status).
+field() { python3 -c 'import json,sys
+v=json.load(sys.stdin)
+for k in sys.argv[1].split("."): v=v[k]
+print(v)' "$1"; }
 pay_through() { # channel method sandbox-port
     local channel=$1 method=$2 port=$3 no id out status
     no="DEMO-$(echo "$channel" | tr a-z A-Z)-$(date +%s%N | cut -c1-13)"
     log "$channel: CreateOrder $no for 88.88 CNY"
-    id=$("$BIN/payctl" create-order --merchant-order-no "$no" --amount 8888 --subject "Demo coffee" | awk '{print $2}')
+    id=$("$BIN/payctl" --json create-order --merchant-order-no "$no" --amount 8888 --subject "Demo coffee" | field order.order_id)
     log "$channel: Pay with $method"
-    out=$("$BIN/payctl" pay --order-id "$id" --channel "$channel" --method "$method" --client-ip 127.0.0.1)
+    out=$("$BIN/payctl" --json pay --order-id "$id" --channel "$channel" --method "$method" --client-ip 127.0.0.1)
     echo "$out"
-    local trade; trade=$(echo "$out" | sed -n 's/.*out_trade_no=\([A-Za-z0-9]*\).*/\1/p')
+    local trade; trade=$(echo "$out" | field attempt.out_trade_no)
     log "$channel: the sandbox's payer pays $trade"
     curl -fs -X POST -H 'content-type: application/json' -d '{"outcome":"success"}' \
         "http://127.0.0.1:$port/sandbox/trades/$trade/pay" >/dev/null
     for _ in $(seq 1 100); do
-        status=$("$BIN/payctl" get-order --order-id "$id")
-        case "$status" in *status=PAID*) echo "$status"; log "$channel: PAID"; break;; esac
+        status=$("$BIN/payctl" --json get-order --order-id "$id" | field order.status)
+        case "$status" in PAID) "$BIN/payctl" get-order --order-id "$id"; log "$channel: PAID"; break;; esac
         sleep 0.2
     done
-    case "$status" in *status=PAID*) ;; *) echo "$status"; log "$channel: the order did not reach PAID; see $RUN/*.log"; return 1;; esac
+    case "$status" in PAID) ;; *) echo "$status"; log "$channel: the order did not reach PAID; see $RUN/*.log"; return 1;; esac
     log "$channel: CreateRefund of 10.00 CNY"
     "$BIN/payctl" refund --order-id "$id" --amount 1000 --refund-request-no "RF-$no" --reason "demo refund" --operator demo
     for _ in $(seq 1 100); do
-        status=$("$BIN/payctl" get-refund --refund-request-no "RF-$no")
-        case "$status" in *status=SUCCEEDED*) echo "$status"; "$BIN/payctl" get-order --order-id "$id"; log "$channel: refunded 10.00 of 88.88 (PARTIALLY_REFUNDED)"; return 0;; esac
+        status=$("$BIN/payctl" --json get-refund --refund-request-no "RF-$no" | field refund.status)
+        case "$status" in SUCCEEDED) "$BIN/payctl" get-refund --refund-request-no "RF-$no"; "$BIN/payctl" get-order --order-id "$id"; log "$channel: refunded 10.00 of 88.88 (PARTIALLY_REFUNDED)"; return 0;; esac
         sleep 0.2
     done
     echo "$status"; log "$channel: the refund did not succeed; see $RUN/*.log"; return 1

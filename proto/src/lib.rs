@@ -25,3 +25,10 @@ pub mod channel {
 /// Encoded `FileDescriptorSet` of every proto above, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("payplatform_descriptor");
+
+/// The descriptor set payd's reflection serves: `payment.v1` and `ChannelEventsService` (payd
+/// does not serve `ChannelAdapterService`).
+pub const PAYD_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("payd_descriptor");
+
+/// The descriptor set an adapter's reflection serves: `ChannelAdapterService` only.
+pub const ADAPTER_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("adapter_descriptor");

@@ -233,6 +233,15 @@ impl Locks {
             .await?;
         Ok(n == 1)
     }
+
+    /// Whether Redis answers a PING (the operations check behind `payd_dependency_up`).
+    pub async fn ping(&self) -> bool {
+        let mut conn = self.inner.redis.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .is_ok()
+    }
 }
 
 /// Extends the lock every third of its TTL while its holder runs. Stops when the lock is no

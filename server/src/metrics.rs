@@ -1,6 +1,9 @@
 //! Prometheus metrics of the core, served as text on `/metrics`.
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
+/// The Content-Type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 /// Every metric `payd` exports, registered in its own registry (so tests running several apps in
 /// one process do not collide).
 #[derive(Clone)]
@@ -66,6 +69,23 @@ pub struct Metrics {
     pub payment_attempts_needing_attention: IntGaugeVec,
     /// Orders closed by the expiry job.
     pub orders_expired: IntCounter,
+    /// Operations (issue 12), refreshed by `ops::watch`: whether Postgres and Redis answer a cheap
+    /// check, by dependency; 1 while this replica holds its worker-id lease; build info.
+    pub dependency_up: IntGaugeVec,
+    pub worker_lease_held: prometheus::IntGauge,
+    pub build_info: IntGaugeVec,
+    /// Duplicate payments not refunded yet and the age of the oldest, by channel (from the database).
+    pub duplicates_unrefunded: IntGaugeVec,
+    pub duplicates_oldest_unrefunded_age: IntGaugeVec,
+    /// Age of the oldest attempt still PAYING (not flagged), by channel (from the database).
+    pub attempts_oldest_paying_age: IntGaugeVec,
+    /// Server-side gRPC latency by service and method (time to the response headers).
+    pub grpc_request_duration: prometheus::HistogramVec,
+    /// Client-side latency of payd's calls to the adapters, by channel, service and method.
+    pub channel_request_duration: prometheus::HistogramVec,
+    /// Open orders (PENDING, PAYING) by status, from the database (final states are counted by
+    /// `payd_order_transitions_total`: counting them would scan the table).
+    pub orders_open: IntGaugeVec,
 }
 
 impl Metrics {
@@ -241,6 +261,66 @@ impl Metrics {
             "Unpaid orders closed at their expiry by the expiry job.",
         )?;
         registry.register(Box::new(orders_expired.clone()))?;
+        let dependency_up = gauge(
+            "payd_dependency_up",
+            "Whether a dependency answered payd's last periodic check (1) or not (0).",
+            &["dependency"],
+        )?;
+        let worker_lease_held = int_gauge(
+            "payd_worker_lease_held",
+            "1 while this replica holds its snowflake worker-id lease (it can mint trade numbers).",
+        )?;
+        let build_info = gauge(
+            "payd_build_info",
+            "Always 1; the labels say which build runs.",
+            &["version"],
+        )?;
+        let duplicates_unrefunded = gauge(
+            "payment_duplicate_payments_unrefunded",
+            "Duplicate payments whose automatic refund has not succeeded yet, by channel.",
+            &["channel"],
+        )?;
+        let duplicates_oldest_unrefunded_age = gauge(
+            "payment_duplicate_payments_oldest_unrefunded_age_seconds",
+            "Age of the oldest duplicate payment not refunded yet, by channel; 0 when none.",
+            &["channel"],
+        )?;
+        let attempts_oldest_paying_age = gauge(
+            "payment_attempts_oldest_paying_age_seconds",
+            "Age of the oldest attempt still PAYING and not flagged, by channel; 0 when none.",
+            &["channel"],
+        )?;
+        let grpc_request_duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "payd_grpc_request_duration_seconds",
+                "Server-side gRPC latency to the response headers (the whole call when unary).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["service", "method"],
+        )?;
+        registry.register(Box::new(grpc_request_duration.clone()))?;
+        let channel_request_duration = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "payd_channel_request_duration_seconds",
+                "payd's calls to the adapters (client side), to the response headers.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["channel", "service", "method"],
+        )?;
+        registry.register(Box::new(channel_request_duration.clone()))?;
+        let orders_open = gauge(
+            "payment_orders_open",
+            "Orders not final yet, by status (PENDING, PAYING).",
+            &["status"],
+        )?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             duplicate_refunds,
             outbox_unsequenced,
@@ -273,6 +353,15 @@ impl Metrics {
             duplicate_payments,
             amount_mismatches,
             attempts_reused,
+            dependency_up,
+            worker_lease_held,
+            build_info,
+            duplicates_unrefunded,
+            duplicates_oldest_unrefunded_age,
+            attempts_oldest_paying_age,
+            grpc_request_duration,
+            channel_request_duration,
+            orders_open,
         })
     }
 

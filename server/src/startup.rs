@@ -37,10 +37,12 @@ impl Application {
     /// Connects (lazily) to Postgres and Redis and binds both listeners. Port 0 picks a free port,
     /// which tests read back from [`Application::grpc_addr`].
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let db = Db::connect_lazy(
+        let metrics = Metrics::new()?;
+        let db = Db::connect_lazy_counting(
             settings.database_url.expose(),
             settings.database_pool_size,
             Duration::from_millis(settings.database_connect_timeout_ms),
+            Some(metrics.order_transitions.clone()),
         )?;
         let client = redis::Client::open(settings.redis_url.expose()).context("redis_url")?;
         let redis_cfg = redis::aio::ConnectionManagerConfig::new()
@@ -56,9 +58,10 @@ impl Application {
             settings.lock_wait(),
             db.clone(),
         );
-        let channels = ChannelClients::new(
+        let channels = ChannelClients::new_timed(
             &settings.adapter_endpoints()?,
             Duration::from_millis(settings.channel_timeout_ms),
+            metrics.channel_request_duration.clone(),
         )
         .context("channel endpoints")?;
         let url = settings.database_url.expose().to_owned();
@@ -72,7 +75,7 @@ impl Application {
             locks,
             limits: settings.order_limits(),
             idempotency_retention: settings.idempotency_retention(),
-            metrics: Metrics::new()?,
+            metrics,
             channels,
             adapter_tokens: Arc::new(settings.adapter_tokens()?),
             ids: Arc::new(Snowflake::new(worker)),
@@ -131,7 +134,15 @@ impl Application {
         let http_app = axum::Router::new()
             .route(
                 "/metrics",
-                get(move || std::future::ready(metrics.render())),
+                get(move || {
+                    std::future::ready((
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            crate::metrics::CONTENT_TYPE,
+                        )],
+                        metrics.render(),
+                    ))
+                }),
             )
             .route("/healthz", get(|| std::future::ready("ok")));
         let mut http_stop = stop_rx.clone();
@@ -157,6 +168,7 @@ impl Application {
         ));
         let query_job = tokio::spawn(payment_query_loop(self.app.clone(), stop_rx.clone()));
         let expiry_job = tokio::spawn(expiry_loop(self.app.clone(), stop_rx.clone()));
+        let ops = tokio::spawn(crate::ops::watch(self.app.clone(), stop_rx.clone()));
         let leaser = tokio::spawn(lease_loop(
             self.app.clone(),
             self.database_url.clone(),
@@ -192,6 +204,7 @@ impl Application {
             let _ = query_job.await;
             let _ = expiry_job.await;
             let _ = leaser.await;
+            let _ = ops.await;
             g
         })
         .await;

@@ -106,7 +106,16 @@ impl<A> AdapterService<A> {
         Self { adapter, metrics }
     }
 
-    fn count<T>(&self, op: &str, r: Result<T, ChannelError>) -> Result<Response<T>, Status> {
+    fn count<T>(
+        &self,
+        op: &str,
+        start: std::time::Instant,
+        r: Result<T, ChannelError>,
+    ) -> Result<Response<T>, Status> {
+        self.metrics
+            .platform_request_duration
+            .with_label_values(&[self.metrics.channel(), op])
+            .observe(start.elapsed().as_secs_f64());
         let outcome = match &r {
             Ok(_) => "ok",
             Err(ChannelError::InvalidArgument(_)) => "invalid_argument",
@@ -133,14 +142,16 @@ impl<A: Adapter> ChannelAdapterService for AdapterService<A> {
         &self,
         req: Request<pb::PrepayRequest>,
     ) -> Result<Response<pb::PrepayResponse>, Status> {
+        let start = std::time::Instant::now();
         let r = self.adapter.prepay(req.into_inner()).await;
-        self.count("prepay", r)
+        self.count("prepay", start, r)
     }
 
     async fn query_payment(
         &self,
         req: Request<pb::QueryPaymentRequest>,
     ) -> Result<Response<pb::QueryPaymentResponse>, Status> {
+        let start = std::time::Instant::now();
         let r = self
             .adapter
             .query_payment(req.into_inner())
@@ -148,13 +159,14 @@ impl<A: Adapter> ChannelAdapterService for AdapterService<A> {
             .map(|result| pb::QueryPaymentResponse {
                 result: Some(result),
             });
-        self.count("query_payment", r)
+        self.count("query_payment", start, r)
     }
 
     async fn close_payment(
         &self,
         req: Request<pb::ClosePaymentRequest>,
     ) -> Result<Response<pb::ClosePaymentResponse>, Status> {
+        let start = std::time::Instant::now();
         let r = self
             .adapter
             .close_payment(req.into_inner())
@@ -162,13 +174,14 @@ impl<A: Adapter> ChannelAdapterService for AdapterService<A> {
             .map(|result| pb::ClosePaymentResponse {
                 result: Some(result),
             });
-        self.count("close_payment", r)
+        self.count("close_payment", start, r)
     }
 
     async fn refund(
         &self,
         req: Request<pb::RefundRequest>,
     ) -> Result<Response<pb::RefundResponse>, Status> {
+        let start = std::time::Instant::now();
         let r = self
             .adapter
             .refund(req.into_inner())
@@ -176,13 +189,14 @@ impl<A: Adapter> ChannelAdapterService for AdapterService<A> {
             .map(|result| pb::RefundResponse {
                 result: Some(result),
             });
-        self.count("refund", r)
+        self.count("refund", start, r)
     }
 
     async fn query_refund(
         &self,
         req: Request<pb::QueryRefundRequest>,
     ) -> Result<Response<pb::QueryRefundResponse>, Status> {
+        let start = std::time::Instant::now();
         let r = self
             .adapter
             .query_refund(req.into_inner())
@@ -190,19 +204,20 @@ impl<A: Adapter> ChannelAdapterService for AdapterService<A> {
             .map(|result| pb::QueryRefundResponse {
                 result: Some(result),
             });
-        self.count("query_refund", r)
+        self.count("query_refund", start, r)
     }
 
     async fn fetch_statement(
         &self,
         req: Request<pb::FetchStatementRequest>,
     ) -> Result<Response<pb::FetchStatementResponse>, Status> {
+        let start = std::time::Instant::now();
         let r = self
             .adapter
             .fetch_statement(req.into_inner())
             .await
             .map(|lines| pb::FetchStatementResponse { lines });
-        self.count("fetch_statement", r)
+        self.count("fetch_statement", start, r)
     }
 }
 

@@ -20,6 +20,7 @@ pub mod callbacks;
 pub mod fields;
 pub mod form;
 pub mod grpc;
+pub mod grpc_metrics;
 pub mod metrics;
 pub mod settings;
 pub mod time;
@@ -241,7 +242,12 @@ impl Listeners {
         let metrics_router = axum::Router::new()
             .route(
                 "/metrics",
-                axum::routing::get(move || std::future::ready(m.render())),
+                axum::routing::get(move || {
+                    std::future::ready((
+                        [(axum::http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+                        m.render(),
+                    ))
+                }),
             )
             .route("/healthz", axum::routing::get(|| std::future::ready("ok")));
         let mh = tokio::spawn(
@@ -253,16 +259,30 @@ impl Listeners {
         health_reporter
             .set_serving::<pb::channel_adapter_service_server::ChannelAdapterServiceServer<grpc::AdapterService<A>>>()
             .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(payproto::ADAPTER_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(payproto::ADAPTER_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let timed = grpc_metrics::Timed::new(
+            metrics.grpc_request_duration.clone(),
+            grpc_metrics::known_paths(&[payproto::ADAPTER_DESCRIPTOR_SET]),
+        );
         let grpc = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health)
+                .add_service(reflection_v1)
+                .add_service(reflection_v1alpha)
                 // Health stays open for probes; ChannelAdapter only admits payd's token.
-                .add_service(
+                .add_service(timed.wrap(
                     pb::channel_adapter_service_server::ChannelAdapterServiceServer::with_interceptor(
                         grpc::AdapterService::new(adapter, metrics.clone()),
                         grpc::RequirePaydToken::new(settings.grpc_token.clone(), metrics),
                     ),
-                )
+                ))
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true)),
                     stopped(stop_rx.clone()),

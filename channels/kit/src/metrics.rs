@@ -1,5 +1,8 @@
 //! Counters every adapter exports on `/metrics`.
-use prometheus::{IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+
+/// The Content-Type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 use crate::pb;
 
@@ -20,6 +23,10 @@ pub struct Metrics {
     pub callback_rejections: IntCounterVec,
     /// Calls to the platform by operation and outcome.
     pub platform_requests: IntCounterVec,
+    /// Duration of calls to the platform by operation.
+    pub platform_request_duration: HistogramVec,
+    /// Server-side gRPC latency by service and method (time to the response headers).
+    pub grpc_request_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -31,7 +38,35 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 Ok(c)
             };
+        let platform_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "adapter_platform_request_duration_seconds",
+                "Duration of calls to the payment platform, by operation.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["channel", "op"],
+        )?;
+        registry.register(Box::new(platform_request_duration.clone()))?;
+        let grpc_request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "adapter_grpc_request_duration_seconds",
+                "Server-side gRPC latency to the response headers, by service and method.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["service", "method"],
+        )?;
+        registry.register(Box::new(grpc_request_duration.clone()))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
+            platform_request_duration,
+            grpc_request_duration,
             channel: channel_label(channel),
             callbacks: reg(
                 "adapter_callbacks_total",

@@ -135,14 +135,6 @@ impl App {
                 })
             })
             .await?;
-        if let Outcome::Done(o) = &outcome
-            && o.version == 0
-        {
-            self.metrics
-                .order_transitions
-                .with_label_values(&["", "PENDING"])
-                .inc();
-        }
         Ok(outcome)
     }
 
@@ -342,13 +334,8 @@ impl App {
             })
             .await;
         match result {
-            Ok(Outcome::Done((from, row))) => {
-                self.metrics
-                    .order_transitions
-                    .with_label_values(&[from.as_str(), row.status.as_str()])
-                    .inc();
-                Ok(Outcome::Done(row))
-            }
+            // Counted where it commits (storage::transitions).
+            Ok(Outcome::Done((_, row))) => Ok(Outcome::Done(row)),
             Ok(Outcome::Replayed(b)) => Ok(Outcome::Replayed(b)),
             Err(ServiceError::Fenced(id)) => {
                 self.metrics.fence_rejections.inc();

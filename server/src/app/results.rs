@@ -57,6 +57,8 @@ impl App {
         r: PaymentResult,
     ) -> Result<ResultOutcome, ServiceError> {
         let channel = r.channel;
+        let (out_trade_no, reported) = (r.out_trade_no.clone(), r.paid.clone());
+        let (reported_minor, reported_currency) = reported.unzip();
         let (outcome, superseded) = self
             .db
             .run(move |conn| {
@@ -89,16 +91,16 @@ impl App {
                 m.duplicate_payments
                     .with_label_values(&[channel.as_str()])
                     .inc();
-                tracing::error!(%channel, "duplicate payment detected: an already paid order was paid again");
+                tracing::error!(%channel, %out_trade_no, ?reported_minor, ?reported_currency, "duplicate payment detected: an already paid order was paid again");
             }
             ResultOutcome::AmountMismatch => {
                 m.amount_mismatches
                     .with_label_values(&[channel.as_str()])
                     .inc();
-                tracing::error!(%channel, "channel reported an amount that differs from the attempt");
+                tracing::error!(%channel, %out_trade_no, ?reported_minor, ?reported_currency, "channel reported an amount that differs from the attempt");
             }
             ResultOutcome::UnknownAttempt => {
-                tracing::error!(%channel, "channel reported a trade no attempt knows");
+                tracing::error!(%channel, %out_trade_no, ?reported_minor, ?reported_currency, "channel reported a trade no attempt knows");
             }
             ResultOutcome::Repeated | ResultOutcome::Applied | ResultOutcome::NoChange => {}
         }
@@ -174,6 +176,9 @@ fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decide
             if *paid_minor != attempt.amount_minor
                 || paid_currency.trim() != attempt.currency.trim()
             {
+                tracing::warn!(out_trade_no = %r.out_trade_no, expected_minor = attempt.amount_minor,
+                    expected_currency = %attempt.currency, reported_minor = paid_minor,
+                    reported_currency = %paid_currency, "amount mismatch");
                 return Ok((ResultOutcome::AmountMismatch, None));
             }
             if a_status == AttemptStatus::Succeeded {

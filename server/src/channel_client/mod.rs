@@ -19,8 +19,11 @@ use tonic::transport::{Channel as GrpcChannel, Endpoint};
 use crate::config::AdapterEndpoint;
 use crate::domain::Channel;
 
-/// A `channel.v1.ChannelAdapter` client that sends `authorization: Bearer <token>`.
-pub type AdapterClient = ChannelAdapterServiceClient<InterceptedService<GrpcChannel, BearerToken>>;
+/// A `channel.v1.ChannelAdapter` client that sends `authorization: Bearer <token>`, its calls
+/// timed into `payd_channel_request_duration_seconds`.
+pub type AdapterClient = ChannelAdapterServiceClient<
+    InterceptedService<crate::grpc_metrics::TimedService<GrpcChannel>, BearerToken>,
+>;
 
 /// Adds payd's credential for one adapter to every request.
 #[derive(Clone)]
@@ -42,6 +45,8 @@ pub enum ChannelClientsError {
     },
     #[error("{channel} token is not a valid header value")]
     Token { channel: Channel },
+    #[error("the channel call histogram could not be made")]
+    Metrics,
 }
 
 /// No adapter is configured for this channel on this server.
@@ -65,6 +70,28 @@ impl ChannelClients {
         adapters: &[AdapterEndpoint],
         timeout: Duration,
     ) -> Result<Self, ChannelClientsError> {
+        let unregistered = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new("unregistered", "not exported"),
+            &["channel", "service", "method"],
+        )
+        .map_err(|_| ChannelClientsError::Metrics)?;
+        Self::new_timed(adapters, timeout, unregistered)
+    }
+
+    /// [`ChannelClients::new`], timing every call into `histogram` (labels channel, service,
+    /// method).
+    ///
+    /// # Errors
+    /// As [`ChannelClients::new`].
+    pub fn new_timed(
+        adapters: &[AdapterEndpoint],
+        timeout: Duration,
+        histogram: prometheus::HistogramVec,
+    ) -> Result<Self, ChannelClientsError> {
+        let timed = crate::grpc_metrics::Timed::new(
+            histogram,
+            crate::grpc_metrics::known_paths(&[payproto::ADAPTER_DESCRIPTOR_SET]),
+        );
         let mut clients = HashMap::new();
         for a in adapters {
             let channel = a.channel;
@@ -78,7 +105,12 @@ impl ChannelClients {
             auth.set_sensitive(true);
             clients.insert(
                 channel,
-                ChannelAdapterServiceClient::with_interceptor(ep.connect_lazy(), BearerToken(auth)),
+                ChannelAdapterServiceClient::with_interceptor(
+                    timed
+                        .with_prefix(&[channel.as_str()])
+                        .wrap(ep.connect_lazy()),
+                    BearerToken(auth),
+                ),
             );
         }
         Ok(Self { clients })

@@ -31,22 +31,28 @@ pub async fn build_grpc_router(
         .set_serving::<PaymentServiceServer<payment::PaymentApi>>()
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(payproto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(payproto::PAYD_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(payproto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(payproto::PAYD_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let timed = crate::grpc_metrics::Timed::new(
+        app.metrics.grpc_request_duration.clone(),
+        crate::grpc_metrics::known_paths(&[payproto::PAYD_DESCRIPTOR_SET]),
+    );
     let router = tonic::transport::Server::builder()
         // Bound every call, so a stuck dependency cannot pin a request forever.
         .timeout(REQUEST_TIMEOUT)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(PaymentServiceServer::new(payment::PaymentApi::new(
-            app.clone(),
-        )))
-        .add_service(ChannelEventsServiceServer::new(events::EventsApi::new(app)));
+        .add_service(
+            timed.wrap(PaymentServiceServer::new(payment::PaymentApi::new(
+                app.clone(),
+            ))),
+        )
+        .add_service(timed.wrap(ChannelEventsServiceServer::new(events::EventsApi::new(app))));
     Ok((router, reporter))
 }

@@ -99,7 +99,7 @@ pub fn observe<T>(
     let code = r.as_ref().err().map_or(Code::Ok, Status::code);
     metrics
         .grpc_requests
-        .with_label_values(&[method, code.description()])
+        .with_label_values(&[method, code_name(code)])
         .inc();
     if let Some(reason) = rejection_reason(code) {
         metrics
@@ -110,6 +110,30 @@ pub fn observe<T>(
     r.map(tonic::Response::new)
 }
 
+/// The canonical name of a gRPC status code (`OK`, `INVALID_ARGUMENT`, …), as metrics labels
+/// and logs spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -117,6 +141,13 @@ mod tests {
 
     use super::*;
     use crate::storage::StorageError;
+
+    #[test]
+    fn codes_are_labelled_by_their_canonical_names() {
+        assert_eq!(code_name(Code::Ok), "OK");
+        assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(Code::Unauthenticated), "UNAUTHENTICATED");
+    }
 
     #[test]
     fn storage_errors_are_unavailable_when_transient_and_opaque_internal_otherwise() {

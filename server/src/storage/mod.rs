@@ -9,6 +9,7 @@ pub mod outbox;
 pub mod refunds;
 pub mod schema;
 mod text_enums;
+pub mod transitions;
 
 use std::time::Duration;
 
@@ -61,12 +62,26 @@ impl Db {
     /// Builds the pool without connecting eagerly, so `payd` starts while Postgres is still coming
     /// up; requests fail with UNAVAILABLE until it answers.
     pub fn connect_lazy(url: &str, size: u32, timeout: Duration) -> Result<Self, StorageError> {
-        let pool = Pool::builder()
+        Self::connect_lazy_counting(url, size, timeout, None)
+    }
+
+    /// [`Db::connect_lazy`], counting committed order transitions into `transitions`
+    /// (see [`transitions`]).
+    pub fn connect_lazy_counting(
+        url: &str,
+        size: u32,
+        timeout: Duration,
+        transitions: Option<prometheus::IntCounterVec>,
+    ) -> Result<Self, StorageError> {
+        let mut builder = Pool::builder()
             .max_size(size)
             .min_idle(Some(0))
             .connection_timeout(timeout)
-            .test_on_check_out(false)
-            .build_unchecked(ConnectionManager::new(url));
+            .test_on_check_out(false);
+        if let Some(counter) = transitions {
+            builder = builder.connection_customizer(Box::new(transitions::Customizer { counter }));
+        }
+        let pool = builder.build_unchecked(ConnectionManager::new(url));
         Ok(Self { pool })
     }
 

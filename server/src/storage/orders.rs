@@ -348,6 +348,7 @@ fn record_transition(
     to: OrderStatus,
     reason: &str,
 ) -> Result<(), StorageError> {
+    super::transitions::written(from, to);
     diesel::insert_into(order_transitions::table)
         .values((
             order_transitions::order_id.eq(order_id),

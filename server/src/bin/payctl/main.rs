@@ -1,15 +1,31 @@
-//! `payctl`: a small command-line client for payd's `payment.v1` API, for operators and for the
-//! README's walkthrough. Every call sends `x-app-id`; mutating calls can carry an idempotency key.
+//! `payctl`: the command-line client of payd's `payment.v1` API, for people (aligned tables,
+//! colours on a terminal, QR codes for QR pay methods) and for scripts (`--json`, exit codes by
+//! class of error). Every call sends `x-app-id`; mutating calls can carry an idempotency key.
+mod out;
+
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use payproto::payment::v1 as pb;
 use payproto::payment::v1::payment_service_client::PaymentServiceClient;
 
+use out::Out;
+
 #[derive(Parser)]
-#[command(name = "payctl", about = "Call payd's payment.v1 API")]
+#[command(
+    name = "payctl",
+    about = "Call payd's payment.v1 API",
+    after_help = out::EXIT_CODES_HELP
+)]
 struct Cli {
+    /// Print JSON (one document per command; one JSON line per event for watch-events).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Colours: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    color: String,
     /// payd's gRPC endpoint.
     #[arg(
         long,
@@ -78,6 +94,9 @@ enum Command {
         client_ip: String,
         #[arg(long, default_value = "")]
         idempotency_key: String,
+        /// Draw the QR code even when stdout is not a terminal.
+        #[arg(long)]
+        qr: bool,
     },
     /// Close an unpaid order.
     CloseOrder {
@@ -125,6 +144,11 @@ enum Command {
         #[arg(long = "event-id")]
         event_ids: Vec<String>,
     },
+    /// Print a shell completion script: payctl completions bash > /etc/bash_completion.d/payctl
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// List refunds, newest first (of one order, or all of the app's).
     ListRefunds {
         #[arg(long, default_value = "")]
@@ -152,68 +176,78 @@ fn with_app<T>(app: &str, body: T) -> anyhow::Result<tonic::Request<T>> {
     Ok(r)
 }
 
-fn print_order(o: Option<pb::Order>) {
-    let Some(o) = o else { return };
-    let amount = o.amount.unwrap_or_default();
-    let status = pb::OrderStatus::try_from(o.status)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("ORDER_STATUS_")
-                .to_owned()
-        })
-        .unwrap_or_else(|_| o.status.to_string());
-    println!(
-        "order {}  no={}  {} {} (minor units)  status={}  version={}  subject={:?}",
-        o.order_id,
-        o.merchant_order_no,
-        amount.amount_minor,
-        amount.currency,
-        status,
-        o.version,
-        o.subject
-    );
+/// A failed command: a gRPC status from payd, or a local problem (connection, arguments).
+enum Failure {
+    Status(tonic::Status),
+    /// Exit code, a name for the class, the error.
+    Local(u8, &'static str, anyhow::Error),
 }
 
-fn print_refund(r: Option<pb::Refund>) {
-    let Some(r) = r else { return };
-    let amount = r.amount.unwrap_or_default();
-    let status = pb::RefundStatus::try_from(r.status)
-        .map(|s| {
-            s.as_str_name()
-                .trim_start_matches("REFUND_STATUS_")
-                .to_owned()
-        })
-        .unwrap_or_else(|_| r.status.to_string());
-    println!(
-        "refund {}  no={}  order={}  {} {} (minor units)  status={}{}  out_refund_no={}{}",
-        r.refund_id,
-        r.refund_request_no,
-        r.order_id,
-        amount.amount_minor,
-        amount.currency,
-        status,
-        if r.needs_attention {
-            "  NEEDS ATTENTION"
-        } else {
-            ""
-        },
-        r.out_refund_no,
-        if r.failure_reason.is_empty() {
-            String::new()
-        } else {
-            format!("  failure={:?}", r.failure_reason)
-        }
-    );
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        Failure::Status(s)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Local(out::exit::OTHER, "ERROR", e)
+    }
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let o = Out::new(cli.json, &cli.color);
+    match run(cli, o).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let (code, name, message) = match f {
+                Failure::Status(s) => (
+                    out::exit_code(s.code()),
+                    out::code_name(s.code()),
+                    s.message().to_owned(),
+                ),
+                Failure::Local(code, name, e) => (code, name.to_owned(), format!("{e:#}")),
+            };
+            if o.json {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"error": {"code": name, "message": message, "exit": code}})
+                );
+            } else {
+                let err = if o.color {
+                    "\x1b[1;31merror\x1b[0m"
+                } else {
+                    "error"
+                };
+                eprintln!("{err}: {name}: {message}");
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(cli: Cli, o: Out) -> Result<(), Failure> {
+    if let Command::Completions { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "payctl", &mut script);
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+        return Ok(());
+    }
     let mut client = PaymentServiceClient::connect(cli.endpoint.clone())
         .await
-        .with_context(|| format!("connecting to {}", cli.endpoint))?;
+        .map_err(|e| {
+            Failure::Local(
+                out::exit::UNAVAILABLE,
+                "UNREACHABLE",
+                anyhow::Error::new(e).context(format!("connecting to {}", cli.endpoint)),
+            )
+        })?;
     let app = cli.app.as_str();
-    let result = match cli.command {
+    match cli.command {
+        Command::Completions { .. } => {}
         Command::CreateOrder {
             merchant_order_no,
             amount,
@@ -222,23 +256,28 @@ async fn main() -> anyhow::Result<()> {
             expires_in_seconds,
             metadata,
             idempotency_key,
-        } => client
-            .create_order(with_app(
-                app,
-                pb::CreateOrderRequest {
-                    merchant_order_no,
-                    amount: Some(pb::Money {
-                        amount_minor: amount,
-                        currency,
-                    }),
-                    subject,
-                    expires_in_seconds,
-                    metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
-                    idempotency_key,
-                },
-            )?)
-            .await
-            .map(|r| print_order(r.into_inner().order)),
+        } => {
+            let r = client
+                .create_order(with_app(
+                    app,
+                    pb::CreateOrderRequest {
+                        merchant_order_no,
+                        amount: Some(pb::Money {
+                            amount_minor: amount,
+                            currency,
+                        }),
+                        subject,
+                        expires_in_seconds,
+                        metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
+                        idempotency_key,
+                    },
+                )?)
+                .await?
+                .into_inner();
+            if let Some(order) = r.order {
+                o.order(&order);
+            }
+        }
         Command::GetOrder {
             order_id,
             merchant_order_no,
@@ -247,10 +286,13 @@ async fn main() -> anyhow::Result<()> {
             let lookup = order_id
                 .map(Lookup::OrderId)
                 .or(merchant_order_no.map(Lookup::MerchantOrderNo));
-            client
+            let r = client
                 .get_order(with_app(app, pb::GetOrderRequest { lookup })?)
-                .await
-                .map(|r| print_order(r.into_inner().order))
+                .await?
+                .into_inner();
+            if let Some(order) = r.order {
+                o.order(&order);
+            }
         }
         Command::ListOrders {
             statuses,
@@ -264,8 +306,9 @@ async fn main() -> anyhow::Result<()> {
                         .map(|v| v as i32)
                         .with_context(|| format!("unknown status {s}"))
                 })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            client
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map_err(|e| Failure::Local(out::exit::REFUSED, "INVALID_ARGUMENT", e))?;
+            let r = client
                 .list_orders(with_app(
                     app,
                     pb::ListOrdersRequest {
@@ -275,16 +318,9 @@ async fn main() -> anyhow::Result<()> {
                         ..Default::default()
                     },
                 )?)
-                .await
-                .map(|r| {
-                    let r = r.into_inner();
-                    for o in r.orders {
-                        print_order(Some(o));
-                    }
-                    if !r.next_page_token.is_empty() {
-                        println!("next page: --page-token {}", r.next_page_token);
-                    }
-                })
+                .await?
+                .into_inner();
+            o.orders(&r.orders, &r.next_page_token);
         }
         Command::Pay {
             order_id,
@@ -293,15 +329,18 @@ async fn main() -> anyhow::Result<()> {
             payer_id,
             client_ip,
             idempotency_key,
+            qr,
         } => {
             use payproto::channel::v1 as cpb;
             let channel =
                 cpb::Channel::from_str_name(&format!("CHANNEL_{}", channel.to_uppercase()))
-                    .with_context(|| format!("unknown channel {channel}"))?;
+                    .with_context(|| format!("unknown channel {channel}"))
+                    .map_err(|e| Failure::Local(out::exit::REFUSED, "INVALID_ARGUMENT", e))?;
             let method =
                 cpb::PayMethod::from_str_name(&format!("PAY_METHOD_{}", method.to_uppercase()))
-                    .with_context(|| format!("unknown method {method}"))?;
-            client
+                    .with_context(|| format!("unknown method {method}"))
+                    .map_err(|e| Failure::Local(out::exit::REFUSED, "INVALID_ARGUMENT", e))?;
+            let r = client
                 .pay(with_app(
                     app,
                     pb::PayRequest {
@@ -315,31 +354,28 @@ async fn main() -> anyhow::Result<()> {
                         idempotency_key,
                     },
                 )?)
-                .await
-                .map(|r| {
-                    let r = r.into_inner();
-                    print_order(r.order);
-                    if let Some(a) = r.attempt {
-                        println!("attempt {}  out_trade_no={}", a.attempt_id, a.out_trade_no);
-                    }
-                    for (k, v) in r.pay_params {
-                        println!("  {k} = {v}");
-                    }
-                })
+                .await?
+                .into_inner();
+            o.pay(&r, qr);
         }
         Command::CloseOrder {
             order_id,
             idempotency_key,
-        } => client
-            .close_order(with_app(
-                app,
-                pb::CloseOrderRequest {
-                    order_id,
-                    idempotency_key,
-                },
-            )?)
-            .await
-            .map(|r| print_order(r.into_inner().order)),
+        } => {
+            let r = client
+                .close_order(with_app(
+                    app,
+                    pb::CloseOrderRequest {
+                        order_id,
+                        idempotency_key,
+                    },
+                )?)
+                .await?
+                .into_inner();
+            if let Some(order) = r.order {
+                o.order(&order);
+            }
+        }
         Command::Refund {
             order_id,
             amount,
@@ -347,22 +383,27 @@ async fn main() -> anyhow::Result<()> {
             refund_request_no,
             reason,
             operator,
-        } => client
-            .create_refund(with_app(
-                app,
-                pb::CreateRefundRequest {
-                    order_id,
-                    amount: Some(pb::Money {
-                        amount_minor: amount,
-                        currency,
-                    }),
-                    reason,
-                    refund_request_no,
-                    operator,
-                },
-            )?)
-            .await
-            .map(|r| print_refund(r.into_inner().refund)),
+        } => {
+            let r = client
+                .create_refund(with_app(
+                    app,
+                    pb::CreateRefundRequest {
+                        order_id,
+                        amount: Some(pb::Money {
+                            amount_minor: amount,
+                            currency,
+                        }),
+                        reason,
+                        refund_request_no,
+                        operator,
+                    },
+                )?)
+                .await?
+                .into_inner();
+            if let Some(refund) = r.refund {
+                o.refund(&refund);
+            }
+        }
         Command::GetRefund {
             refund_id,
             refund_request_no,
@@ -371,63 +412,41 @@ async fn main() -> anyhow::Result<()> {
             let lookup = refund_id
                 .map(Lookup::RefundId)
                 .or(refund_request_no.map(Lookup::RefundRequestNo));
-            client
+            let r = client
                 .get_refund(with_app(app, pb::GetRefundRequest { lookup })?)
-                .await
-                .map(|r| print_refund(r.into_inner().refund))
-        }
-        Command::WatchEvents { cursor, limit } => {
-            match client
-                .watch_events(with_app(app, pb::WatchEventsRequest { cursor })?)
-                .await
-            {
-                Ok(stream) => {
-                    let mut stream = stream.into_inner();
-                    let mut seen = 0;
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(m)) => {
-                                let Some(e) = m.event else { continue };
-                                let status = e.order.as_ref().map_or(String::new(), |o| {
-                                    pb::OrderStatus::try_from(o.status)
-                                        .map(|s| {
-                                            s.as_str_name()
-                                                .trim_start_matches("ORDER_STATUS_")
-                                                .to_owned()
-                                        })
-                                        .unwrap_or_default()
-                                });
-                                println!(
-                                    "cursor={}  {}  order={} #{}  status={}  event={}{}",
-                                    e.cursor,
-                                    e.r#type,
-                                    e.order_id,
-                                    e.order_sequence,
-                                    status,
-                                    e.event_id,
-                                    e.refund.as_ref().map_or(String::new(), |r| format!(
-                                        "  refund={} {}",
-                                        r.refund_request_no,
-                                        r.amount.as_ref().map_or(0, |a| a.amount_minor)
-                                    ))
-                                );
-                                seen += 1;
-                                if limit > 0 && seen >= limit {
-                                    break Ok(());
-                                }
-                            }
-                            Ok(None) => break Ok(()),
-                            Err(s) => break Err(s),
-                        }
-                    }
-                }
-                Err(s) => Err(s),
+                .await?
+                .into_inner();
+            if let Some(refund) = r.refund {
+                o.refund(&refund);
             }
         }
-        Command::RedeliverEvents { event_ids } => client
-            .redeliver_events(with_app(app, pb::RedeliverEventsRequest { event_ids })?)
-            .await
-            .map(|r| println!("{} events put back into delivery", r.into_inner().requeued)),
+        Command::WatchEvents { cursor, limit } => {
+            let mut stream = client
+                .watch_events(with_app(app, pb::WatchEventsRequest { cursor })?)
+                .await?
+                .into_inner();
+            let mut seen = 0;
+            while let Some(m) = stream.message().await? {
+                let Some(e) = m.event else { continue };
+                o.event(&e);
+                seen += 1;
+                if limit > 0 && seen >= limit {
+                    break;
+                }
+            }
+        }
+        Command::RedeliverEvents { event_ids } => {
+            let n = client
+                .redeliver_events(with_app(app, pb::RedeliverEventsRequest { event_ids })?)
+                .await?
+                .into_inner()
+                .requeued;
+            if o.json {
+                o.json(&serde_json::json!({ "requeued": n }));
+            } else {
+                println!("{n} events put back into delivery");
+            }
+        }
         Command::ListRefunds {
             order_id,
             statuses,
@@ -441,8 +460,9 @@ async fn main() -> anyhow::Result<()> {
                         .map(|v| v as i32)
                         .with_context(|| format!("unknown refund status {s}"))
                 })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            client
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map_err(|e| Failure::Local(out::exit::REFUSED, "INVALID_ARGUMENT", e))?;
+            let r = client
                 .list_refunds(with_app(
                     app,
                     pb::ListRefundsRequest {
@@ -453,17 +473,10 @@ async fn main() -> anyhow::Result<()> {
                         ..Default::default()
                     },
                 )?)
-                .await
-                .map(|r| {
-                    let r = r.into_inner();
-                    for x in r.refunds {
-                        print_refund(Some(x));
-                    }
-                    if !r.next_page_token.is_empty() {
-                        println!("next page: --page-token {}", r.next_page_token);
-                    }
-                })
+                .await?
+                .into_inner();
+            o.refunds(&r.refunds, &r.next_page_token);
         }
-    };
-    result.map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+    }
+    Ok(())
 }
