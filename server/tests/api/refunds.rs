@@ -20,7 +20,9 @@ async fn app_with_dead_adapter(delays: &str) -> TestApp {
         s.channel_timeout_ms = 300;
         s.refund_query_delays_ms = delays;
         s.refund_job_tick_ms = 20;
-        s.refund_pending_grace_ms = Some(200);
+        // Longer than the creating call can take here (an unreachable adapter, a loaded
+        // machine): a PENDING refund whose creator is still waiting is not the job's yet.
+        s.refund_pending_grace_ms = Some(10_000);
     })
     .await
 }
