@@ -152,6 +152,14 @@ async fn each_channel_refunds_in_full_and_in_parts_and_refuses_what_is_not_left(
         refund(&mut c, &order.order_id, 4_000, &format!("RQ-O1-{name}"))
             .await
             .unwrap();
+        // Settled before the listing below counts the succeeded refunds.
+        wait_refund(
+            &mut c,
+            &format!("RQ-O1-{name}"),
+            pb::RefundStatus::Succeeded,
+            SETTLE,
+        )
+        .await;
         let (code, msg) = code_and_message(
             refund(&mut c, &order.order_id, 1_001, &format!("RQ-O2-{name}")).await,
         );
