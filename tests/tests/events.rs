@@ -156,6 +156,14 @@ async fn a_sink_that_was_down_gets_everything_in_order_and_watch_events_resumes_
         calls::refund(&mut c, &order.order_id, 300, &format!("EV-RF-{i:04}"))
             .await
             .unwrap();
+        // Settled (and its events committed) before the counts below.
+        calls::wait_refund(
+            &mut c,
+            &format!("EV-RF-{i:04}"),
+            pb::RefundStatus::Succeeded,
+            Duration::from_secs(30),
+        )
+        .await;
         orders.push(order);
     }
     create(&mut c, "EV-DOWN-UNPAID", 500).await;
