@@ -391,8 +391,8 @@ mod tests {
     }
 }
 
-/// The parser on a bill in Alipay's real layout (`testdata/20880000000000000156_20240101.csv.zip`,
-/// made by `testdata/make_fixture.py`: deflated entries with GBK names and no UTF-8 flag, GBK
+/// The parser on a bill in Alipay's real layout (`tests/fixtures/statements/20880000000000000156_20240101.csv.zip`,
+/// made by `tests/fixtures/statements/make_fixture.py`: deflated entries with GBK names and no UTF-8 flag, GBK
 /// CSVs, `#` banners, tab-padded ids, the 合计 footer) and on broken copies of it.
 #[cfg(test)]
 mod fixture_tests {
@@ -400,7 +400,8 @@ mod fixture_tests {
 
     use super::*;
 
-    const FIXTURE: &[u8] = include_bytes!("../testdata/20880000000000000156_20240101.csv.zip");
+    const FIXTURE: &[u8] =
+        include_bytes!("../tests/fixtures/statements/20880000000000000156_20240101.csv.zip");
 
     /// The detail CSV of the fixture, decoded.
     fn detail() -> String {

@@ -141,3 +141,9 @@ pub fn rss_kib() -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// Resets this process's peak resident memory to its current size (`5` to
+/// `/proc/self/clear_refs`), so that a benchmark's [`peak_rss_kib`] covers only what follows.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}

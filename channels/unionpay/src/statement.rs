@@ -569,8 +569,8 @@ mod tests {
     }
 }
 
-/// The streaming path on a day in UnionPay's real layout (`testdata/802310048993424_20150905.zip`,
-/// made by `testdata/make_fixture.py`: ZM fixed-width GBK lines with a Chinese 二级商户简称, an
+/// The streaming path on a day in UnionPay's real layout (`tests/fixtures/statements/802310048993424_20150905.zip`,
+/// made by `tests/fixtures/statements/make_fixture.py`: ZM fixed-width GBK lines with a Chinese 二级商户简称, an
 /// empty ZME entry, the RD report), wrapped in zlib and Base64 inside a signed-looking answer
 /// form as the file transfer returns it; and broken copies.
 #[cfg(test)]
@@ -579,7 +579,8 @@ mod fixture_tests {
 
     use super::*;
 
-    const FIXTURE: &[u8] = include_bytes!("../testdata/802310048993424_20150905.zip");
+    const FIXTURE: &[u8] =
+        include_bytes!("../tests/fixtures/statements/802310048993424_20150905.zip");
 
     fn day() -> NaiveDate {
         NaiveDate::from_ymd_opt(2015, 9, 7).unwrap()

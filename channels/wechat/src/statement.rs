@@ -344,14 +344,15 @@ mod tests {
     }
 }
 
-/// The parser on a bill in WeChat's real layout (`testdata/tradebill_ALL_2021-01-28.csv`: BOM,
+/// The parser on a bill in WeChat's real layout (`tests/fixtures/statements/tradebill_ALL_2021-01-28.csv`: BOM,
 /// CRLF, backtick fields, a payment, a JSAPI payment with a Chinese subject, a refund, the
 /// summary block) and on broken copies of it.
 #[cfg(test)]
 mod fixture_tests {
     use super::*;
 
-    const FIXTURE: &[u8] = include_bytes!("../testdata/tradebill_ALL_2021-01-28.csv");
+    const FIXTURE: &[u8] =
+        include_bytes!("../tests/fixtures/statements/tradebill_ALL_2021-01-28.csv");
 
     fn text() -> String {
         String::from_utf8(FIXTURE.to_vec()).unwrap()
