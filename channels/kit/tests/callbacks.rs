@@ -58,7 +58,7 @@ impl Adapter for TestAdapter {
     ) -> Result<pb::StatementTotals, ChannelError> {
         let (kind, n) = req.day.split_once('-').unwrap();
         let (kind, n) = (kind.to_owned(), n.parse::<u64>().unwrap());
-        let r = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut tally = channel_kit::statement::Tally::default();
             for i in 0..n {
                 let line = pb::StatementLine {
@@ -82,8 +82,7 @@ impl Adapter for TestAdapter {
             Ok(tally.totals("CNY", String::new()))
         })
         .await
-        .unwrap();
-        r
+        .unwrap()
     }
     async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
         let body = std::str::from_utf8(&cb.body)

@@ -384,6 +384,7 @@ impl<W: Write + Seek> Write for StoredZipWriter<W> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
