@@ -454,3 +454,80 @@ async fn alipay_adapter_conforms_against_its_sandbox() {
 async fn unionpay_adapter_conforms_against_its_sandbox() {
     conformance(SandboxedChannel::Unionpay).await;
 }
+
+/// `VmHWM` (peak resident memory) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Reads a statement stream counting its lines without keeping them.
+async fn count_statement(a: &mut AdapterClient, day: &str) -> (u64, cpb::StatementTotals) {
+    let mut stream = a
+        .fetch_statement(cpb::FetchStatementRequest {
+            day: day.into(),
+            page_size: 0,
+        })
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let mut n = 0u64;
+    while let Some(page) = stream.message().await.expect("no error") {
+        if let Some(totals) = page.totals {
+            return (n, totals);
+        }
+        n += page.lines.len() as u64;
+    }
+    panic!("the stream ended without totals");
+}
+
+/// The adapter process's peak memory as a synthetic day grows from 10^5 to 10^6 lines, through
+/// the sandbox, the platform's real file format and the gRPC stream. VmHWM only grows, so a flat
+/// figure after 10^6 means the larger day needed no more memory than the smaller one:
+///
+/// ```text
+/// cargo test -p e2e --test conformance adapter_memory -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: -- --ignored --nocapture"]
+async fn adapter_memory_is_flat_as_a_synthetic_day_grows() {
+    for ch in [
+        SandboxedChannel::Wechat,
+        SandboxedChannel::Alipay,
+        SandboxedChannel::Unionpay,
+    ] {
+        let p = Platform::start_with(
+            &[ch],
+            0.01,
+            e2e::platform::PlatformOptions {
+                // The sandbox writes a synthetic bill while answering; give it time.
+                adapter_env: vec![(ch, "ADAPTER_PLATFORM_TIMEOUT_MS".into(), "300000".into())],
+                ..Default::default()
+            },
+        );
+        let mut a = adapter(&p, ch).await;
+        let adapter_pid = p.adapters[&ch].child.id();
+        let day = "2026-12-01";
+        for n in [100_000u64, 1_000_000] {
+            p.sandbox_post(
+                ch,
+                "/sandbox/statements/synthetic",
+                json!({"day": day, "payments": n}),
+            )
+            .await;
+            let started = std::time::Instant::now();
+            let (count, totals) = count_statement(&mut a, day).await;
+            assert_eq!((count, totals.line_count), (n, n));
+            println!(
+                "{}: lines={n} adapter_peak_rss_kib={} elapsed={:?}",
+                ch.name(),
+                peak_rss_kib(adapter_pid),
+                started.elapsed()
+            );
+        }
+    }
+}

@@ -134,7 +134,12 @@ impl AlipayClient {
     /// # Errors
     /// `Unavailable`/`Timeout` for transport failures and non-2xx answers.
     pub async fn download(&self, url: &str) -> Result<std::fs::File, ChannelError> {
-        let response = self.http.get(url).send().await?;
+        let response = self
+            .http
+            .get(url)
+            .timeout(channel_kit::statement::DOWNLOAD_TIMEOUT)
+            .send()
+            .await?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(ChannelError::Unavailable(format!(

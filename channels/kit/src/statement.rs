@@ -11,6 +11,10 @@ use crate::{ChannelError, pb};
 
 /// Lines per page when the request says 0.
 pub const DEFAULT_PAGE_SIZE: usize = 1_000;
+/// Total time allowed for a statement download (the platform timeout is for small answers;
+/// a day of 10^6 lines is hundreds of MB).
+pub const DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The most lines per page a request may ask for.
 pub const MAX_PAGE_SIZE: usize = 10_000;
 

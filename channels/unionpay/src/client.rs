@@ -104,6 +104,7 @@ impl UnionpayClient {
                 "application/x-www-form-urlencoded;charset=UTF-8",
             )
             .body(encode_form(fields))
+            .timeout(channel_kit::statement::DOWNLOAD_TIMEOUT)
             .send()
             .await?;
         let status = response.status().as_u16();

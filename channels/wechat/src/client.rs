@@ -264,7 +264,14 @@ impl WechatClient {
                 "unsupported bill hash_type {hash_type:?}"
             )));
         }
-        let response = self.send(Method::GET, download_url, None).await?;
+        let response = self
+            .send_with_timeout(
+                Method::GET,
+                download_url,
+                None,
+                Some(channel_kit::statement::DOWNLOAD_TIMEOUT),
+            )
+            .await?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             let bytes = response.bytes().await?;
@@ -296,6 +303,17 @@ impl WechatClient {
         url: &str,
         body: Option<String>,
     ) -> Result<reqwest::Response, ChannelError> {
+        self.send_with_timeout(method, url, body, None).await
+    }
+
+    /// As `send`, with a total timeout other than the client's (a bill download).
+    async fn send_with_timeout(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<String>,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<reqwest::Response, ChannelError> {
         let nonce = generate_nonce();
         let timestamp = (self.now)().timestamp();
         let authorization = self
@@ -321,6 +339,9 @@ impl WechatClient {
             request = request
                 .header("Content-Type", "application/json")
                 .body(body);
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
         }
         Ok(request.send().await?)
     }
