@@ -153,6 +153,7 @@ async fn stream_statement<A: Adapter>(
     req: pb::FetchStatementRequest,
     out: tokio::sync::mpsc::Sender<Page>,
 ) {
+    let start = std::time::Instant::now();
     let page_size = crate::statement::page_size(&req);
     let (sink, mut lines) = crate::statement::LineSink::channel(page_size);
     let fetch = adapter.fetch_statement(req, sink);
@@ -196,6 +197,11 @@ async fn stream_statement<A: Adapter>(
             )))
         }
     });
+    // The whole download and parse, like every other platform call's latency.
+    metrics
+        .platform_request_duration
+        .with_label_values(&[metrics.channel(), "fetch_statement"])
+        .observe(start.elapsed().as_secs_f64());
     record(&metrics, "fetch_statement", &result);
     if !page.is_empty() && send_page(&mut page).await.is_err() {
         return;
