@@ -107,7 +107,12 @@ impl App {
         }
         match outcome {
             Some(r) => Some(r),
-            None => self.db.run(move |conn| recon::get_run(conn, id)).await.ok().flatten(),
+            None => self
+                .db
+                .run(move |conn| recon::get_run(conn, id))
+                .await
+                .ok()
+                .flatten(),
         }
     }
 
@@ -181,7 +186,8 @@ impl App {
                         event_id: format!("recon:{day}:{}", c.out_trade_no),
                         out_trade_no: c.out_trade_no.clone(),
                         state: TradeState::Succeeded,
-                        channel_trade_no: Some(c.channel_trade_no.clone()).filter(|s| !s.is_empty()),
+                        channel_trade_no: Some(c.channel_trade_no.clone())
+                            .filter(|s| !s.is_empty()),
                         paid: Some((c.amount_minor, c.currency.clone())),
                         paid_at: c.at,
                         channel_status: "RECONCILIATION".into(),
@@ -194,7 +200,14 @@ impl App {
                     .run(move |conn| recon::record_repair(conn, id, ch, day, &c, fixed))
                     .await?;
                 if new {
-                    kinds.push(if fixed { "MISSING_LOCALLY" } else { "STATUS_MISMATCH" }.into());
+                    kinds.push(
+                        if fixed {
+                            "MISSING_LOCALLY"
+                        } else {
+                            "STATUS_MISMATCH"
+                        }
+                        .into(),
+                    );
                 }
                 if fixed {
                     repaired += 1;
@@ -299,9 +312,9 @@ fn stage(lines: Vec<cpb::StatementLine>) -> StagedPage {
         p.state.push(state.to_owned());
         p.amount_minor.push(minor.abs());
         p.currency.push(currency);
-        p.at.push(
-            l.at.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))),
-        );
+        p.at.push(l.at.and_then(|t| {
+            DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        }));
     }
     p
 }
@@ -319,7 +332,9 @@ pub async fn schedule_loop(app: App, at: NaiveTime, mut stop: tokio::sync::watch
             } else {
                 today_at + chrono::Duration::days(1)
             };
-            let wait = (next - now.naive_local()).to_std().unwrap_or(Duration::from_secs(60));
+            let wait = (next - now.naive_local())
+                .to_std()
+                .unwrap_or(Duration::from_secs(60));
             tokio::select! {
                 _ = stop.changed() => return,
                 () = tokio::time::sleep(wait) => {}
@@ -337,7 +352,10 @@ pub async fn schedule_loop(app: App, at: NaiveTime, mut stop: tokio::sync::watch
                 if done {
                     continue;
                 }
-                if let Err(e) = app.run_reconciliation(channel, day, "scheduler".into()).await {
+                if let Err(e) = app
+                    .run_reconciliation(channel, day, "scheduler".into())
+                    .await
+                {
                     tracing::error!(%channel, %day, error = %e, "scheduled reconciliation did not start");
                 }
             }

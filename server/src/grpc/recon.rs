@@ -66,7 +66,10 @@ fn one_of(field: &'static str, s: &str, allowed: &[&str]) -> Result<Option<Strin
     if allowed.contains(&s) {
         Ok(Some(s.to_owned()))
     } else {
-        Err(FieldError::new(field, format!("must be one of {}", allowed.join(", "))))
+        Err(FieldError::new(
+            field,
+            format!("must be one of {}", allowed.join(", ")),
+        ))
     }
 }
 
@@ -154,7 +157,9 @@ impl ReconciliationService for ReconciliationApi {
                 Some(run) => Ok(pb::GetReconciliationRunResponse {
                     run: Some(run_to_pb(&run)),
                 }),
-                None => Err(Status::not_found(format!("reconciliation run {id} not found"))),
+                None => Err(Status::not_found(format!(
+                    "reconciliation run {id} not found"
+                ))),
             })
         }
         .await;

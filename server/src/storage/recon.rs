@@ -154,7 +154,11 @@ impl StagedPage {
 }
 
 /// Stages a page and counts it into the run's progress.
-pub fn stage_page(conn: &mut PgConnection, run: Uuid, page: &StagedPage) -> Result<(), StorageError> {
+pub fn stage_page(
+    conn: &mut PgConnection,
+    run: Uuid,
+    page: &StagedPage,
+) -> Result<(), StorageError> {
     conn.transaction(|conn| {
         diesel::sql_query(
             "INSERT INTO recon_statement_lines (run_id, source_line, kind, out_trade_no, \
@@ -368,7 +372,11 @@ pub fn record_repair(
     repaired: bool,
 ) -> Result<bool, StorageError> {
     let (kind, status, resolution) = if repaired {
-        ("MISSING_LOCALLY", "REPAIRED", Some("applied through the results transition"))
+        (
+            "MISSING_LOCALLY",
+            "REPAIRED",
+            Some("applied through the results transition"),
+        )
     } else {
         ("STATUS_MISMATCH", "OPEN", None)
     };
