@@ -10,6 +10,7 @@
 //! (`/sandbox/statements/synthetic`, `SYN<yyyyMMdd><i:012>`, amounts `100 + i % 9900` fen, at
 //! 08:00 Beijing + i s), matched by PAID orders and SUCCEEDED attempts inserted with SQL. The bulk
 //! size is `RECON_TXNS` (default 10,000 per channel).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
