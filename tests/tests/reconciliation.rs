@@ -114,6 +114,21 @@ async fn discrepancies(r: &mut Recon, run_id: &str) -> Vec<pb::Discrepancy> {
     }
 }
 
+async fn payctl(p: &Platform, args: &[&str]) -> serde_json::Value {
+    let out = tokio::process::Command::new(e2e::binary("payctl"))
+        .args(["--endpoint", &p.payd.endpoint(), "--app", "ops"])
+        .args(args)
+        .output()
+        .await
+        .expect("payctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("payctl --json prints JSON")
+}
+
 async fn paid_through_flow(
     p: &Platform,
     c: &mut Client,
@@ -218,6 +233,29 @@ async fn reconciles_a_day(ch: SandboxedChannel) {
     assert_eq!(run.discrepancies, 38, "{run:?}");
     assert_eq!(run.repaired, 30, "{run:?}");
     eprintln!("{tag}: reconciled {} lines in {elapsed:?}", run.lines_read);
+
+    // The same through payctl, for scripts (--json) and people.
+    let shown = payctl(&p, &["--json", "recon", "show", &run.id]).await;
+    assert_eq!(shown["run"]["status"], "COMPLETED", "{shown}");
+    assert_eq!(shown["run"]["repaired"], 30, "{shown}");
+    let listed = payctl(
+        &p,
+        &[
+            "--json",
+            "recon",
+            "list",
+            "--run",
+            &run.id,
+            "--kind",
+            "amount_mismatch",
+        ],
+    )
+    .await;
+    assert_eq!(
+        listed["discrepancies"].as_array().map(Vec::len),
+        Some(5),
+        "{listed}"
+    );
 
     let found = discrepancies(&mut r, &run.id).await;
     assert_eq!(found.len(), 38);
