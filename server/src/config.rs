@@ -138,6 +138,10 @@ pub struct Settings {
     pub event_sink_timeout_ms: u64,
     /// `PAYD_OUTBOX_TICK_MS`: how often the sequencer and the dispatcher run when idle.
     pub outbox_tick_ms: u64,
+    /// `PAYD_RECON_SCHEDULE`: "HH:MM" Beijing time at which every replica reconciles each enabled
+    /// channel's previous Beijing day (one run per channel and day across replicas); empty (the
+    /// default) turns the schedule off. Runs on demand (RunReconciliation) work either way.
+    pub recon_schedule: String,
     /// `PAYD_PAYMENT_QUERY_DELAYS_MS`: comma-separated gaps between the active queries of an
     /// open payment attempt, from its Prepay on (default 10 s, 20 s, 30 s); after the last, the
     /// gap doubles up to `PAYD_PAYMENT_QUERY_CEILING_MS`, until the order's expiry plus
@@ -201,6 +205,7 @@ impl Default for Settings {
                 .to_owned(),
             event_sink_timeout_ms: 10_000,
             outbox_tick_ms: 50,
+            recon_schedule: String::new(),
             payment_query_delays_ms: "10000,20000,30000".to_owned(),
             payment_query_ceiling_ms: 300_000,
             payment_query_tick_ms: 1_000,
@@ -364,6 +369,23 @@ impl Settings {
             repeat_wait: timeout + Duration::from_secs(2),
             ..crate::app::refunds::RefundPolicy::default()
         })
+    }
+
+    /// The daily reconciliation time (Beijing), or `None` when the schedule is off.
+    ///
+    /// # Errors
+    /// A `recon_schedule` that is neither empty nor "HH:MM".
+    pub fn recon_schedule(&self) -> Result<Option<chrono::NaiveTime>, ConfigError> {
+        let s = self.recon_schedule.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        chrono::NaiveTime::parse_from_str(s, "%H:%M")
+            .map(Some)
+            .map_err(|_| ConfigError::Invalid {
+                key: "recon_schedule",
+                reason: "must be HH:MM (Beijing time) or empty".to_owned(),
+            })
     }
 
     /// How open attempts are queried and unpaid orders expired.

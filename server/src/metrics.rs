@@ -27,6 +27,14 @@ pub struct Metrics {
     pub channel_events: IntCounterVec,
     /// Second successful payments of already paid orders: customers charged twice.
     pub duplicate_payments: IntCounterVec,
+    /// Reconciliation runs finished, by channel and outcome (COMPLETED, FAILED).
+    pub recon_runs: IntCounterVec,
+    /// Statement lines read by reconciliation, by channel.
+    pub recon_lines: IntCounterVec,
+    /// New discrepancies recorded, by channel and kind.
+    pub recon_discrepancies: IntCounterVec,
+    /// Lost results repaired through the results transition, by channel.
+    pub recon_repairs: IntCounterVec,
     /// Channel results whose amount or currency differs from the attempt's.
     pub amount_mismatches: IntCounterVec,
     /// Pay calls that reused an open attempt instead of calling the channel.
@@ -140,6 +148,26 @@ impl Metrics {
         let duplicate_payments = vec(
             "payment_duplicate_payments_total",
             "Already paid orders paid again (customer charged twice; refunded automatically).",
+            &["channel"],
+        )?;
+        let recon_runs = vec(
+            "payment_reconciliation_runs_total",
+            "Reconciliation runs finished, by channel and outcome (COMPLETED, FAILED).",
+            &["channel", "outcome"],
+        )?;
+        let recon_lines = vec(
+            "payment_reconciliation_lines_total",
+            "Statement lines read by reconciliation runs.",
+            &["channel"],
+        )?;
+        let recon_discrepancies = vec(
+            "payment_reconciliation_discrepancies_total",
+            "New reconciliation discrepancies, by channel and kind (repaired ones included).",
+            &["channel", "kind"],
+        )?;
+        let recon_repairs = vec(
+            "payment_reconciliation_repairs_total",
+            "Results missing locally that reconciliation applied through the results transition.",
             &["channel"],
         )?;
         let amount_mismatches = vec(
@@ -351,6 +379,10 @@ impl Metrics {
             idempotency_keys_purged,
             channel_events,
             duplicate_payments,
+            recon_runs,
+            recon_lines,
+            recon_discrepancies,
+            recon_repairs,
             amount_mismatches,
             attempts_reused,
             dependency_up,

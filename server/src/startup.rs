@@ -31,6 +31,7 @@ pub struct Application {
     lease_check: Duration,
     grace: Duration,
     outbox_tick: Duration,
+    recon_schedule: Option<chrono::NaiveTime>,
 }
 
 impl Application {
@@ -106,6 +107,7 @@ impl Application {
             lease_check: Duration::from_millis(settings.worker_lease_check_ms),
             grace: Duration::from_millis(settings.shutdown_grace_ms),
             outbox_tick: Duration::from_millis(settings.outbox_tick_ms),
+            recon_schedule: settings.recon_schedule()?,
         })
     }
 
@@ -168,6 +170,13 @@ impl Application {
         ));
         let query_job = tokio::spawn(payment_query_loop(self.app.clone(), stop_rx.clone()));
         let expiry_job = tokio::spawn(expiry_loop(self.app.clone(), stop_rx.clone()));
+        if let Some(at) = self.recon_schedule {
+            tokio::spawn(crate::app::reconciliation::schedule_loop(
+                self.app.clone(),
+                at,
+                stop_rx.clone(),
+            ));
+        }
         let ops = tokio::spawn(crate::ops::watch(self.app.clone(), stop_rx.clone()));
         let leaser = tokio::spawn(lease_loop(
             self.app.clone(),

@@ -515,10 +515,13 @@ impl Adapter for AlipayAdapter {
         .await
     }
 
+    /// Asks for the day's bill URL, spools the ZIP to a temp file and streams its detail CSV
+    /// (GBK, decoded line by line) into `sink`, checking the 合计 footer.
     async fn fetch_statement(
         &self,
         req: pb::FetchStatementRequest,
-    ) -> Result<Vec<pb::StatementLine>, ChannelError> {
+        sink: channel_kit::statement::LineSink,
+    ) -> Result<pb::StatementTotals, ChannelError> {
         let day = chrono::NaiveDate::parse_from_str(&req.day, "%Y-%m-%d").map_err(|_| {
             ChannelError::InvalidArgument(format!("day {:?} is not YYYY-MM-DD", req.day))
         })?;
@@ -542,8 +545,17 @@ impl Adapter for AlipayAdapter {
                 ChannelError::BadResponse("bill answer without bill_download_url".to_owned())
             })?;
         let file = self.client.download(&url).await?;
-        crate::statement::parse_trade_bill(&file)
-            .map_err(|e| ChannelError::BadResponse(format!("trade bill of {day}: {e}")))
+        tokio::task::spawn_blocking(move || {
+            crate::statement::parse_trade_bill(file, |line| sink.blocking_push(line))
+        })
+        .await
+        .map_err(|e| ChannelError::Internal(format!("bill parser: {e}")))?
+        .map_err(|e| match ChannelError::from(e) {
+            ChannelError::BadStatement(m) => {
+                ChannelError::BadStatement(format!("trade bill of {day}: {m}"))
+            }
+            other => other,
+        })
     }
 
     async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {

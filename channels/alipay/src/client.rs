@@ -127,21 +127,26 @@ impl AlipayClient {
         Ok(signed.node_text.to_owned())
     }
 
-    /// Fetches a bill file from the short-lived URL Alipay gave in a signed answer. The file itself
-    /// is not signed; the URL's token is what authorises it.
+    /// Fetches a bill file from the short-lived URL Alipay gave in a signed answer, spooled to an
+    /// anonymous temp file as it arrives (a ZIP needs seeking), rewound. The file itself is not
+    /// signed; the URL's token is what authorises it.
     ///
     /// # Errors
     /// `Unavailable`/`Timeout` for transport failures and non-2xx answers.
-    pub async fn download(&self, url: &str) -> Result<Vec<u8>, ChannelError> {
-        let response = self.http.get(url).send().await?;
+    pub async fn download(&self, url: &str) -> Result<std::fs::File, ChannelError> {
+        let response = self
+            .http
+            .get(url)
+            .timeout(channel_kit::statement::DOWNLOAD_TIMEOUT)
+            .send()
+            .await?;
         let status = response.status().as_u16();
-        let body = response.bytes().await?.to_vec();
         if !(200..300).contains(&status) {
             return Err(ChannelError::Unavailable(format!(
                 "HTTP {status} downloading the bill"
             )));
         }
-        Ok(body)
+        Ok(channel_kit::statement::spool(response, |_| {}).await?.0)
     }
 }
 

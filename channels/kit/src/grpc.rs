@@ -7,6 +7,7 @@
 //! | Unavailable      | UNAVAILABLE         | nothing known: query later         |
 //! | Timeout          | DEADLINE_EXCEEDED   | outcome unknown: query later       |
 //! | BadResponse      | UNAUTHENTICATED     | answer not trusted: query later    |
+//! | BadStatement     | DATA_LOSS           | statement unreadable: discard run  |
 //! | Internal         | INTERNAL            | a bug                              |
 //!
 //! Every call must carry payd's token ([`RequirePaydToken`]); the health service stays open.
@@ -88,6 +89,7 @@ impl From<ChannelError> for Status {
             ChannelError::Unavailable(m) => Status::unavailable(m),
             ChannelError::Timeout(m) => Status::deadline_exceeded(m),
             ChannelError::BadResponse(m) => Status::unauthenticated(m),
+            ChannelError::BadStatement(m) => Status::data_loss(m),
             ChannelError::Internal(m) => {
                 tracing::error!(error = %m, "adapter internal error");
                 Status::internal("internal adapter error")
@@ -116,24 +118,101 @@ impl<A> AdapterService<A> {
             .platform_request_duration
             .with_label_values(&[self.metrics.channel(), op])
             .observe(start.elapsed().as_secs_f64());
-        let outcome = match &r {
-            Ok(_) => "ok",
-            Err(ChannelError::InvalidArgument(_)) => "invalid_argument",
-            Err(ChannelError::Refused { .. }) => "refused",
-            Err(ChannelError::Unavailable(_)) => "unavailable",
-            Err(ChannelError::Timeout(_)) => "timeout",
-            Err(ChannelError::BadResponse(_)) => "bad_response",
-            Err(ChannelError::Internal(_)) => "internal",
-        };
-        self.metrics
-            .platform_requests
-            .with_label_values(&[self.metrics.channel(), op, outcome])
-            .inc();
-        if let Err(e) = &r {
-            tracing::warn!(op, error = %e, "platform call failed");
-        }
+        record(&self.metrics, op, &r);
         r.map(Response::new).map_err(Status::from)
     }
+}
+
+fn record<T>(metrics: &Metrics, op: &str, r: &Result<T, ChannelError>) {
+    let outcome = match r {
+        Ok(_) => "ok",
+        Err(ChannelError::InvalidArgument(_)) => "invalid_argument",
+        Err(ChannelError::Refused { .. }) => "refused",
+        Err(ChannelError::Unavailable(_)) => "unavailable",
+        Err(ChannelError::Timeout(_)) => "timeout",
+        Err(ChannelError::BadResponse(_)) => "bad_response",
+        Err(ChannelError::BadStatement(_)) => "bad_statement",
+        Err(ChannelError::Internal(_)) => "internal",
+    };
+    metrics
+        .platform_requests
+        .with_label_values(&[metrics.channel(), op, outcome])
+        .inc();
+    if let Err(e) = r {
+        tracing::warn!(op, error = %e, "platform call failed");
+    }
+}
+
+type Page = Result<pb::FetchStatementResponse, Status>;
+
+/// Runs the adapter's fetch and pages its lines out; the last message is the totals, or the
+/// error status (after which the consumer discards the pages it got).
+async fn stream_statement<A: Adapter>(
+    adapter: Arc<A>,
+    metrics: Metrics,
+    req: pb::FetchStatementRequest,
+    out: tokio::sync::mpsc::Sender<Page>,
+) {
+    let start = std::time::Instant::now();
+    let page_size = crate::statement::page_size(&req);
+    let (sink, mut lines) = crate::statement::LineSink::channel(page_size);
+    let fetch = adapter.fetch_statement(req, sink);
+    tokio::pin!(fetch);
+    let mut result = None;
+    let mut page = Vec::with_capacity(page_size);
+    let mut sent = 0u64;
+    let send_page = |page: &mut Vec<pb::StatementLine>| {
+        let lines = std::mem::replace(page, Vec::with_capacity(page_size));
+        out.send(Ok(pb::FetchStatementResponse {
+            lines,
+            totals: None,
+        }))
+    };
+    loop {
+        tokio::select! {
+            r = &mut fetch, if result.is_none() => result = Some(r),
+            line = lines.recv() => match line {
+                Some(line) => {
+                    page.push(line);
+                    sent += 1;
+                    if page.len() >= page_size && send_page(&mut page).await.is_err() {
+                        return; // the consumer went away; dropping `fetch` stops the parser
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    let result = match result {
+        Some(r) => r,
+        None => fetch.await,
+    };
+    let result = result.and_then(|totals| {
+        if totals.line_count == sent {
+            Ok(totals)
+        } else {
+            Err(ChannelError::Internal(format!(
+                "statement totals count {} lines, {sent} were streamed",
+                totals.line_count
+            )))
+        }
+    });
+    // The whole download and parse, like every other platform call's latency.
+    metrics
+        .platform_request_duration
+        .with_label_values(&[metrics.channel(), "fetch_statement"])
+        .observe(start.elapsed().as_secs_f64());
+    record(&metrics, "fetch_statement", &result);
+    if !page.is_empty() && send_page(&mut page).await.is_err() {
+        return;
+    }
+    let last = result
+        .map(|totals| pb::FetchStatementResponse {
+            lines: Vec::new(),
+            totals: Some(totals),
+        })
+        .map_err(Status::from);
+    let _ = out.send(last).await;
 }
 
 #[tonic::async_trait]
@@ -207,17 +286,22 @@ impl<A: Adapter> ChannelAdapterService for AdapterService<A> {
         self.count("query_refund", start, r)
     }
 
+    type FetchStatementStream = tokio_stream::wrappers::ReceiverStream<Page>;
+
     async fn fetch_statement(
         &self,
         req: Request<pb::FetchStatementRequest>,
-    ) -> Result<Response<pb::FetchStatementResponse>, Status> {
-        let start = std::time::Instant::now();
-        let r = self
-            .adapter
-            .fetch_statement(req.into_inner())
-            .await
-            .map(|lines| pb::FetchStatementResponse { lines });
-        self.count("fetch_statement", start, r)
+    ) -> Result<Response<Self::FetchStatementStream>, Status> {
+        let (out, pages) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(stream_statement(
+            self.adapter.clone(),
+            self.metrics.clone(),
+            req.into_inner(),
+            out,
+        ));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            pages,
+        )))
     }
 }
 

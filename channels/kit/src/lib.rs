@@ -14,6 +14,7 @@
 //! - [`metrics`]: Prometheus counters every adapter exports.
 //! - [`fields`]: checks every adapter makes on the core's requests (required fields, CNY fen).
 //! - [`form`]: the strict `application/x-www-form-urlencoded` codec (Alipay and UnionPay).
+//! - [`statement`]: streaming a day's statement (line sink, tally, spooling downloads).
 //! - [`time`]: `chrono` instants as `channel.v1` timestamps.
 //! - [`serve`]: runs the three listeners until a shutdown signal.
 pub mod callbacks;
@@ -23,6 +24,7 @@ pub mod grpc;
 pub mod grpc_metrics;
 pub mod metrics;
 pub mod settings;
+pub mod statement;
 pub mod time;
 
 use std::sync::Arc;
@@ -53,6 +55,11 @@ pub enum ChannelError {
     /// The platform's answer failed signature verification and is not trusted.
     #[error("platform response failed verification: {0}")]
     BadResponse(String),
+    /// A statement file that does not read (truncated, bad encoding, a malformed line, a summary
+    /// that does not add up); the message names the line. Lines may already have been streamed:
+    /// the consumer discards the run.
+    #[error("statement unreadable: {0}")]
+    BadStatement(String),
     #[error("internal adapter error: {0}")]
     Internal(String),
 }
@@ -163,10 +170,15 @@ pub trait Adapter: Send + Sync + 'static {
         &self,
         req: pb::QueryRefundRequest,
     ) -> Result<pb::RefundResult, ChannelError>;
+    /// Fetches the day's statement and pushes its lines, in file order, into `sink` as they are
+    /// parsed (never holding the day whole); returns the totals once the whole file has read and
+    /// its summary added up. An error after some lines were pushed ends the stream with that
+    /// error (`BadStatement` → DATA_LOSS), and the consumer discards what it received.
     async fn fetch_statement(
         &self,
         req: pb::FetchStatementRequest,
-    ) -> Result<Vec<pb::StatementLine>, ChannelError>;
+        sink: statement::LineSink,
+    ) -> Result<pb::StatementTotals, ChannelError>;
     /// Verifies a platform callback (signature, key id, time window, decryption) and parses it.
     /// Async because a key the adapter does not know yet may have to be fetched first (WeChat's
     /// platform certificates rotate).

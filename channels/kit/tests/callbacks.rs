@@ -50,11 +50,39 @@ impl Adapter for TestAdapter {
     ) -> Result<pb::RefundResult, ChannelError> {
         Err(ChannelError::InvalidArgument("test adapter".into()))
     }
+    /// Day `ok-N`: N lines then their totals; `bad-N`: N lines then a bad line (DATA_LOSS).
     async fn fetch_statement(
         &self,
-        _: pb::FetchStatementRequest,
-    ) -> Result<Vec<pb::StatementLine>, ChannelError> {
-        Ok(Vec::new())
+        req: pb::FetchStatementRequest,
+        sink: channel_kit::statement::LineSink,
+    ) -> Result<pb::StatementTotals, ChannelError> {
+        let (kind, n) = req.day.split_once('-').unwrap();
+        let (kind, n) = (kind.to_owned(), n.parse::<u64>().unwrap());
+        tokio::task::spawn_blocking(move || {
+            let mut tally = channel_kit::statement::Tally::default();
+            for i in 0..n {
+                let line = pb::StatementLine {
+                    out_trade_no: format!("T{i}"),
+                    amount: Some(pb::Money {
+                        amount_minor: 1,
+                        currency: "CNY".into(),
+                    }),
+                    source_line: i + 2,
+                    ..Default::default()
+                };
+                tally.add(&line);
+                sink.blocking_push(line)?;
+            }
+            if kind == "bad" {
+                return Err(ChannelError::BadStatement(format!(
+                    "bill line {}: 3 fields, the header has 27",
+                    n + 2
+                )));
+            }
+            Ok(tally.totals("CNY", String::new()))
+        })
+        .await
+        .unwrap()
     }
     async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
         let body = std::str::from_utf8(&cb.body)
@@ -286,4 +314,63 @@ async fn metrics_text(addr: SocketAddr) -> String {
         .text()
         .await
         .unwrap()
+}
+
+async fn fetch_pages(
+    day: &str,
+    page_size: u32,
+) -> (Vec<usize>, Result<pb::StatementTotals, tonic::Status>) {
+    use pb::channel_adapter_service_server::ChannelAdapterService as _;
+    use tokio_stream::StreamExt as _;
+    let metrics = channel_kit::Metrics::new(pb::Channel::Wechat).unwrap();
+    let service = channel_kit::grpc::AdapterService::new(Arc::new(TestAdapter::default()), metrics);
+    let mut stream = service
+        .fetch_statement(tonic::Request::new(pb::FetchStatementRequest {
+            day: day.into(),
+            page_size,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut pages = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(page) if page.totals.is_some() => {
+                assert!(page.lines.is_empty());
+                assert!(stream.next().await.is_none(), "nothing after the totals");
+                return (pages, Ok(page.totals.unwrap()));
+            }
+            Ok(page) => pages.push(page.lines.len()),
+            Err(status) => {
+                assert!(stream.next().await.is_none(), "nothing after the error");
+                return (pages, Err(status));
+            }
+        }
+    }
+    panic!("the stream ended with neither totals nor an error");
+}
+
+#[tokio::test]
+async fn a_statement_streams_in_pages_and_ends_with_its_totals() {
+    let (pages, totals) = fetch_pages("ok-2500", 0).await;
+    assert_eq!(pages, vec![1000, 1000, 500]);
+    let totals = totals.unwrap();
+    assert_eq!(totals.line_count, 2500);
+    assert_eq!(totals.payment_count, 2500);
+    assert_eq!(totals.payment_amount.unwrap().amount_minor, 2500);
+    let (pages, _) = fetch_pages("ok-25", 10).await;
+    assert_eq!(pages, vec![10, 10, 5]);
+}
+
+#[tokio::test]
+async fn a_bad_line_after_pages_were_sent_ends_the_stream_with_data_loss_naming_it() {
+    let (pages, end) = fetch_pages("bad-1500", 0).await;
+    assert_eq!(pages, vec![1000, 500]);
+    let status = end.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DataLoss);
+    assert!(
+        status.message().contains("line 1502"),
+        "{}",
+        status.message()
+    );
 }

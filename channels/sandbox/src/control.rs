@@ -15,6 +15,7 @@ use crate::ledger::{
     Refund, RefundState, SettleError, Settlement, Trade, TradeState, TransitionError,
 };
 use crate::platform::{Faults, FaultsPatch, RefundEnding, SimulatedPlatform, Tamper, lock};
+use crate::statements::{StatementFaults, StatementFaultsPatch, SyntheticDay};
 
 /// The control routes, to be merged into a platform's router.
 pub fn router(platform: Arc<dyn SimulatedPlatform>) -> Router {
@@ -33,6 +34,13 @@ pub fn router(platform: Arc<dyn SimulatedPlatform>) -> Router {
             "/sandbox/faults",
             get(show_faults).post(patch_faults).delete(reset_faults),
         )
+        .route(
+            "/sandbox/statements/faults",
+            get(show_statement_faults)
+                .post(patch_statement_faults)
+                .delete(reset_statement_faults),
+        )
+        .route("/sandbox/statements/synthetic", post(set_synthetic_day))
         .route(
             "/sandbox/callbacks",
             get(list_callbacks).delete(clear_callbacks),
@@ -302,4 +310,36 @@ async fn list_callbacks(
 async fn clear_callbacks(State(platform): State<Arc<dyn SimulatedPlatform>>) -> StatusCode {
     lock(&platform.core().deliveries).clear();
     StatusCode::NO_CONTENT
+}
+
+async fn show_statement_faults(
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
+) -> Json<StatementFaults> {
+    Json(lock(&platform.core().statement_faults).clone())
+}
+
+async fn patch_statement_faults(
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
+    Json(patch): Json<StatementFaultsPatch>,
+) -> Json<StatementFaults> {
+    let mut faults = lock(&platform.core().statement_faults);
+    faults.apply(patch, chrono::Utc::now());
+    Json(faults.clone())
+}
+
+async fn reset_statement_faults(
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
+) -> Json<StatementFaults> {
+    let mut faults = lock(&platform.core().statement_faults);
+    *faults = StatementFaults::default();
+    Json(faults.clone())
+}
+
+async fn set_synthetic_day(
+    State(platform): State<Arc<dyn SimulatedPlatform>>,
+    Json(day): Json<SyntheticDay>,
+) -> Json<StatementFaults> {
+    let mut faults = lock(&platform.core().statement_faults);
+    faults.set_synthetic(day);
+    Json(faults.clone())
 }

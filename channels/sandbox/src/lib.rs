@@ -16,7 +16,9 @@
 //! - [`unionpay::protocol`]: UnionPay 5.1.0 request verification, response and notification signing
 //!   with `signPubKeyCert`, `respCode` values.
 //! - `wechat::server`, `alipay::server`, `unionpay::server`: the platforms' HTTP APIs over a
-//!   [`ledger`], plus their callbacks; `wechat::bill`, `alipay::bill`: statement files.
+//!   [`ledger`], plus their callbacks; `wechat::bill`, `alipay::bill`, `unionpay::bill`: statement
+//!   files; [`statements`]: a day's lines with the control API's statement faults, synthetic
+//!   days, bills spooled on disk.
 //! - [`platform`]: the [`platform::SimulatedPlatform`] trait, each platform's constant
 //!   [`platform::Profile`] and the shared [`platform::Core`] state (ledger, faults, delivery log,
 //!   time scale); [`control`]: the unsigned `/sandbox/` control API;
@@ -33,5 +35,6 @@ pub mod keys;
 pub mod ledger;
 pub mod platform;
 pub mod serve;
+pub mod statements;
 pub mod unionpay;
 pub mod wechat;

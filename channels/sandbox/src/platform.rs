@@ -312,6 +312,8 @@ pub struct Core {
     pub(crate) held: Mutex<Option<Vec<crate::callbacks::Notification>>>,
     /// Multiplies every retry delay.
     pub time_scale: f64,
+    /// What the statements get wrong on purpose, and the synthetic days.
+    pub statement_faults: Mutex<crate::statements::StatementFaults>,
 }
 
 impl Core {
@@ -336,6 +338,7 @@ impl Core {
             deliveries: Mutex::new(Vec::new()),
             held: Mutex::new(None),
             time_scale,
+            statement_faults: Mutex::new(crate::statements::StatementFaults::default()),
         }
     }
 

@@ -778,6 +778,18 @@ impl UnionpayMerchant {
         self.post("/gateway/api/backTransReq.do", &fields).await
     }
 
+    async fn file_transfer(&self, settle_date: String, txn_type: &str) -> Params {
+        let fields = self.sign(&[
+            ("txnType", txn_type),
+            ("txnSubType", "01"),
+            ("bizType", "000000"),
+            ("txnTime", "20240101120000"),
+            ("settleDate", &settle_date),
+            ("fileType", "00"),
+        ]);
+        self.post("/gateway/api/fileTransRequest.do", &fields).await
+    }
+
     async fn query(&self, order_id: &str, txn_time: &str) -> Params {
         let fields = self.sign(&[
             ("txnType", "00"),
@@ -1764,4 +1776,108 @@ async fn alipay_refund_answer_delay_and_unionpay_api_errors_apply_to_refund_call
         refund_view(&u.base, "UPREF00004").await["error"],
         "no such refund"
     );
+}
+
+// ---------------------------------------------------------------- statements
+
+/// The stored ZIP inside a file-transfer answer's `fileContent` (Base64 of zlib).
+fn inflate_file_content(content: &str) -> Vec<u8> {
+    use std::io::Read as _;
+    let deflated = BASE64.decode(content).unwrap();
+    let mut zip = Vec::new();
+    flate2::read::ZlibDecoder::new(deflated.as_slice())
+        .read_to_end(&mut zip)
+        .unwrap();
+    zip
+}
+
+/// The ZM lines of a stored ZIP (entries are uncompressed, so the lines are there verbatim).
+fn zm_lines(zip: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(zip)
+        .split("\r\n")
+        .filter_map(|l| {
+            l.find("S56 ")
+                .or_else(|| l.find("S30 "))
+                .map(|i| l[i..].to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn unionpay_file_transfer_serves_the_days_zm_file_with_the_statement_faults() {
+    let m = UnionpayMerchant::start().await;
+    let (url, _receiver) = start_receiver(vec![200], "ok").await;
+    for (order, amount) in [("UPF0000001", "1999"), ("UPF0000002", "500")] {
+        assert_eq!(m.consume(order, amount, &url).await["respCode"], "00");
+        pay(&m.base, order).await;
+    }
+    let today = chrono::Utc::now() + chrono::Duration::hours(8);
+    let answer = m
+        .file_transfer(today.format("%m%d").to_string(), "76")
+        .await;
+    assert_eq!(answer["respCode"], "00", "{answer:?}");
+    assert_eq!(answer["fileType"], "00");
+    assert!(answer["fileName"].ends_with(&format!("_{}.zip", today.format("%Y%m%d"))));
+    let zip = inflate_file_content(&answer["fileContent"]);
+    assert!(zip.starts_with(b"PK\x03\x04"));
+    let lines = zm_lines(&zip);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines.iter().all(|l| l.len() == 607), "{lines:?}");
+    assert_eq!(&lines[0][66..78], "000000001999");
+    assert!(lines[0].contains("UPF0000001"));
+
+    // Faults: drop one, alter the other, add one.
+    control(
+        &m.base,
+        "POST",
+        "/sandbox/statements/faults",
+        json!({"drop": ["UPF0000001"], "alter": {"UPF0000002": 499},
+               "add": [{"out_trade_no": "UPFADDED01", "amount_minor": 42}]}),
+    )
+    .await;
+    let answer = m
+        .file_transfer(today.format("%m%d").to_string(), "76")
+        .await;
+    let lines = zm_lines(&inflate_file_content(&answer["fileContent"]));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("UPF0000002") && lines[0].contains("000000000499"));
+    assert!(lines[1].contains("UPFADDED01") && lines[1].contains("000000000042"));
+
+    // A day without any trade has no file; a request that is not a file transfer is refused.
+    let yesterday = (today - chrono::Duration::days(1))
+        .format("%m%d")
+        .to_string();
+    assert_eq!(m.file_transfer(yesterday, "76").await["respCode"], "98");
+    assert_eq!(
+        m.file_transfer(today.format("%m%d").to_string(), "00")
+            .await["respCode"],
+        "10"
+    );
+}
+
+#[tokio::test]
+async fn statement_fault_and_synthetic_day_contract_of_the_control_api() {
+    let base = start(Which::Wechat).await;
+    let faults = control(
+        &base,
+        "POST",
+        "/sandbox/statements/faults",
+        json!({"drop": ["A"], "alter": {"B": 5}, "add": [{"out_trade_no": "C", "amount_minor": 7, "kind": "refund", "day": "2026-12-01"}]}),
+    )
+    .await;
+    assert_eq!(faults["drop"], json!(["A"]));
+    assert_eq!(faults["alter"], json!({"B": 5}));
+    assert_eq!(faults["add"][0]["kind"], "refund");
+    assert_eq!(faults["corrupt_summary"], false);
+    let faults = control(
+        &base,
+        "POST",
+        "/sandbox/statements/synthetic",
+        json!({"day": "2026-12-01", "payments": 1000000}),
+    )
+    .await;
+    assert_eq!(faults["synthetic"], json!({"2026-12-01": 1000000}));
+    let faults = control(&base, "DELETE", "/sandbox/statements/faults", Value::Null).await;
+    assert_eq!(faults["drop"], json!([]));
+    assert_eq!(faults["synthetic"], json!({}));
 }

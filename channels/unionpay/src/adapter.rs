@@ -504,40 +504,63 @@ impl Adapter for UnionpayAdapter {
     }
 
     /// The file transfer (`txnType=76`) for the settlement day. `respCode=98` (no file for that
-    /// day) is a refusal; anything but `00` says nothing.
+    /// day) is a refusal; anything but `00` says nothing. The answer is spooled to a temp file and
+    /// verified with `fileContent` streamed through the digest; the file is then decoded and
+    /// inflated into a second temp file and its ZM entry parsed as a stream into `sink`.
     async fn fetch_statement(
         &self,
         req: pb::FetchStatementRequest,
-    ) -> Result<Vec<pb::StatementLine>, ChannelError> {
+        sink: channel_kit::statement::LineSink,
+    ) -> Result<pb::StatementTotals, ChannelError> {
         let day = chrono::NaiveDate::parse_from_str(&req.day, "%Y-%m-%d").map_err(|_| {
             ChannelError::InvalidArgument(format!("day {:?} is not YYYY-MM-DD", req.day))
         })?;
         let mut fields = crate::statement::request_fields(&self.mer_id, day, (self.now)());
         self.client.sign(&mut fields)?;
-        let answer = self.client.call(&self.file_trans_url, &fields).await?;
-        let resp_code = answer.get("respCode").cloned().unwrap_or_default();
-        let resp_msg = answer.get("respMsg").cloned().unwrap_or_default();
-        match resp_code.as_str() {
-            "00" => {}
-            "98" => {
-                return Err(ChannelError::Refused {
-                    code: resp_code,
-                    message: format!("no reconciliation file for {day}: {resp_msg}"),
-                });
+        let file = self
+            .client
+            .post_form_to_file(&self.file_trans_url, &fields)
+            .await?;
+        let client = self.client.clone();
+        let url = self.file_trans_url.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut answer = crate::statement::SpooledAnswer::scan(file)
+                .map_err(|e| ChannelError::BadResponse(format!("answer from {url}: {e}")))?;
+            let digest = answer.verification_digest_hex()?;
+            client.verify_digest(&url, &answer.fields, &digest)?;
+            let resp_code = answer.fields.get("respCode").cloned().unwrap_or_default();
+            let resp_msg = answer.fields.get("respMsg").cloned().unwrap_or_default();
+            match resp_code.as_str() {
+                "00" => {}
+                "98" => {
+                    return Err(ChannelError::Refused {
+                        code: resp_code,
+                        message: format!("no reconciliation file for {day}: {resp_msg}"),
+                    });
+                }
+                _ => {
+                    return Err(ChannelError::Unavailable(format!(
+                        "file transfer answered respCode={resp_code}: {resp_msg}"
+                    )));
+                }
             }
-            _ => {
-                return Err(ChannelError::Unavailable(format!(
-                    "file transfer answered respCode={resp_code}: {resp_msg}"
-                )));
+            if !answer.has_content() {
+                return Err(ChannelError::BadResponse(
+                    "file transfer answer without fileContent".to_owned(),
+                ));
             }
-        }
-        let content = answer.get("fileContent").ok_or_else(|| {
-            ChannelError::BadResponse("file transfer answer without fileContent".to_owned())
-        })?;
-        let zip = crate::statement::decode_file_content(content)
-            .map_err(|e| ChannelError::BadResponse(e.to_string()))?;
-        crate::statement::parse_reconciliation_zip(&zip, day)
-            .map_err(|e| ChannelError::BadResponse(format!("reconciliation file of {day}: {e}")))
+            let in_file = |e: crate::statement::FileError| match ChannelError::from(e) {
+                ChannelError::BadStatement(m) => {
+                    ChannelError::BadStatement(format!("reconciliation file of {day}: {m}"))
+                }
+                other => other,
+            };
+            let zip = answer.inflate_to_temp().map_err(in_file)?;
+            crate::statement::parse_reconciliation_zip(zip, day, |line| sink.blocking_push(line))
+                .map_err(in_file)
+        })
+        .await
+        .map_err(|e| ChannelError::Internal(format!("reconciliation file parser: {e}")))?
     }
 
     /// Back (and front) notifications: form bodies signed like answers. `respCode` 00/A6 is a

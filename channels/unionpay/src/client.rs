@@ -86,6 +86,60 @@ impl UnionpayClient {
         Ok(answer)
     }
 
+    /// POSTs a signed form and spools a 200 answer's body to an anonymous temp file, unverified
+    /// (the file-transfer answer carries the whole reconciliation file).
+    ///
+    /// # Errors
+    /// `Timeout`/`Unavailable` for transport failures and non-200 answers.
+    pub async fn post_form_to_file(
+        &self,
+        url: &str,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<std::fs::File, ChannelError> {
+        let response = self
+            .http
+            .post(url)
+            .header(
+                "Content-Type",
+                "application/x-www-form-urlencoded;charset=UTF-8",
+            )
+            .body(encode_form(fields))
+            .timeout(channel_kit::statement::DOWNLOAD_TIMEOUT)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(ChannelError::Unavailable(format!(
+                "HTTP {status} from {url}"
+            )));
+        }
+        Ok(channel_kit::statement::spool(response, |_| {}).await?.0)
+    }
+
+    /// Verifies an answer whose fields (but for one streamed large field) are `fields`, given
+    /// the verification digest over all of them.
+    ///
+    /// # Errors
+    /// `BadResponse` when the answer does not verify or names another merchant.
+    pub fn verify_digest(
+        &self,
+        url: &str,
+        fields: &BTreeMap<String, String>,
+        digest_hex: &str,
+    ) -> Result<(), ChannelError> {
+        self.verifier
+            .verify_with_digest(fields, digest_hex, (self.now)())
+            .map_err(|e| ChannelError::BadResponse(format!("answer from {url}: {e}")))?;
+        if let Some(mer_id) = fields.get("merId").filter(|m| !m.is_empty())
+            && mer_id != &self.mer_id
+        {
+            return Err(ChannelError::BadResponse(format!(
+                "answer from {url} names merchant {mer_id:?}"
+            )));
+        }
+        Ok(())
+    }
+
     /// POSTs a signed form and returns the body of a 200 answer, unverified (the front gateway
     /// answers with the payer's cashier page, which is not signed).
     ///

@@ -274,6 +274,19 @@ impl SigningCertificate {
     /// # Errors
     /// [`VerifyError::MissingSignature`] or [`VerifyError::BadSignature`].
     pub fn verify_fields(&self, fields: &BTreeMap<String, String>) -> Result<(), VerifyError> {
+        self.verify_digest(fields, &verification_digest_hex(fields))
+    }
+
+    /// As [`Self::verify_fields`], with the verification digest computed by the caller (over a
+    /// field too large to hold, streamed from a file).
+    ///
+    /// # Errors
+    /// [`VerifyError::MissingSignature`] or [`VerifyError::BadSignature`].
+    pub fn verify_digest(
+        &self,
+        fields: &BTreeMap<String, String>,
+        digest_hex: &str,
+    ) -> Result<(), VerifyError> {
         let encoded = fields
             .get("signature")
             .filter(|s| !s.is_empty())
@@ -284,7 +297,7 @@ impl SigningCertificate {
         let signature =
             Signature::try_from(raw.as_slice()).map_err(|_| VerifyError::BadSignature)?;
         VerifyingKey::<Sha256>::new(self.key.clone())
-            .verify(verification_digest_hex(fields).as_bytes(), &signature)
+            .verify(digest_hex.as_bytes(), &signature)
             .map_err(|_| VerifyError::BadSignature)
     }
 
@@ -468,6 +481,21 @@ impl PlatformVerifier {
         fields: &BTreeMap<String, String>,
         now: DateTime<Utc>,
     ) -> Result<VerifiedBy, VerifyError> {
+        self.verify_with_digest(fields, &verification_digest_hex(fields), now)
+    }
+
+    /// As [`Self::verify`], with the verification digest over every field (see
+    /// [`verification_string`]) computed by the caller: `fields` may then leave out a field too
+    /// large to hold (the reconciliation file's `fileContent`), which the digest covered.
+    ///
+    /// # Errors
+    /// [`VerifyError`], one variant per reason.
+    pub fn verify_with_digest(
+        &self,
+        fields: &BTreeMap<String, String>,
+        digest_hex: &str,
+        now: DateTime<Utc>,
+    ) -> Result<VerifiedBy, VerifyError> {
         if fields.get("signature").is_none_or(|s| s.is_empty()) {
             return Err(VerifyError::MissingSignature);
         }
@@ -525,7 +553,7 @@ impl PlatformVerifier {
                 at: now,
             });
         }
-        cert.verify_fields(fields)?;
+        cert.verify_digest(fields, digest_hex)?;
         Ok(VerifiedBy {
             cert_id: cert.cert_id.clone(),
         })

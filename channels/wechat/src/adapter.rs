@@ -456,12 +456,14 @@ impl Adapter for WechatAdapter {
         }
     }
 
-    /// Applies for the day's `ALL` trade bill, downloads it with a signed GET (checked against the
-    /// SHA-1 in the signed answer) and parses it.
+    /// Applies for the day's `ALL` trade bill, downloads it with a signed GET to a temp file
+    /// (checked against the SHA-1 in the signed answer, hashed as it arrives) and parses it as a
+    /// stream into `sink`.
     async fn fetch_statement(
         &self,
         req: pb::FetchStatementRequest,
-    ) -> Result<Vec<pb::StatementLine>, ChannelError> {
+        sink: channel_kit::statement::LineSink,
+    ) -> Result<pb::StatementTotals, ChannelError> {
         let day = chrono::NaiveDate::parse_from_str(&req.day, "%Y-%m-%d").map_err(|_| {
             ChannelError::InvalidArgument(format!("day {:?} is not YYYY-MM-DD", req.day))
         })?;
@@ -474,8 +476,19 @@ impl Adapter for WechatAdapter {
             .client
             .download_bill(&bill.download_url, &bill.hash_type, &bill.hash_value)
             .await?;
-        crate::statement::parse_trade_bill(&file)
-            .map_err(|e| ChannelError::BadResponse(format!("trade bill of {day}: {e}")))
+        tokio::task::spawn_blocking(move || {
+            crate::statement::parse_trade_bill(std::io::BufReader::new(file), |line| {
+                sink.blocking_push(line)
+            })
+        })
+        .await
+        .map_err(|e| ChannelError::Internal(format!("bill parser: {e}")))?
+        .map_err(|e| match ChannelError::from(e) {
+            ChannelError::BadStatement(m) => {
+                ChannelError::BadStatement(format!("trade bill of {day}: {m}"))
+            }
+            other => other,
+        })
     }
 
     async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {

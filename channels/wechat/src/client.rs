@@ -248,42 +248,53 @@ impl WechatClient {
 
     /// Fetches a bill file from the `download_url` the bill API gave: a signed `GET` whose answer
     /// is *not* signed (documented), so its integrity is checked against the SHA-1 `hash_value`
-    /// that came in the signed bill answer instead.
+    /// that came in the signed bill answer instead. The body is spooled to an anonymous temp file
+    /// as it arrives, hashed on the way; the file comes back rewound.
     ///
     /// # Errors
-    /// `BadResponse` when the file does not match the hash; transport errors as usual.
+    /// `BadStatement` when the file does not match the hash; transport errors as usual.
     pub async fn download_bill(
         &self,
         download_url: &str,
         hash_type: &str,
         hash_value: &str,
-    ) -> Result<Vec<u8>, ChannelError> {
+    ) -> Result<std::fs::File, ChannelError> {
         if !hash_type.eq_ignore_ascii_case("SHA1") {
             return Err(ChannelError::BadResponse(format!(
                 "unsupported bill hash_type {hash_type:?}"
             )));
         }
-        let response = self.send(Method::GET, download_url, None).await?;
+        let response = self
+            .send_with_timeout(
+                Method::GET,
+                download_url,
+                None,
+                Some(channel_kit::statement::DOWNLOAD_TIMEOUT),
+            )
+            .await?;
         let status = response.status().as_u16();
-        let bytes = response.bytes().await?.to_vec();
-        if status >= 500 {
-            return Err(ChannelError::Unavailable(format!(
-                "HTTP {status} downloading the bill"
-            )));
-        }
         if !(200..300).contains(&status) {
+            let bytes = response.bytes().await?;
+            if status >= 500 {
+                return Err(ChannelError::Unavailable(format!(
+                    "HTTP {status} downloading the bill"
+                )));
+            }
             return Err(ChannelError::BadResponse(format!(
                 "HTTP {status} downloading the bill: {}",
                 snippet(&bytes)
             )));
         }
-        let digest = hex::encode(Sha1::digest(&bytes));
+        let mut hasher = Sha1::new();
+        let (file, size) =
+            channel_kit::statement::spool(response, |chunk| hasher.update(chunk)).await?;
+        let digest = hex::encode(hasher.finalize());
         if !digest.eq_ignore_ascii_case(hash_value) {
-            return Err(ChannelError::BadResponse(format!(
-                "bill file SHA-1 {digest} does not match the signed hash_value {hash_value}"
+            return Err(ChannelError::BadStatement(format!(
+                "bill file ({size} bytes) SHA-1 {digest} does not match the signed hash_value {hash_value}: truncated or altered"
             )));
         }
-        Ok(bytes)
+        Ok(file)
     }
 
     async fn send(
@@ -291,6 +302,17 @@ impl WechatClient {
         method: Method,
         url: &str,
         body: Option<String>,
+    ) -> Result<reqwest::Response, ChannelError> {
+        self.send_with_timeout(method, url, body, None).await
+    }
+
+    /// As `send`, with a total timeout other than the client's (a bill download).
+    async fn send_with_timeout(
+        &self,
+        method: Method,
+        url: &str,
+        body: Option<String>,
+        timeout: Option<std::time::Duration>,
     ) -> Result<reqwest::Response, ChannelError> {
         let nonce = generate_nonce();
         let timestamp = (self.now)().timestamp();
@@ -317,6 +339,9 @@ impl WechatClient {
             request = request
                 .header("Content-Type", "application/json")
                 .body(body);
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
         }
         Ok(request.send().await?)
     }

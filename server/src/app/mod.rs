@@ -5,6 +5,7 @@ pub mod error;
 pub mod events;
 pub mod pay;
 pub mod queries;
+pub mod reconciliation;
 pub mod refunds;
 pub mod results;
 

@@ -2,6 +2,7 @@
 pub mod convert;
 pub mod events;
 pub mod payment;
+pub mod recon;
 mod refund;
 pub mod status;
 pub mod watch;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use payproto::channel::v1::channel_events_service_server::ChannelEventsServiceServer;
 use payproto::payment::v1::payment_service_server::PaymentServiceServer;
+use payproto::payment::v1::reconciliation_service_server::ReconciliationServiceServer;
 use tonic::transport::server::Router;
 use tonic_health::server::HealthReporter;
 
@@ -29,6 +31,9 @@ pub async fn build_grpc_router(
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<PaymentServiceServer<payment::PaymentApi>>()
+        .await;
+    reporter
+        .set_serving::<ReconciliationServiceServer<recon::ReconciliationApi>>()
         .await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(payproto::PAYD_DESCRIPTOR_SET)
@@ -53,6 +58,9 @@ pub async fn build_grpc_router(
                 app.clone(),
             ))),
         )
+        .add_service(timed.wrap(ReconciliationServiceServer::new(
+            recon::ReconciliationApi::new(app.clone()),
+        )))
         .add_service(timed.wrap(ChannelEventsServiceServer::new(events::EventsApi::new(app))));
     Ok((router, reporter))
 }

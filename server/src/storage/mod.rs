@@ -6,6 +6,7 @@ pub mod events;
 pub mod idempotency;
 pub mod orders;
 pub mod outbox;
+pub mod recon;
 pub mod refunds;
 pub mod schema;
 mod text_enums;

@@ -1,13 +1,15 @@
 //! The Alipay trade bill: a ZIP named `<pid>0156_<yyyyMMdd>.csv.zip` holding the detail CSV
-//! (`…_业务明细.csv`) and the summary CSV (`…_业务明细(汇总).csv`), with `#` banner lines.
-//!
-//! Deviation, on purpose: the CSV is UTF-8, not GBK as at Alipay, to avoid a GBK encoder
-//! dependency; the ZIP entries are stored (uncompressed), which every unzip reads.
+//! (`…_业务明细.csv`) and the summary CSV (`…_业务明细(汇总).csv`), GBK-encoded as at Alipay
+//! (names too, without the UTF-8 flag), with `#` banner lines and the 合计 footer. The ZIP's
+//! entries are stored (uncompressed), which every unzip reads. Written as a stream into a file.
+
+use std::io::{Seek, Write};
 
 use chrono::NaiveDate;
 
 use super::protocol::{format_timestamp, format_yuan};
 use crate::ledger::Trade;
+use crate::statements::{BillLine, DayStatement, LineKind, StoredZipWriter};
 
 const DETAIL_HEADER: &str = "支付宝交易号,商户订单号,业务类型,商品名称,创建时间,完成时间,门店编号,门店名称,操作员,终端号,对方账户,订单金额（元）,商家实收（元）,支付宝红包（元）,集分宝（元）,支付宝优惠（元）,商家优惠（元）,券核销金额（元）,券名称,商家红包消费金额（元）,卡消费金额（元）,退款批次号/请求号,服务费（元）,分润（元）,备注";
 
@@ -23,28 +25,99 @@ fn signed_yuan(fen: u64, negative: bool) -> String {
     }
 }
 
-/// Builds the bill ZIP for `date` (Beijing time): payments by payment time, refunds by refund
-/// time. Returns the file name and the ZIP bytes.
-pub fn trade_bill_zip(pid: &str, trades: &[&Trade], date: NaiveDate) -> (String, Vec<u8>) {
-    let day = date.format("%Y%m%d").to_string();
-    let mut detail = vec![
-        "#支付宝业务明细查询".to_owned(),
-        format!("#账号：[{pid}0156]"),
-        format!("#起始日期：[{} 00:00:00]   终止日期：[{} 00:00:00]", date, date.succ_opt().unwrap_or(date)),
-        "#-----------------------------------------业务明细列表----------------------------------------".to_owned(),
-        DETAIL_HEADER.to_owned(),
-    ];
-    let (mut pay_count, mut pay_sum, mut refund_count, mut refund_sum) = (0u64, 0u64, 0u64, 0u64);
+fn gbk(text: &str) -> Vec<u8> {
+    encoding_rs::GBK.encode(text).0.into_owned()
+}
+
+/// The ledger's lines of `date` (Beijing time): payments by payment time, succeeded refunds by
+/// refund time.
+pub fn ledger_lines(trades: &[&Trade], date: NaiveDate) -> Vec<BillLine> {
+    let mut out = Vec::new();
     for trade in trades {
-        let row = |kind: &str, fen: u64, negative: bool, finished: String, request_no: &str| {
-            let amount = signed_yuan(fen, negative);
-            [
-                trade.channel_trade_no.clone(),
-                trade.out_trade_no.clone(),
+        if let Some(paid_at) = trade.paid_at.filter(|p| beijing_date(*p) == Some(date)) {
+            out.push(BillLine {
+                kind: LineKind::Payment,
+                out_trade_no: trade.out_trade_no.clone(),
+                channel_trade_no: trade.channel_trade_no.clone(),
+                amount_minor: trade.amount_minor,
+                trade_amount_minor: trade.amount_minor,
+                at: paid_at,
+                created_at: trade.created_at,
+                subject: trade.subject.clone(),
+                ..Default::default()
+            });
+        }
+        for refund in trade
+            .refunds
+            .iter()
+            .filter(|r| r.state == crate::ledger::RefundState::Succeeded)
+            .filter(|r| beijing_date(r.settled_at.unwrap_or(r.created_at)) == Some(date))
+        {
+            out.push(BillLine {
+                kind: LineKind::Refund,
+                out_trade_no: trade.out_trade_no.clone(),
+                channel_trade_no: trade.channel_trade_no.clone(),
+                out_refund_no: refund.out_refund_no.clone(),
+                amount_minor: refund.amount_minor,
+                trade_amount_minor: trade.amount_minor,
+                at: refund.settled_at.unwrap_or(refund.created_at),
+                created_at: trade.created_at,
+                subject: trade.subject.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+/// The bill's file name.
+pub fn file_name(pid: &str, date: NaiveDate) -> String {
+    format!("{pid}0156_{}.csv.zip", date.format("%Y%m%d"))
+}
+
+/// Writes the bill ZIP of `statement` into `out`.
+///
+/// # Errors
+/// I/O errors of `out`.
+pub fn write_trade_bill_zip<W: Write + Seek>(
+    out: W,
+    pid: &str,
+    statement: &DayStatement,
+) -> std::io::Result<W> {
+    let date = statement.day;
+    let base = format!("{pid}0156_{}", date.format("%Y%m%d"));
+    let mut zip = StoredZipWriter::new(out);
+    zip.start_entry(&gbk(&format!("{base}_业务明细.csv")))?;
+    {
+        let mut w = std::io::BufWriter::new(&mut zip);
+        for banner in [
+            "#支付宝业务明细查询".to_owned(),
+            format!("#账号：[{pid}0156]"),
+            format!(
+                "#起始日期：[{} 00:00:00]   终止日期：[{} 00:00:00]",
+                date,
+                date.succ_opt().unwrap_or(date)
+            ),
+            "#-----------------------------------------业务明细列表----------------------------------------".to_owned(),
+            DETAIL_HEADER.to_owned(),
+        ] {
+            w.write_all(&gbk(&banner))?;
+            w.write_all(b"\r\n")?;
+        }
+        let (mut pay_count, mut pay_sum, mut refund_count, mut refund_sum) = (0u64, 0, 0u64, 0);
+        statement.for_each(|line| {
+            let (kind, negative, request_no) = match line.kind {
+                LineKind::Payment => ("交易", false, ""),
+                LineKind::Refund => ("退款", true, line.out_refund_no.as_str()),
+            };
+            let amount = signed_yuan(line.amount_minor, negative);
+            let row = [
+                format!("{}\t", line.channel_trade_no),
+                format!("{}\t", line.out_trade_no),
                 kind.to_owned(),
-                trade.subject.replace(',', " "),
-                format_timestamp(trade.created_at),
-                finished,
+                line.subject.replace(',', " "),
+                format_timestamp(line.created_at),
+                format_timestamp(line.at),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -60,149 +133,67 @@ pub fn trade_bill_zip(pid: &str, trades: &[&Trade], date: NaiveDate) -> (String,
                 String::new(),
                 "0.00".to_owned(),
                 "0.00".to_owned(),
-                request_no.to_owned(),
+                if request_no.is_empty() {
+                    String::new()
+                } else {
+                    format!("{request_no}\t")
+                },
                 "0.00".to_owned(),
                 "0.00".to_owned(),
                 String::new(),
             ]
-            .join(",")
-        };
-        if let Some(paid_at) = trade.paid_at.filter(|p| beijing_date(*p) == Some(date)) {
-            detail.push(row(
-                "交易",
-                trade.amount_minor,
-                false,
-                format_timestamp(paid_at),
-                "",
-            ));
-            pay_count += 1;
-            pay_sum += trade.amount_minor;
-        }
-        for refund in trade
-            .refunds
-            .iter()
-            .filter(|r| r.state == crate::ledger::RefundState::Succeeded)
-            .filter(|r| beijing_date(r.settled_at.unwrap_or(r.created_at)) == Some(date))
-        {
-            detail.push(row(
-                "退款",
-                refund.amount_minor,
-                true,
-                format_timestamp(refund.settled_at.unwrap_or(refund.created_at)),
-                &refund.out_refund_no,
-            ));
-            refund_count += 1;
-            refund_sum += refund.amount_minor;
-        }
-    }
-    detail.push("#-----------------------------------------业务明细列表结束------------------------------------".to_owned());
-    detail.push(format!(
-        "#交易合计：{pay_count}笔，商家实收共{}元",
-        format_yuan(pay_sum)
-    ));
-    detail.push(format!(
-        "#退款合计：{refund_count}笔，商家实收共{}元",
-        signed_yuan(refund_sum, refund_sum > 0)
-    ));
-    let summary = [
-        "#支付宝业务汇总查询".to_owned(),
-        format!("#账号：[{pid}0156]"),
-        "门店编号,门店名称,交易订单总笔数,退款订单总笔数,订单金额（元）,商家实收（元）".to_owned(),
-        format!(
-            "合计,,{pay_count},{refund_count},{},{}",
-            format_yuan(pay_sum),
-            if pay_sum >= refund_sum {
-                format_yuan(pay_sum - refund_sum)
-            } else {
-                signed_yuan(refund_sum - pay_sum, true)
+            .join(",");
+            w.write_all(&gbk(&row))?;
+            w.write_all(b"\r\n")?;
+            match line.kind {
+                LineKind::Payment => {
+                    pay_count += 1;
+                    pay_sum += line.amount_minor;
+                }
+                LineKind::Refund => {
+                    refund_count += 1;
+                    refund_sum += line.amount_minor;
+                }
             }
-        ),
-    ];
-    let base = format!("{pid}0156_{day}");
-    let files = [
-        (format!("{base}_业务明细.csv"), detail.join("\r\n") + "\r\n"),
-        (
-            format!("{base}_业务明细(汇总).csv"),
-            summary.join("\r\n") + "\r\n",
-        ),
-    ];
-    (format!("{base}.csv.zip"), stored_zip(&files))
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for byte in data {
-        crc ^= u32::from(*byte);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
+            Ok::<(), std::io::Error>(())
+        })?;
+        let stated_pay_count = pay_count + u64::from(statement.corrupt_summary);
+        for footer in [
+            "#-----------------------------------------业务明细列表结束------------------------------------".to_owned(),
+            format!(
+                "#交易合计：{stated_pay_count}笔，商家实收共{}元",
+                format_yuan(pay_sum)
+            ),
+            format!(
+                "#退款合计：{refund_count}笔，商家实收共{}元",
+                signed_yuan(refund_sum, refund_sum > 0)
+            ),
+        ] {
+            w.write_all(&gbk(&footer))?;
+            w.write_all(b"\r\n")?;
+        }
+        w.flush()?;
+        let summary = [
+            "#支付宝业务汇总查询".to_owned(),
+            format!("#账号：[{pid}0156]"),
+            "门店编号,门店名称,交易订单总笔数,退款订单总笔数,订单金额（元）,商家实收（元）"
+                .to_owned(),
+            format!(
+                "合计,,{pay_count},{refund_count},{},{}",
+                format_yuan(pay_sum),
+                if pay_sum >= refund_sum {
+                    format_yuan(pay_sum - refund_sum)
+                } else {
+                    signed_yuan(refund_sum - pay_sum, true)
+                }
+            ),
+        ];
+        drop(w);
+        zip.start_entry(&gbk(&format!("{base}_业务明细(汇总).csv")))?;
+        for l in summary {
+            zip.write_all(&gbk(&l))?;
+            zip.write_all(b"\r\n")?;
         }
     }
-    !crc
-}
-
-/// A ZIP archive with every entry stored (method 0), UTF-8 names (flag bit 11).
-fn stored_zip(files: &[(String, String)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for (name, content) in files {
-        let offset = out.len() as u32;
-        let data = content.as_bytes();
-        let crc = crc32(data);
-        let size = data.len() as u32;
-        let name_bytes = name.as_bytes();
-        let common = |buf: &mut Vec<u8>| {
-            buf.extend_from_slice(&20u16.to_le_bytes()); // version needed
-            buf.extend_from_slice(&0x0800u16.to_le_bytes()); // UTF-8 names
-            buf.extend_from_slice(&0u16.to_le_bytes()); // stored
-            buf.extend_from_slice(&0u16.to_le_bytes()); // time
-            buf.extend_from_slice(&0x21u16.to_le_bytes()); // date 1980-01-01
-            buf.extend_from_slice(&crc.to_le_bytes());
-            buf.extend_from_slice(&size.to_le_bytes());
-            buf.extend_from_slice(&size.to_le_bytes());
-            buf.extend_from_slice(&(name_bytes.len() as u16).to_le_bytes());
-            buf.extend_from_slice(&0u16.to_le_bytes()); // extra length
-        };
-        out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        common(&mut out);
-        out.extend_from_slice(name_bytes);
-        out.extend_from_slice(data);
-        central.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-        central.extend_from_slice(&20u16.to_le_bytes()); // version made by
-        common(&mut central);
-        central.extend_from_slice(&0u16.to_le_bytes()); // comment length
-        central.extend_from_slice(&0u16.to_le_bytes()); // disk number
-        central.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
-        central.extend_from_slice(&0u32.to_le_bytes()); // external attributes
-        central.extend_from_slice(&offset.to_le_bytes());
-        central.extend_from_slice(name_bytes);
-    }
-    let central_offset = out.len() as u32;
-    out.extend_from_slice(&central);
-    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&(files.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(files.len() as u16).to_le_bytes());
-    out.extend_from_slice(&(central.len() as u32).to_le_bytes());
-    out.extend_from_slice(&central_offset.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc32_matches_the_standard_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-    }
-
-    #[test]
-    fn a_stored_zip_starts_and_ends_with_the_zip_signatures() {
-        let zip = stored_zip(&[("a.csv".to_owned(), "x".to_owned())]);
-        assert_eq!(&zip[..4], b"PK\x03\x04");
-        assert_eq!(&zip[zip.len() - 22..zip.len() - 18], b"PK\x05\x06");
-    }
+    zip.finish()
 }

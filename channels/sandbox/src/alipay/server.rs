@@ -92,14 +92,6 @@ enum Answer {
     Page(String),
 }
 
-/// A generated bill waiting to be downloaded.
-#[derive(Debug)]
-struct PendingBill {
-    name: String,
-    content: Vec<u8>,
-    expires: std::time::Instant,
-}
-
 /// The Alipay stand-in.
 pub struct Alipay {
     core: Core,
@@ -108,7 +100,7 @@ pub struct Alipay {
     apps: AppKeys,
     signer: AlipaySigner,
     rogue: OnceLock<Option<AlipaySigner>>,
-    bills: Mutex<HashMap<String, PendingBill>>,
+    bills: Mutex<HashMap<String, crate::statements::SpooledBill>>,
     /// Precreated QR codes the payer has scanned. Alipay creates the trade of a precreate only
     /// when the payer scans the code: until then the trade APIs answer `ACQ.TRADE_NOT_EXIST`.
     scanned: Mutex<std::collections::HashSet<String>>,
@@ -489,20 +481,42 @@ impl Alipay {
         if bill_type != "trade" {
             return business_error("isv.invalid-bill-type", "账单类型不正确 (only trade)");
         }
-        let (name, content) = {
+        let lines = {
             let ledger = self.core.ledger();
             let trades: Vec<&Trade> = ledger.trades().collect();
-            super::bill::trade_bill_zip(&self.seller_id, &trades, date)
+            super::bill::ledger_lines(&trades, date)
+        };
+        let faults = lock(&self.core.statement_faults).clone();
+        let statement = crate::statements::DayStatement::new(date, lines, &faults);
+        // Written to a temp file as a stream (a synthetic day may hold 10^6 lines). This runs on
+        // the gateway's answer path, which is synchronous here; the file is on local disk.
+        let written = tempfile::NamedTempFile::new().and_then(|mut file| {
+            let out = std::io::BufWriter::new(file.as_file_mut());
+            super::bill::write_trade_bill_zip(out, &self.seller_id, &statement)?
+                .into_inner()
+                .map_err(|e| e.into_error())?;
+            Ok(file)
+        });
+        let file = match written {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::error!(error = %e, "writing a bill failed");
+                return business_error("ACQ.SYSTEM_ERROR", "系统繁忙");
+            }
         };
         let token = random_digits(24);
-        lock(&self.bills).insert(
-            token.clone(),
-            PendingBill {
-                name,
-                content,
-                expires: std::time::Instant::now() + BILL_URL_TTL,
-            },
-        );
+        {
+            let mut bills = lock(&self.bills);
+            crate::statements::purge(&mut bills);
+            bills.insert(
+                token.clone(),
+                crate::statements::SpooledBill {
+                    name: super::bill::file_name(&self.seller_id, date),
+                    file,
+                    expires: std::time::Instant::now() + BILL_URL_TTL,
+                },
+            );
+        }
         let host = params
             .get("__host")
             .cloned()
@@ -840,10 +854,13 @@ async fn download_bill(
         lock(&alipay.bills)
             .get(t)
             .filter(|b| b.expires > std::time::Instant::now())
-            .map(|b| (b.name.clone(), b.content.clone()))
+            .map(|b| (b.name.clone(), b.file.path().to_owned()))
     });
-    match bill {
-        Some((name, content)) => (
+    let Some((name, path)) = bill else {
+        return (StatusCode::OK, "下载超时，请重新下载").into_response();
+    };
+    match crate::statements::file_body(&path).await {
+        Ok(body) => (
             [
                 ("Content-Type", "application/zip".to_owned()),
                 (
@@ -851,10 +868,10 @@ async fn download_bill(
                     format!("attachment; filename=\"{name}\""),
                 ),
             ],
-            content,
+            body,
         )
             .into_response(),
-        None => (StatusCode::OK, "下载超时，请重新下载").into_response(),
+        Err(_) => (StatusCode::OK, "下载超时，请重新下载").into_response(),
     }
 }
 

@@ -623,6 +623,7 @@ pub fn router(unionpay: Arc<Unionpay>) -> Router {
         .route("/gateway/api/frontTransReq.do", post(front_trans))
         .route("/gateway/api/backTransReq.do", post(back_trans))
         .route("/gateway/api/queryTrans.do", post(query_trans))
+        .route("/gateway/api/fileTransRequest.do", post(file_trans))
         .with_state(unionpay)
         .merge(control::router(platform))
 }
@@ -721,6 +722,71 @@ async fn query_trans(State(unionpay): State<Arc<Unionpay>>, body: Bytes) -> Resp
         Ok(fields) => {
             let (echo, answer) = unionpay.query(&fields);
             unionpay.respond(&echo, answer)
+        }
+    };
+    unionpay.core.delay_api_answer().await;
+    response
+}
+
+/// The settlement day an `MMDD` names: this year's, or last year's when this year's is still to
+/// come (Beijing time).
+fn settle_day(mmdd: &str, today: chrono::NaiveDate) -> Option<chrono::NaiveDate> {
+    use chrono::Datelike as _;
+    if mmdd.len() != 4 || !mmdd.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let month: u32 = mmdd[..2].parse().ok()?;
+    let day: u32 = mmdd[2..].parse().ok()?;
+    let this_year = chrono::NaiveDate::from_ymd_opt(today.year(), month, day);
+    match this_year {
+        Some(d) if d <= today => Some(d),
+        _ => chrono::NaiveDate::from_ymd_opt(today.year() - 1, month, day),
+    }
+}
+
+/// The file transfer (`txnType=76`, `txnSubType=01`, `bizType=000000`, `fileType=00`,
+/// `settleDate=MMDD`): the day's reconciliation file as `fileContent`, built from the ledger with
+/// the statement faults applied. `respCode=98` for a day with no trade at all.
+async fn file_trans(State(unionpay): State<Arc<Unionpay>>, body: Bytes) -> Response {
+    let fields = match unionpay.admit(&body) {
+        Err(answer) => return answer,
+        Ok(fields) => fields,
+    };
+    let get = |k: &str| fields.get(k).map_or("", String::as_str);
+    if get("txnType") != "76" || get("fileType") != "00" || get("bizType") != "000000" {
+        return unionpay.respond(&fields, Answer::new(RespCode::FormatError));
+    }
+    let today = crate::statements::beijing_day(Utc::now());
+    let Some(day) = settle_day(get("settleDate"), today) else {
+        return unionpay.respond(&fields, Answer::new(RespCode::FormatError));
+    };
+    let lines = {
+        let ledger = unionpay.core.ledger();
+        let trades: Vec<&Trade> = ledger.trades().collect();
+        super::bill::ledger_lines(&trades, day)
+    };
+    let faults = crate::platform::lock(&unionpay.core.statement_faults).clone();
+    let statement = crate::statements::DayStatement::new(day, lines, &faults);
+    if statement.lines.is_empty() && statement.synthetic == 0 {
+        let answer = unionpay.respond(&fields, Answer::new(RespCode::FileNotFound));
+        unionpay.core.delay_api_answer().await;
+        return answer;
+    }
+    let mer_id = unionpay.mer_id.clone();
+    let content =
+        tokio::task::spawn_blocking(move || super::bill::file_content(&mer_id, &statement)).await;
+    let response = match content {
+        Ok(Ok(content)) => unionpay.respond(
+            &fields,
+            Answer::new(RespCode::Success)
+                .with("fileType", "00")
+                .with("settleDate", get("settleDate"))
+                .with("fileName", super::bill::file_name(&unionpay.mer_id, day))
+                .with("fileContent", content),
+        ),
+        other => {
+            tracing::error!(?other, "writing a reconciliation file failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     };
     unionpay.core.delay_api_answer().await;

@@ -99,13 +99,6 @@ struct Resource<'a> {
     tampered_plaintext: Option<&'a [u8]>,
 }
 
-/// A generated bill waiting to be downloaded.
-#[derive(Debug)]
-struct PendingBill {
-    content: Vec<u8>,
-    expires: std::time::Instant,
-}
-
 /// A platform certificate issued by `POST /sandbox/keys/rotate` (certificate mode).
 #[derive(Debug)]
 struct IssuedCertificate {
@@ -172,7 +165,7 @@ pub struct Wechat {
     merchants: MerchantKeys,
     keys: Mutex<SigningKeys>,
     apiv3_key: ApiV3Key,
-    bills: Mutex<HashMap<String, PendingBill>>,
+    bills: Mutex<HashMap<String, crate::statements::SpooledBill>>,
 }
 
 impl std::fmt::Debug for Wechat {
@@ -1158,43 +1151,102 @@ async fn trade_bill(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let response = (|| {
+    let request = (|| {
         wechat.admit(&method, &uri, &headers, b"")?;
         let date = query
             .get("bill_date")
             .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
             .ok_or_else(|| wechat.param_error("bill_date", "yyyy-MM-dd"))?;
-        let bill_type = query.get("bill_type").map(String::as_str).unwrap_or("ALL");
-        let content = {
+        let bill_type = query
+            .get("bill_type")
+            .map_or("ALL", String::as_str)
+            .to_owned();
+        if !super::bill::known_bill_type(&bill_type) {
+            return Err(wechat.param_error("bill_type", "ALL, SUCCESS or REFUND"));
+        }
+        let lines = {
             let ledger = wechat.core.ledger();
             let trades: Vec<&Trade> = ledger.trades().collect();
-            super::bill::trade_bill(&wechat.mchid, &trades, date, bill_type)
+            super::bill::ledger_lines(&trades, date)
+        };
+        let faults = lock(&wechat.core.statement_faults).clone();
+        Ok::<_, Response>((
+            crate::statements::DayStatement::new(date, lines, &faults),
+            bill_type,
+        ))
+    })();
+    let response = match request {
+        Err(answer) => answer,
+        Ok((statement, bill_type)) => {
+            let mchid = wechat.mchid.clone();
+            // Written to a temp file (hashed on the way) off the async threads: a synthetic day
+            // may be 10^6 lines.
+            let written = tokio::task::spawn_blocking(move || {
+                let mut file = tempfile::NamedTempFile::new()?;
+                let mut hashing = HashingWriter {
+                    inner: std::io::BufWriter::new(file.as_file().try_clone()?),
+                    hasher: Sha1::new(),
+                };
+                super::bill::write_trade_bill(&mut hashing, &mchid, &statement, &bill_type)?;
+                std::io::Write::flush(&mut hashing.inner)?;
+                let hash = hex::encode(hashing.hasher.finalize());
+                std::io::Write::flush(file.as_file_mut())?;
+                Ok::<_, std::io::Error>((file, hash))
+            })
+            .await;
+            match written {
+                Ok(Ok((file, hash))) => {
+                    let token = random_alphanumeric(32);
+                    let mut bills = lock(&wechat.bills);
+                    crate::statements::purge(&mut bills);
+                    bills.insert(
+                        token.clone(),
+                        crate::statements::SpooledBill {
+                            name: "bill.csv".to_owned(),
+                            file,
+                            expires: std::time::Instant::now() + BILL_URL_TTL,
+                        },
+                    );
+                    let host = headers
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("127.0.0.1");
+                    wechat.json(&json!({
+                        "hash_type": "SHA1",
+                        "hash_value": hash,
+                        "download_url": format!("http://{host}/v3/billdownload/file?token={token}"),
+                    }))
+                }
+                other => {
+                    tracing::error!(?other, "writing a bill failed");
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+            }
         }
-        .ok_or_else(|| wechat.param_error("bill_type", "ALL, SUCCESS or REFUND"))?;
-        let token = random_alphanumeric(32);
-        let hash = hex::encode(Sha1::digest(content.as_bytes()));
-        lock(&wechat.bills).insert(
-            token.clone(),
-            PendingBill {
-                content: content.into_bytes(),
-                expires: std::time::Instant::now() + BILL_URL_TTL,
-            },
-        );
-        let host = headers
-            .get("host")
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1");
-        Ok::<_, Response>(wechat.json(&json!({
-            "hash_type": "SHA1",
-            "hash_value": hash,
-            "download_url": format!("http://{host}/v3/billdownload/file?token={token}"),
-        })))
-    })()
-    .unwrap_or_else(|answer| answer);
+    };
     answer_after_delay(&wechat, response).await
 }
 
+/// Hashes what it writes (the bill's SHA-1 for `hash_value`).
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha1,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// The download itself is signed by the merchant but, as at WeChat, not signed in the answer.
+/// The bill is streamed from its temp file.
 async fn download_bill(
     State(wechat): State<Arc<Wechat>>,
     Query(query): Query<HashMap<String, String>>,
@@ -1205,15 +1257,18 @@ async fn download_bill(
     if let Err(answer) = wechat.admit(&method, &uri, &headers, b"") {
         return answer;
     }
-    let bill = query.get("token").and_then(|t| {
+    let path = query.get("token").and_then(|t| {
         lock(&wechat.bills)
             .get(t)
             .filter(|b| b.expires > std::time::Instant::now())
-            .map(|b| b.content.clone())
+            .map(|b| b.file.path().to_owned())
     });
-    match bill {
-        Some(content) => ([("Content-Type", "application/octet-stream")], content).into_response(),
-        None => wechat.fail(ErrorBody::new(ErrorCode::InvalidRequest, "下载链接已失效")),
+    let Some(path) = path else {
+        return wechat.fail(ErrorBody::new(ErrorCode::InvalidRequest, "下载链接已失效"));
+    };
+    match crate::statements::file_body(&path).await {
+        Ok(body) => ([("Content-Type", "application/octet-stream")], body).into_response(),
+        Err(_) => wechat.fail(ErrorBody::new(ErrorCode::InvalidRequest, "下载链接已失效")),
     }
 }
 

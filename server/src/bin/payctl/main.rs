@@ -149,6 +149,11 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Reconciliation of the channels' daily statements (admin).
+    Recon {
+        #[command(subcommand)]
+        cmd: ReconCmd,
+    },
     /// List refunds, newest first (of one order, or all of the app's).
     ListRefunds {
         #[arg(long, default_value = "")]
@@ -161,6 +166,172 @@ enum Command {
         #[arg(long, default_value = "")]
         page_token: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ReconCmd {
+    /// Start (or join the running) reconciliation of a channel's Beijing day; shows progress
+    /// until it finishes unless --no-wait.
+    Run {
+        /// wechat, alipay or unionpay.
+        #[arg(long)]
+        channel: String,
+        /// YYYY-MM-DD, Beijing time.
+        #[arg(long)]
+        day: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A run: status, lines read, discrepancies found and repaired.
+    Show { id: String },
+    /// Discrepancies, newest first.
+    List {
+        #[arg(long, default_value = "")]
+        run: String,
+        #[arg(long, default_value = "")]
+        channel: String,
+        #[arg(long, default_value = "")]
+        day: String,
+        /// MISSING_LOCALLY, MISSING_AT_CHANNEL, AMOUNT_MISMATCH, STATUS_MISMATCH, DUPLICATE, REFUND_…
+        #[arg(long, default_value = "")]
+        kind: String,
+        /// OPEN, REPAIRED, RESOLVED.
+        #[arg(long, default_value = "")]
+        status: String,
+        #[arg(long, default_value_t = 0)]
+        page_size: u32,
+        #[arg(long, default_value = "")]
+        cursor: String,
+    },
+    /// Settle an OPEN discrepancy, recording who and why.
+    Resolve {
+        id: String,
+        #[arg(long)]
+        resolution: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        /// The person resolving it.
+        #[arg(long)]
+        operator: String,
+    },
+}
+
+fn channel_arg(channel: &str) -> Result<i32, Failure> {
+    if channel.is_empty() {
+        return Ok(0);
+    }
+    payproto::channel::v1::Channel::from_str_name(&format!("CHANNEL_{}", channel.to_uppercase()))
+        .map(|c| c as i32)
+        .with_context(|| format!("unknown channel {channel}"))
+        .map_err(|e| Failure::Local(out::exit::REFUSED, "INVALID_ARGUMENT", e))
+}
+
+async fn recon(endpoint: &str, app: &str, cmd: ReconCmd, o: &Out) -> Result<(), Failure> {
+    use payproto::payment::v1::reconciliation_service_client::ReconciliationServiceClient;
+    let mut r = ReconciliationServiceClient::connect(endpoint.to_owned())
+        .await
+        .map_err(|e| {
+            Failure::Local(
+                out::exit::UNAVAILABLE,
+                "UNREACHABLE",
+                anyhow::Error::new(e).context(format!("connecting to {endpoint}")),
+            )
+        })?;
+    match cmd {
+        ReconCmd::Run {
+            channel,
+            day,
+            no_wait,
+        } => {
+            let started = r
+                .run_reconciliation(with_app(
+                    app,
+                    pb::RunReconciliationRequest {
+                        channel: channel_arg(&channel)?,
+                        day,
+                    },
+                )?)
+                .await?
+                .into_inner();
+            let mut run = started.run.unwrap_or_default();
+            if started.already_running && !o.json {
+                eprintln!("{}", o.dim("already running: following that run"));
+            }
+            while !no_wait && run.status == "RUNNING" {
+                o.recon_progress(&run);
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                run = r
+                    .get_reconciliation_run(with_app(
+                        app,
+                        pb::GetReconciliationRunRequest { id: run.id.clone() },
+                    )?)
+                    .await?
+                    .into_inner()
+                    .run
+                    .unwrap_or_default();
+            }
+            o.recon_progress_done();
+            o.recon_run(&run);
+        }
+        ReconCmd::Show { id } => {
+            let run = r
+                .get_reconciliation_run(with_app(app, pb::GetReconciliationRunRequest { id })?)
+                .await?
+                .into_inner()
+                .run
+                .unwrap_or_default();
+            o.recon_run(&run);
+        }
+        ReconCmd::List {
+            run,
+            channel,
+            day,
+            kind,
+            status,
+            page_size,
+            cursor,
+        } => {
+            let page = r
+                .list_discrepancies(with_app(
+                    app,
+                    pb::ListDiscrepanciesRequest {
+                        run_id: run,
+                        channel: channel_arg(&channel)?,
+                        day,
+                        kind: kind.to_uppercase(),
+                        status: status.to_uppercase(),
+                        page_size,
+                        cursor,
+                    },
+                )?)
+                .await?
+                .into_inner();
+            o.discrepancies(&page.discrepancies, &page.next_cursor);
+        }
+        ReconCmd::Resolve {
+            id,
+            resolution,
+            note,
+            operator,
+        } => {
+            let d = r
+                .resolve_discrepancy(with_app(
+                    app,
+                    pb::ResolveDiscrepancyRequest {
+                        id,
+                        resolution,
+                        note,
+                        operator,
+                    },
+                )?)
+                .await?
+                .into_inner()
+                .discrepancy
+                .unwrap_or_default();
+            o.discrepancies(std::slice::from_ref(&d), "");
+        }
+    }
+    Ok(())
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -236,6 +407,9 @@ async fn run(cli: Cli, o: Out) -> Result<(), Failure> {
         let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
         return Ok(());
     }
+    if let Command::Recon { cmd } = cli.command {
+        return recon(&cli.endpoint, &cli.app, cmd, &o).await;
+    }
     let mut client = PaymentServiceClient::connect(cli.endpoint.clone())
         .await
         .map_err(|e| {
@@ -247,7 +421,7 @@ async fn run(cli: Cli, o: Out) -> Result<(), Failure> {
         })?;
     let app = cli.app.as_str();
     match cli.command {
-        Command::Completions { .. } => {}
+        Command::Completions { .. } | Command::Recon { .. } => {}
         Command::CreateOrder {
             merchant_order_no,
             amount,

@@ -547,3 +547,123 @@ pub fn code_name(code: tonic::Code) -> String {
             s
         })
 }
+
+pub fn recon_run_json(r: &pb::ReconciliationRun) -> Value {
+    json!({
+        "id": r.id, "channel": channel(r.channel), "day": r.day, "status": r.status,
+        "requested_by": r.requested_by, "started_at": ts_json(r.started_at.as_ref()),
+        "finished_at": ts_json(r.finished_at.as_ref()), "lines_read": r.lines_read,
+        "discrepancies": r.discrepancies, "repaired": r.repaired,
+        "payment_count": r.payment_count, "refund_count": r.refund_count, "error": r.error,
+    })
+}
+
+pub fn discrepancy_json(d: &pb::Discrepancy) -> Value {
+    json!({
+        "id": d.id, "run_id": d.run_id, "channel": channel(d.channel), "day": d.day,
+        "kind": d.kind, "out_trade_no": d.out_trade_no, "out_refund_no": d.out_refund_no,
+        "channel_amount_minor": d.channel_amount_minor, "local_amount_minor": d.local_amount_minor,
+        "source_line": d.source_line, "status": d.status, "resolution": d.resolution,
+        "note": d.note, "resolved_by": d.resolved_by, "created_at": ts_json(d.created_at.as_ref()),
+        "resolved_at": ts_json(d.resolved_at.as_ref()),
+    })
+}
+
+impl Out {
+    /// A one-line progress indicator on stderr while a run is RUNNING (terminals only).
+    pub fn recon_progress(&self, r: &pb::ReconciliationRun) {
+        if self.json || !std::io::stderr().is_terminal() {
+            return;
+        }
+        const SPIN: [char; 4] = ['|', '/', '-', '\\'];
+        let frame = SPIN[(r.lines_read as usize / 1000 + std::process::id() as usize) % 4];
+        eprint!(
+            "\r{frame} {} {} {}: {} lines read",
+            self.status("RUNNING"),
+            channel(r.channel),
+            r.day,
+            r.lines_read
+        );
+    }
+
+    pub fn recon_progress_done(&self) {
+        if !self.json && std::io::stderr().is_terminal() {
+            eprintln!();
+        }
+    }
+
+    pub fn recon_run(&self, r: &pb::ReconciliationRun) {
+        if self.json {
+            return self.json(&json!({ "run": recon_run_json(r) }));
+        }
+        let status = match r.status.as_str() {
+            "COMPLETED" => self.paint("32", &r.status),
+            "FAILED" => self.paint("31", &r.status),
+            _ => self.paint("33", &r.status),
+        };
+        self.kv(
+            "Reconciliation run",
+            &[
+                ("id", r.id.clone()),
+                ("channel", channel(r.channel)),
+                ("day", r.day.clone()),
+                ("status", status),
+                ("requested_by", r.requested_by.clone()),
+                ("lines_read", r.lines_read.to_string()),
+                ("payments", r.payment_count.to_string()),
+                ("refunds", r.refund_count.to_string()),
+                ("discrepancies", r.discrepancies.to_string()),
+                ("repaired", r.repaired.to_string()),
+                ("started_at", ts(r.started_at.as_ref())),
+                ("finished_at", ts(r.finished_at.as_ref())),
+                ("error", r.error.clone()),
+            ],
+        );
+    }
+
+    pub fn discrepancies(&self, ds: &[pb::Discrepancy], next: &str) {
+        if self.json {
+            return self.json(&json!({
+                "discrepancies": ds.iter().map(discrepancy_json).collect::<Vec<_>>(),
+                "next_cursor": next,
+            }));
+        }
+        let amount = |a: Option<i64>| a.map(|v| fmt_minor(v, "CNY")).unwrap_or_default();
+        let rows: Vec<Vec<String>> = ds
+            .iter()
+            .map(|d| {
+                vec![
+                    d.id.clone(),
+                    d.kind.clone(),
+                    d.status.clone(),
+                    channel(d.channel),
+                    d.day.clone(),
+                    d.out_trade_no.clone(),
+                    d.out_refund_no.clone(),
+                    amount(d.channel_amount_minor),
+                    amount(d.local_amount_minor),
+                    d.resolved_by.clone(),
+                ]
+            })
+            .collect();
+        self.table(
+            &[
+                "ID",
+                "KIND",
+                "STATUS",
+                "CHANNEL",
+                "DAY",
+                "OUT TRADE NO",
+                "OUT REFUND NO",
+                "AT CHANNEL",
+                "LOCAL",
+                "BY",
+            ],
+            &rows,
+            None,
+        );
+        if !next.is_empty() {
+            println!("{}", self.dim(&format!("next page: --cursor {next}")));
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Reconciliation storage: runs, the staged statement lines of a run, and discrepancies.
+//!
+//! The comparison itself is a handful of set queries (anti-joins both ways) over the staged lines
+//! and the day's attempts and refunds, so payd holds one page of a statement at a time and never
+//! a day.
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Date, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use uuid::Uuid;
+
+use super::StorageError;
+
+#[derive(Debug, Clone, QueryableByName)]
+pub struct RunRow {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub channel: String,
+    #[diesel(sql_type = Date)]
+    pub day: NaiveDate,
+    #[diesel(sql_type = Text)]
+    pub status: String,
+    #[diesel(sql_type = Text)]
+    pub requested_by: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub started_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = BigInt)]
+    pub lines_read: i64,
+    #[diesel(sql_type = BigInt)]
+    pub discrepancies: i64,
+    #[diesel(sql_type = BigInt)]
+    pub repaired: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub payment_count: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub refund_count: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, QueryableByName)]
+pub struct DiscrepancyRow {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    pub run_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub channel: String,
+    #[diesel(sql_type = Date)]
+    pub day: NaiveDate,
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Text)]
+    pub out_trade_no: String,
+    #[diesel(sql_type = Text)]
+    pub out_refund_no: String,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub channel_amount_minor: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub local_amount_minor: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub source_line: Option<i64>,
+    #[diesel(sql_type = Text)]
+    pub status: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub resolution: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub note: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub resolved_by: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+const RUN_COLS: &str = "id, channel, day, status, requested_by, started_at, finished_at, \
+    lines_read, discrepancies, repaired, payment_count, refund_count, error";
+const DISC_COLS: &str = "id, run_id, channel, day, kind, out_trade_no, out_refund_no, \
+    channel_amount_minor, local_amount_minor, source_line, status, resolution, note, resolved_by, \
+    created_at, resolved_at";
+
+/// Starts a run of (channel, day), or returns the one RUNNING already (`true`).
+///
+/// Serialised per (channel, day) by a transaction-scoped advisory lock, and guarded by the partial
+/// unique index `recon_runs_one_running` whatever happens: two replicas never run a day at once.
+pub fn start_run(
+    conn: &mut PgConnection,
+    channel: &str,
+    day: NaiveDate,
+    requested_by: &str,
+) -> Result<(RunRow, bool), StorageError> {
+    conn.transaction(|conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('recon:' || $1 || ':' || $2::text))")
+            .bind::<Text, _>(channel)
+            .bind::<Date, _>(day)
+            .execute(conn)?;
+        let running: Option<RunRow> = diesel::sql_query(format!(
+            "SELECT {RUN_COLS} FROM recon_runs WHERE channel = $1 AND day = $2 AND status = 'RUNNING'"
+        ))
+        .bind::<Text, _>(channel)
+        .bind::<Date, _>(day)
+        .get_result(conn)
+        .optional()?;
+        if let Some(r) = running {
+            return Ok((r, true));
+        }
+        let row: RunRow = diesel::sql_query(format!(
+            "INSERT INTO recon_runs (id, channel, day, status, requested_by) \
+             VALUES ($1, $2, $3, 'RUNNING', $4) RETURNING {RUN_COLS}"
+        ))
+        .bind::<SqlUuid, _>(Uuid::new_v4())
+        .bind::<Text, _>(channel)
+        .bind::<Date, _>(day)
+        .bind::<Text, _>(requested_by)
+        .get_result(conn)?;
+        Ok((row, false))
+    })
+}
+
+pub fn get_run(conn: &mut PgConnection, id: Uuid) -> Result<Option<RunRow>, StorageError> {
+    Ok(
+        diesel::sql_query(format!("SELECT {RUN_COLS} FROM recon_runs WHERE id = $1"))
+            .bind::<SqlUuid, _>(id)
+            .get_result(conn)
+            .optional()?,
+    )
+}
+
+/// One page of a statement, column-wise (bound as arrays: one INSERT per page).
+#[derive(Debug, Default)]
+pub struct StagedPage {
+    pub source_line: Vec<i64>,
+    pub kind: Vec<String>,
+    pub out_trade_no: Vec<String>,
+    pub out_refund_no: Vec<String>,
+    pub channel_trade_no: Vec<String>,
+    pub state: Vec<String>,
+    pub amount_minor: Vec<i64>,
+    pub currency: Vec<String>,
+    pub at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl StagedPage {
+    pub fn len(&self) -> usize {
+        self.source_line.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.source_line.is_empty()
+    }
+}
+
+/// Stages a page and counts it into the run's progress.
+pub fn stage_page(
+    conn: &mut PgConnection,
+    run: Uuid,
+    page: &StagedPage,
+) -> Result<(), StorageError> {
+    conn.transaction(|conn| {
+        diesel::sql_query(
+            "INSERT INTO recon_statement_lines (run_id, source_line, kind, out_trade_no, \
+             out_refund_no, channel_trade_no, state, amount_minor, currency, at) \
+             SELECT $1, * FROM unnest($2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind::<SqlUuid, _>(run)
+        .bind::<Array<BigInt>, _>(&page.source_line)
+        .bind::<Array<Text>, _>(&page.kind)
+        .bind::<Array<Text>, _>(&page.out_trade_no)
+        .bind::<Array<Text>, _>(&page.out_refund_no)
+        .bind::<Array<Text>, _>(&page.channel_trade_no)
+        .bind::<Array<Text>, _>(&page.state)
+        .bind::<Array<BigInt>, _>(&page.amount_minor)
+        .bind::<Array<Text>, _>(&page.currency)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&page.at)
+        .execute(conn)?;
+        diesel::sql_query(
+            "UPDATE recon_runs SET lines_read = lines_read + $2, heartbeat_at = now() WHERE id = $1",
+        )
+        .bind::<SqlUuid, _>(run)
+        .bind::<BigInt, _>(i64::try_from(page.len()).unwrap_or(i64::MAX))
+        .execute(conn)?;
+        Ok(())
+    })
+}
+
+/// Ends a run FAILED: its staged lines are dropped and nothing else is recorded.
+pub fn fail_run(conn: &mut PgConnection, run: Uuid, error: &str) -> Result<(), StorageError> {
+    conn.transaction(|conn| {
+        diesel::sql_query("DELETE FROM recon_statement_lines WHERE run_id = $1")
+            .bind::<SqlUuid, _>(run)
+            .execute(conn)?;
+        diesel::sql_query(
+            "UPDATE recon_runs SET status = 'FAILED', error = $2, finished_at = now() \
+             WHERE id = $1 AND status = 'RUNNING'",
+        )
+        .bind::<SqlUuid, _>(run)
+        .bind::<Text, _>(error)
+        .execute(conn)?;
+        Ok(())
+    })
+}
+
+#[derive(QueryableByName)]
+struct KindRow {
+    #[diesel(sql_type = Text)]
+    kind: String,
+}
+
+/// The day's bounds in Beijing time, as SQL over `$3` (the day).
+const DAY_START: &str = "(($3::date)::timestamp AT TIME ZONE 'Asia/Shanghai')";
+const DAY_END: &str = "((($3::date) + 1)::timestamp AT TIME ZONE 'Asia/Shanghai')";
+
+/// Records every discrepancy that needs no repair attempt, in one transaction; returns the kinds
+/// of the ones that are new (a re-run of a day returns nothing for what is known already).
+///
+/// `$1` run, `$2` channel, `$3` day.
+pub fn compare(
+    conn: &mut PgConnection,
+    run: Uuid,
+    channel: &str,
+    day: NaiveDate,
+) -> Result<Vec<String>, StorageError> {
+    let insert = "INSERT INTO recon_discrepancies (id, run_id, channel, day, kind, out_trade_no, \
+        out_refund_no, channel_amount_minor, local_amount_minor, source_line, status) ";
+    let tail = " ON CONFLICT ON CONSTRAINT recon_discrepancies_once DO NOTHING RETURNING kind";
+    let lines = "recon_statement_lines l WHERE l.run_id = $1";
+    let queries = [
+        // A success at the channel for a trade we do not know at all.
+        format!(
+            "{insert} SELECT gen_random_uuid(), $1, $2, $3, 'MISSING_LOCALLY', l.out_trade_no, '', \
+             l.amount_minor, NULL, l.source_line, 'OPEN' FROM {lines} \
+             AND l.kind = 'PAYMENT' AND l.state = 'SUCCEEDED' AND NOT EXISTS \
+             (SELECT 1 FROM payment_attempts a WHERE a.out_trade_no = l.out_trade_no AND a.channel = $2) {tail}"
+        ),
+        // A trade we know, for another amount.
+        format!(
+            "{insert} SELECT gen_random_uuid(), $1, $2, $3, 'AMOUNT_MISMATCH', l.out_trade_no, '', \
+             l.amount_minor, a.amount_minor, l.source_line, 'OPEN' \
+             FROM recon_statement_lines l JOIN payment_attempts a \
+               ON a.out_trade_no = l.out_trade_no AND a.channel = $2 \
+             WHERE l.run_id = $1 AND l.kind = 'PAYMENT' AND l.state = 'SUCCEEDED' \
+               AND a.amount_minor <> l.amount_minor {tail}"
+        ),
+        // Two successes for one order (one trade twice, or two trades of the order).
+        format!(
+            "{insert} SELECT gen_random_uuid(), $1, $2, $3, 'DUPLICATE', d.out_trade_no, '', \
+             d.amount_minor, d.local, d.source_line, 'OPEN' FROM ( \
+               SELECT l.out_trade_no, l.amount_minor, a.amount_minor AS local, l.source_line, \
+                      count(*) OVER (PARTITION BY a.order_id) AS n \
+               FROM recon_statement_lines l JOIN payment_attempts a \
+                 ON a.out_trade_no = l.out_trade_no AND a.channel = $2 \
+               WHERE l.run_id = $1 AND l.kind = 'PAYMENT' AND l.state = 'SUCCEEDED') d \
+             WHERE d.n > 1 {tail}"
+        ),
+        // Our success of that day the channel does not list.
+        format!(
+            "{insert} SELECT gen_random_uuid(), $1, $2, $3, 'MISSING_AT_CHANNEL', a.out_trade_no, '', \
+             NULL, a.amount_minor, NULL, 'OPEN' FROM payment_attempts a \
+             WHERE a.channel = $2 AND a.status = 'SUCCEEDED' \
+             AND a.succeeded_at >= {DAY_START} AND a.succeeded_at < {DAY_END} AND NOT EXISTS \
+             (SELECT 1 FROM {lines} AND l.kind = 'PAYMENT' AND l.state = 'SUCCEEDED' \
+              AND l.out_trade_no = a.out_trade_no) {tail}"
+        ),
+        // A refund at the channel we do not know.
+        format!(
+            "{insert} SELECT gen_random_uuid(), $1, $2, $3, 'REFUND_MISSING_LOCALLY', l.out_trade_no, \
+             l.out_refund_no, l.amount_minor, NULL, l.source_line, 'OPEN' FROM {lines} \
+             AND l.kind = 'REFUND' AND l.state = 'SUCCEEDED' AND NOT EXISTS \
+             (SELECT 1 FROM refunds r WHERE r.out_refund_no = l.out_refund_no AND r.channel = $2) {tail}"
+        ),
+        // A refund we know, not settled here (the refund follow-up job owns that transition).
+        format!(
+            "{insert} SELECT gen_random_uuid(), $1, $2, $3, 'REFUND_STATUS_MISMATCH', l.out_trade_no, \
+             l.out_refund_no, l.amount_minor, r.amount_minor, l.source_line, 'OPEN' \
+             FROM recon_statement_lines l JOIN refunds r \
+               ON r.out_refund_no = l.out_refund_no AND r.channel = $2 \
+             WHERE l.run_id = $1 AND l.kind = 'REFUND' AND l.state = 'SUCCEEDED' \
+               AND r.status <> 'SUCCEEDED' {tail}"
+        ),
+        // A refund we know, for another amount.
+        format!(
+            "{insert} SELECT gen_random_uuid(), $1, $2, $3, 'REFUND_AMOUNT_MISMATCH', l.out_trade_no, \
+             l.out_refund_no, l.amount_minor, r.amount_minor, l.source_line, 'OPEN' \
+             FROM recon_statement_lines l JOIN refunds r ON r.out_refund_no = l.out_refund_no \
+             AND r.channel = $2 WHERE l.run_id = $1 AND l.kind = 'REFUND' AND l.state = 'SUCCEEDED' \
+             AND r.amount_minor <> l.amount_minor {tail}"
+        ),
+        // Our refund of that day the channel does not list.
+        format!(
+            "{insert} SELECT gen_random_uuid(), $1, $2, $3, 'REFUND_MISSING_AT_CHANNEL', a.out_trade_no, \
+             r.out_refund_no, NULL, r.amount_minor, NULL, 'OPEN' FROM refunds r \
+             JOIN payment_attempts a ON a.id = r.attempt_id \
+             WHERE r.channel = $2 AND r.status = 'SUCCEEDED' \
+             AND r.succeeded_at >= {DAY_START} AND r.succeeded_at < {DAY_END} AND NOT EXISTS \
+             (SELECT 1 FROM {lines} AND l.kind = 'REFUND' AND l.state = 'SUCCEEDED' \
+              AND l.out_refund_no = r.out_refund_no) {tail}"
+        ),
+    ];
+    conn.transaction(|conn| {
+        let mut kinds = Vec::new();
+        for q in &queries {
+            let rows: Vec<KindRow> = diesel::sql_query(q.as_str())
+                .bind::<SqlUuid, _>(run)
+                .bind::<Text, _>(channel)
+                .bind::<Date, _>(day)
+                .load(conn)?;
+            kinds.extend(rows.into_iter().map(|r| r.kind));
+        }
+        Ok(kinds)
+    })
+}
+
+/// A statement success for a trade we know that is not SUCCEEDED here, for the same amount.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct RepairCandidate {
+    #[diesel(sql_type = Text)]
+    pub out_trade_no: String,
+    #[diesel(sql_type = Text)]
+    pub channel_trade_no: String,
+    #[diesel(sql_type = BigInt)]
+    pub amount_minor: i64,
+    #[diesel(sql_type = Text)]
+    pub currency: String,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = BigInt)]
+    pub source_line: i64,
+    #[diesel(sql_type = BigInt)]
+    pub local_amount_minor: i64,
+}
+
+/// The next `limit` repair candidates after `after` (keyset on out_trade_no), skipping trades a
+/// discrepancy of this day already names.
+pub fn repair_candidates(
+    conn: &mut PgConnection,
+    run: Uuid,
+    channel: &str,
+    day: NaiveDate,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<RepairCandidate>, StorageError> {
+    Ok(diesel::sql_query(
+        "SELECT DISTINCT ON (l.out_trade_no) l.out_trade_no, l.channel_trade_no, l.amount_minor, \
+         l.currency, l.at, l.source_line, a.amount_minor AS local_amount_minor \
+         FROM recon_statement_lines l JOIN payment_attempts a \
+           ON a.out_trade_no = l.out_trade_no AND a.channel = $2 \
+         WHERE l.run_id = $1 AND l.kind = 'PAYMENT' AND l.state = 'SUCCEEDED' \
+           AND a.status <> 'SUCCEEDED' AND a.amount_minor = l.amount_minor AND l.out_trade_no > $4 \
+           AND NOT EXISTS (SELECT 1 FROM recon_discrepancies d WHERE d.channel = $2 AND d.day = $3 \
+             AND d.kind IN ('MISSING_LOCALLY', 'STATUS_MISMATCH') AND d.out_trade_no = l.out_trade_no) \
+         ORDER BY l.out_trade_no, l.source_line LIMIT $5",
+    )
+    .bind::<SqlUuid, _>(run)
+    .bind::<Text, _>(channel)
+    .bind::<Date, _>(day)
+    .bind::<Text, _>(after)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?)
+}
+
+/// Records what a repair attempt did: `MISSING_LOCALLY`/`REPAIRED` when the results transition
+/// applied it, `STATUS_MISMATCH`/`OPEN` when it refused. Returns whether it was new.
+pub fn record_repair(
+    conn: &mut PgConnection,
+    run: Uuid,
+    channel: &str,
+    day: NaiveDate,
+    c: &RepairCandidate,
+    repaired: bool,
+) -> Result<bool, StorageError> {
+    let (kind, status, resolution) = if repaired {
+        (
+            "MISSING_LOCALLY",
+            "REPAIRED",
+            Some("applied through the results transition"),
+        )
+    } else {
+        ("STATUS_MISMATCH", "OPEN", None)
+    };
+    let n = diesel::sql_query(
+        "INSERT INTO recon_discrepancies (id, run_id, channel, day, kind, out_trade_no, \
+         out_refund_no, channel_amount_minor, local_amount_minor, source_line, status, resolution, \
+         resolved_by, resolved_at) VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, '', $6, $7, $8, $9, \
+         $10, CASE WHEN $9 = 'REPAIRED' THEN 'reconciliation' END, CASE WHEN $9 = 'REPAIRED' THEN now() END) \
+         ON CONFLICT ON CONSTRAINT recon_discrepancies_once DO NOTHING",
+    )
+    .bind::<SqlUuid, _>(run)
+    .bind::<Text, _>(channel)
+    .bind::<Date, _>(day)
+    .bind::<Text, _>(kind)
+    .bind::<Text, _>(&c.out_trade_no)
+    .bind::<BigInt, _>(c.amount_minor)
+    .bind::<BigInt, _>(c.local_amount_minor)
+    .bind::<BigInt, _>(c.source_line)
+    .bind::<Text, _>(status)
+    .bind::<Nullable<Text>, _>(resolution)
+    .execute(conn)?;
+    Ok(n > 0)
+}
+
+/// Ends a run COMPLETED with its counts; drops its staged lines.
+pub fn complete_run(
+    conn: &mut PgConnection,
+    run: Uuid,
+    discrepancies: i64,
+    repaired: i64,
+    payment_count: i64,
+    refund_count: i64,
+) -> Result<Option<RunRow>, StorageError> {
+    conn.transaction(|conn| {
+        diesel::sql_query("DELETE FROM recon_statement_lines WHERE run_id = $1")
+            .bind::<SqlUuid, _>(run)
+            .execute(conn)?;
+        Ok(diesel::sql_query(format!(
+            "UPDATE recon_runs SET status = 'COMPLETED', finished_at = now(), discrepancies = $2, \
+             repaired = $3, payment_count = $4, refund_count = $5 WHERE id = $1 RETURNING {RUN_COLS}"
+        ))
+        .bind::<SqlUuid, _>(run)
+        .bind::<BigInt, _>(discrepancies)
+        .bind::<BigInt, _>(repaired)
+        .bind::<BigInt, _>(payment_count)
+        .bind::<BigInt, _>(refund_count)
+        .get_result(conn)
+        .optional()?)
+    })
+}
+
+/// Filters of ListDiscrepancies (all optional, ANDed).
+#[derive(Debug, Default, Clone)]
+pub struct DiscrepancyFilter {
+    pub run_id: Option<Uuid>,
+    pub channel: Option<String>,
+    pub day: Option<NaiveDate>,
+    pub kind: Option<String>,
+    pub status: Option<String>,
+    /// Keyset: strictly older than (created_at, id).
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+}
+
+pub fn list_discrepancies(
+    conn: &mut PgConnection,
+    f: &DiscrepancyFilter,
+    limit: i64,
+) -> Result<Vec<DiscrepancyRow>, StorageError> {
+    let (before_at, before_id) = f.before.unzip();
+    Ok(diesel::sql_query(format!(
+        "SELECT {DISC_COLS} FROM recon_discrepancies WHERE \
+         ($1::uuid IS NULL OR run_id = $1) AND ($2::text IS NULL OR channel = $2) \
+         AND ($3::date IS NULL OR day = $3) AND ($4::text IS NULL OR kind = $4) \
+         AND ($5::text IS NULL OR status = $5) \
+         AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7)) \
+         ORDER BY created_at DESC, id DESC LIMIT $8"
+    ))
+    .bind::<Nullable<SqlUuid>, _>(f.run_id)
+    .bind::<Nullable<Text>, _>(f.channel.as_deref())
+    .bind::<Nullable<Date>, _>(f.day)
+    .bind::<Nullable<Text>, _>(f.kind.as_deref())
+    .bind::<Nullable<Text>, _>(f.status.as_deref())
+    .bind::<Nullable<Timestamptz>, _>(before_at)
+    .bind::<Nullable<SqlUuid>, _>(before_id)
+    .bind::<BigInt, _>(limit)
+    .load(conn)?)
+}
+
+pub fn get_discrepancy(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<DiscrepancyRow>, StorageError> {
+    Ok(diesel::sql_query(format!(
+        "SELECT {DISC_COLS} FROM recon_discrepancies WHERE id = $1"
+    ))
+    .bind::<SqlUuid, _>(id)
+    .get_result(conn)
+    .optional()?)
+}
+
+/// Resolves an OPEN discrepancy; `None` when it is not OPEN (or does not exist).
+pub fn resolve(
+    conn: &mut PgConnection,
+    id: Uuid,
+    resolution: &str,
+    note: &str,
+    by: &str,
+) -> Result<Option<DiscrepancyRow>, StorageError> {
+    Ok(diesel::sql_query(format!(
+        "UPDATE recon_discrepancies SET status = 'RESOLVED', resolution = $2, note = $3, \
+         resolved_by = $4, resolved_at = now() WHERE id = $1 AND status = 'OPEN' RETURNING {DISC_COLS}"
+    ))
+    .bind::<SqlUuid, _>(id)
+    .bind::<Text, _>(resolution)
+    .bind::<Text, _>(note)
+    .bind::<Text, _>(by)
+    .get_result(conn)
+    .optional()?)
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    e: bool,
+}
+
+/// Whether (channel, day) has a COMPLETED run (the scheduler leaves such a day alone).
+pub fn completed_exists(
+    conn: &mut PgConnection,
+    channel: &str,
+    day: NaiveDate,
+) -> Result<bool, StorageError> {
+    let r: Exists = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM recon_runs WHERE channel = $1 AND day = $2 \
+         AND status = 'COMPLETED') AS e",
+    )
+    .bind::<Text, _>(channel)
+    .bind::<Date, _>(day)
+    .get_result(conn)?;
+    Ok(r.e)
+}
