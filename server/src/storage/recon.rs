@@ -82,6 +82,10 @@ const DISC_COLS: &str = "id, run_id, channel, day, kind, out_trade_no, out_refun
     channel_amount_minor, local_amount_minor, source_line, status, resolution, note, resolved_by, \
     created_at, resolved_at";
 
+/// A RUNNING run whose heartbeat (written with every staged page) is older than this is taken
+/// to be abandoned.
+pub const ABANDONED_AFTER_SECS: i32 = 600;
+
 /// Starts a run of (channel, day), or returns the one RUNNING already (`true`).
 ///
 /// Serialised per (channel, day) by a transaction-scoped advisory lock, and guarded by the partial
@@ -97,6 +101,22 @@ pub fn start_run(
             .bind::<Text, _>(channel)
             .bind::<Date, _>(day)
             .execute(conn)?;
+        // A run that stopped making progress (its replica died mid-statement) is taken over:
+        // it ends FAILED with its staged lines dropped, so the day is not blocked for good.
+        // Should its replica come back, what it records is keyed per day and kind and cannot
+        // double anything.
+        diesel::sql_query(
+            "WITH abandoned AS ( \
+               UPDATE recon_runs SET status = 'FAILED', finished_at = now(), \
+                 error = 'abandoned: no progress for ' || $3 || ' seconds; taken over by a new run' \
+               WHERE channel = $1 AND day = $2 AND status = 'RUNNING' \
+                 AND heartbeat_at < now() - make_interval(secs => $3) RETURNING id) \
+             DELETE FROM recon_statement_lines WHERE run_id IN (SELECT id FROM abandoned)",
+        )
+        .bind::<Text, _>(channel)
+        .bind::<Date, _>(day)
+        .bind::<diesel::sql_types::Integer, _>(ABANDONED_AFTER_SECS)
+        .execute(conn)?;
         let running: Option<RunRow> = diesel::sql_query(format!(
             "SELECT {RUN_COLS} FROM recon_runs WHERE channel = $1 AND day = $2 AND status = 'RUNNING'"
         ))

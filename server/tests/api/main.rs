@@ -10,5 +10,6 @@ mod orders;
 mod outbox;
 mod pay;
 mod queries;
+mod recon;
 mod refunds;
 mod validation;
