@@ -193,3 +193,64 @@ pub fn attempt_to_pb(a: &Attempt) -> pb::PaymentAttempt {
         created_at: Some(timestamp(a.created_at)),
     }
 }
+
+/// The paging and time window every List call shares, parsed once.
+pub struct PageRequest {
+    pub page_size: i32,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+    /// The (created_at, id) cursor of the previous page.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+}
+
+const DEFAULT_PAGE_SIZE: i32 = 50;
+const MAX_PAGE_SIZE: i32 = 200;
+
+impl PageRequest {
+    /// `page_size` 0 means 50, at most 200; `created_from` must not be after `created_to`.
+    ///
+    /// # Errors
+    /// A [`FieldError`] naming the malformed field.
+    pub fn parse(
+        page_size: i32,
+        created_from: Option<&prost_types::Timestamp>,
+        created_to: Option<&prost_types::Timestamp>,
+        page_token: &str,
+    ) -> Result<Self, FieldError> {
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
+            n => {
+                return Err(FieldError::new(
+                    "page_size",
+                    format!("must be 0..={MAX_PAGE_SIZE}, got {n}"),
+                ));
+            }
+        };
+        let created_from = created_from
+            .map(|t| from_timestamp("created_from", t))
+            .transpose()?;
+        let created_to = created_to
+            .map(|t| from_timestamp("created_to", t))
+            .transpose()?;
+        if let (Some(f), Some(t)) = (created_from, created_to)
+            && f > t
+        {
+            return Err(FieldError::new(
+                "created_from",
+                "must not be after created_to",
+            ));
+        }
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(decode_page_token(page_token)?)
+        };
+        Ok(Self {
+            page_size,
+            created_from,
+            created_to,
+            after,
+        })
+    }
+}

@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    attempt_to_pb, channel_from_pb, decode_page_token, encode_page_token, from_timestamp,
-    method_from_pb, order_to_pb, status_from_pb,
+    PageRequest, attempt_to_pb, channel_from_pb, encode_page_token, method_from_pb, order_to_pb,
+    status_from_pb,
 };
 use super::status::observe;
 use crate::app::pay::{PayCommand, PayOutcome};
@@ -20,8 +20,6 @@ use crate::domain::{Order, OrderFilter};
 
 /// Metadata key naming the calling app.
 pub const APP_ID_HEADER: &str = "x-app-id";
-const DEFAULT_PAGE_SIZE: i32 = 50;
-const MAX_PAGE_SIZE: i32 = 200;
 
 pub struct PaymentApi {
     app: App,
@@ -185,48 +183,24 @@ impl PaymentApi {
     ) -> Result<pb::ListOrdersResponse, ServiceError> {
         let app = app_id(&req)?;
         let body = req.into_inner();
-        let page_size = match body.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-            n => {
-                return Err(FieldError::new(
-                    "page_size",
-                    format!("must be 0..={MAX_PAGE_SIZE}, got {n}"),
-                )
-                .into());
-            }
-        };
+        let page = PageRequest::parse(
+            body.page_size,
+            body.created_from.as_ref(),
+            body.created_to.as_ref(),
+            &body.page_token,
+        )?;
+        let page_size = page.page_size;
         let statuses = body
             .statuses
             .iter()
             .map(|s| status_from_pb("statuses", *s))
             .collect::<Result<Vec<_>, _>>()?;
-        let created_from = body
-            .created_from
-            .as_ref()
-            .map(|t| from_timestamp("created_from", t))
-            .transpose()?;
-        let created_to = body
-            .created_to
-            .as_ref()
-            .map(|t| from_timestamp("created_to", t))
-            .transpose()?;
-        if let (Some(f), Some(t)) = (created_from, created_to)
-            && f > t
-        {
-            return Err(FieldError::new("created_from", "must not be after created_to").into());
-        }
-        let after = if body.page_token.is_empty() {
-            None
-        } else {
-            Some(decode_page_token(&body.page_token)?)
-        };
         // One row more than the page tells whether another page exists.
         let filter = OrderFilter {
             statuses,
-            created_from,
-            created_to,
-            after,
+            created_from: page.created_from,
+            created_to: page.created_to,
+            after: page.after,
             limit: i64::from(page_size) + 1,
         };
         let mut rows = self.app.list_orders(app, filter).await?;

@@ -4,15 +4,10 @@ use payproto::payment::v1 as pb;
 use prost::Message;
 use tonic::Request;
 
-use super::convert::{
-    decode_page_token, encode_cursor, from_timestamp, refund_status_from_pb, refund_to_pb,
-};
+use super::convert::{PageRequest, encode_cursor, refund_status_from_pb, refund_to_pb};
 use super::payment::{PaymentApi, app_id, decode};
 use crate::app::{Outcome, ServiceError};
 use crate::domain::{FieldError, NewRefund, OrderId, Refund, RefundFilter};
-
-const DEFAULT_PAGE_SIZE: i32 = 50;
-const MAX_PAGE_SIZE: i32 = 200;
 
 fn encode_create_refund(r: &Refund) -> Vec<u8> {
     pb::CreateRefundResponse {
@@ -90,17 +85,13 @@ impl PaymentApi {
     ) -> Result<pb::ListRefundsResponse, ServiceError> {
         let app = app_id(&req)?;
         let body = req.into_inner();
-        let page_size = match body.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
-            n => {
-                return Err(FieldError::new(
-                    "page_size",
-                    format!("must be 0..={MAX_PAGE_SIZE}, got {n}"),
-                )
-                .into());
-            }
-        };
+        let page = PageRequest::parse(
+            body.page_size,
+            body.created_from.as_ref(),
+            body.created_to.as_ref(),
+            &body.page_token,
+        )?;
+        let page_size = page.page_size;
         let order_id = if body.order_id.is_empty() {
             None
         } else {
@@ -111,33 +102,13 @@ impl PaymentApi {
             .iter()
             .map(|s| refund_status_from_pb("statuses", *s))
             .collect::<Result<Vec<_>, _>>()?;
-        let created_from = body
-            .created_from
-            .as_ref()
-            .map(|t| from_timestamp("created_from", t))
-            .transpose()?;
-        let created_to = body
-            .created_to
-            .as_ref()
-            .map(|t| from_timestamp("created_to", t))
-            .transpose()?;
-        if let (Some(f), Some(t)) = (created_from, created_to)
-            && f > t
-        {
-            return Err(FieldError::new("created_from", "must not be after created_to").into());
-        }
-        let after = if body.page_token.is_empty() {
-            None
-        } else {
-            Some(decode_page_token(&body.page_token)?)
-        };
         let limit = usize::try_from(page_size).unwrap_or(usize::MAX);
         let filter = RefundFilter {
             order_id,
             statuses,
-            created_from,
-            created_to,
-            after,
+            created_from: page.created_from,
+            created_to: page.created_to,
+            after: page.after,
             limit: i64::from(page_size) + 1,
         };
         let mut rows = self.app().list_refunds(app, filter).await?;
