@@ -138,6 +138,11 @@ pub struct Settings {
     pub event_sink_timeout_ms: u64,
     /// `PAYD_OUTBOX_TICK_MS`: how often the sequencer and the dispatcher run when idle.
     pub outbox_tick_ms: u64,
+    /// `PAYD_OPS_APP_ID`: the app that receives the events that concern no order
+    /// (`reconciliation.completed`/`.failed`, discrepancies of trades we do not know); it reads
+    /// them with WatchEvents as that app and gets them pushed when `PAYD_EVENT_SINKS` names a
+    /// sink for it. Default `ops`.
+    pub ops_app_id: String,
     /// `PAYD_RECON_SCHEDULE`: "HH:MM" Beijing time at which every replica reconciles each enabled
     /// channel's previous Beijing day (one run per channel and day across replicas); empty (the
     /// default) turns the schedule off. Runs on demand (RunReconciliation) work either way.
@@ -205,6 +210,7 @@ impl Default for Settings {
                 .to_owned(),
             event_sink_timeout_ms: 10_000,
             outbox_tick_ms: 50,
+            ops_app_id: crate::app::delivery::DEFAULT_OPS_APP.to_owned(),
             recon_schedule: String::new(),
             payment_query_delays_ms: "10000,20000,30000".to_owned(),
             payment_query_ceiling_ms: 300_000,
@@ -261,6 +267,12 @@ impl Settings {
         };
         if self.database_pool_size == 0 {
             return bad("database_pool_size", "must be at least 1");
+        }
+        if self.ops_app_id.trim().is_empty() {
+            return bad(
+                "ops_app_id",
+                "must name the app that receives operations events",
+            );
         }
         if self.lock_ttl_ms < 100 {
             return bad("lock_ttl_ms", "must be at least 100");

@@ -89,7 +89,8 @@ impl Application {
                     Duration::from_millis(settings.event_sink_timeout_ms),
                     settings.event_retry_delays()?,
                 )
-                .context("event sinks")?,
+                .context("event sinks")?
+                .with_ops_app(settings.ops_app_id.clone()),
             ),
             payment_queries: settings.payment_queries()?,
         };

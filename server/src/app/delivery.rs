@@ -23,7 +23,14 @@ pub struct EventSinks {
     pub claim_lease: Duration,
     /// How many events one dispatcher pass claims.
     pub batch: i64,
+    /// The app that receives events concerning no order (reconciliation runs, discrepancies of
+    /// trades we do not know): `PAYD_OPS_APP_ID`. It reads them with WatchEvents as that app, and
+    /// gets them pushed when `PAYD_EVENT_SINKS` names a sink for it, like any app.
+    pub ops_app: String,
 }
+
+/// The operations app when `PAYD_OPS_APP_ID` is not set.
+pub const DEFAULT_OPS_APP: &str = "ops";
 
 #[derive(Debug, thiserror::Error)]
 #[error("event sink of app {app}: {source}")]
@@ -58,7 +65,15 @@ impl EventSinks {
             retry_delays,
             claim_lease: timeout * 2 + Duration::from_secs(5),
             batch: 256,
+            ops_app: DEFAULT_OPS_APP.to_owned(),
         })
+    }
+
+    /// Sends the events that concern no order to `app` instead of [`DEFAULT_OPS_APP`].
+    #[must_use]
+    pub fn with_ops_app(mut self, app: impl Into<String>) -> Self {
+        self.ops_app = app.into();
+        self
     }
 
     /// The apps with a sink, for the sequencer (which marks their events for delivery).

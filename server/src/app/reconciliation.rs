@@ -13,10 +13,11 @@
 //! Exactly one run per channel and day at a time across replicas: `storage::recon::start_run`
 //! (advisory lock + partial unique index on RUNNING runs).
 //!
-//! Events: `reconciliation.completed` and `reconciliation.discrepancy_found` are not about one
-//! order, and the outbox's events are (every event names an order and goes to its app's sink).
-//! They are therefore metrics (`payment_reconciliation_*`) and structured log lines, not outbox
-//! events.
+//! Events go through the outbox in the transaction that records their fact:
+//! `reconciliation.discrepancy_found` with each new discrepancy (to its order's app when we know
+//! the trade, else to the operations app), `reconciliation.completed` / `.failed` with the run's
+//! end (to the operations app, `PAYD_OPS_APP_ID`). A re-run records no discrepancy already known,
+//! so it emits no event for one either.
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveTime, Offset, Utc};
@@ -24,8 +25,12 @@ use futures::StreamExt;
 use payproto::channel::v1 as cpb;
 use uuid::Uuid;
 
+use diesel::Connection;
+
+use super::events::{self, EventType};
 use super::{App, ServiceError};
 use crate::domain::{Channel, PaymentResult, TradeState};
+use crate::storage::StorageError;
 use crate::storage::recon::{self, DiscrepancyFilter, DiscrepancyRow, RunRow, StagedPage};
 
 /// The platforms' time zone: China Standard Time, UTC+8 all year (no DST).
@@ -79,9 +84,23 @@ impl App {
             Err(e) => {
                 let msg = e.to_string();
                 tracing::error!(%channel, %day, run = %id, error = %msg, "reconciliation failed");
+                let ops = self.sinks.ops_app.clone();
                 if let Err(e) = self
                     .db
-                    .run(move |conn| recon::fail_run(conn, id, &msg))
+                    .run(move |conn| {
+                        conn.transaction(|conn| {
+                            recon::fail_run(conn, id, &msg)?;
+                            if let Some(run) = recon::get_run(conn, id)? {
+                                events::record_run(
+                                    conn,
+                                    &ops,
+                                    EventType::ReconciliationFailed,
+                                    &run,
+                                )?;
+                            }
+                            Ok::<_, StorageError>(())
+                        })
+                    })
                     .await
                 {
                     tracing::error!(run = %id, error = %e, "could not record the failed run");
@@ -164,10 +183,43 @@ impl App {
                 "the statement ended without its totals (incomplete)".into(),
             ));
         };
+        let pc = i64::try_from(totals.payment_count).unwrap_or(i64::MAX);
+        let rc = i64::try_from(totals.refund_count).unwrap_or(i64::MAX);
+        self.settle_run(id, channel, day, pc, rc).await
+    }
+
+    /// Compares run `id`'s staged statement (read whole, with the statement's own counts) with
+    /// our attempts and refunds, repairs what the results transition can repair, and completes
+    /// the run. Each new discrepancy is recorded with its `reconciliation.discrepancy_found`
+    /// event in one transaction, and the run's end with `reconciliation.completed`.
+    ///
+    /// # Errors
+    /// Storage errors; errors of the results transition (the run then fails, and a re-run
+    /// resumes: what was recorded stays recorded, and is not recorded twice).
+    pub async fn settle_run(
+        &self,
+        id: Uuid,
+        channel: Channel,
+        day: NaiveDate,
+        payment_count: i64,
+        refund_count: i64,
+    ) -> Result<RunRow, ServiceError> {
         let ch = channel.as_str();
+        let ops = self.sinks.ops_app.clone();
+        let o = ops.clone();
         let mut kinds = self
             .db
-            .run(move |conn| recon::compare(conn, id, ch, day))
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let run = recon::get_run(conn, id)?
+                        .ok_or_else(|| StorageError::Corrupt(format!("run {id} vanished")))?;
+                    let found = recon::compare(conn, id, ch, day)?;
+                    for d in &found {
+                        events::record_discrepancy(conn, &o, &run, d)?;
+                    }
+                    Ok::<_, StorageError>(found.into_iter().map(|d| d.kind).collect::<Vec<_>>())
+                })
+            })
             .await?;
         let mut repaired = 0i64;
         let mut after = String::new();
@@ -195,19 +247,25 @@ impl App {
                     .await?;
                 use super::results::ResultOutcome as O;
                 let fixed = matches!(outcome, O::Applied | O::DuplicatePayment | O::Repeated);
+                let o = ops.clone();
                 let new = self
                     .db
-                    .run(move |conn| recon::record_repair(conn, id, ch, day, &c, fixed))
+                    .run(move |conn| {
+                        conn.transaction(|conn| {
+                            let Some(d) = recon::record_repair(conn, id, ch, day, &c, fixed)?
+                            else {
+                                return Ok::<_, StorageError>(None);
+                            };
+                            let run = recon::get_run(conn, id)?.ok_or_else(|| {
+                                StorageError::Corrupt(format!("run {id} vanished"))
+                            })?;
+                            events::record_discrepancy(conn, &o, &run, &d)?;
+                            Ok(Some(d.kind))
+                        })
+                    })
                     .await?;
-                if new {
-                    kinds.push(
-                        if fixed {
-                            "MISSING_LOCALLY"
-                        } else {
-                            "STATUS_MISMATCH"
-                        }
-                        .into(),
-                    );
+                if let Some(kind) = new {
+                    kinds.push(kind);
                 }
                 if fixed {
                     repaired += 1;
@@ -228,10 +286,24 @@ impl App {
             );
         }
         let found = i64::try_from(kinds.len()).unwrap_or(i64::MAX);
-        let pc = i64::try_from(totals.payment_count).unwrap_or(i64::MAX);
-        let rc = i64::try_from(totals.refund_count).unwrap_or(i64::MAX);
         self.db
-            .run(move |conn| recon::complete_run(conn, id, found, repaired, pc, rc))
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let Some(run) = recon::complete_run(
+                        conn,
+                        id,
+                        found,
+                        repaired,
+                        payment_count,
+                        refund_count,
+                    )?
+                    else {
+                        return Ok(None);
+                    };
+                    events::record_run(conn, &ops, EventType::ReconciliationCompleted, &run)?;
+                    Ok::<_, StorageError>(Some(run))
+                })
+            })
             .await?
             .ok_or_else(|| ServiceError::ChannelRefused("the run vanished".into()))
     }

@@ -98,6 +98,7 @@ pub fn run_to_pb(r: &RunRow) -> pb::ReconciliationRun {
         payment_count: r.payment_count.map(u64_of).unwrap_or_default(),
         refund_count: r.refund_count.map(u64_of).unwrap_or_default(),
         error: r.error.clone().unwrap_or_default(),
+        expected_lines: u64_of(r.expected_lines),
     }
 }
 

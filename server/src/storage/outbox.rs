@@ -1,6 +1,10 @@
 //! The transactional outbox: events appended in the transaction that made their fact true, put
 //! in stream order after commit by one sequencer at a time, streamed to WatchEvents readers and
 //! pushed to EventSinks by the dispatcher.
+//!
+//! An event belongs to an order (sequenced by `orders.event_seq`) or, when it concerns no order
+//! (a reconciliation run, a discrepancy of a trade we do not know), to a stream key (sequenced by
+//! `outbox_streams`). Either is its ordering key: delivery keeps each key's events in sequence.
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
@@ -14,7 +18,9 @@ pub struct OutboxRow {
     pub id: i64,
     pub event_id: Uuid,
     pub app_id: String,
-    pub order_id: Uuid,
+    /// The order the event is about; `None` for an event of a stream key.
+    pub order_id: Option<Uuid>,
+    /// 1, 2, … within the event's order, or within its stream key.
     pub order_seq: i64,
     pub event_type: String,
     pub payload: Vec<u8>,
@@ -25,6 +31,8 @@ pub struct OutboxRow {
     pub next_delivery_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// The key of an event that belongs to no order (`reconciliation:WECHAT:2026-12-01`).
+    pub stream_key: Option<String>,
 }
 
 /// Appends an event of `order` inside the caller's transaction. The per-order sequence number is
@@ -51,6 +59,43 @@ pub fn append(
             outbox_events::order_seq.eq(seq),
             outbox_events::event_type.eq(event_type),
             outbox_events::payload.eq(payload(event_id, seq)),
+            outbox_events::delivery.eq("NONE"),
+        ))
+        .execute(conn)?;
+    Ok(event_id)
+}
+
+/// Appends an event that belongs to no order to `stream_key`, inside the caller's transaction.
+/// The key's sequence comes from `outbox_streams` by an upsert that holds the key's row lock
+/// until commit, so (as for an order) a key's events are numbered in commit order.
+pub fn append_to_stream(
+    conn: &mut PgConnection,
+    app_id: &str,
+    stream_key: &str,
+    event_type: &str,
+    payload: impl FnOnce(Uuid, i64) -> Vec<u8>,
+) -> Result<Uuid, StorageError> {
+    #[derive(QueryableByName)]
+    struct Seq {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        event_seq: i64,
+    }
+    let seq: Seq = diesel::sql_query(
+        "INSERT INTO outbox_streams (stream_key, event_seq) VALUES ($1, 1) \
+         ON CONFLICT (stream_key) DO UPDATE SET event_seq = outbox_streams.event_seq + 1 \
+         RETURNING event_seq",
+    )
+    .bind::<diesel::sql_types::Text, _>(stream_key)
+    .get_result(conn)?;
+    let event_id = Uuid::now_v7();
+    diesel::insert_into(outbox_events::table)
+        .values((
+            outbox_events::event_id.eq(event_id),
+            outbox_events::app_id.eq(app_id),
+            outbox_events::stream_key.eq(stream_key),
+            outbox_events::order_seq.eq(seq.event_seq),
+            outbox_events::event_type.eq(event_type),
+            outbox_events::payload.eq(payload(event_id, seq.event_seq)),
             outbox_events::delivery.eq("NONE"),
         ))
         .execute(conn)?;
@@ -114,8 +159,9 @@ pub fn read_stream(
         .load(conn)?)
 }
 
-/// Claims up to `limit` events due for delivery, for `lease`: for each order, only its earliest
-/// event still pending (so an order's events reach the sink in sequence, one at a time), chosen
+/// Claims up to `limit` events due for delivery, for `lease`: for each ordering key (order or
+/// stream key), only its earliest event still pending (so its events reach the sink in
+/// sequence, one at a time), chosen
 /// with `FOR UPDATE SKIP LOCKED` and moved past the lease in the same short transaction, so
 /// dispatchers on several replicas never push one event at once and a dispatcher that dies
 /// gives its claims back when the lease ends.
@@ -132,7 +178,7 @@ pub fn claim_deliverable(
                SELECT e.id FROM outbox_events e \
                WHERE e.delivery = 'PENDING' AND e.next_delivery_at <= now() \
                  AND NOT EXISTS (SELECT 1 FROM outbox_events p \
-                                 WHERE p.order_id = e.order_id AND p.delivery = 'PENDING' \
+                                 WHERE p.ordering_key = e.ordering_key AND p.delivery = 'PENDING' \
                                    AND p.order_seq < e.order_seq) \
                ORDER BY e.next_delivery_at LIMIT $1 \
                FOR UPDATE OF e SKIP LOCKED) \
@@ -158,7 +204,7 @@ struct OutboxRowByName {
     id: i64,
     event_id: Uuid,
     app_id: String,
-    order_id: Uuid,
+    order_id: Option<Uuid>,
     order_seq: i64,
     event_type: String,
     payload: Vec<u8>,
@@ -169,6 +215,7 @@ struct OutboxRowByName {
     next_delivery_at: Option<DateTime<Utc>>,
     last_error: Option<String>,
     delivered_at: Option<DateTime<Utc>>,
+    stream_key: Option<String>,
 }
 
 impl From<OutboxRowByName> for OutboxRow {
@@ -188,6 +235,7 @@ impl From<OutboxRowByName> for OutboxRow {
             next_delivery_at: r.next_delivery_at,
             last_error: r.last_error,
             delivered_at: r.delivered_at,
+            stream_key: r.stream_key,
         }
     }
 }

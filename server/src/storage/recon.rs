@@ -38,6 +38,8 @@ pub struct RunRow {
     pub refund_count: Option<i64>,
     #[diesel(sql_type = Nullable<Text>)]
     pub error: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    pub expected_lines: i64,
 }
 
 #[derive(Debug, Clone, QueryableByName)]
@@ -77,7 +79,7 @@ pub struct DiscrepancyRow {
 }
 
 const RUN_COLS: &str = "id, channel, day, status, requested_by, started_at, finished_at, \
-    lines_read, discrepancies, repaired, payment_count, refund_count, error";
+    lines_read, discrepancies, repaired, payment_count, refund_count, error, expected_lines";
 const DISC_COLS: &str = "id, run_id, channel, day, kind, out_trade_no, out_refund_no, \
     channel_amount_minor, local_amount_minor, source_line, status, resolution, note, resolved_by, \
     created_at, resolved_at";
@@ -127,9 +129,17 @@ pub fn start_run(
         if let Some(r) = running {
             return Ok((r, true));
         }
+        // The day's local successes are what the statement should list: the progress bar's
+        // length (two index range counts, on the indexes the comparison uses anyway).
         let row: RunRow = diesel::sql_query(format!(
-            "INSERT INTO recon_runs (id, channel, day, status, requested_by) \
-             VALUES ($1, $2, $3, 'RUNNING', $4) RETURNING {RUN_COLS}"
+            "INSERT INTO recon_runs (id, channel, day, status, requested_by, expected_lines) \
+             VALUES ($1, $2, $3, 'RUNNING', $4, \
+               (SELECT count(*) FROM payment_attempts a WHERE a.channel = $2 \
+                  AND a.status = 'SUCCEEDED' AND a.succeeded_at >= {DAY_START} \
+                  AND a.succeeded_at < {DAY_END}) + \
+               (SELECT count(*) FROM refunds r WHERE r.channel = $2 AND r.status = 'SUCCEEDED' \
+                  AND r.succeeded_at >= {DAY_START} AND r.succeeded_at < {DAY_END})) \
+             RETURNING {RUN_COLS}"
         ))
         .bind::<SqlUuid, _>(Uuid::new_v4())
         .bind::<Text, _>(channel)
@@ -223,18 +233,12 @@ pub fn fail_run(conn: &mut PgConnection, run: Uuid, error: &str) -> Result<(), S
     })
 }
 
-#[derive(QueryableByName)]
-struct KindRow {
-    #[diesel(sql_type = Text)]
-    kind: String,
-}
-
 /// The day's bounds in Beijing time, as SQL over `$3` (the day).
 const DAY_START: &str = "(($3::date)::timestamp AT TIME ZONE 'Asia/Shanghai')";
 const DAY_END: &str = "((($3::date) + 1)::timestamp AT TIME ZONE 'Asia/Shanghai')";
 
-/// Records every discrepancy that needs no repair attempt, in one transaction; returns the kinds
-/// of the ones that are new (a re-run of a day returns nothing for what is known already).
+/// Records every discrepancy that needs no repair attempt, in one transaction; returns the ones
+/// that are new (a re-run of a day returns nothing for what is known already), for their events.
 ///
 /// `$1` run, `$2` channel, `$3` day.
 pub fn compare(
@@ -242,10 +246,12 @@ pub fn compare(
     run: Uuid,
     channel: &str,
     day: NaiveDate,
-) -> Result<Vec<String>, StorageError> {
+) -> Result<Vec<DiscrepancyRow>, StorageError> {
     let insert = "INSERT INTO recon_discrepancies (id, run_id, channel, day, kind, out_trade_no, \
         out_refund_no, channel_amount_minor, local_amount_minor, source_line, status) ";
-    let tail = " ON CONFLICT ON CONSTRAINT recon_discrepancies_once DO NOTHING RETURNING kind";
+    let tail = format!(
+        " ON CONFLICT ON CONSTRAINT recon_discrepancies_once DO NOTHING RETURNING {DISC_COLS}"
+    );
     let lines = "recon_statement_lines l WHERE l.run_id = $1";
     let queries = [
         // A success at the channel for a trade we do not know at all.
@@ -320,16 +326,16 @@ pub fn compare(
         ),
     ];
     conn.transaction(|conn| {
-        let mut kinds = Vec::new();
+        let mut found = Vec::new();
         for q in &queries {
-            let rows: Vec<KindRow> = diesel::sql_query(q.as_str())
+            let rows: Vec<DiscrepancyRow> = diesel::sql_query(q.as_str())
                 .bind::<SqlUuid, _>(run)
                 .bind::<Text, _>(channel)
                 .bind::<Date, _>(day)
                 .load(conn)?;
-            kinds.extend(rows.into_iter().map(|r| r.kind));
+            found.extend(rows);
         }
-        Ok(kinds)
+        Ok(found)
     })
 }
 
@@ -382,7 +388,7 @@ pub fn repair_candidates(
 }
 
 /// Records what a repair attempt did: `MISSING_LOCALLY`/`REPAIRED` when the results transition
-/// applied it, `STATUS_MISMATCH`/`OPEN` when it refused. Returns whether it was new.
+/// applied it, `STATUS_MISMATCH`/`OPEN` when it refused. Returns the row when it was new.
 pub fn record_repair(
     conn: &mut PgConnection,
     run: Uuid,
@@ -390,7 +396,7 @@ pub fn record_repair(
     day: NaiveDate,
     c: &RepairCandidate,
     repaired: bool,
-) -> Result<bool, StorageError> {
+) -> Result<Option<DiscrepancyRow>, StorageError> {
     let (kind, status, resolution) = if repaired {
         (
             "MISSING_LOCALLY",
@@ -400,13 +406,13 @@ pub fn record_repair(
     } else {
         ("STATUS_MISMATCH", "OPEN", None)
     };
-    let n = diesel::sql_query(
+    let row = diesel::sql_query(format!(
         "INSERT INTO recon_discrepancies (id, run_id, channel, day, kind, out_trade_no, \
          out_refund_no, channel_amount_minor, local_amount_minor, source_line, status, resolution, \
          resolved_by, resolved_at) VALUES (gen_random_uuid(), $1, $2, $3, $4, $5, '', $6, $7, $8, $9, \
          $10, CASE WHEN $9 = 'REPAIRED' THEN 'reconciliation' END, CASE WHEN $9 = 'REPAIRED' THEN now() END) \
-         ON CONFLICT ON CONSTRAINT recon_discrepancies_once DO NOTHING",
-    )
+         ON CONFLICT ON CONSTRAINT recon_discrepancies_once DO NOTHING RETURNING {DISC_COLS}"
+    ))
     .bind::<SqlUuid, _>(run)
     .bind::<Text, _>(channel)
     .bind::<Date, _>(day)
@@ -417,8 +423,35 @@ pub fn record_repair(
     .bind::<BigInt, _>(c.source_line)
     .bind::<Text, _>(status)
     .bind::<Nullable<Text>, _>(resolution)
-    .execute(conn)?;
-    Ok(n > 0)
+    .get_result(conn)
+    .optional()?;
+    Ok(row)
+}
+
+/// The order a discrepancy is about, when we know the trade (by `out_trade_no`) or the refund
+/// (by `out_refund_no`) on that channel; `None` for a trade we never made.
+pub fn order_of(
+    conn: &mut PgConnection,
+    channel: &str,
+    out_trade_no: &str,
+    out_refund_no: &str,
+) -> Result<Option<Uuid>, StorageError> {
+    #[derive(QueryableByName)]
+    struct O {
+        #[diesel(sql_type = SqlUuid)]
+        order_id: Uuid,
+    }
+    let o: Option<O> = diesel::sql_query(
+        "SELECT order_id FROM payment_attempts WHERE channel = $1 AND out_trade_no = $2 \
+         UNION ALL SELECT order_id FROM refunds WHERE channel = $1 AND out_refund_no = $3 \
+         AND $3 <> '' LIMIT 1",
+    )
+    .bind::<Text, _>(channel)
+    .bind::<Text, _>(out_trade_no)
+    .bind::<Text, _>(out_refund_no)
+    .get_result(conn)
+    .optional()?;
+    Ok(o.map(|o| o.order_id))
 }
 
 /// Ends a run COMPLETED with its counts; drops its staged lines.
@@ -436,7 +469,8 @@ pub fn complete_run(
             .execute(conn)?;
         Ok(diesel::sql_query(format!(
             "UPDATE recon_runs SET status = 'COMPLETED', finished_at = now(), discrepancies = $2, \
-             repaired = $3, payment_count = $4, refund_count = $5 WHERE id = $1 RETURNING {RUN_COLS}"
+             repaired = $3, payment_count = $4, refund_count = $5 WHERE id = $1 AND status = 'RUNNING' \
+             RETURNING {RUN_COLS}"
         ))
         .bind::<SqlUuid, _>(run)
         .bind::<BigInt, _>(discrepancies)

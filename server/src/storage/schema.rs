@@ -77,7 +77,7 @@ diesel::table! {
         id -> Int8,
         event_id -> Uuid,
         app_id -> Text,
-        order_id -> Uuid,
+        order_id -> Nullable<Uuid>,
         order_seq -> Int8,
         event_type -> Text,
         payload -> Bytea,
@@ -88,6 +88,8 @@ diesel::table! {
         next_delivery_at -> Nullable<Timestamptz>,
         last_error -> Nullable<Text>,
         delivered_at -> Nullable<Timestamptz>,
+        stream_key -> Nullable<Text>,
+        ordering_key -> Text,
     }
 }
 

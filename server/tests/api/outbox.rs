@@ -46,13 +46,13 @@ async fn an_event_that_commits_late_is_not_skipped_by_a_reader() {
     payd::storage::outbox::sequence(&mut reader, &[], 100).unwrap();
     let first = payd::storage::outbox::read_stream(&mut reader, "shop-1", 0, 100).unwrap();
     assert_eq!(first.len(), 1);
-    assert_eq!(first[0].order_id, b);
+    assert_eq!(first[0].order_id, Some(b));
     let cursor = first[0].stream_seq.unwrap();
     diesel::sql_query("COMMIT").execute(&mut t1).unwrap();
     payd::storage::outbox::sequence(&mut reader, &[], 100).unwrap();
     let next = payd::storage::outbox::read_stream(&mut reader, "shop-1", cursor, 100).unwrap();
     assert_eq!(next.len(), 1, "the late commit was skipped");
-    assert_eq!(next[0].order_id, a);
+    assert_eq!(next[0].order_id, Some(a));
     // A's insert id is below B's: a reader paging by id from B's would have passed it.
     assert!(next[0].id < first[0].id);
 }

@@ -1,0 +1,10 @@
+ALTER TABLE recon_runs DROP COLUMN expected_lines;
+DROP TABLE outbox_streams;
+DROP INDEX outbox_key_pending;
+DELETE FROM outbox_events WHERE order_id IS NULL;
+ALTER TABLE outbox_events DROP COLUMN ordering_key;
+ALTER TABLE outbox_events DROP CONSTRAINT outbox_events_stream_seq_once;
+ALTER TABLE outbox_events DROP CONSTRAINT outbox_events_one_key;
+ALTER TABLE outbox_events DROP COLUMN stream_key;
+ALTER TABLE outbox_events ALTER COLUMN order_id SET NOT NULL;
+CREATE INDEX outbox_order_pending ON outbox_events (order_id, order_seq) WHERE delivery = 'PENDING';
