@@ -133,6 +133,10 @@ pub struct DayStatement {
     pub day: NaiveDate,
     pub lines: Vec<BillLine>,
     pub synthetic: u64,
+    /// The drop and alter faults that name synthetic lines (`SYN<yyyyMMdd>…`): a benchmark's
+    /// known mismatches inside a generated day.
+    pub synthetic_drop: BTreeSet<String>,
+    pub synthetic_alter: BTreeMap<String, u64>,
     pub corrupt_summary: bool,
 }
 
@@ -187,10 +191,23 @@ impl DayStatement {
                 extra: BTreeMap::new(),
             });
         }
+        let prefix = format!("SYN{}", day.format("%Y%m%d"));
         Self {
             day,
             lines,
             synthetic: faults.synthetic.get(&day).copied().unwrap_or(0),
+            synthetic_drop: faults
+                .drop
+                .iter()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect(),
+            synthetic_alter: faults
+                .alter
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
             corrupt_summary: faults.corrupt_summary,
         }
     }
@@ -211,8 +228,15 @@ impl DayStatement {
         let day = self.day.format("%Y%m%d").to_string();
         for i in 0..self.synthetic {
             line.out_trade_no = format!("SYN{day}{i:012}");
+            if self.synthetic_drop.contains(&line.out_trade_no) {
+                continue;
+            }
             line.channel_trade_no = format!("7{day}{i:012}");
-            line.amount_minor = 100 + i % 9_900;
+            line.amount_minor = self
+                .synthetic_alter
+                .get(&line.out_trade_no)
+                .copied()
+                .unwrap_or(100 + i % 9_900);
             line.trade_amount_minor = line.amount_minor;
             line.at = noon(self.day) - Duration::hours(4) + Duration::seconds((i % 86_400) as i64);
             line.created_at = line.at;
@@ -435,5 +459,29 @@ mod tests {
         assert_eq!(seen[1], ("C".to_owned(), 100));
         assert_eq!(seen[2], ("X".to_owned(), 7));
         assert_eq!(seen[3].0, "SYN20261201000000000000");
+
+        // Synthetic lines take the drop and alter faults too.
+        faults.apply(
+            serde_json::from_value(serde_json::json!({
+                "drop": ["SYN20261201000000000001"], "alter": {"SYN20261201000000000002": 9}
+            }))
+            .unwrap(),
+            Utc::now(),
+        );
+        let s = DayStatement::new(day, vec![], &faults);
+        let mut seen = Vec::new();
+        s.for_each(|l| {
+            seen.push((l.out_trade_no.clone(), l.amount_minor));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                ("X".to_owned(), 7),
+                ("SYN20261201000000000000".to_owned(), 100),
+                ("SYN20261201000000000002".to_owned(), 9),
+            ]
+        );
     }
 }
