@@ -183,7 +183,12 @@ enum ReconCmd {
         no_wait: bool,
     },
     /// A run: status, lines read, discrepancies found and repaired.
-    Show { id: String },
+    Show {
+        id: String,
+        /// Follow a RUNNING run with a progress bar until it ends.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Discrepancies, newest first.
     List {
         #[arg(long, default_value = "")]
@@ -257,29 +262,21 @@ async fn recon(endpoint: &str, app: &str, cmd: ReconCmd, o: &Out) -> Result<(), 
             if started.already_running && !o.json {
                 eprintln!("{}", o.dim("already running: following that run"));
             }
-            while !no_wait && run.status == "RUNNING" {
-                o.recon_progress(&run);
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                run = r
-                    .get_reconciliation_run(with_app(
-                        app,
-                        pb::GetReconciliationRunRequest { id: run.id.clone() },
-                    )?)
-                    .await?
-                    .into_inner()
-                    .run
-                    .unwrap_or_default();
+            if !no_wait {
+                run = follow_run(&mut r, app, run, o).await?;
             }
-            o.recon_progress_done();
             o.recon_run(&run);
         }
-        ReconCmd::Show { id } => {
-            let run = r
+        ReconCmd::Show { id, follow } => {
+            let mut run = r
                 .get_reconciliation_run(with_app(app, pb::GetReconciliationRunRequest { id })?)
                 .await?
                 .into_inner()
                 .run
                 .unwrap_or_default();
+            if follow {
+                run = follow_run(&mut r, app, run, o).await?;
+            }
             o.recon_run(&run);
         }
         ReconCmd::List {
@@ -332,6 +329,37 @@ async fn recon(endpoint: &str, app: &str, cmd: ReconCmd, o: &Out) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Polls a run until it is no longer RUNNING, showing its progress (lines read against the
+/// lines it expects) as it goes; returns it as it ended.
+async fn follow_run(
+    r: &mut payproto::payment::v1::reconciliation_service_client::ReconciliationServiceClient<
+        tonic::transport::Channel,
+    >,
+    app: &str,
+    mut run: pb::ReconciliationRun,
+    o: &Out,
+) -> Result<pb::ReconciliationRun, Failure> {
+    if run.status != "RUNNING" {
+        return Ok(run);
+    }
+    let mut progress = o.recon_progress();
+    while run.status == "RUNNING" {
+        progress.update(&run);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        run = r
+            .get_reconciliation_run(with_app(
+                app,
+                pb::GetReconciliationRunRequest { id: run.id.clone() },
+            )?)
+            .await?
+            .into_inner()
+            .run
+            .unwrap_or_default();
+    }
+    progress.finish(&run);
+    Ok(run)
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

@@ -555,6 +555,7 @@ pub fn recon_run_json(r: &pb::ReconciliationRun) -> Value {
         "finished_at": ts_json(r.finished_at.as_ref()), "lines_read": r.lines_read,
         "discrepancies": r.discrepancies, "repaired": r.repaired,
         "payment_count": r.payment_count, "refund_count": r.refund_count, "error": r.error,
+        "expected_lines": r.expected_lines,
     })
 }
 
@@ -570,26 +571,9 @@ pub fn discrepancy_json(d: &pb::Discrepancy) -> Value {
 }
 
 impl Out {
-    /// A one-line progress indicator on stderr while a run is RUNNING (terminals only).
-    pub fn recon_progress(&self, r: &pb::ReconciliationRun) {
-        if self.json || !std::io::stderr().is_terminal() {
-            return;
-        }
-        const SPIN: [char; 4] = ['|', '/', '-', '\\'];
-        let frame = SPIN[(r.lines_read as usize / 1000 + std::process::id() as usize) % 4];
-        eprint!(
-            "\r{frame} {} {} {}: {} lines read",
-            self.status("RUNNING"),
-            channel(r.channel),
-            r.day,
-            r.lines_read
-        );
-    }
-
-    pub fn recon_progress_done(&self) {
-        if !self.json && std::io::stderr().is_terminal() {
-            eprintln!();
-        }
+    /// Progress of a RUNNING run: a bar on a terminal, plain lines on stderr otherwise.
+    pub fn recon_progress(&self) -> ReconProgress {
+        ReconProgress::new(!self.json && self.tty && std::io::stderr().is_terminal())
     }
 
     pub fn recon_run(&self, r: &pb::ReconciliationRun) {
@@ -610,6 +594,7 @@ impl Out {
                 ("status", status),
                 ("requested_by", r.requested_by.clone()),
                 ("lines_read", r.lines_read.to_string()),
+                ("expected_lines", r.expected_lines.to_string()),
                 ("payments", r.payment_count.to_string()),
                 ("refunds", r.refund_count.to_string()),
                 ("discrepancies", r.discrepancies.to_string()),
@@ -664,6 +649,93 @@ impl Out {
         );
         if !next.is_empty() {
             println!("{}", self.dim(&format!("next page: --cursor {next}")));
+        }
+    }
+}
+
+/// How a run's progress is shown while payctl follows it (polling GetReconciliationRun): an
+/// indicatif bar of lines read against the lines the run expects (the day's local successes;
+/// the bar grows when the statement has more), or, when stdout is not a terminal or `--json`
+/// was asked for, a plain line on stderr at each tenth of the way (and at least every 10 s), so
+/// logs and pipes get readable progress and stdout stays the result alone.
+pub enum ReconProgress {
+    Bar(indicatif::ProgressBar),
+    Lines {
+        last_lines: u64,
+        last_at: std::time::Instant,
+    },
+}
+
+impl ReconProgress {
+    fn new(bar: bool) -> Self {
+        if !bar {
+            return Self::Lines {
+                last_lines: u64::MAX,
+                last_at: std::time::Instant::now(),
+            };
+        }
+        let pb = indicatif::ProgressBar::new(0);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{wide_bar}] {human_pos}/{human_len} lines ({per_sec}, {elapsed})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.enable_steady_tick(std::time::Duration::from_millis(120));
+        Self::Bar(pb)
+    }
+
+    /// Shows the run as last read.
+    pub fn update(&mut self, r: &pb::ReconciliationRun) {
+        let len = r.expected_lines.max(r.lines_read);
+        // Lines stop growing once the statement is read; the comparison and repairs follow.
+        let phase = if r.expected_lines > 0 && r.lines_read >= r.expected_lines {
+            "comparing"
+        } else {
+            "reading"
+        };
+        let what = format!("{} {} {phase}", channel(r.channel), r.day);
+        match self {
+            Self::Bar(pb) => {
+                pb.set_length(len);
+                pb.set_position(r.lines_read);
+                pb.set_message(what);
+            }
+            Self::Lines {
+                last_lines,
+                last_at,
+            } => {
+                let step = (len / 10).max(1);
+                let moved = *last_lines == u64::MAX
+                    || r.lines_read >= last_lines.saturating_add(step)
+                    || last_at.elapsed() >= std::time::Duration::from_secs(10);
+                if moved {
+                    eprintln!("{} {what}: {}/{len} lines read", r.status, r.lines_read);
+                    *last_lines = r.lines_read;
+                    *last_at = std::time::Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Ends the display with the run's outcome.
+    pub fn finish(self, r: &pb::ReconciliationRun) {
+        match self {
+            Self::Bar(pb) => {
+                pb.set_length(r.lines_read.max(1));
+                pb.set_position(r.lines_read);
+                pb.finish_with_message(format!("{} {} {}", channel(r.channel), r.day, r.status));
+            }
+            Self::Lines { .. } => eprintln!(
+                "{} {} {}: {} lines read, {} discrepancies, {} repaired",
+                r.status,
+                channel(r.channel),
+                r.day,
+                r.lines_read,
+                r.discrepancies,
+                r.repaired
+            ),
         }
     }
 }
