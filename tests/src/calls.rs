@@ -26,6 +26,16 @@ pub async fn client(endpoint: String) -> Client {
         .expect("connect to payd")
 }
 
+pub type ReconClient =
+    payproto::payment::v1::reconciliation_service_client::ReconciliationServiceClient<Channel>;
+
+/// A ReconciliationService client (admin calls; requests are made with [`req`] like the others).
+pub async fn recon_client(endpoint: String) -> ReconClient {
+    ReconClient::connect(endpoint)
+        .await
+        .expect("connect to payd")
+}
+
 /// The QR (or form) method of each channel, which needs no payer id.
 pub fn qr_method(ch: SandboxedChannel) -> cpb::PayMethod {
     match ch {

@@ -17,11 +17,9 @@ use std::time::{Duration, Instant};
 use e2e::calls::{Client, client, count, create, pay, req, wait_status};
 use e2e::platform::{Platform, PlatformOptions, SandboxedChannel};
 use payproto::payment::v1 as pb;
-use payproto::payment::v1::reconciliation_service_client::ReconciliationServiceClient;
 use serde_json::json;
-use tonic::transport::Channel;
 
-type Recon = ReconciliationServiceClient<Channel>;
+type Recon = e2e::calls::ReconClient;
 
 fn bulk() -> i64 {
     std::env::var("RECON_TXNS")
@@ -160,9 +158,7 @@ async fn reconciles_a_day(ch: SandboxedChannel) {
         },
     );
     let mut c = client(p.payd.endpoint()).await;
-    let mut r = ReconciliationServiceClient::connect(p.payd.endpoint())
-        .await
-        .expect("connect");
+    let mut r = e2e::calls::recon_client(p.payd.endpoint()).await;
     let day = beijing_today();
     let day_s = day.format("%Y-%m-%d").to_string();
     let tag = ch.name();
@@ -297,6 +293,32 @@ async fn reconciles_a_day(ch: SandboxedChannel) {
         35,
         "an order.paid event per paid order of the flow"
     );
+    // One reconciliation.discrepancy_found per new discrepancy: the 35 of our orders to their
+    // app (shop-1), the 3 unknown trades to the operations app; one completion, to operations.
+    let recon_events = |kind: &str, app: &str| {
+        count(
+            &p,
+            &format!(
+                "SELECT count(*) AS n FROM outbox_events WHERE event_type = '{kind}' \
+                 AND app_id = '{app}'"
+            ),
+        )
+    };
+    assert_eq!(
+        recon_events("reconciliation.discrepancy_found", "shop-1"),
+        35
+    );
+    assert_eq!(recon_events("reconciliation.discrepancy_found", "ops"), 3);
+    assert_eq!(recon_events("reconciliation.completed", "ops"), 1);
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) AS n FROM outbox_events WHERE event_type = \
+             'reconciliation.discrepancy_found' AND app_id = 'ops' AND order_id IS NULL \
+             AND stream_key LIKE 'reconciliation:%'"
+        ),
+        3
+    );
 
     // A second run of the same day: nothing new, nothing changed.
     let transitions = count(&p, "SELECT count(*) AS n FROM order_transitions");
@@ -313,7 +335,17 @@ async fn reconciles_a_day(ch: SandboxedChannel) {
         count(&p, "SELECT count(*) AS n FROM order_transitions"),
         transitions
     );
-    assert_eq!(count(&p, "SELECT count(*) AS n FROM outbox_events"), events);
+    // Its only event is its own completion.
+    assert_eq!(
+        count(&p, "SELECT count(*) AS n FROM outbox_events"),
+        events + 1
+    );
+    assert_eq!(
+        recon_events("reconciliation.discrepancy_found", "shop-1"),
+        35
+    );
+    assert_eq!(recon_events("reconciliation.discrepancy_found", "ops"), 3);
+    assert_eq!(recon_events("reconciliation.completed", "ops"), 2);
     assert_eq!(
         count(&p, "SELECT count(*) AS n FROM recon_statement_lines"),
         0
@@ -371,9 +403,7 @@ async fn unionpay_day_is_reconciled_and_lost_results_repaired() {
 async fn a_broken_statement_fails_the_run_and_records_nothing() {
     let ch = SandboxedChannel::Wechat;
     let p = Platform::start_channels(&[ch], 0.01);
-    let mut r = ReconciliationServiceClient::connect(p.payd.endpoint())
-        .await
-        .expect("connect");
+    let mut r = e2e::calls::recon_client(p.payd.endpoint()).await;
     let day = beijing_today().format("%Y-%m-%d").to_string();
     let (s, _) = p
         .sandbox_post(
@@ -407,4 +437,22 @@ async fn a_broken_statement_fails_the_run_and_records_nothing() {
     let run = run_day(&mut r, ch, &day).await;
     assert_eq!(run.status, "COMPLETED", "{run:?}");
     assert_eq!(run.discrepancies, 1, "the added trade: {run:?}");
+    // The failed run and the completed one each have their event; the one discrepancy has one.
+    for (kind, n) in [
+        ("reconciliation.failed", 1),
+        ("reconciliation.completed", 1),
+        ("reconciliation.discrepancy_found", 1),
+    ] {
+        assert_eq!(
+            count(
+                &p,
+                &format!(
+                    "SELECT count(*) AS n FROM outbox_events WHERE event_type = '{kind}' \
+                     AND app_id = 'ops'"
+                )
+            ),
+            n,
+            "{kind}"
+        );
+    }
 }

@@ -45,6 +45,8 @@ pub fn beijing_day(t: DateTime<Utc>) -> NaiveDate {
 
 /// Lines per page asked of the adapter.
 const PAGE_SIZE: u32 = 1_000;
+/// Lines staged per INSERT (and commit): a few pages, about a megabyte.
+const STAGE_BATCH: usize = 5_000;
 /// Repair candidates handled per database round trip.
 const REPAIR_BATCH: i64 = 200;
 
@@ -153,31 +155,49 @@ impl App {
             .await
             .map_err(|s| statement_error(&s))?
             .into_inner();
+        // Pages are gathered into batches of STAGE_BATCH lines, and a batch is staged while the
+        // next one is being received (one staging in flight): the adapter's parsing and the
+        // stream overlap Postgres's inserts, and there is one commit per batch, not per page.
         let mut totals = None;
-        while let Some(msg) = stream.next().await {
-            let msg = msg.map_err(|s| statement_error(&s))?;
+        let mut batch = StagedPage::default();
+        let mut in_flight: Option<Staging> = None;
+        let outcome = loop {
+            let Some(msg) = stream.next().await else {
+                break Ok(());
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(s) => break Err(statement_error(&s)),
+            };
             if let Some(t) = msg.totals {
                 totals = Some(t);
                 continue;
             }
             if totals.is_some() {
-                return Err(ServiceError::ChannelRefused(
+                break Err(ServiceError::ChannelRefused(
                     "statement lines after its totals".into(),
                 ));
             }
-            let page = stage(msg.lines);
-            if page.is_empty() {
-                continue;
+            stage(&mut batch, msg.lines);
+            if batch.len() >= STAGE_BATCH {
+                let full = std::mem::take(&mut batch);
+                if let Err(e) = self.stage_next(&mut in_flight, id, channel, full).await {
+                    break Err(e);
+                }
             }
-            let n = page.len() as u64;
-            self.db
-                .run(move |conn| recon::stage_page(conn, id, &page))
-                .await?;
-            self.metrics
-                .recon_lines
-                .with_label_values(&[channel.as_str()])
-                .inc_by(n);
-        }
+        };
+        let last = match &outcome {
+            Ok(()) if !batch.is_empty() => {
+                self.stage_next(&mut in_flight, id, channel, batch).await
+            }
+            _ => Ok(()),
+        };
+        // Whatever happened, no staging may outlive this function: a failed run drops its staged
+        // lines next, and a late insert would leave some behind.
+        let drained = finish_staging(in_flight.take()).await;
+        outcome?;
+        last?;
+        drained?;
         let Some(totals) = totals else {
             return Err(ServiceError::ChannelRefused(
                 "the statement ended without its totals (incomplete)".into(),
@@ -351,9 +371,9 @@ fn statement_error(s: &tonic::Status) -> ServiceError {
     ))
 }
 
-/// A page in staging columns; lines in no final state are staged with their state name.
-fn stage(lines: Vec<cpb::StatementLine>) -> StagedPage {
-    let mut p = StagedPage::default();
+/// Appends a page to a batch in staging columns; lines in no final state are staged with their
+/// state name.
+fn stage(p: &mut StagedPage, lines: Vec<cpb::StatementLine>) {
     for l in lines {
         let refund = !l.out_refund_no.is_empty();
         let state = if refund {
@@ -388,7 +408,43 @@ fn stage(lines: Vec<cpb::StatementLine>) -> StagedPage {
             DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
         }));
     }
-    p
+}
+
+/// A batch being staged in the background.
+type Staging = tokio::task::JoinHandle<Result<(), ServiceError>>;
+
+async fn finish_staging(h: Option<Staging>) -> Result<(), ServiceError> {
+    match h {
+        Some(h) => h
+            .await
+            .map_err(|e| ServiceError::from(StorageError::Corrupt(format!("staging task: {e}"))))?,
+        None => Ok(()),
+    }
+}
+
+impl App {
+    /// Waits for the batch in flight, then starts staging `batch`.
+    async fn stage_next(
+        &self,
+        in_flight: &mut Option<Staging>,
+        id: Uuid,
+        channel: Channel,
+        batch: StagedPage,
+    ) -> Result<(), ServiceError> {
+        finish_staging(in_flight.take()).await?;
+        let (db, metrics) = (self.db.clone(), self.metrics.clone());
+        *in_flight = Some(tokio::spawn(async move {
+            let n = batch.len() as u64;
+            db.run(move |conn| recon::stage_page(conn, id, &batch))
+                .await?;
+            metrics
+                .recon_lines
+                .with_label_values(&[channel.as_str()])
+                .inc_by(n);
+            Ok(())
+        }));
+        Ok(())
+    }
 }
 
 /// The daily schedule: at `at` Beijing time, each enabled channel's previous Beijing day.

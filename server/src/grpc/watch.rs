@@ -1,5 +1,8 @@
 //! WatchEvents and RedeliverEvents of `payment.v1.PaymentService`: the app's outbox as a
-//! resumable stream, and the operator's way back for dead-lettered deliveries.
+//! resumable stream, and the operator's way back for dead-lettered deliveries. An app sees the
+//! events addressed to it and no other: its orders' events, and, for the operations app
+//! (`PAYD_OPS_APP_ID`), the events that concern no order (reconciliation runs, discrepancies of
+//! trades we never made), which carry a `stream_key` instead of an order.
 use std::pin::Pin;
 use std::time::Duration;
 

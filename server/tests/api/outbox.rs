@@ -123,3 +123,65 @@ async fn dead_lettered_events_come_back_with_redeliver_events() {
         .requeued;
     assert_eq!(other, 0);
 }
+
+/// Events that belong to no order are numbered per stream key in commit order and pushed one at
+/// a time in that order, like an order's: the second is not claimed while the first is pending,
+/// and an order's events are not held up by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_stream_key_are_numbered_and_delivered_in_sequence() {
+    let app = spawn_app_with(|s| s.outbox_tick_ms = 3_600_000).await;
+    let mut conn = app.conn();
+    let key = "reconciliation:WECHAT:2026-12-01";
+    for kind in [
+        "reconciliation.discrepancy_found",
+        "reconciliation.completed",
+    ] {
+        payd::storage::outbox::append_to_stream(&mut conn, "ops", key, kind, |id, seq| {
+            format!("{id}:{seq}").into_bytes()
+        })
+        .unwrap();
+    }
+    let order = order_row(&app, "OUTBOX-KEY-1");
+    append(&mut conn, order, "order.created");
+    payd::storage::outbox::sequence(&mut conn, &["ops".into(), "shop-1".into()], 100).unwrap();
+    let ops = payd::storage::outbox::read_stream(&mut conn, "ops", 0, 100).unwrap();
+    assert_eq!(ops.len(), 2);
+    assert_eq!(
+        ops.iter().map(|r| r.order_seq).collect::<Vec<_>>(),
+        [1, 2],
+        "numbered within the key"
+    );
+    assert!(
+        ops.iter()
+            .all(|r| r.order_id.is_none() && r.stream_key.as_deref() == Some(key))
+    );
+    let lease = std::time::Duration::from_secs(60);
+    let first = payd::storage::outbox::claim_deliverable(&mut conn, 100, lease).unwrap();
+    let mut claimed: Vec<_> = first.iter().map(|r| r.event_type.as_str()).collect();
+    claimed.sort_unstable();
+    assert_eq!(
+        claimed,
+        ["order.created", "reconciliation.discrepancy_found"],
+        "one per ordering key"
+    );
+    // Its lease is not over, and the key's second event waits for the first.
+    assert!(
+        payd::storage::outbox::claim_deliverable(&mut conn, 100, lease)
+            .unwrap()
+            .is_empty()
+    );
+    let ids: Vec<i64> = first.iter().map(|r| r.id).collect();
+    payd::storage::outbox::mark_delivered(&mut conn, &ids).unwrap();
+    let second = payd::storage::outbox::claim_deliverable(&mut conn, 100, lease).unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].event_type, "reconciliation.completed");
+    // A row names an order or a key, never both or neither.
+    let both = diesel::sql_query(format!(
+        "UPDATE outbox_events SET stream_key = 'x' WHERE order_id = '{order}'"
+    ))
+    .execute(&mut conn);
+    assert!(
+        both.is_err(),
+        "an event with an order and a key was accepted"
+    );
+}
