@@ -128,7 +128,15 @@ impl ReconciliationService for ReconciliationApi {
         &self,
         req: Request<pb::RunReconciliationRequest>,
     ) -> Result<Response<pb::RunReconciliationResponse>, Status> {
-        let r = async {
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/payment.v1.ReconciliationService/RunReconciliation",
+            req.metadata(),
+        )
+        .with_targets(crate::app::audit::Targets {
+            target: Some(req.get_ref().day.clone()),
+            ..Default::default()
+        });
+        let r = ctx.run_nested(&self.app, async {
             let app = app_id(&req)?;
             let body = req.into_inner();
             let channel = channel_from_pb(body.channel)?;
@@ -141,7 +149,7 @@ impl ReconciliationService for ReconciliationApi {
                 run: Some(run_to_pb(&run)),
                 already_running: already,
             }))
-        }
+        })
         .await;
         self.respond("RunReconciliation", r)
     }
@@ -217,7 +225,16 @@ impl ReconciliationService for ReconciliationApi {
         &self,
         req: Request<pb::ResolveDiscrepancyRequest>,
     ) -> Result<Response<pb::ResolveDiscrepancyResponse>, Status> {
-        let r = async {
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/payment.v1.ReconciliationService/ResolveDiscrepancy",
+            req.metadata(),
+        )
+        .with_operator(&req.get_ref().operator)
+        .with_targets(crate::app::audit::Targets {
+            target: Some(req.get_ref().id.clone()),
+            ..Default::default()
+        });
+        let r = ctx.run_nested(&self.app, async {
             let app = app_id(&req)?;
             let b = req.into_inner();
             let id = parse_id("id", &b.id)?;
@@ -247,7 +264,7 @@ impl ReconciliationService for ReconciliationApi {
                     None => Err(Status::not_found(format!("discrepancy {id} not found"))),
                 },
             )
-        }
+        })
         .await;
         self.respond("ResolveDiscrepancy", r)
     }
