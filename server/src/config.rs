@@ -244,10 +244,14 @@ pub fn weak_secret(s: &str) -> Option<&'static str> {
     if distinct.len() < 8 {
         return Some("has fewer than 8 distinct characters");
     }
-    ["test", "dev", "changeme", "secret", "example", "password", "default"]
-        .iter()
-        .any(|w| lower.contains(w))
-        .then_some("contains a placeholder word (test, dev, changeme, secret, example, password, default)")
+    [
+        "test", "dev", "changeme", "secret", "example", "password", "default",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+    .then_some(
+        "contains a placeholder word (test, dev, changeme, secret, example, password, default)",
+    )
 }
 
 /// A comma-separated list of positive milliseconds.
@@ -359,26 +363,41 @@ impl Settings {
     fn production_check(&self, keys: &crate::crypto::DataKeys) -> Result<(), ConfigError> {
         let bad = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
         if self.data_keys.is_none() && self.data_keys_file.is_none() {
-            return bad("data_keys", "is required in production (PAYD_DATA_KEYS or PAYD_DATA_KEYS_FILE)".into());
+            return bad(
+                "data_keys",
+                "is required in production (PAYD_DATA_KEYS or PAYD_DATA_KEYS_FILE)".into(),
+            );
         }
         if self.data_hmac_key.is_none() && self.data_hmac_key_file.is_none() {
-            return bad("data_hmac_key", "is required in production (PAYD_DATA_HMAC_KEY or PAYD_DATA_HMAC_KEY_FILE)".into());
+            return bad(
+                "data_hmac_key",
+                "is required in production (PAYD_DATA_HMAC_KEY or PAYD_DATA_HMAC_KEY_FILE)".into(),
+            );
         }
         if let Some(w) = keys.weakness() {
             return bad("data_keys", format!("{w}; refused in production"));
         }
         let tokens = self.adapter_tokens()?;
         if tokens.is_empty() {
-            return bad("adapter_tokens", "is required in production: without it no adapter can report".into());
+            return bad(
+                "adapter_tokens",
+                "is required in production: without it no adapter can report".into(),
+            );
         }
         for (channel, t) in &tokens {
             if let Some(w) = weak_secret(t.expose()) {
-                return bad("adapter_tokens", format!("the {channel} token {w}; refused in production"));
+                return bad(
+                    "adapter_tokens",
+                    format!("the {channel} token {w}; refused in production"),
+                );
             }
         }
         for e in self.adapter_endpoints()? {
             if let Some(w) = weak_secret(e.token.expose()) {
-                return bad("channel_*_token", format!("the {} token {w}; refused in production", e.channel));
+                return bad(
+                    "channel_*_token",
+                    format!("the {} token {w}; refused in production", e.channel),
+                );
             }
         }
         Ok(())
@@ -389,28 +408,33 @@ impl Settings {
     /// # Errors
     /// A malformed ring or lookup key, an unreadable file, or only one of the two configured.
     pub fn data_keys(&self) -> Result<crate::crypto::DataKeys, ConfigError> {
-        let read = |key: &'static str, v: &Option<Secret>, f: &Option<std::path::PathBuf>| {
-            match (v, f) {
+        let read =
+            |key: &'static str, v: &Option<Secret>, f: &Option<std::path::PathBuf>| match (v, f) {
                 (Some(s), _) => Ok(Some(s.expose().to_owned())),
-                (None, Some(p)) => std::fs::read_to_string(p).map(Some).map_err(|e| {
-                    ConfigError::Invalid {
-                        key,
-                        reason: format!("cannot read the file: {}", e.kind()),
-                    }
-                }),
+                (None, Some(p)) => {
+                    std::fs::read_to_string(p)
+                        .map(Some)
+                        .map_err(|e| ConfigError::Invalid {
+                            key,
+                            reason: format!("cannot read the file: {}", e.kind()),
+                        })
+                }
                 (None, None) => Ok(None),
-            }
-        };
+            };
         let keys = read("data_keys_file", &self.data_keys, &self.data_keys_file)?;
-        let hmac = read("data_hmac_key_file", &self.data_hmac_key, &self.data_hmac_key_file)?;
+        let hmac = read(
+            "data_hmac_key_file",
+            &self.data_hmac_key,
+            &self.data_hmac_key_file,
+        )?;
         match (keys, hmac) {
             (None, None) => Ok(crate::crypto::DataKeys::development()),
-            (Some(k), Some(h)) => crate::crypto::DataKeys::parse(&k, &h).map_err(|e| {
-                ConfigError::Invalid {
+            (Some(k), Some(h)) => {
+                crate::crypto::DataKeys::parse(&k, &h).map_err(|e| ConfigError::Invalid {
                     key: "data_keys",
                     reason: e.to_string(),
-                }
-            }),
+                })
+            }
             _ => Err(ConfigError::Invalid {
                 key: "data_keys",
                 reason: "data_keys and data_hmac_key are configured together".into(),

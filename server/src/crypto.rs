@@ -69,7 +69,9 @@ impl DataKeys {
             .filter(|e| !e.is_empty())
             .enumerate()
         {
-            let (id, b64) = entry.split_once(':').ok_or(CryptoError::BadKeyEntry(i + 1))?;
+            let (id, b64) = entry
+                .split_once(':')
+                .ok_or(CryptoError::BadKeyEntry(i + 1))?;
             let id = id.trim();
             let valid_id = !id.is_empty()
                 && id.len() <= 16
@@ -268,7 +270,10 @@ mod tests {
     }
 
     fn ring(spec: &[(&str, u8)]) -> DataKeys {
-        let keys: Vec<String> = spec.iter().map(|(id, s)| format!("{id}:{}", key(*s))).collect();
+        let keys: Vec<String> = spec
+            .iter()
+            .map(|(id, s)| format!("{id}:{}", key(*s)))
+            .collect();
         DataKeys::parse(&keys.join(","), &key(200)).unwrap()
     }
 
@@ -308,7 +313,10 @@ mod tests {
         assert_eq!(both.open(&a, &sealed).unwrap(), "v");
         assert!(both.seal(&a, "v").unwrap().starts_with("k2:"));
         let new = ring(&[("k2", 2)]);
-        assert_eq!(new.open(&a, &sealed), Err(CryptoError::UnknownKey("k1".into())));
+        assert_eq!(
+            new.open(&a, &sealed),
+            Err(CryptoError::UnknownKey("k1".into()))
+        );
     }
 
     #[test]
@@ -322,7 +330,10 @@ mod tests {
             DataKeys::parse(&dup, &key(9)).unwrap_err(),
             CryptoError::DuplicateKey("k1".into())
         );
-        assert_eq!(DataKeys::parse("", &key(9)).unwrap_err(), CryptoError::NoKeys);
+        assert_eq!(
+            DataKeys::parse("", &key(9)).unwrap_err(),
+            CryptoError::NoKeys
+        );
         assert_eq!(
             DataKeys::parse(&format!("k1:{}", key(1)), "c2hvcnQ=").unwrap_err(),
             CryptoError::BadHmacKey
@@ -331,7 +342,12 @@ mod tests {
 
     #[test]
     fn weak_and_development_keys_are_named() {
-        assert!(DataKeys::development().weakness().unwrap().contains("development"));
+        assert!(
+            DataKeys::development()
+                .weakness()
+                .unwrap()
+                .contains("development")
+        );
         let zeros = B64.encode([0u8; 32]);
         let k = DataKeys::parse(&format!("k1:{zeros}"), &key(9)).unwrap();
         assert!(k.weakness().unwrap().contains("data key k1"));
@@ -351,6 +367,9 @@ mod tests {
             Sha256::digest("oUpF8uMuAJO_M2pxb1Q9zNjWeS6o").as_slice()
         );
         let other_key = DataKeys::parse(&format!("k1:{}", key(1)), &key(201)).unwrap();
-        assert_ne!(h, other_key.lookup_hash("payer_id", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"));
+        assert_ne!(
+            h,
+            other_key.lookup_hash("payer_id", "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o")
+        );
     }
 }

@@ -77,7 +77,11 @@ impl AuditCtx {
     /// Reads who is calling from the request metadata: the app (`x-app-id`, as the handlers
     /// read it), the person (`x-operator`), and the request id (`x-request-id`, or a new one).
     pub fn from_metadata(action: &'static str, md: &tonic::metadata::MetadataMap) -> Self {
-        let get = |k: &str, max| md.get(k).and_then(|v| v.to_str().ok()).and_then(|v| printable(v, max));
+        let get = |k: &str, max| {
+            md.get(k)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| printable(v, max))
+        };
         Self {
             action,
             app_id: get(crate::grpc::payment::APP_ID_HEADER, 64),
@@ -116,7 +120,12 @@ impl AuditCtx {
         }
     }
 
-    fn new_record<'a>(&'a self, outcome: &'a str, code: &'a str, t: &'a Targets) -> NewAuditRecord<'a> {
+    fn new_record<'a>(
+        &'a self,
+        outcome: &'a str,
+        code: &'a str,
+        t: &'a Targets,
+    ) -> NewAuditRecord<'a> {
         NewAuditRecord {
             actor_kind: self.actor_kind(),
             app_id: self.app_id.as_deref(),
@@ -235,7 +244,10 @@ fn classify_nested<T>(
     r: &Result<Result<T, tonic::Status>, ServiceError>,
 ) -> (&'static str, &'static str) {
     match r {
-        Ok(Err(s)) => (outcome_of_code(s.code()), crate::grpc::status::code_name(s.code())),
+        Ok(Err(s)) => (
+            outcome_of_code(s.code()),
+            crate::grpc::status::code_name(s.code()),
+        ),
         Ok(Ok(_)) => ("REPLAYED", "OK"),
         Err(e) => {
             let code = crate::grpc::status::code_of(e);

@@ -134,10 +134,15 @@ impl App {
                     if let Some(i) = &idem {
                         idempotency::store_response(conn, &i.claim, &(i.encode)(&order))?;
                     }
-                    audit::record(conn, audit.as_ref(), "/CreateOrder", &audit::Targets {
-                        target: Some(order.merchant_order_no.as_str().to_owned()),
-                        ..audit::Targets::order(order.id)
-                    })?;
+                    audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "/CreateOrder",
+                        &audit::Targets {
+                            target: Some(order.merchant_order_no.as_str().to_owned()),
+                            ..audit::Targets::order(order.id)
+                        },
+                    )?;
                     Ok::<_, ServiceError>(Outcome::Done(order))
                 })
             })
@@ -337,7 +342,12 @@ impl App {
                     if let Some(i) = &idem {
                         idempotency::store_response(conn, &i.claim, &(i.encode)(&updated))?;
                     }
-                    audit::record(conn, audit.as_ref(), "/CloseOrder", &audit::Targets::order(id.as_uuid()))?;
+                    audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "/CloseOrder",
+                        &audit::Targets::order(id.as_uuid()),
+                    )?;
                     Ok::<_, ServiceError>(Outcome::Done((from, updated)))
                 })
             })

@@ -524,10 +524,15 @@ impl App {
                             }
                         }
                     }
-                    super::audit::record(conn, audit.as_ref(), "/Pay", &super::audit::Targets {
-                        out_trade_no: Some(out.clone()),
-                        ..super::audit::Targets::order(id.as_uuid())
-                    })?;
+                    super::audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "/Pay",
+                        &super::audit::Targets {
+                            out_trade_no: Some(out.clone()),
+                            ..super::audit::Targets::order(id.as_uuid())
+                        },
+                    )?;
                     Ok::<_, ServiceError>(Ok(Outcome::Done(outcome)))
                 })
             })

@@ -69,10 +69,15 @@ impl App {
                         recon::start_run(conn, channel.as_str(), day, &requested_by)?;
                     // Joining a RUNNING run changes nothing: the edge records it as a repeat.
                     if !already {
-                        super::audit::record(conn, audit.as_ref(), "/RunReconciliation", &super::audit::Targets {
-                            recon_run_id: Some(run.id),
-                            ..Default::default()
-                        })?;
+                        super::audit::record(
+                            conn,
+                            audit.as_ref(),
+                            "/RunReconciliation",
+                            &super::audit::Targets {
+                                recon_run_id: Some(run.id),
+                                ..Default::default()
+                            },
+                        )?;
                     }
                     Ok::<_, crate::storage::StorageError>((run, already))
                 })
@@ -282,11 +287,16 @@ impl App {
                 let resolved = conn.transaction(|conn| {
                     let r = recon::resolve(conn, id, &resolution, &note, &by)?;
                     if let Some(r) = &r {
-                        super::audit::record(conn, audit.as_ref(), "/ResolveDiscrepancy", &super::audit::Targets {
-                            recon_run_id: Some(r.run_id),
-                            target: Some(id.to_string()),
-                            ..Default::default()
-                        })?;
+                        super::audit::record(
+                            conn,
+                            audit.as_ref(),
+                            "/ResolveDiscrepancy",
+                            &super::audit::Targets {
+                                recon_run_id: Some(r.run_id),
+                                target: Some(id.to_string()),
+                                ..Default::default()
+                            },
+                        )?;
                     }
                     Ok::<_, crate::storage::StorageError>(r)
                 })?;

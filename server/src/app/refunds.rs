@@ -287,12 +287,17 @@ impl App {
                     };
                     match refunds::insert(conn, &row, &actor)? {
                         Ok(r) => {
-                            super::audit::record(conn, audit.as_ref(), "/CreateRefund", &super::audit::Targets {
-                                order_id: Some(r.order_id),
-                                refund_id: Some(r.id),
-                                target: Some(r.refund_request_no.clone()),
-                                ..Default::default()
-                            })?;
+                            super::audit::record(
+                                conn,
+                                audit.as_ref(),
+                                "/CreateRefund",
+                                &super::audit::Targets {
+                                    order_id: Some(r.order_id),
+                                    refund_id: Some(r.id),
+                                    target: Some(r.refund_request_no.clone()),
+                                    ..Default::default()
+                                },
+                            )?;
                             Ok(Reserved::Created(Box::new((r, attempt))))
                         }
                         Err(RefundInsertRefused::RequestNoTaken) => Err(ServiceError::Conflict(
@@ -428,12 +433,17 @@ impl App {
                         RefundSource::Event { event_id, .. } => Some(event_id.clone()),
                         _ => None,
                     };
-                    super::audit::record(conn, audit.as_ref(), "/ReportRefund", &super::audit::Targets {
-                        refund_id: applied.2.as_ref().map(|row| row.id),
-                        order_id: applied.2.as_ref().map(|row| row.order_id),
-                        target,
-                        ..Default::default()
-                    })?;
+                    super::audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "/ReportRefund",
+                        &super::audit::Targets {
+                            refund_id: applied.2.as_ref().map(|row| row.id),
+                            order_id: applied.2.as_ref().map(|row| row.order_id),
+                            target,
+                            ..Default::default()
+                        },
+                    )?;
                     Ok(applied)
                 }) {
                     Err(ServiceError::Conflict(_))

@@ -69,11 +69,16 @@ impl App {
                 }
                 match conn.transaction(|conn| {
                     let applied = apply_in_tx(conn, &r)?;
-                    super::audit::record(conn, audit.as_ref(), "/ReportPayment", &super::audit::Targets {
-                        out_trade_no: Some(r.out_trade_no.clone()),
-                        target: Some(r.event_id.clone()),
-                        ..Default::default()
-                    })?;
+                    super::audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "/ReportPayment",
+                        &super::audit::Targets {
+                            out_trade_no: Some(r.out_trade_no.clone()),
+                            target: Some(r.event_id.clone()),
+                            ..Default::default()
+                        },
+                    )?;
                     Ok(applied)
                 }) {
                     // Another delivery of this very event committed first.

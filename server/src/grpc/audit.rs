@@ -62,9 +62,18 @@ fn parse(b: &pb::ListAuditRecordsRequest) -> Result<(AuditFilter, usize), FieldE
     let page = match b.page_size {
         0 => 50,
         n @ 1..=200 => n,
-        n => return Err(FieldError::new("page_size", format!("must be 0..=200, got {n}"))),
+        n => {
+            return Err(FieldError::new(
+                "page_size",
+                format!("must be 0..=200, got {n}"),
+            ));
+        }
     };
-    let from = b.from.as_ref().map(|t| from_timestamp("from", t)).transpose()?;
+    let from = b
+        .from
+        .as_ref()
+        .map(|t| from_timestamp("from", t))
+        .transpose()?;
     let to = b.to.as_ref().map(|t| from_timestamp("to", t)).transpose()?;
     if let (Some(f), Some(t)) = (from, to)
         && f > t

@@ -166,7 +166,11 @@ impl ChannelEventsService for EventsApi {
         )
         .with_adapter(adapter_name(req.get_ref().channel))
         .with_targets(crate::app::audit::Targets {
-            out_trade_no: req.get_ref().result.as_ref().map(|r| r.out_trade_no.clone()),
+            out_trade_no: req
+                .get_ref()
+                .result
+                .as_ref()
+                .map(|r| r.out_trade_no.clone()),
             target: Some(req.get_ref().channel_event_id.clone()),
             ..Default::default()
         });

@@ -345,7 +345,9 @@ impl PaymentService for PaymentApi {
             target: Some(req.get_ref().merchant_order_no.clone()).filter(|s| !s.is_empty()),
             ..Default::default()
         });
-        let r = ctx.run(&self.app, PaymentApi::create_order(self, req)).await;
+        let r = ctx
+            .run(&self.app, PaymentApi::create_order(self, req))
+            .await;
         self.respond("CreateOrder", r)
     }
 
@@ -379,8 +381,11 @@ impl PaymentService for PaymentApi {
     }
 
     async fn pay(&self, req: Request<pb::PayRequest>) -> Result<Response<pb::PayResponse>, Status> {
-        let ctx = crate::app::audit::AuditCtx::from_metadata("/payment.v1.PaymentService/Pay", req.metadata())
-            .with_targets(order_target(&req.get_ref().order_id));
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/payment.v1.PaymentService/Pay",
+            req.metadata(),
+        )
+        .with_targets(order_target(&req.get_ref().order_id));
         let r = ctx.run(&self.app, PaymentApi::pay(self, req)).await;
         self.respond("Pay", r)
     }

@@ -90,9 +90,9 @@ pub fn code_of(e: &ServiceError) -> Code {
         | ServiceError::TradeStillPayable { .. }
         | ServiceError::AmountHeld { .. } => Code::FailedPrecondition,
         ServiceError::PermissionDenied(_) => Code::PermissionDenied,
-        ServiceError::LeaseLost | ServiceError::ChannelUnavailable { .. } | ServiceError::Redis(_) => {
-            Code::Unavailable
-        }
+        ServiceError::LeaseLost
+        | ServiceError::ChannelUnavailable { .. }
+        | ServiceError::Redis(_) => Code::Unavailable,
         ServiceError::Storage(s) if s.is_transient() => Code::Unavailable,
         ServiceError::Storage(_) | ServiceError::Internal(_) => Code::Internal,
     }
@@ -209,7 +209,11 @@ mod tests {
         assert_eq!(down.code(), Code::Unavailable);
         let corrupt = Status::from(ServiceError::from(StorageError::Corrupt("secret".into())));
         assert_eq!(corrupt.code(), Code::Internal);
-        assert!(corrupt.message().starts_with("internal error (reference "), "{}", corrupt.message());
+        assert!(
+            corrupt.message().starts_with("internal error (reference "),
+            "{}",
+            corrupt.message()
+        );
         assert!(!corrupt.message().contains("secret"));
     }
 
@@ -225,7 +229,11 @@ mod tests {
         assert_eq!(code_of(&e), Code::Internal);
         let status = Status::from(e);
         assert_eq!(status.code(), Code::Internal);
-        assert!(!status.message().contains("disk on fire"), "{}", status.message());
+        assert!(
+            !status.message().contains("disk on fire"),
+            "{}",
+            status.message()
+        );
         assert!(!status.message().contains("reading the thing"));
     }
 }

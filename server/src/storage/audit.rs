@@ -101,5 +101,7 @@ pub fn list(conn: &mut PgConnection, f: &AuditFilter) -> Result<Vec<AuditRow>, S
     if let Some(before) = f.before_id {
         q = q.filter(audit_records::id.lt(before));
     }
-    Ok(q.order(audit_records::id.desc()).limit(f.limit).load(conn)?)
+    Ok(q.order(audit_records::id.desc())
+        .limit(f.limit)
+        .load(conn)?)
 }

@@ -199,7 +199,9 @@ pub async fn reseal_all(db: &Db, batch: i64) -> Result<(usize, usize, usize), St
     let mut totals = (0, 0, 0);
     let mut after = None;
     loop {
-        let (last, n) = db.run(move |c| refunds::reseal_batch(c, after, batch)).await?;
+        let (last, n) = db
+            .run(move |c| refunds::reseal_batch(c, after, batch))
+            .await?;
         totals.0 += n;
         match last {
             Some(l) => after = Some(l),
@@ -208,13 +210,17 @@ pub async fn reseal_all(db: &Db, batch: i64) -> Result<(usize, usize, usize), St
     }
     let mut after = None;
     loop {
-        let (last, n) = db.run(move |c| recon::reseal_notes_batch(c, after, batch)).await?;
+        let (last, n) = db
+            .run(move |c| recon::reseal_notes_batch(c, after, batch))
+            .await?;
         totals.1 += n;
         match last {
             Some(l) => after = Some(l),
             None => break,
         }
     }
-    totals.2 = db.run(move |c| attempts::rewrite_legacy_payer_digests(c, batch)).await?;
+    totals.2 = db
+        .run(move |c| attempts::rewrite_legacy_payer_digests(c, batch))
+        .await?;
     Ok(totals)
 }

@@ -126,9 +126,9 @@ pub fn reseal_notes_batch(
         for r in &rows {
             let plain = match (&r.note_sealed, &r.note) {
                 (Some(s), _) if crate::crypto::key_id(s) == Some(keys.active_id()) => continue,
-                (Some(s), _) => keys
-                    .open(&note_aad(r.id), s)
-                    .map_err(|e| StorageError::Corrupt(format!("discrepancy {}: note: {e}", r.id)))?,
+                (Some(s), _) => keys.open(&note_aad(r.id), s).map_err(|e| {
+                    StorageError::Corrupt(format!("discrepancy {}: note: {e}", r.id))
+                })?,
                 (None, Some(n)) if !n.is_empty() => n.clone(),
                 (None, _) => continue,
             };

@@ -303,12 +303,14 @@ pub fn find(
     app: &AppId,
     id: Uuid,
 ) -> Result<Option<RefundRow>, StorageError> {
-    unseal_opt(refunds::table
-        .filter(refunds::id.eq(id))
-        .filter(refunds::app_id.eq(app.as_str()))
-        .select(RefundRow::as_select())
-        .first(conn)
-        .optional()?)
+    unseal_opt(
+        refunds::table
+            .filter(refunds::id.eq(id))
+            .filter(refunds::app_id.eq(app.as_str()))
+            .select(RefundRow::as_select())
+            .first(conn)
+            .optional()?,
+    )
 }
 
 pub fn find_by_request_no(
@@ -316,23 +318,27 @@ pub fn find_by_request_no(
     app: &AppId,
     no: &str,
 ) -> Result<Option<RefundRow>, StorageError> {
-    unseal_opt(refunds::table
-        .filter(refunds::app_id.eq(app.as_str()))
-        .filter(refunds::refund_request_no.eq(no))
-        .select(RefundRow::as_select())
-        .first(conn)
-        .optional()?)
+    unseal_opt(
+        refunds::table
+            .filter(refunds::app_id.eq(app.as_str()))
+            .filter(refunds::refund_request_no.eq(no))
+            .select(RefundRow::as_select())
+            .first(conn)
+            .optional()?,
+    )
 }
 
 pub fn find_by_out_refund_no(
     conn: &mut PgConnection,
     out_refund_no: &str,
 ) -> Result<Option<RefundRow>, StorageError> {
-    unseal_opt(refunds::table
-        .filter(refunds::out_refund_no.eq(out_refund_no))
-        .select(RefundRow::as_select())
-        .first(conn)
-        .optional()?)
+    unseal_opt(
+        refunds::table
+            .filter(refunds::out_refund_no.eq(out_refund_no))
+            .select(RefundRow::as_select())
+            .first(conn)
+            .optional()?,
+    )
 }
 
 /// Locks the refund row (after its order's row, the order every writer uses).
@@ -340,12 +346,14 @@ pub fn find_by_out_refund_no_for_update(
     conn: &mut PgConnection,
     out_refund_no: &str,
 ) -> Result<Option<RefundRow>, StorageError> {
-    unseal_opt(refunds::table
-        .filter(refunds::out_refund_no.eq(out_refund_no))
-        .select(RefundRow::as_select())
-        .for_update()
-        .first(conn)
-        .optional()?)
+    unseal_opt(
+        refunds::table
+            .filter(refunds::out_refund_no.eq(out_refund_no))
+            .select(RefundRow::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?,
+    )
 }
 
 /// What a status change also records.
