@@ -39,7 +39,7 @@ fn install(ids: &[(&str, u8)]) {
 }
 
 async fn refund_with_reason(app: &mut TestApp, reason: &str) -> pb::Refund {
-    let order = paid_order(app, "dp-order-1", "DPT0001", 1000).await;
+    let order = paid_order(app, "dp-order-1", "8800000000000000001", 1000).await;
     let mut r = refund_req(&order.order_id, 100, "dp-refund-1");
     r.reason = reason.into();
     app.client
@@ -67,16 +67,16 @@ async fn no_raw_row_holds_the_reason_and_rotation_moves_rows_to_the_new_key() {
     let refund = refund_with_reason(&mut app, &format!("payer asked by phone {PHONE}")).await;
     // Nothing in any table, as Postgres stores it, holds the phone number.
     let leaks = app.count(&format!(
-        "SELECT count(*) FROM refunds r WHERE r::text LIKE '%{PHONE}%'"
+        "SELECT count(*) AS n FROM refunds r WHERE r::text LIKE '%{PHONE}%'"
     ));
     assert_eq!(leaks, 0);
     assert_eq!(
-        app.count("SELECT count(*) FROM refunds WHERE reason = '' AND reason_sealed LIKE 'k1:%'"),
+        app.count("SELECT count(*) AS n FROM refunds WHERE reason = '' AND reason_sealed LIKE 'k1:%'"),
         1
     );
     // The payer digest is keyed (33 bytes), not a plain SHA-256.
     assert_eq!(
-        app.count("SELECT count(*) FROM payment_attempts WHERE length(payer_digest) = 32"),
+        app.count("SELECT count(*) AS n FROM payment_attempts WHERE length(payer_digest) = 32"),
         0
     );
 
@@ -93,7 +93,7 @@ async fn no_raw_row_holds_the_reason_and_rotation_moves_rows_to_the_new_key() {
     let (again, _, _) = payd::storage::reseal_all(&app.app.db, 1).await.unwrap();
     assert_eq!(again, 0, "a second run changes nothing");
     assert_eq!(
-        app.count("SELECT count(*) FROM refunds WHERE reason_sealed LIKE 'k2:%'"),
+        app.count("SELECT count(*) AS n FROM refunds WHERE reason_sealed LIKE 'k2:%'"),
         1
     );
     install(&[("k2", 2)]);
@@ -120,7 +120,7 @@ async fn no_raw_row_holds_the_reason_and_rotation_moves_rows_to_the_new_key() {
 async fn every_state_changing_call_leaves_exactly_one_audit_record_and_the_log_is_append_only() {
     let mut app = app_with_dead_adapter("60000").await;
     // CreateOrder + ReportPayment.
-    let order = paid_order(&mut app, "au-order-1", "AUT0001", 1000).await;
+    let order = paid_order(&mut app, "au-order-1", "8800000000000000002", 1000).await;
     // CreateRefund (the adapter is down: PROCESSING, but created).
     let mut r = refund_req(&order.order_id, 100, "au-refund-1");
     r.reason = format!("call {PHONE}");
@@ -143,7 +143,7 @@ async fn every_state_changing_call_leaves_exactly_one_audit_record_and_the_log_i
 
     let per = |action: &str, outcome: &str| {
         app.count(&format!(
-            "SELECT count(*) FROM audit_records WHERE action LIKE '%/{action}' AND outcome = '{outcome}'"
+            "SELECT count(*) AS n FROM audit_records WHERE action LIKE '%/{action}' AND outcome = '{outcome}'"
         ))
     };
     // The resubmitted CreateOrder returns the existing order in its own transaction: recorded
@@ -152,13 +152,13 @@ async fn every_state_changing_call_leaves_exactly_one_audit_record_and_the_log_i
     assert_eq!(per("ReportPayment", "OK"), 1);
     assert_eq!(per("CreateRefund", "OK"), 1);
     assert_eq!(per("CloseOrder", "REFUSED"), 1);
-    assert_eq!(app.count("SELECT count(*) FROM audit_records"), 5);
+    assert_eq!(app.count("SELECT count(*) AS n FROM audit_records"), 5);
     assert_eq!(
-        app.count("SELECT count(*) FROM audit_records WHERE code = 'FAILED_PRECONDITION' AND action LIKE '%/CloseOrder'"),
+        app.count("SELECT count(*) AS n FROM audit_records WHERE code = 'FAILED_PRECONDITION' AND action LIKE '%/CloseOrder'"),
         1
     );
     assert_eq!(
-        app.count("SELECT count(*) FROM audit_records WHERE action LIKE '%/CreateRefund' AND operator = 'alice' AND refund_id IS NOT NULL"),
+        app.count("SELECT count(*) AS n FROM audit_records WHERE action LIKE '%/CreateRefund' AND operator = 'alice' AND refund_id IS NOT NULL"),
         1
     );
 
@@ -197,7 +197,7 @@ async fn every_state_changing_call_leaves_exactly_one_audit_record_and_the_log_i
         let e = diesel::sql_query(sql).execute(&mut conn).unwrap_err();
         assert!(e.to_string().contains("append-only"), "{sql}: {e}");
     }
-    assert_eq!(app.count("SELECT count(*) FROM audit_records"), 5);
+    assert_eq!(app.count("SELECT count(*) AS n FROM audit_records"), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +227,7 @@ async fn a_failing_database_leaks_no_sql_or_schema_to_the_caller() {
     // The refusal itself is audited, outside the failed transaction.
     assert_eq!(
         app.count(
-            "SELECT count(*) FROM audit_records WHERE outcome = 'FAILED' AND code = 'INTERNAL'"
+            "SELECT count(*) AS n FROM audit_records WHERE outcome = 'FAILED' AND code = 'INTERNAL'"
         ),
         1
     );
