@@ -71,7 +71,9 @@ async fn no_raw_row_holds_the_reason_and_rotation_moves_rows_to_the_new_key() {
     ));
     assert_eq!(leaks, 0);
     assert_eq!(
-        app.count("SELECT count(*) AS n FROM refunds WHERE reason = '' AND reason_sealed LIKE 'k1:%'"),
+        app.count(
+            "SELECT count(*) AS n FROM refunds WHERE reason = '' AND reason_sealed LIKE 'k1:%'"
+        ),
         1
     );
     // The payer digest is keyed (33 bytes), not a plain SHA-256.
