@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/common/v1/money.proto",
         "proto/payment/v1/payment.proto",
+        "proto/payment/v1/audit.proto",
         "proto/channel/v1/channel.proto",
     ];
     let fds = protox::compile(files, ["proto"])?;

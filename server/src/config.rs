@@ -158,6 +158,20 @@ pub struct Settings {
     pub payment_query_tick_ms: u64,
     /// `PAYD_EXPIRY_TICK_MS`: how often the expiry job looks for expired unpaid orders.
     pub expiry_tick_ms: u64,
+    /// `PAYD_ENV`: `development` (default) or `production`. In production payd refuses to start
+    /// with a missing, default or obviously weak secret, and says which.
+    pub env: String,
+    /// `PAYD_DATA_KEYS` (or `PAYD_DATA_KEYS_FILE`): the data keys sealing personal fields at
+    /// rest, `id:base64-of-32-bytes` entries separated by commas or newlines, oldest first: the
+    /// last is active (new values), the others only open old ones. Unset: the public
+    /// development key (refused in production).
+    pub data_keys: Option<Secret>,
+    pub data_keys_file: Option<std::path::PathBuf>,
+    /// `PAYD_DATA_HMAC_KEY` (or `PAYD_DATA_HMAC_KEY_FILE`): base64 of at least 32 bytes, the
+    /// key of the keyed hashes used where only equality is needed (the payer id). Separate from
+    /// the data keys, and not rotated with them (the hashes would change).
+    pub data_hmac_key: Option<Secret>,
+    pub data_hmac_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -216,8 +230,34 @@ impl Default for Settings {
             payment_query_ceiling_ms: 300_000,
             payment_query_tick_ms: 1_000,
             expiry_tick_ms: 1_000,
+            env: "development".to_owned(),
+            data_keys: None,
+            data_keys_file: None,
+            data_hmac_key: None,
+            data_hmac_key_file: None,
         }
     }
+}
+
+/// Why a shared secret is unfit for production, if it is: short, one repeated character, or a
+/// placeholder word (test, dev, changeme, secret, example, password).
+pub fn weak_secret(s: &str) -> Option<&'static str> {
+    let lower = s.to_ascii_lowercase();
+    if s.len() < 32 {
+        return Some("is shorter than 32 characters");
+    }
+    let distinct: std::collections::BTreeSet<char> = s.chars().collect();
+    if distinct.len() < 8 {
+        return Some("has fewer than 8 distinct characters");
+    }
+    [
+        "test", "dev", "changeme", "secret", "example", "password", "default",
+    ]
+    .iter()
+    .any(|w| lower.contains(w))
+    .then_some(
+        "contains a placeholder word (test, dev, changeme, secret, example, password, default)",
+    )
 }
 
 /// A comma-separated list of positive milliseconds.
@@ -321,7 +361,97 @@ impl Settings {
         self.payment_queries()?;
         self.adapter_tokens()?;
         self.adapter_endpoints()?;
+        let keys = self.data_keys()?;
+        match self.env.as_str() {
+            "development" => {}
+            "production" => self.production_check(&keys)?,
+            _ => return bad("env", "must be development or production"),
+        }
         Ok(())
+    }
+
+    /// Production refuses what only a developer machine may use: the public development keys,
+    /// weak keys, missing or guessable adapter tokens, and a database URL without a password.
+    fn production_check(&self, keys: &crate::crypto::DataKeys) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.data_keys.is_none() && self.data_keys_file.is_none() {
+            return bad(
+                "data_keys",
+                "is required in production (PAYD_DATA_KEYS or PAYD_DATA_KEYS_FILE)".into(),
+            );
+        }
+        if self.data_hmac_key.is_none() && self.data_hmac_key_file.is_none() {
+            return bad(
+                "data_hmac_key",
+                "is required in production (PAYD_DATA_HMAC_KEY or PAYD_DATA_HMAC_KEY_FILE)".into(),
+            );
+        }
+        if let Some(w) = keys.weakness() {
+            return bad("data_keys", format!("{w}; refused in production"));
+        }
+        let tokens = self.adapter_tokens()?;
+        if tokens.is_empty() {
+            return bad(
+                "adapter_tokens",
+                "is required in production: without it no adapter can report".into(),
+            );
+        }
+        for (channel, t) in &tokens {
+            if let Some(w) = weak_secret(t.expose()) {
+                return bad(
+                    "adapter_tokens",
+                    format!("the {channel} token {w}; refused in production"),
+                );
+            }
+        }
+        for e in self.adapter_endpoints()? {
+            if let Some(w) = weak_secret(e.token.expose()) {
+                return bad(
+                    "channel_*_token",
+                    format!("the {} token {w}; refused in production", e.channel),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The data key ring: configured keys, or the public development ring when none is.
+    ///
+    /// # Errors
+    /// A malformed ring or lookup key, an unreadable file, or only one of the two configured.
+    pub fn data_keys(&self) -> Result<crate::crypto::DataKeys, ConfigError> {
+        let read =
+            |key: &'static str, v: &Option<Secret>, f: &Option<std::path::PathBuf>| match (v, f) {
+                (Some(s), _) => Ok(Some(s.expose().to_owned())),
+                (None, Some(p)) => {
+                    std::fs::read_to_string(p)
+                        .map(Some)
+                        .map_err(|e| ConfigError::Invalid {
+                            key,
+                            reason: format!("cannot read the file: {}", e.kind()),
+                        })
+                }
+                (None, None) => Ok(None),
+            };
+        let keys = read("data_keys_file", &self.data_keys, &self.data_keys_file)?;
+        let hmac = read(
+            "data_hmac_key_file",
+            &self.data_hmac_key,
+            &self.data_hmac_key_file,
+        )?;
+        match (keys, hmac) {
+            (None, None) => Ok(crate::crypto::DataKeys::development()),
+            (Some(k), Some(h)) => {
+                crate::crypto::DataKeys::parse(&k, &h).map_err(|e| ConfigError::Invalid {
+                    key: "data_keys",
+                    reason: e.to_string(),
+                })
+            }
+            _ => Err(ConfigError::Invalid {
+                key: "data_keys",
+                reason: "data_keys and data_hmac_key are configured together".into(),
+            }),
+        }
     }
 
     /// The apps' event sinks as (app, url) pairs.

@@ -12,10 +12,12 @@
 //!   payd's token, the `channel.v1` conversions, and the one reading of a failed call's status.
 //!   Used by `app` and `grpc`; imports neither.
 //! - [`grpc`]: the tonic services (inbound) and the one error-to-status mapping.
+//! - [`crypto`]: the data keys: personal fields sealed at rest (AES-256-GCM), keyed lookups.
 //! - [`config`], [`telemetry`], [`metrics`], [`startup`]: process wiring.
 pub mod app;
 pub mod channel_client;
 pub mod config;
+pub mod crypto;
 pub mod domain;
 pub mod grpc;
 pub mod grpc_metrics;

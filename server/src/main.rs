@@ -21,6 +21,14 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Seal personal fields written in clear (before sealing existed) or under an older data
+    /// key with the active key, in batches of one transaction each. Idempotent and resumable:
+    /// run it after adding a key, then drop the old key once it reports nothing left.
+    Reencrypt {
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
 }
 
 #[tokio::main]
@@ -37,6 +45,15 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(applied, "migrations up to date");
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => Ok(()),
+        Command::Reencrypt { batch } => {
+            payd::crypto::install(std::sync::Arc::new(settings.data_keys()?));
+            let active = payd::crypto::keys().active_id().to_owned();
+            let (refunds, notes, digests) = payd::storage::reseal_all(&db, batch.max(1)).await?;
+            println!(
+                "re-encrypted under {active}: {refunds} refund reasons, {notes} discrepancy notes; {digests} legacy payer digests rewritten or cleared"
+            );
+            Ok(())
+        }
         Command::Serve => {
             let app = Application::build(&settings).await?;
             tracing::info!(grpc = %app.grpc_addr()?, metrics = %app.metrics_addr()?, "payd listening");

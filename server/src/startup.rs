@@ -38,6 +38,7 @@ impl Application {
     /// Connects (lazily) to Postgres and Redis and binds both listeners. Port 0 picks a free port,
     /// which tests read back from [`Application::grpc_addr`].
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        crate::crypto::install(std::sync::Arc::new(settings.data_keys()?));
         let metrics = Metrics::new()?;
         let db = Db::connect_lazy_counting(
             settings.database_url.expose(),

@@ -1,5 +1,6 @@
 //! Use cases: each one validates nothing (the edge did), takes the locks it needs, and makes its
 //! change in one Postgres transaction together with the idempotency record.
+pub mod audit;
 pub mod delivery;
 pub mod error;
 pub mod events;
@@ -83,6 +84,7 @@ impl App {
         let expires_in = new.expires_in;
         let metadata =
             serde_json::to_value(&new.metadata).context("encoding the order's metadata")?;
+        let audit = audit::current();
         let outcome = self
             .db
             .run(move |conn| {
@@ -132,6 +134,15 @@ impl App {
                     if let Some(i) = &idem {
                         idempotency::store_response(conn, &i.claim, &(i.encode)(&order))?;
                     }
+                    audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "/CreateOrder",
+                        &audit::Targets {
+                            target: Some(order.merchant_order_no.as_str().to_owned()),
+                            ..audit::Targets::order(order.id)
+                        },
+                    )?;
                     Ok::<_, ServiceError>(Outcome::Done(order))
                 })
             })
@@ -279,6 +290,7 @@ impl App {
     ) -> Result<Outcome<Order>, ServiceError> {
         let retention = self.idempotency_retention;
         let fence = guard.fence();
+        let audit = audit::current();
         let result = self
             .db
             .run(move |conn| {
@@ -330,6 +342,12 @@ impl App {
                     if let Some(i) = &idem {
                         idempotency::store_response(conn, &i.claim, &(i.encode)(&updated))?;
                     }
+                    audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "/CloseOrder",
+                        &audit::Targets::order(id.as_uuid()),
+                    )?;
                     Ok::<_, ServiceError>(Outcome::Done((from, updated)))
                 })
             })

@@ -130,8 +130,18 @@ pub struct PayOutcome {
     pub pay_params: BTreeMap<String, String>,
 }
 
+/// The payer's keyed hash (HMAC-SHA256 under the lookup key): a reused attempt must be for
+/// the same payer, and equality is all that is needed, so the payer id itself is never stored.
 fn payer_digest(payer_id: &str) -> Vec<u8> {
-    Sha256::digest(payer_id.as_bytes()).to_vec()
+    crate::crypto::keys().lookup_hash("payer_id", payer_id)
+}
+
+/// Whether an attempt's stored digest names this payer. Attempts opened before keyed hashes
+/// hold a plain SHA-256 (32 bytes); they are still recognised while open, and `payd reencrypt`
+/// rewrites or clears them.
+fn same_payer(stored: &[u8], payer_id: &str, digest: &[u8]) -> bool {
+    stored == digest
+        || (stored.len() == 32 && stored == Sha256::digest(payer_id.as_bytes()).as_slice())
 }
 
 fn params_of(a: &AttemptRow) -> BTreeMap<String, String> {
@@ -189,7 +199,7 @@ impl App {
             Some(a)
                 if a.channel == channel
                     && a.method == cmd.method
-                    && a.payer_digest == digest
+                    && same_payer(&a.payer_digest, &cmd.payer_id, &digest)
                     && self.pay_windows.reusable(&a, now) =>
             {
                 if a.status == AttemptStatus::Paying && a.pay_params.is_some() {
@@ -430,6 +440,7 @@ impl App {
         let opened = prepay.is_some();
         let first_query = self.payment_queries.first_due(Utc::now());
         let out = out_trade_no.clone();
+        let audit = super::audit::current();
         let committed = self
             .db
             .run(move |conn| {
@@ -513,6 +524,15 @@ impl App {
                             }
                         }
                     }
+                    super::audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "/Pay",
+                        &super::audit::Targets {
+                            out_trade_no: Some(out.clone()),
+                            ..super::audit::Targets::order(id.as_uuid())
+                        },
+                    )?;
                     Ok::<_, ServiceError>(Ok(Outcome::Done(outcome)))
                 })
             })

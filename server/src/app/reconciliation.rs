@@ -66,9 +66,29 @@ impl App {
                 "no adapter is configured for {channel}"
             )));
         }
+        let audit = super::audit::current();
         let (run, already) = self
             .db
-            .run(move |conn| recon::start_run(conn, channel.as_str(), day, &requested_by))
+            .run(move |conn| {
+                use diesel::Connection;
+                conn.transaction(|conn| {
+                    let (run, already) =
+                        recon::start_run(conn, channel.as_str(), day, &requested_by)?;
+                    // Joining a RUNNING run changes nothing: the edge records it as a repeat.
+                    if !already {
+                        super::audit::record(
+                            conn,
+                            audit.as_ref(),
+                            "/RunReconciliation",
+                            &super::audit::Targets {
+                                recon_run_id: Some(run.id),
+                                ..Default::default()
+                            },
+                        )?;
+                    }
+                    Ok::<_, crate::storage::StorageError>((run, already))
+                })
+            })
             .await?;
         if !already {
             let app = self.clone();
@@ -351,10 +371,28 @@ impl App {
         note: String,
         by: String,
     ) -> Result<Option<Result<DiscrepancyRow, DiscrepancyRow>>, ServiceError> {
+        let audit = super::audit::current();
         Ok(self
             .db
             .run(move |conn| {
-                if let Some(r) = recon::resolve(conn, id, &resolution, &note, &by)? {
+                use diesel::Connection;
+                let resolved = conn.transaction(|conn| {
+                    let r = recon::resolve(conn, id, &resolution, &note, &by)?;
+                    if let Some(r) = &r {
+                        super::audit::record(
+                            conn,
+                            audit.as_ref(),
+                            "/ResolveDiscrepancy",
+                            &super::audit::Targets {
+                                recon_run_id: Some(r.run_id),
+                                target: Some(id.to_string()),
+                                ..Default::default()
+                            },
+                        )?;
+                    }
+                    Ok::<_, crate::storage::StorageError>(r)
+                })?;
+                if let Some(r) = resolved {
                     return Ok::<_, crate::storage::StorageError>(Some(Ok(r)));
                 }
                 Ok(recon::get_discrepancy(conn, id)?.map(Err))

@@ -215,6 +215,7 @@ impl App {
             .collect();
         let ids = self.ids.clone();
         let grace = self.refunds.pending_grace;
+        let audit = super::audit::current();
         self.db
             .run(move |conn| {
                 conn.transaction(|conn| {
@@ -285,7 +286,20 @@ impl App {
                         None => format!("app:{}", app.as_str()),
                     };
                     match refunds::insert(conn, &row, &actor)? {
-                        Ok(r) => Ok(Reserved::Created(Box::new((r, attempt)))),
+                        Ok(r) => {
+                            super::audit::record(
+                                conn,
+                                audit.as_ref(),
+                                "/CreateRefund",
+                                &super::audit::Targets {
+                                    order_id: Some(r.order_id),
+                                    refund_id: Some(r.id),
+                                    target: Some(r.refund_request_no.clone()),
+                                    ..Default::default()
+                                },
+                            )?;
+                            Ok(Reserved::Created(Box::new((r, attempt))))
+                        }
                         Err(RefundInsertRefused::RequestNoTaken) => Err(ServiceError::Conflict(
                             Subject::RefundRequestNo(new.refund_request_no.clone()),
                         )),
@@ -404,6 +418,7 @@ impl App {
         next_query_at: DateTime<Utc>,
     ) -> Result<(RefundOutcome, Option<Refund>), ServiceError> {
         let channel = r.channel;
+        let audit = super::audit::current();
         let (outcome, settled, row) = self
             .db
             .run(move |conn| {
@@ -412,11 +427,32 @@ impl App {
                 {
                     return Ok((RefundOutcome::Repeated, None, None));
                 }
-                match conn.transaction(|conn| apply_in_tx(conn, &r, &source, next_query_at)) {
+                match conn.transaction(|conn| {
+                    let applied = apply_in_tx(conn, &r, &source, next_query_at)?;
+                    let target = match &source {
+                        RefundSource::Event { event_id, .. } => Some(event_id.clone()),
+                        _ => None,
+                    };
+                    super::audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "/ReportRefund",
+                        &super::audit::Targets {
+                            refund_id: applied.2.as_ref().map(|row| row.id),
+                            order_id: applied.2.as_ref().map(|row| row.order_id),
+                            target,
+                            ..Default::default()
+                        },
+                    )?;
+                    Ok(applied)
+                }) {
                     Err(ServiceError::Conflict(_))
                         if matches!(&source, RefundSource::Event { event_id, .. }
                             if events::seen(conn, channel.as_str(), event_id)?) =>
                     {
+                        if let Some(a) = &audit {
+                            a.rolled_back();
+                        }
                         Ok((RefundOutcome::Repeated, None, None))
                     }
                     other => other,

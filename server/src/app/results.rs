@@ -59,6 +59,7 @@ impl App {
         let channel = r.channel;
         let (out_trade_no, reported) = (r.out_trade_no.clone(), r.paid.clone());
         let (reported_minor, reported_currency) = reported.unzip();
+        let audit = super::audit::current();
         let (outcome, superseded) = self
             .db
             .run(move |conn| {
@@ -66,11 +67,27 @@ impl App {
                 if events::seen(conn, channel.as_str(), &r.event_id)? {
                     return Ok((ResultOutcome::Repeated, Vec::new()));
                 }
-                match conn.transaction(|conn| apply_in_tx(conn, &r)) {
+                match conn.transaction(|conn| {
+                    let applied = apply_in_tx(conn, &r)?;
+                    super::audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "/ReportPayment",
+                        &super::audit::Targets {
+                            out_trade_no: Some(r.out_trade_no.clone()),
+                            target: Some(r.event_id.clone()),
+                            ..Default::default()
+                        },
+                    )?;
+                    Ok(applied)
+                }) {
                     // Another delivery of this very event committed first.
                     Err(ServiceError::Conflict(_))
                         if events::seen(conn, channel.as_str(), &r.event_id)? =>
                     {
+                        if let Some(a) = &audit {
+                            a.rolled_back();
+                        }
                         Ok((ResultOutcome::Repeated, Vec::new()))
                     }
                     other => other,

@@ -144,16 +144,42 @@ impl EventsApi {
     }
 }
 
+/// The channel a report claims to come from, as the audit log names adapters.
+fn adapter_name(channel: i32) -> Option<&'static str> {
+    match payproto::channel::v1::Channel::try_from(channel) {
+        Ok(payproto::channel::v1::Channel::Wechat) => Some("wechat"),
+        Ok(payproto::channel::v1::Channel::Alipay) => Some("alipay"),
+        Ok(payproto::channel::v1::Channel::Unionpay) => Some("unionpay"),
+        _ => Some("unknown"),
+    }
+}
+
 #[tonic::async_trait]
 impl ChannelEventsService for EventsApi {
     async fn report_payment(
         &self,
         req: Request<cpb::ReportPaymentRequest>,
     ) -> Result<Response<cpb::ReportPaymentResponse>, Status> {
-        let r = match self.authenticate(req.metadata()) {
-            Ok(caller) => EventsApi::report_payment(self, caller, req.into_inner()).await,
-            Err(e) => Err(e),
-        };
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/channel.v1.ChannelEventsService/ReportPayment",
+            req.metadata(),
+        )
+        .with_adapter(adapter_name(req.get_ref().channel))
+        .with_targets(crate::app::audit::Targets {
+            out_trade_no: req
+                .get_ref()
+                .result
+                .as_ref()
+                .map(|r| r.out_trade_no.clone()),
+            target: Some(req.get_ref().channel_event_id.clone()),
+            ..Default::default()
+        });
+        let r = ctx
+            .run(&self.app, async {
+                let caller = self.authenticate(req.metadata())?;
+                EventsApi::report_payment(self, caller, req.into_inner()).await
+            })
+            .await;
         self.respond("ReportPayment", r)
     }
 
@@ -161,10 +187,22 @@ impl ChannelEventsService for EventsApi {
         &self,
         req: Request<cpb::ReportRefundRequest>,
     ) -> Result<Response<cpb::ReportRefundResponse>, Status> {
-        let r = match self.authenticate(req.metadata()) {
-            Ok(caller) => EventsApi::report_refund(self, caller, req.into_inner()).await,
-            Err(e) => Err(e),
-        };
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/channel.v1.ChannelEventsService/ReportRefund",
+            req.metadata(),
+        )
+        .with_adapter(adapter_name(req.get_ref().channel))
+        .with_targets(crate::app::audit::Targets {
+            out_trade_no: Some(req.get_ref().out_trade_no.clone()),
+            target: Some(req.get_ref().channel_event_id.clone()),
+            ..Default::default()
+        });
+        let r = ctx
+            .run(&self.app, async {
+                let caller = self.authenticate(req.metadata())?;
+                EventsApi::report_refund(self, caller, req.into_inner()).await
+            })
+            .await;
         self.respond("ReportRefund", r)
     }
 }

@@ -1,4 +1,5 @@
 //! gRPC wiring: one router used by production and tests alike.
+pub mod audit;
 pub mod convert;
 pub mod events;
 pub mod payment;
@@ -61,6 +62,11 @@ pub async fn build_grpc_router(
         .add_service(timed.wrap(ReconciliationServiceServer::new(
             recon::ReconciliationApi::new(app.clone()),
         )))
+        .add_service(timed.wrap(
+            payproto::payment::v1::audit_service_server::AuditServiceServer::new(
+                audit::AuditApi::new(app.clone()),
+            ),
+        ))
         .add_service(timed.wrap(ChannelEventsServiceServer::new(events::EventsApi::new(app))));
     Ok((router, reporter))
 }

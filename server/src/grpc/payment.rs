@@ -323,13 +323,31 @@ impl PaymentApi {
     }
 }
 
+/// The order a request names, for the audit record of a call that changed nothing.
+fn order_target(order_id: &str) -> crate::app::audit::Targets {
+    crate::app::audit::Targets {
+        order_id: uuid::Uuid::try_parse(order_id).ok(),
+        ..Default::default()
+    }
+}
+
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
     async fn create_order(
         &self,
         req: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
-        let r = PaymentApi::create_order(self, req).await;
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/payment.v1.PaymentService/CreateOrder",
+            req.metadata(),
+        )
+        .with_targets(crate::app::audit::Targets {
+            target: Some(req.get_ref().merchant_order_no.clone()).filter(|s| !s.is_empty()),
+            ..Default::default()
+        });
+        let r = ctx
+            .run(&self.app, PaymentApi::create_order(self, req))
+            .await;
         self.respond("CreateOrder", r)
     }
 
@@ -353,12 +371,22 @@ impl PaymentService for PaymentApi {
         &self,
         req: Request<pb::CloseOrderRequest>,
     ) -> Result<Response<pb::CloseOrderResponse>, Status> {
-        let r = PaymentApi::close_order(self, req).await;
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/payment.v1.PaymentService/CloseOrder",
+            req.metadata(),
+        )
+        .with_targets(order_target(&req.get_ref().order_id));
+        let r = ctx.run(&self.app, PaymentApi::close_order(self, req)).await;
         self.respond("CloseOrder", r)
     }
 
     async fn pay(&self, req: Request<pb::PayRequest>) -> Result<Response<pb::PayResponse>, Status> {
-        let r = PaymentApi::pay(self, req).await;
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/payment.v1.PaymentService/Pay",
+            req.metadata(),
+        )
+        .with_targets(order_target(&req.get_ref().order_id));
+        let r = ctx.run(&self.app, PaymentApi::pay(self, req)).await;
         self.respond("Pay", r)
     }
 
@@ -384,7 +412,16 @@ impl PaymentService for PaymentApi {
         &self,
         req: Request<pb::CreateRefundRequest>,
     ) -> Result<Response<pb::CreateRefundResponse>, Status> {
-        let r = self.create_refund_call(req).await;
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/payment.v1.PaymentService/CreateRefund",
+            req.metadata(),
+        )
+        .with_operator(&req.get_ref().operator)
+        .with_targets(crate::app::audit::Targets {
+            target: Some(req.get_ref().refund_request_no.clone()).filter(|s| !s.is_empty()),
+            ..order_target(&req.get_ref().order_id)
+        });
+        let r = ctx.run(&self.app, self.create_refund_call(req)).await;
         self.respond("CreateRefund", r)
     }
 

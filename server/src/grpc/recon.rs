@@ -129,21 +129,30 @@ impl ReconciliationService for ReconciliationApi {
         &self,
         req: Request<pb::RunReconciliationRequest>,
     ) -> Result<Response<pb::RunReconciliationResponse>, Status> {
-        let r = async {
-            let app = app_id(&req)?;
-            let body = req.into_inner();
-            let channel = channel_from_pb(body.channel)?;
-            let day = parse_day("day", &body.day)?;
-            let (run, already) = self
-                .app
-                .run_reconciliation(channel, day, app.as_str().to_owned())
-                .await?;
-            Ok(Ok(pb::RunReconciliationResponse {
-                run: Some(run_to_pb(&run)),
-                already_running: already,
-            }))
-        }
-        .await;
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/payment.v1.ReconciliationService/RunReconciliation",
+            req.metadata(),
+        )
+        .with_targets(crate::app::audit::Targets {
+            target: Some(req.get_ref().day.clone()),
+            ..Default::default()
+        });
+        let r = ctx
+            .run_nested(&self.app, async {
+                let app = app_id(&req)?;
+                let body = req.into_inner();
+                let channel = channel_from_pb(body.channel)?;
+                let day = parse_day("day", &body.day)?;
+                let (run, already) = self
+                    .app
+                    .run_reconciliation(channel, day, app.as_str().to_owned())
+                    .await?;
+                Ok(Ok(pb::RunReconciliationResponse {
+                    run: Some(run_to_pb(&run)),
+                    already_running: already,
+                }))
+            })
+            .await;
         self.respond("RunReconciliation", r)
     }
 
@@ -218,38 +227,48 @@ impl ReconciliationService for ReconciliationApi {
         &self,
         req: Request<pb::ResolveDiscrepancyRequest>,
     ) -> Result<Response<pb::ResolveDiscrepancyResponse>, Status> {
-        let r = async {
-            let app = app_id(&req)?;
-            let b = req.into_inner();
-            let id = parse_id("id", &b.id)?;
-            if b.resolution.trim().is_empty() || b.resolution.len() > 500 {
-                return Err(FieldError::new("resolution", "must be 1..=500 characters").into());
-            }
-            if b.note.len() > 2000 {
-                return Err(FieldError::new("note", "must be at most 2000 characters").into());
-            }
-            if b.operator.trim().is_empty() || b.operator.len() > 64 {
-                return Err(FieldError::new("operator", "must be 1..=64 characters").into());
-            }
-            let by = format!("{}/{}", app.as_str(), b.operator.trim());
-            Ok(
-                match self
-                    .app
-                    .resolve_discrepancy(id, b.resolution, b.note, by)
-                    .await?
-                {
-                    Some(Ok(d)) => Ok(pb::ResolveDiscrepancyResponse {
-                        discrepancy: Some(discrepancy_to_pb(&d)),
-                    }),
-                    Some(Err(d)) => Err(Status::failed_precondition(format!(
-                        "discrepancy {id} is {}, not OPEN",
-                        d.status
-                    ))),
-                    None => Err(Status::not_found(format!("discrepancy {id} not found"))),
-                },
-            )
-        }
-        .await;
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/payment.v1.ReconciliationService/ResolveDiscrepancy",
+            req.metadata(),
+        )
+        .with_operator(&req.get_ref().operator)
+        .with_targets(crate::app::audit::Targets {
+            target: Some(req.get_ref().id.clone()),
+            ..Default::default()
+        });
+        let r = ctx
+            .run_nested(&self.app, async {
+                let app = app_id(&req)?;
+                let b = req.into_inner();
+                let id = parse_id("id", &b.id)?;
+                if b.resolution.trim().is_empty() || b.resolution.len() > 500 {
+                    return Err(FieldError::new("resolution", "must be 1..=500 characters").into());
+                }
+                if b.note.len() > 2000 {
+                    return Err(FieldError::new("note", "must be at most 2000 characters").into());
+                }
+                if b.operator.trim().is_empty() || b.operator.len() > 64 {
+                    return Err(FieldError::new("operator", "must be 1..=64 characters").into());
+                }
+                let by = format!("{}/{}", app.as_str(), b.operator.trim());
+                Ok(
+                    match self
+                        .app
+                        .resolve_discrepancy(id, b.resolution, b.note, by)
+                        .await?
+                    {
+                        Some(Ok(d)) => Ok(pb::ResolveDiscrepancyResponse {
+                            discrepancy: Some(discrepancy_to_pb(&d)),
+                        }),
+                        Some(Err(d)) => Err(Status::failed_precondition(format!(
+                            "discrepancy {id} is {}, not OPEN",
+                            d.status
+                        ))),
+                        None => Err(Status::not_found(format!("discrepancy {id} not found"))),
+                    },
+                )
+            })
+            .await;
         self.respond("ResolveDiscrepancy", r)
     }
 }

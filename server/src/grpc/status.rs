@@ -14,6 +14,10 @@
 //! | `Redis`, `ChannelUnavailable`, `LeaseLost` | UNAVAILABLE |
 //! | `Storage`, transient (unreachable, pool timeout) | UNAVAILABLE |
 //! | `Storage`, otherwise; `Internal`    | INTERNAL, opaque; the chain is logged |
+//!
+//! No message carries SQL, a file path, a key or a cause chain: the texts above are written
+//! here or by the edge's validation. An INTERNAL answer carries only a fresh reference id, which
+//! the log line with the whole chain also carries, so an operator can find it.
 use tonic::{Code, Status};
 
 use crate::app::ServiceError;
@@ -58,10 +62,39 @@ impl From<ServiceError> for Status {
                 Status::unavailable(RETRY_WITH_BACKOFF)
             }
             e @ (ServiceError::Storage(_) | ServiceError::Internal(_)) => {
-                tracing::error!(error = ?e, "internal error");
-                Status::internal("internal error")
+                let reference = uuid::Uuid::now_v7();
+                tracing::error!(%reference, error = ?e, "internal error");
+                Status::internal(format!("internal error (reference {reference})"))
             }
         }
+    }
+}
+
+/// The code [`Status::from`] gives `e`, without building (or logging) the status: the audit
+/// log records it for calls that wrote no record of their own.
+pub fn code_of(e: &ServiceError) -> Code {
+    match e {
+        ServiceError::Invalid(_) => Code::InvalidArgument,
+        ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+        ServiceError::NotFound(_) => Code::NotFound,
+        ServiceError::AlreadyExists(_) | ServiceError::IdempotencyMismatch => Code::AlreadyExists,
+        ServiceError::Busy(_) | ServiceError::Fenced(_) | ServiceError::Conflict(_) => {
+            Code::Aborted
+        }
+        ServiceError::IllegalTransition(_)
+        | ServiceError::ChannelRefused(_)
+        | ServiceError::ChannelDisabled(_)
+        | ServiceError::Expired(_)
+        | ServiceError::NotRefundable(_)
+        | ServiceError::RefundExceeds { .. }
+        | ServiceError::TradeStillPayable { .. }
+        | ServiceError::AmountHeld { .. } => Code::FailedPrecondition,
+        ServiceError::PermissionDenied(_) => Code::PermissionDenied,
+        ServiceError::LeaseLost
+        | ServiceError::ChannelUnavailable { .. }
+        | ServiceError::Redis(_) => Code::Unavailable,
+        ServiceError::Storage(s) if s.is_transient() => Code::Unavailable,
+        ServiceError::Storage(_) | ServiceError::Internal(_) => Code::Internal,
     }
 }
 
@@ -143,6 +176,27 @@ mod tests {
     use crate::storage::StorageError;
 
     #[test]
+    fn code_of_agrees_with_the_status_mapping() {
+        let cases = || {
+            vec![
+                ServiceError::Unauthenticated("x".into()),
+                ServiceError::NotFound(crate::app::Subject::Trade("t".into())),
+                ServiceError::AlreadyExists("x".into()),
+                ServiceError::IdempotencyMismatch,
+                ServiceError::Busy(crate::domain::OrderId::new()),
+                ServiceError::LeaseLost,
+                ServiceError::PermissionDenied("x".into()),
+                ServiceError::ChannelRefused("x".into()),
+                ServiceError::from(StorageError::Unavailable("pool".into())),
+                ServiceError::from(StorageError::Corrupt("x".into())),
+            ]
+        };
+        for (a, b) in cases().into_iter().zip(cases()) {
+            assert_eq!(code_of(&a), Status::from(b).code(), "{a:?}");
+        }
+    }
+
+    #[test]
     fn codes_are_labelled_by_their_canonical_names() {
         assert_eq!(code_name(Code::Ok), "OK");
         assert_eq!(code_name(Code::InvalidArgument), "INVALID_ARGUMENT");
@@ -155,7 +209,12 @@ mod tests {
         assert_eq!(down.code(), Code::Unavailable);
         let corrupt = Status::from(ServiceError::from(StorageError::Corrupt("secret".into())));
         assert_eq!(corrupt.code(), Code::Internal);
-        assert_eq!(corrupt.message(), "internal error");
+        assert!(
+            corrupt.message().starts_with("internal error (reference "),
+            "{}",
+            corrupt.message()
+        );
+        assert!(!corrupt.message().contains("secret"));
     }
 
     #[test]
@@ -167,8 +226,14 @@ mod tests {
         let logged = format!("{e:?}");
         assert!(logged.contains("reading the thing"), "{logged}");
         assert!(logged.contains("disk on fire"), "{logged}");
+        assert_eq!(code_of(&e), Code::Internal);
         let status = Status::from(e);
         assert_eq!(status.code(), Code::Internal);
-        assert_eq!(status.message(), "internal error");
+        assert!(
+            !status.message().contains("disk on fire"),
+            "{}",
+            status.message()
+        );
+        assert!(!status.message().contains("reading the thing"));
     }
 }

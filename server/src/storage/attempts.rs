@@ -337,3 +337,33 @@ pub fn open_by_channel(conn: &mut PgConnection) -> Result<Vec<OpenByChannel>, St
         })
         .collect())
 }
+
+/// Replaces the plain SHA-256 payer digests written before keyed hashes (32 bytes; keyed ones
+/// are 33): the empty payer's becomes its keyed hash, any other is cleared once its attempt is
+/// final (a digest is only compared while the attempt is open). Open attempts of a real payer
+/// keep theirs until they end (Pay still recognises them). Returns how many rows changed.
+pub fn rewrite_legacy_payer_digests(
+    conn: &mut PgConnection,
+    batch: i64,
+) -> Result<usize, StorageError> {
+    use sha2::Digest;
+    let empty_sha = sha2::Sha256::digest(b"").to_vec();
+    let empty_keyed = crate::crypto::keys().lookup_hash("payer_id", "");
+    let mut total = 0;
+    loop {
+        let n = diesel::sql_query(
+            "UPDATE payment_attempts SET payer_digest = CASE WHEN payer_digest = $1 THEN $2 \
+             ELSE '\\x'::bytea END WHERE id IN (SELECT id FROM payment_attempts \
+             WHERE length(payer_digest) = 32 AND (payer_digest = $1 \
+             OR status IN ('SUCCEEDED', 'FAILED', 'CLOSED')) LIMIT $3)",
+        )
+        .bind::<diesel::sql_types::Bytea, _>(&empty_sha)
+        .bind::<diesel::sql_types::Bytea, _>(&empty_keyed)
+        .bind::<diesel::sql_types::BigInt, _>(batch)
+        .execute(conn)?;
+        total += n;
+        if n == 0 {
+            return Ok(total);
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! Repository functions take `&mut PgConnection` so that a use case can compose several of them
 //! inside one transaction.
 pub mod attempts;
+pub mod audit;
 pub mod events;
 pub mod idempotency;
 pub mod orders;
@@ -186,4 +187,40 @@ pub fn lease_worker_id(url: &str) -> Result<(PgConnection, u16), StorageError> {
     Err(StorageError::Unavailable(
         "all 1024 snowflake worker ids are leased".into(),
     ))
+}
+
+/// Re-encrypts every sealed field under the active key and seals legacy clear ones, batch by
+/// batch (`payd reencrypt`); returns (refund reasons, discrepancy notes, payer digests) changed.
+///
+/// # Errors
+/// A row that does not open under any loaded key stops the run (nothing of its batch changes):
+/// load that key again and rerun.
+pub async fn reseal_all(db: &Db, batch: i64) -> Result<(usize, usize, usize), StorageError> {
+    let mut totals = (0, 0, 0);
+    let mut after = None;
+    loop {
+        let (last, n) = db
+            .run(move |c| refunds::reseal_batch(c, after, batch))
+            .await?;
+        totals.0 += n;
+        match last {
+            Some(l) => after = Some(l),
+            None => break,
+        }
+    }
+    let mut after = None;
+    loop {
+        let (last, n) = db
+            .run(move |c| recon::reseal_notes_batch(c, after, batch))
+            .await?;
+        totals.1 += n;
+        match last {
+            Some(l) => after = Some(l),
+            None => break,
+        }
+    }
+    totals.2 = db
+        .run(move |c| attempts::rewrite_legacy_payer_digests(c, batch))
+        .await?;
+    Ok(totals)
 }

@@ -76,13 +76,84 @@ pub struct DiscrepancyRow {
     pub created_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     pub resolved_at: Option<DateTime<Utc>>,
+    /// The note, sealed (see [`crate::crypto`]); [`DiscrepancyRow::note`] holds it opened.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub note_sealed: Option<String>,
+}
+
+/// Associated data of a discrepancy's sealed note: it opens only in its own row.
+fn note_aad(id: Uuid) -> Vec<u8> {
+    crate::crypto::aad("recon_discrepancies", "note", &id)
+}
+
+/// Opens the sealed note into `note` (a legacy clear note stays until `payd reencrypt`).
+fn unseal_note(mut d: DiscrepancyRow) -> Result<DiscrepancyRow, StorageError> {
+    if let Some(sealed) = &d.note_sealed {
+        d.note = Some(
+            crate::crypto::keys()
+                .open(&note_aad(d.id), sealed)
+                .map_err(|e| StorageError::Corrupt(format!("discrepancy {}: note: {e}", d.id)))?,
+        );
+    }
+    Ok(d)
+}
+
+#[derive(QueryableByName)]
+struct NoteRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Nullable<Text>)]
+    note: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    note_sealed: Option<String>,
+}
+
+/// Seals notes written in clear or under an older key, in id order after `after`, `limit` at
+/// a time (see `refunds::reseal_batch`: one transaction per batch, idempotent, resumable).
+pub fn reseal_notes_batch(
+    conn: &mut PgConnection,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<(Option<Uuid>, usize), StorageError> {
+    let keys = crate::crypto::keys();
+    conn.transaction(|conn| {
+        let rows: Vec<NoteRow> = diesel::sql_query(
+            "SELECT id, note, note_sealed FROM recon_discrepancies \
+             WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2 FOR UPDATE",
+        )
+        .bind::<Nullable<SqlUuid>, _>(after)
+        .bind::<BigInt, _>(limit)
+        .load(conn)?;
+        let mut changed = 0;
+        for r in &rows {
+            let plain = match (&r.note_sealed, &r.note) {
+                (Some(s), _) if crate::crypto::key_id(s) == Some(keys.active_id()) => continue,
+                (Some(s), _) => keys.open(&note_aad(r.id), s).map_err(|e| {
+                    StorageError::Corrupt(format!("discrepancy {}: note: {e}", r.id))
+                })?,
+                (None, Some(n)) if !n.is_empty() => n.clone(),
+                (None, _) => continue,
+            };
+            let sealed = keys
+                .seal(&note_aad(r.id), &plain)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            diesel::sql_query(
+                "UPDATE recon_discrepancies SET note = NULL, note_sealed = $2 WHERE id = $1",
+            )
+            .bind::<SqlUuid, _>(r.id)
+            .bind::<Text, _>(sealed)
+            .execute(conn)?;
+            changed += 1;
+        }
+        Ok((rows.last().map(|r| r.id), changed))
+    })
 }
 
 const RUN_COLS: &str = "id, channel, day, status, requested_by, started_at, finished_at, \
     lines_read, discrepancies, repaired, payment_count, refund_count, error, expected_lines";
 const DISC_COLS: &str = "id, run_id, channel, day, kind, out_trade_no, out_refund_no, \
     channel_amount_minor, local_amount_minor, source_line, status, resolution, note, resolved_by, \
-    created_at, resolved_at";
+    created_at, resolved_at, note_sealed";
 
 /// A RUNNING run whose heartbeat (written with every staged page) is older than this is taken
 /// to be abandoned.
@@ -501,7 +572,7 @@ pub fn list_discrepancies(
     limit: i64,
 ) -> Result<Vec<DiscrepancyRow>, StorageError> {
     let (before_at, before_id) = f.before.unzip();
-    Ok(diesel::sql_query(format!(
+    diesel::sql_query(format!(
         "SELECT {DISC_COLS} FROM recon_discrepancies WHERE \
          ($1::uuid IS NULL OR run_id = $1) AND ($2::text IS NULL OR channel = $2) \
          AND ($3::date IS NULL OR day = $3) AND ($4::text IS NULL OR kind = $4) \
@@ -517,19 +588,24 @@ pub fn list_discrepancies(
     .bind::<Nullable<Timestamptz>, _>(before_at)
     .bind::<Nullable<SqlUuid>, _>(before_id)
     .bind::<BigInt, _>(limit)
-    .load(conn)?)
+    .load::<DiscrepancyRow>(conn)?
+    .into_iter()
+    .map(unseal_note)
+    .collect()
 }
 
 pub fn get_discrepancy(
     conn: &mut PgConnection,
     id: Uuid,
 ) -> Result<Option<DiscrepancyRow>, StorageError> {
-    Ok(diesel::sql_query(format!(
+    diesel::sql_query(format!(
         "SELECT {DISC_COLS} FROM recon_discrepancies WHERE id = $1"
     ))
     .bind::<SqlUuid, _>(id)
     .get_result(conn)
-    .optional()?)
+    .optional()?
+    .map(unseal_note)
+    .transpose()
 }
 
 /// Resolves an OPEN discrepancy; `None` when it is not OPEN (or does not exist).
@@ -540,16 +616,24 @@ pub fn resolve(
     note: &str,
     by: &str,
 ) -> Result<Option<DiscrepancyRow>, StorageError> {
-    Ok(diesel::sql_query(format!(
-        "UPDATE recon_discrepancies SET status = 'RESOLVED', resolution = $2, note = $3, \
-         resolved_by = $4, resolved_at = now() WHERE id = $1 AND status = 'OPEN' RETURNING {DISC_COLS}"
+    // The operator's note may name people (a payer who phoned): it is stored sealed only.
+    let sealed = (!note.is_empty())
+        .then(|| crate::crypto::keys().seal(&note_aad(id), note))
+        .transpose()
+        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    diesel::sql_query(format!(
+        "UPDATE recon_discrepancies SET status = 'RESOLVED', resolution = $2, note = NULL, \
+         note_sealed = $3, resolved_by = $4, resolved_at = now() \
+         WHERE id = $1 AND status = 'OPEN' RETURNING {DISC_COLS}"
     ))
     .bind::<SqlUuid, _>(id)
     .bind::<Text, _>(resolution)
-    .bind::<Text, _>(note)
+    .bind::<Nullable<Text>, _>(sealed)
     .bind::<Text, _>(by)
     .get_result(conn)
-    .optional()?)
+    .optional()?
+    .map(unseal_note)
+    .transpose()
 }
 
 #[derive(QueryableByName)]

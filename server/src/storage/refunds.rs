@@ -41,6 +41,79 @@ pub struct RefundRow {
     pub updated_at: DateTime<Utc>,
     pub succeeded_at: Option<DateTime<Utc>>,
     pub duplicate_payment_id: Option<Uuid>,
+    /// The reason, sealed (see [`crate::crypto`]); [`RefundRow::reason`] holds it opened once
+    /// the row is read through this module.
+    pub reason_sealed: Option<String>,
+}
+
+/// Associated data of a refund's sealed reason: it opens only in its own row.
+fn reason_aad(id: Uuid) -> Vec<u8> {
+    crate::crypto::aad("refunds", "reason", &id)
+}
+
+/// Opens the sealed reason into `reason`. A legacy row (written before sealing) keeps its
+/// clear reason until `payd reencrypt` seals it.
+///
+/// # Errors
+/// `Corrupt` when the value does not open: its key is not loaded (dropped too early), or the
+/// ciphertext was altered or moved from another row.
+pub fn unseal(mut r: RefundRow) -> Result<RefundRow, StorageError> {
+    if let Some(sealed) = &r.reason_sealed {
+        r.reason = crate::crypto::keys()
+            .open(&reason_aad(r.id), sealed)
+            .map_err(|e| StorageError::Corrupt(format!("refund {}: reason: {e}", r.id)))?;
+    }
+    Ok(r)
+}
+
+fn unseal_opt(r: Option<RefundRow>) -> Result<Option<RefundRow>, StorageError> {
+    r.map(unseal).transpose()
+}
+
+fn unseal_all(rows: Vec<RefundRow>) -> Result<Vec<RefundRow>, StorageError> {
+    rows.into_iter().map(unseal).collect()
+}
+
+/// Seals refund reasons written in clear (before sealing existed) or under an older key, up to
+/// `limit` rows with ids after `after`; returns the last id looked at (`None` when done) and
+/// how many rows were rewritten. Each batch is one transaction, and a row already sealed under
+/// the active key is left alone, so the command can stop and be run again at any point.
+pub fn reseal_batch(
+    conn: &mut PgConnection,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<(Option<Uuid>, usize), StorageError> {
+    use diesel::Connection;
+    let keys = crate::crypto::keys();
+    conn.transaction(|conn| {
+        // The nil UUID sorts before every id.
+        let rows: Vec<(Uuid, String, Option<String>)> = refunds::table
+            .filter(refunds::id.gt(after.unwrap_or(Uuid::nil())))
+            .select((refunds::id, refunds::reason, refunds::reason_sealed))
+            .order(refunds::id.asc())
+            .limit(limit)
+            .for_update()
+            .load(conn)?;
+        let mut changed = 0;
+        for (id, clear, sealed) in &rows {
+            let plain = match sealed {
+                Some(s) if crate::crypto::key_id(s) == Some(keys.active_id()) => continue,
+                Some(s) => keys
+                    .open(&reason_aad(*id), s)
+                    .map_err(|e| StorageError::Corrupt(format!("refund {id}: reason: {e}")))?,
+                None if clear.is_empty() => continue,
+                None => clear.clone(),
+            };
+            let resealed = keys
+                .seal(&reason_aad(*id), &plain)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            diesel::update(refunds::table.filter(refunds::id.eq(id)))
+                .set((refunds::reason.eq(""), refunds::reason_sealed.eq(resealed)))
+                .execute(conn)?;
+            changed += 1;
+        }
+        Ok((rows.last().map(|r| r.0), changed))
+    })
 }
 
 impl From<RefundRow> for crate::domain::Refund {
@@ -108,12 +181,21 @@ pub fn insert(
     actor: &str,
 ) -> Result<Result<RefundRow, RefundInsertRefused>, StorageError> {
     use diesel::result::{DatabaseErrorKind, Error};
+    // The reason a person typed never reaches the table (or the WAL) in clear.
+    let sealed = (!row.reason.is_empty())
+        .then(|| crate::crypto::keys().seal(&reason_aad(row.id), row.reason))
+        .transpose()
+        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    let clear_free = NewRefundRow { reason: "", ..*row };
     let inserted = match diesel::insert_into(refunds::table)
-        .values(row)
+        .values((&clear_free, refunds::reason_sealed.eq(sealed)))
         .returning(RefundRow::as_returning())
-        .get_result(conn)
+        .get_result::<RefundRow>(conn)
     {
-        Ok(r) => r,
+        Ok(r) => RefundRow {
+            reason: row.reason.to_owned(),
+            ..r
+        },
         Err(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) => {
             return match info.constraint_name() {
                 Some("refunds_app_request_no") => Ok(Err(RefundInsertRefused::RequestNoTaken)),
@@ -221,12 +303,14 @@ pub fn find(
     app: &AppId,
     id: Uuid,
 ) -> Result<Option<RefundRow>, StorageError> {
-    Ok(refunds::table
-        .filter(refunds::id.eq(id))
-        .filter(refunds::app_id.eq(app.as_str()))
-        .select(RefundRow::as_select())
-        .first(conn)
-        .optional()?)
+    unseal_opt(
+        refunds::table
+            .filter(refunds::id.eq(id))
+            .filter(refunds::app_id.eq(app.as_str()))
+            .select(RefundRow::as_select())
+            .first(conn)
+            .optional()?,
+    )
 }
 
 pub fn find_by_request_no(
@@ -234,23 +318,27 @@ pub fn find_by_request_no(
     app: &AppId,
     no: &str,
 ) -> Result<Option<RefundRow>, StorageError> {
-    Ok(refunds::table
-        .filter(refunds::app_id.eq(app.as_str()))
-        .filter(refunds::refund_request_no.eq(no))
-        .select(RefundRow::as_select())
-        .first(conn)
-        .optional()?)
+    unseal_opt(
+        refunds::table
+            .filter(refunds::app_id.eq(app.as_str()))
+            .filter(refunds::refund_request_no.eq(no))
+            .select(RefundRow::as_select())
+            .first(conn)
+            .optional()?,
+    )
 }
 
 pub fn find_by_out_refund_no(
     conn: &mut PgConnection,
     out_refund_no: &str,
 ) -> Result<Option<RefundRow>, StorageError> {
-    Ok(refunds::table
-        .filter(refunds::out_refund_no.eq(out_refund_no))
-        .select(RefundRow::as_select())
-        .first(conn)
-        .optional()?)
+    unseal_opt(
+        refunds::table
+            .filter(refunds::out_refund_no.eq(out_refund_no))
+            .select(RefundRow::as_select())
+            .first(conn)
+            .optional()?,
+    )
 }
 
 /// Locks the refund row (after its order's row, the order every writer uses).
@@ -258,12 +346,14 @@ pub fn find_by_out_refund_no_for_update(
     conn: &mut PgConnection,
     out_refund_no: &str,
 ) -> Result<Option<RefundRow>, StorageError> {
-    Ok(refunds::table
-        .filter(refunds::out_refund_no.eq(out_refund_no))
-        .select(RefundRow::as_select())
-        .for_update()
-        .first(conn)
-        .optional()?)
+    unseal_opt(
+        refunds::table
+            .filter(refunds::out_refund_no.eq(out_refund_no))
+            .select(RefundRow::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?,
+    )
 }
 
 /// What a status change also records.
@@ -325,7 +415,7 @@ pub fn transition(
     {
         record_transition(conn, r.id, r.version, Some(from), to, actor, reason)?;
     }
-    Ok(updated)
+    unseal_opt(updated)
 }
 
 fn record_transition(
@@ -393,7 +483,7 @@ pub fn claim_due(
             return Ok(Vec::new());
         }
         let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX);
-        Ok(
+        unseal_all(
             diesel::update(refunds::table.filter(refunds::id.eq_any(&ids)))
                 .set((
                     refunds::next_query_at.eq(until),
@@ -468,9 +558,11 @@ pub fn list(
                 .or(refunds::created_at.eq(at).and(refunds::id.lt(id))),
         );
     }
-    Ok(q.order((refunds::created_at.desc(), refunds::id.desc()))
-        .limit(f.limit)
-        .load(conn)?)
+    unseal_all(
+        q.order((refunds::created_at.desc(), refunds::id.desc()))
+            .limit(f.limit)
+            .load(conn)?,
+    )
 }
 
 /// Unsettled refunds of one channel: how many, how many need a person, and the age in seconds

@@ -120,6 +120,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         succeeded_at -> Nullable<Timestamptz>,
         duplicate_payment_id -> Nullable<Uuid>,
+        reason_sealed -> Nullable<Text>,
     }
 }
 
@@ -158,6 +159,26 @@ diesel::table! {
         currency -> Bpchar,
         status -> Text,
         detected_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    audit_records (id) {
+        id -> Int8,
+        at -> Timestamptz,
+        actor_kind -> Text,
+        app_id -> Nullable<Text>,
+        operator -> Nullable<Text>,
+        adapter -> Nullable<Text>,
+        action -> Text,
+        outcome -> Text,
+        code -> Text,
+        request_id -> Text,
+        order_id -> Nullable<Uuid>,
+        out_trade_no -> Nullable<Text>,
+        refund_id -> Nullable<Uuid>,
+        recon_run_id -> Nullable<Uuid>,
+        target -> Nullable<Text>,
     }
 }
 

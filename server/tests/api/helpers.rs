@@ -176,3 +176,16 @@ pub async fn create_order(app: &mut TestApp, no: &str, amount: i64) -> pb::Order
         .order
         .expect("order")
 }
+
+/// An AuditService client on the test server (built here, so request signing added to the
+/// harness applies to it too).
+pub async fn audit_client(
+    app: &TestApp,
+) -> payproto::payment::v1::audit_service_client::AuditServiceClient<Channel> {
+    payproto::payment::v1::audit_service_client::AuditServiceClient::connect(format!(
+        "http://{}",
+        app.grpc_addr
+    ))
+    .await
+    .expect("connect")
+}

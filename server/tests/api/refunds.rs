@@ -12,7 +12,7 @@ use crate::helpers::*;
 
 /// A server whose WeChat adapter cannot be reached: every refund call's outcome is unknown, so
 /// refunds stay PROCESSING until an event or a query says otherwise.
-async fn app_with_dead_adapter(delays: &str) -> TestApp {
+pub(crate) async fn app_with_dead_adapter(delays: &str) -> TestApp {
     let delays = delays.to_owned();
     spawn_app_with(move |s| {
         s.channel_wechat_endpoint = Some("http://127.0.0.1:9".into());
@@ -29,7 +29,12 @@ async fn app_with_dead_adapter(delays: &str) -> TestApp {
 
 /// A PAID order of `amount`, paid through a WeChat attempt `out_trade_no` (as ReportPayment
 /// leaves it).
-async fn paid_order(app: &mut TestApp, no: &str, out_trade_no: &str, amount: i64) -> pb::Order {
+pub(crate) async fn paid_order(
+    app: &mut TestApp,
+    no: &str,
+    out_trade_no: &str,
+    amount: i64,
+) -> pb::Order {
     let order = create_order(app, no, amount).await;
     diesel::sql_query(format!(
         "INSERT INTO payment_attempts (id, order_id, out_trade_no, channel, method, amount_minor, currency, status, payer_digest, pay_deadline) \
@@ -66,14 +71,14 @@ async fn paid_order(app: &mut TestApp, no: &str, out_trade_no: &str, amount: i64
     order
 }
 
-type Events = ChannelEventsServiceClient<
+pub(crate) type Events = ChannelEventsServiceClient<
     tonic::service::interceptor::InterceptedService<
         tonic::transport::Channel,
         Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
     >,
 >;
 
-async fn events_client(app: &TestApp, token: &'static str) -> Events {
+pub(crate) async fn events_client(app: &TestApp, token: &'static str) -> Events {
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr))
         .unwrap()
         .connect()
@@ -89,7 +94,7 @@ async fn events_client(app: &TestApp, token: &'static str) -> Events {
     )
 }
 
-fn refund_req(order_id: &str, amount: i64, no: &str) -> pb::CreateRefundRequest {
+pub(crate) fn refund_req(order_id: &str, amount: i64, no: &str) -> pb::CreateRefundRequest {
     pb::CreateRefundRequest {
         order_id: order_id.into(),
         amount: Some(pb::Money {
