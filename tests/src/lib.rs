@@ -14,6 +14,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod calls;
+pub mod invariants;
+pub mod pg_private;
 pub mod platform;
 pub mod sink;
 
@@ -37,19 +39,30 @@ pub fn redis_url() -> String {
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// The server it lives on (URL without a database).
+    pub server: String,
 }
 
 impl TestDb {
     /// Creates an empty database; the caller (payd, or `payd::storage::run_migrations`) migrates it.
     pub fn create() -> Self {
+        Self::create_on(&server_url())
+    }
+
+    /// As [`TestDb::create`], on another server (a private cluster of a fault test).
+    pub fn create_on(server: &str) -> Self {
         let name = format!("payd_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::establish(&format!("{}/postgres", server_url()))
+        let mut admin = PgConnection::establish(&format!("{server}/postgres"))
             .expect("connect to Postgres (is it running? see README)");
         diesel::sql_query(format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .expect("create test database");
-        let url = format!("{}/{name}", server_url());
-        Self { name, url }
+        let url = format!("{server}/{name}");
+        Self {
+            name,
+            url,
+            server: server.to_owned(),
+        }
     }
 
     pub fn connect(&self) -> PgConnection {
@@ -59,7 +72,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Ok(mut admin) = PgConnection::establish(&format!("{}/postgres", server_url())) {
+        if let Ok(mut admin) = PgConnection::establish(&format!("{}/postgres", self.server)) {
             let _ = diesel::sql_query(format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name

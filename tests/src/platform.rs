@@ -125,7 +125,18 @@ impl Platform {
         time_scale: f64,
         opts: PlatformOptions,
     ) -> Self {
-        let db = TestDb::create();
+        Self::start_on(channels, time_scale, opts, TestDb::create())
+    }
+
+    /// As [`Platform::start_with`], on a database the caller created (e.g. on a private
+    /// cluster: [`crate::pg_private`]); a private Redis is named by `PAYD_REDIS_URL` in
+    /// `opts.payd_env`.
+    pub fn start_on(
+        channels: &[SandboxedChannel],
+        time_scale: f64,
+        opts: PlatformOptions,
+        db: TestDb,
+    ) -> Self {
         let ns = RedisNamespace::new();
         let keys = std::env::temp_dir().join(format!(
             "payplatform-keys-{}",
@@ -355,6 +366,23 @@ impl Platform {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         Payd::start(&self.db, &self.ns, &env)
+    }
+
+    /// SIGKILL the platform's payd (a crash), then start a new one on the same ports with the
+    /// same settings (adapters and clients keep their addresses). Returns the time from the
+    /// kill until the new process listens.
+    pub fn crash_and_restart_payd(&mut self) -> Duration {
+        let (grpc, metrics) = (self.payd.grpc, self.payd.metrics);
+        let _ = self.payd.child.kill();
+        let _ = self.payd.child.wait();
+        let killed = std::time::Instant::now();
+        let env: Vec<(&str, &str)> = self
+            .payd_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.payd = Payd::start_on(&self.db, &self.ns, grpc, metrics, &env);
+        killed.elapsed()
     }
 
     /// SIGKILL: the adapter dies without a chance to answer anyone.

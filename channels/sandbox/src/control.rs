@@ -207,6 +207,10 @@ pub fn schedule_payment_notification(platform: &Arc<dyn SimulatedPlatform>, trad
 struct NotifyBody {
     #[serde(default)]
     tamper: Tamper,
+    /// Re-send under this notification id (a late copy of one already sent, as the platform
+    /// retries it) instead of a fresh one.
+    #[serde(default)]
+    notify_id: Option<String>,
 }
 
 async fn notify_once(
@@ -214,15 +218,14 @@ async fn notify_once(
     Path(out_trade_no): Path<String>,
     body: Option<Json<NotifyBody>>,
 ) -> Response {
-    let tamper = body.map(|Json(b)| b.tamper).unwrap_or_default();
+    let (tamper, notify_id) = body
+        .map(|Json(b)| (b.tamper, b.notify_id))
+        .unwrap_or_default();
     let Some(trade) = platform.core().ledger().trade(&out_trade_no).cloned() else {
         return error(StatusCode::NOT_FOUND, "no such trade");
     };
-    let request = match platform.payment_notification(
-        &trade,
-        &(platform.profile().new_notify_id)(),
-        tamper,
-    ) {
+    let notify_id = notify_id.unwrap_or_else(|| (platform.profile().new_notify_id)());
+    let request = match platform.payment_notification(&trade, &notify_id, tamper) {
         Ok(request) => request,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
