@@ -70,10 +70,14 @@ impl Cluster {
     /// `initdb` + start with durable defaults (fsync, synchronous_commit on), memory settings
     /// copied from the server at `like` when it answers, and `pg_stat_statements` preloaded.
     pub fn start(like: Option<&str>) -> Self {
-        let dir = std::env::temp_dir().join(format!("paybench-pg-{}", uuid::Uuid::new_v4().simple()));
+        let dir =
+            std::env::temp_dir().join(format!("paybench-pg-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("cluster dir");
         if is_root() {
-            run_ok(Command::new("chown").args(["postgres:postgres"]).arg(&dir), "chown");
+            run_ok(
+                Command::new("chown").args(["postgres:postgres"]).arg(&dir),
+                "chown",
+            );
         }
         let data = dir.join("data");
         run_ok(
@@ -110,7 +114,10 @@ impl Cluster {
             "pg_ctl start",
         );
         let c = Self { dir, port };
-        c.psql("postgres", "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+        c.psql(
+            "postgres",
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+        );
         c
     }
 
@@ -236,7 +243,11 @@ pub fn pgbench(url: &str, args: &[&str], script: Option<&str>, secs: u64) -> Pgb
         }
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
         for l in text.lines() {
-            if let Some(us) = l.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()) {
+            if let Some(us) = l
+                .split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<u64>().ok())
+            {
                 h.record(us.max(1)).ok();
             }
         }
@@ -405,8 +416,7 @@ pub fn commandstats_delta(
 /// B_lock: `SET k v NX PX 30000` and a compare-and-delete `EVALSHA`, 50 clients, no
 /// pipelining; the harmonic combination is acquire+release cycles/s.
 pub fn lock_baseline(port: u16, requests: u64) -> (f64, f64, f64) {
-    const CAD: &str =
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+    const CAD: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
     let sha = redis_cli(port, &["SCRIPT", "LOAD", CAD]).trim().to_owned();
     let bench = |cmd: &[&str]| -> f64 {
         let out = run_ok(
@@ -474,7 +484,12 @@ fn clock_ticks() -> f64 {
 
 fn ppid(pid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    text.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    text.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Children of `parent` (Postgres backends and auxiliary processes of a postmaster).
@@ -527,11 +542,20 @@ pub fn machine() -> Vec<(String, String)> {
         ),
         ("RAM".into(), sh("free -g | awk '/Mem:/{print $2\" GiB\"}'")),
         ("kernel".into(), sh("uname -sr")),
-        ("Postgres".into(), sh("pgbench --version; postgres --version 2>/dev/null | head -1")),
-        ("Redis".into(), sh("redis-server --version | cut -d' ' -f1-3")),
+        (
+            "Postgres".into(),
+            sh("pgbench --version; postgres --version 2>/dev/null | head -1"),
+        ),
+        (
+            "Redis".into(),
+            sh("redis-server --version | cut -d' ' -f1-3"),
+        ),
         ("OpenSSL".into(), sh("openssl version")),
         ("rustc".into(), sh("rustc --version")),
-        ("load average at start".into(), sh("cut -d' ' -f1-3 /proc/loadavg")),
+        (
+            "load average at start".into(),
+            sh("cut -d' ' -f1-3 /proc/loadavg"),
+        ),
     ]
 }
 

@@ -138,7 +138,12 @@ impl Sink {
     }
 
     pub fn take_lag(&self) -> Histogram<u64> {
-        self.state.lag.lock().expect("lag").take().unwrap_or_else(hist)
+        self.state
+            .lag
+            .lock()
+            .expect("lag")
+            .take()
+            .unwrap_or_else(hist)
     }
 }
 
@@ -259,7 +264,10 @@ async fn one(t: &mut Target, no: String, work: Work, intended: Instant) -> Resul
     }
     match waiter {
         Some(rx) => {
-            if tokio::time::timeout(Duration::from_secs(30), rx).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(30), rx)
+                .await
+                .is_err()
+            {
                 if let Some(s) = &t.sink {
                     s.forget(&order.order_id);
                 }
@@ -388,7 +396,13 @@ fn progress(label: &str, secs: f64, shared: &Arc<Shared>) -> tokio::task::JoinHa
 }
 
 /// `clients` loops, each starting its next arrival when its last one ends, for `secs`.
-pub async fn closed_loop(t: &Target, tag: &str, work: Work, clients: usize, secs: f64) -> RunResult {
+pub async fn closed_loop(
+    t: &Target,
+    tag: &str,
+    work: Work,
+    clients: usize,
+    secs: f64,
+) -> RunResult {
     let start = Instant::now();
     let shared = Shared::new(start + Duration::from_secs_f64(secs));
     let bar = progress(&format!("{tag} closed {clients}c"), secs, &shared);

@@ -13,7 +13,9 @@ const COLORS: [&str; 8] = [
 ];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn nice_max(v: f64) -> f64 {
@@ -127,7 +129,11 @@ pub fn lines(
     }
     let tx = |x: f64| -> f64 {
         let (a, b, v) = if log_x {
-            (xmin.max(1e-9).log10(), xmax.max(1e-9).log10(), x.max(1e-9).log10())
+            (
+                xmin.max(1e-9).log10(),
+                xmax.max(1e-9).log10(),
+                x.max(1e-9).log10(),
+            )
         } else {
             (xmin.min(0.0), xmax, x)
         };

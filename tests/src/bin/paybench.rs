@@ -114,7 +114,10 @@ fn main() {
             .args(std::env::args_os().skip(1))
             .arg("--inner")
             .env("TEST_DATABASE_URL", cluster.server_url())
-            .env("TEST_REDIS_URL", format!("redis://127.0.0.1:{}", redis.port))
+            .env(
+                "TEST_REDIS_URL",
+                format!("redis://127.0.0.1:{}", redis.port),
+            )
             .env("PAYBENCH_PG_DATA", cluster.data_dir())
             .env("PAYBENCH_REDIS_PORT", redis.port.to_string())
             .env("PAYBENCH_REDIS_PID", redis.child.id().to_string())
@@ -288,7 +291,12 @@ fn costs(ctx: &Ctx, a: &Snapshot, b: &Snapshot, units: f64) -> Costs {
         cpu_ms: b
             .cpu
             .iter()
-            .map(|(k, v)| (*k, (v - a.cpu.get(k).copied().unwrap_or(0.0)) * 1000.0 / units))
+            .map(|(k, v)| {
+                (
+                    *k,
+                    (v - a.cpu.get(k).copied().unwrap_or(0.0)) * 1000.0 / units,
+                )
+            })
             .collect(),
         commits: (b.commits - a.commits) / units,
         statements: (b.statements - a.statements) / units,
@@ -391,9 +399,11 @@ impl Round {
             .expect("closed points")
     }
     fn half(&self) -> Option<&OpenPoint> {
-        self.open
-            .iter()
-            .min_by(|a, b| (a.fraction - 0.5).abs().total_cmp(&(b.fraction - 0.5).abs()))
+        self.open.iter().min_by(|a, b| {
+            (a.fraction - 0.5)
+                .abs()
+                .total_cmp(&(b.fraction - 0.5).abs())
+        })
     }
 }
 
@@ -595,7 +605,13 @@ struct StoredPoint {
 }
 
 /// perf's view of each process during a closed-loop run: top symbols by self time.
-async fn profile(ctx: &Ctx, t: &Target, clients: usize, secs: f64, out: &std::path::Path) -> String {
+async fn profile(
+    ctx: &Ctx,
+    t: &Target,
+    clients: usize,
+    secs: f64,
+    out: &std::path::Path,
+) -> String {
     let dir = std::env::temp_dir().join(format!("paybench-perf-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("perf dir");
     let data = dir.join("perf.data");
@@ -730,7 +746,10 @@ async fn run(args: Args) {
     // A refused delivery is retried soon (G5 builds its backlog with the sink down).
     let retry = vec!["250"; 400].join(",");
     let mut payd_env = vec![
-        ("PAYD_EVENT_SINKS".to_owned(), format!("shop-1={}", sink.url)),
+        (
+            "PAYD_EVENT_SINKS".to_owned(),
+            format!("shop-1={}", sink.url),
+        ),
         ("PAYD_EVENT_RETRY_DELAYS_MS".to_owned(), retry),
     ];
     if let Some(n) = args.pool_size {
@@ -796,10 +815,7 @@ async fn run(args: Args) {
             eprintln!("  G1 {c} clients: {:.1} lifecycles/s", p.per_sec);
             closed.push(p);
         }
-        let peak = closed
-            .iter()
-            .map(|p| p.per_sec)
-            .fold(0.0, f64::max);
+        let peak = closed.iter().map(|p| p.per_sec).fold(0.0, f64::max);
         let peak_clients = closed
             .iter()
             .max_by(|a, b| a.per_sec.total_cmp(&b.per_sec))
@@ -1012,20 +1028,64 @@ fn report(
         );
     };
     let t = args.secs().ceil();
-    row(&mut s, "B_life lifecycles/s", &format!("pgbench -M prepared -n -c 8 -j 2 -T {t} -f tests/bench/lifecycle.sql"), &|r| r.b.life.tps);
+    row(
+        &mut s,
+        "B_life lifecycles/s",
+        &format!("pgbench -M prepared -n -c 8 -j 2 -T {t} -f tests/bench/lifecycle.sql"),
+        &|r| r.b.life.tps,
+    );
     let _ = writeln!(
         s,
         "| B_life p99 ms | (per-transaction log of the same run) | {} | {:.2} |",
-        rounds.iter().map(|r| format!("{:.2}", r.b.life.p99_ms)).collect::<Vec<_>>().join(", "),
+        rounds
+            .iter()
+            .map(|r| format!("{:.2}", r.b.life.p99_ms))
+            .collect::<Vec<_>>()
+            .join(", "),
         med(rounds, |r| r.b.life.p99_ms)
     );
-    row(&mut s, "B_dup updates/s", "pgbench -n -c 8 -j 2 -f tests/bench/dup_notify.sql", &|r| r.b.dup.tps);
-    row(&mut s, "B_claim claims/s (×50 rows)", "pgbench -n -c 1 -j 1 -f tests/bench/outbox_claim.sql", &|r| r.b.claim.tps);
-    row(&mut s, "B_tpcb TPS (scale 10)", &format!("pgbench -c 8 -j 2 -T {t}"), &|r| r.b.tpcb.tps);
-    row(&mut s, "Redis SET NX PX /s", "redis-benchmark -c 50 -P 1 SET k v NX PX 30000", &|r| r.b.lock_set);
-    row(&mut s, "Redis EVALSHA compare-and-delete /s", "redis-benchmark -c 50 -P 1 EVALSHA …", &|r| r.b.lock_cad);
-    row(&mut s, "B_lock cycles/s (harmonic)", "1 / (1/SET + 1/EVALSHA)", &|r| r.b.lock);
-    row(&mut s, "S RSA-2048 signs/s", "openssl speed -multi 2 rsa2048", &|r| r.b.sign);
+    row(
+        &mut s,
+        "B_dup updates/s",
+        "pgbench -n -c 8 -j 2 -f tests/bench/dup_notify.sql",
+        &|r| r.b.dup.tps,
+    );
+    row(
+        &mut s,
+        "B_claim claims/s (×50 rows)",
+        "pgbench -n -c 1 -j 1 -f tests/bench/outbox_claim.sql",
+        &|r| r.b.claim.tps,
+    );
+    row(
+        &mut s,
+        "B_tpcb TPS (scale 10)",
+        &format!("pgbench -c 8 -j 2 -T {t}"),
+        &|r| r.b.tpcb.tps,
+    );
+    row(
+        &mut s,
+        "Redis SET NX PX /s",
+        "redis-benchmark -c 50 -P 1 SET k v NX PX 30000",
+        &|r| r.b.lock_set,
+    );
+    row(
+        &mut s,
+        "Redis EVALSHA compare-and-delete /s",
+        "redis-benchmark -c 50 -P 1 EVALSHA …",
+        &|r| r.b.lock_cad,
+    );
+    row(
+        &mut s,
+        "B_lock cycles/s (harmonic)",
+        "1 / (1/SET + 1/EVALSHA)",
+        &|r| r.b.lock,
+    );
+    row(
+        &mut s,
+        "S RSA-2048 signs/s",
+        "openssl speed -multi 2 rsa2048",
+        &|r| r.b.sign,
+    );
     row(&mut s, "L = min(B_life, S/3)", "", &|r| r.b.l());
     let _ = writeln!(
         s,
@@ -1036,18 +1096,39 @@ fn report(
     // Targets.
     let g1 = med(rounds, |r| r.peak().per_sec / r.b.l());
     let g1_abs = med(rounds, |r| r.peak().per_sec);
-    let payd_cpu = med(rounds, |r| r.peak().costs.cpu_ms.get("payd").copied().unwrap_or(f64::NAN));
-    let pg_cpu = med(rounds, |r| r.peak().costs.cpu_ms.get("postgres").copied().unwrap_or(f64::NAN));
+    let payd_cpu = med(rounds, |r| {
+        r.peak()
+            .costs
+            .cpu_ms
+            .get("payd")
+            .copied()
+            .unwrap_or(f64::NAN)
+    });
+    let pg_cpu = med(rounds, |r| {
+        r.peak()
+            .costs
+            .cpu_ms
+            .get("postgres")
+            .copied()
+            .unwrap_or(f64::NAN)
+    });
     let half = |f: &dyn Fn(&OpenPoint) -> f64| med(rounds, |r| r.half().map(f).unwrap_or(f64::NAN));
-    let g2c = med(rounds, |r| r.half().map(|h| h.create[1]).unwrap_or(f64::NAN) / r.b.life.p99_ms);
-    let g2p = med(rounds, |r| r.half().map(|h| h.pay[1]).unwrap_or(f64::NAN) / r.b.life.p99_ms);
+    let g2c = med(rounds, |r| {
+        r.half().map(|h| h.create[1]).unwrap_or(f64::NAN) / r.b.life.p99_ms
+    });
+    let g2p = med(rounds, |r| {
+        r.half().map(|h| h.pay[1]).unwrap_or(f64::NAN) / r.b.life.p99_ms
+    });
     let g2c999 = half(&|h| h.create[2]);
     let g2p999 = half(&|h| h.pay[2]);
     let g3 = med(rounds, |r| r.dup.per_sec / r.b.dup.tps);
     let g3_wal = med(rounds, |r| r.dup.wal_per_dup);
     let g3_wal_idle = med(rounds, |r| r.dup.wal_idle_per_sec / r.dup.per_sec.max(1e-9));
     let g3_lock = med(rounds, |r| script_calls(&r.dup.redis_per_dup));
-    let g3_outbox = rounds.iter().map(|r| r.dup.outbox_added).fold(0.0, f64::max);
+    let g3_outbox = rounds
+        .iter()
+        .map(|r| r.dup.outbox_added)
+        .fold(0.0, f64::max);
     let g4 = med(rounds, |r| r.lock.per_sec / r.b.lock);
     let g4_rt = med(rounds, |r| round_trips(&r.lock.redis_per_section));
     let g5 = med(rounds, |r| {
@@ -1058,39 +1139,120 @@ fn report(
     let g7s = med(rounds, |r| r.peak().costs.statements);
 
     s.push_str("## Targets\n\n| id | figure (median of rounds) | value | target | result |\n|---|---|---|---|---|\n");
-    let _ = writeln!(s, "| G1 | full lifecycles/s ÷ L (peak {g1_abs:.1}/s) | {g1:.3} | ≥ 0.5 | {} |", by_how_much(g1, 0.5, true));
-    let _ = writeln!(s, "| G1b | payd CPU ms per lifecycle vs Postgres CPU ms per lifecycle | {payd_cpu:.2} vs {pg_cpu:.2} | payd ≤ Postgres | {} |", by_how_much(payd_cpu, pg_cpu, false));
-    let _ = writeln!(s, "| G2 | p99 CreateOrder at 50% of the peak ÷ B_life p99 | {g2c:.2} | ≤ 2 | {} |", by_how_much(g2c, 2.0, false));
-    let _ = writeln!(s, "| G2 | p99 Pay at 50% ÷ B_life p99 | {g2p:.2} | ≤ 3 | {} |", by_how_much(g2p, 3.0, false));
-    let _ = writeln!(s, "| G2 | p99.9 CreateOrder / Pay at 50% (ms) | {g2c999:.1} / {g2p999:.1} | ≤ 50 | {} |", by_how_much(g2c999.max(g2p999), 50.0, false));
-    let _ = writeln!(s, "| G3 | duplicate callbacks/s through the adapter ÷ B_dup | {g3:.4} | ≥ 0.15 | {} |", by_how_much(g3, 0.15, true));
-    let _ = writeln!(s, "| G3 | WAL bytes per duplicate (background alone: {g3_wal_idle:.0}) | {g3_wal:.0} | 0 | {} |", by_how_much(g3_wal - g3_wal_idle, 0.5, false));
-    let _ = writeln!(s, "| G3 | Redis lock scripts per duplicate | {g3_lock:.3} | 0 | {} |", by_how_much(g3_lock, 0.0, false));
-    let _ = writeln!(s, "| G3 | outbox rows added by duplicates (max of rounds) | {g3_outbox:.0} | 0 | {} |", by_how_much(g3_outbox, 0.0, false));
-    let _ = writeln!(s, "| G4 | payd lock cycles/s (50 tasks, `payd::locks`) ÷ B_lock | {g4:.3} | ≥ 0.5 | {} |", by_how_much(g4, 0.5, true));
-    let _ = writeln!(s, "| G4 | Redis round trips per locked section | {g4_rt:.2} | 2 | {} |", if (g4_rt - 2.0).abs() < 0.05 { verdict(true).to_owned() } else { format!("{} ({g4_rt:.2})", verdict(false)) });
-    let _ = writeln!(s, "| G5 | outbox delivery capacity ÷ event production at the G1 peak | {g5:.2} | ≥ 2 | {} |", by_how_much(g5, 2.0, true));
-    let _ = writeln!(s, "| G5 | p99 commit→delivery at 50% load (ms) | {g5_lag:.1} | ≤ 1000 | {} |", by_how_much(g5_lag, 1000.0, false));
-    let _ = writeln!(s, "| G7 | Postgres commits per lifecycle | {g7c:.2} | ≤ 4 | {} |", by_how_much(g7c, 4.0, false));
-    let _ = writeln!(s, "| G7 | database round trips (statements) per lifecycle | {g7s:.2} | ≤ 16 | {} |", by_how_much(g7s, 16.0, false));
+    let _ = writeln!(
+        s,
+        "| G1 | full lifecycles/s ÷ L (peak {g1_abs:.1}/s) | {g1:.3} | ≥ 0.5 | {} |",
+        by_how_much(g1, 0.5, true)
+    );
+    let _ = writeln!(
+        s,
+        "| G1b | payd CPU ms per lifecycle vs Postgres CPU ms per lifecycle | {payd_cpu:.2} vs {pg_cpu:.2} | payd ≤ Postgres | {} |",
+        by_how_much(payd_cpu, pg_cpu, false)
+    );
+    let _ = writeln!(
+        s,
+        "| G2 | p99 CreateOrder at 50% of the peak ÷ B_life p99 | {g2c:.2} | ≤ 2 | {} |",
+        by_how_much(g2c, 2.0, false)
+    );
+    let _ = writeln!(
+        s,
+        "| G2 | p99 Pay at 50% ÷ B_life p99 | {g2p:.2} | ≤ 3 | {} |",
+        by_how_much(g2p, 3.0, false)
+    );
+    let _ = writeln!(
+        s,
+        "| G2 | p99.9 CreateOrder / Pay at 50% (ms) | {g2c999:.1} / {g2p999:.1} | ≤ 50 | {} |",
+        by_how_much(g2c999.max(g2p999), 50.0, false)
+    );
+    let _ = writeln!(
+        s,
+        "| G3 | duplicate callbacks/s through the adapter ÷ B_dup | {g3:.4} | ≥ 0.15 | {} |",
+        by_how_much(g3, 0.15, true)
+    );
+    let _ = writeln!(
+        s,
+        "| G3 | WAL bytes per duplicate (background alone: {g3_wal_idle:.0}) | {g3_wal:.0} | 0 | {} |",
+        by_how_much(g3_wal - g3_wal_idle, 0.5, false)
+    );
+    let _ = writeln!(
+        s,
+        "| G3 | Redis lock scripts per duplicate | {g3_lock:.3} | 0 | {} |",
+        by_how_much(g3_lock, 0.0, false)
+    );
+    let _ = writeln!(
+        s,
+        "| G3 | outbox rows added by duplicates (max of rounds) | {g3_outbox:.0} | 0 | {} |",
+        by_how_much(g3_outbox, 0.0, false)
+    );
+    let _ = writeln!(
+        s,
+        "| G4 | payd lock cycles/s (50 tasks, `payd::locks`) ÷ B_lock | {g4:.3} | ≥ 0.5 | {} |",
+        by_how_much(g4, 0.5, true)
+    );
+    let _ = writeln!(
+        s,
+        "| G4 | Redis round trips per locked section | {g4_rt:.2} | 2 | {} |",
+        if (g4_rt - 2.0).abs() < 0.05 {
+            verdict(true).to_owned()
+        } else {
+            format!("{} ({g4_rt:.2})", verdict(false))
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| G5 | outbox delivery capacity ÷ event production at the G1 peak | {g5:.2} | ≥ 2 | {} |",
+        by_how_much(g5, 2.0, true)
+    );
+    let _ = writeln!(
+        s,
+        "| G5 | p99 commit→delivery at 50% load (ms) | {g5_lag:.1} | ≤ 1000 | {} |",
+        by_how_much(g5_lag, 1000.0, false)
+    );
+    let _ = writeln!(
+        s,
+        "| G7 | Postgres commits per lifecycle | {g7c:.2} | ≤ 4 | {} |",
+        by_how_much(g7c, 4.0, false)
+    );
+    let _ = writeln!(
+        s,
+        "| G7 | database round trips (statements) per lifecycle | {g7s:.2} | ≤ 16 | {} |",
+        by_how_much(g7s, 16.0, false)
+    );
     s.push_str("| G6 | reconciliation | see [bench/reconciliation.md](bench/reconciliation.md) | ≤ 10× B_load | (reconbench) |\n");
     s.push_str("\nThe fault suite's counts (F1–F12, M1–M9): [FAULTS.md](FAULTS.md).\n\n");
 
     // G1 detail.
     s.push_str("## G1: throughput against clients (closed loop)\n\n![throughput](bench/throughput.svg) ![ratio](bench/ratio.svg)\n\n| clients | lifecycles/s (median) | ÷ L | errors (sum) | CreateOrder p99 ms | Pay p99 ms |\n|---|---|---|---|---|---|\n");
     for (i, c) in args.clients().iter().enumerate() {
-        let v = med(rounds, |r| r.closed.get(i).map(|p| p.per_sec).unwrap_or(f64::NAN));
-        let ratio = med(rounds, |r| r.closed.get(i).map(|p| p.per_sec / r.b.l()).unwrap_or(f64::NAN));
-        let e: u64 = rounds.iter().filter_map(|r| r.closed.get(i)).map(|p| p.errors).sum();
-        let cp = med(rounds, |r| r.closed.get(i).map(|p| p.create_p99).unwrap_or(f64::NAN));
-        let pp = med(rounds, |r| r.closed.get(i).map(|p| p.pay_p99).unwrap_or(f64::NAN));
+        let v = med(rounds, |r| {
+            r.closed.get(i).map(|p| p.per_sec).unwrap_or(f64::NAN)
+        });
+        let ratio = med(rounds, |r| {
+            r.closed
+                .get(i)
+                .map(|p| p.per_sec / r.b.l())
+                .unwrap_or(f64::NAN)
+        });
+        let e: u64 = rounds
+            .iter()
+            .filter_map(|r| r.closed.get(i))
+            .map(|p| p.errors)
+            .sum();
+        let cp = med(rounds, |r| {
+            r.closed.get(i).map(|p| p.create_p99).unwrap_or(f64::NAN)
+        });
+        let pp = med(rounds, |r| {
+            r.closed.get(i).map(|p| p.pay_p99).unwrap_or(f64::NAN)
+        });
         let _ = writeln!(s, "| {c} | {v:.1} | {ratio:.3} | {e} | {cp:.2} | {pp:.2} |");
     }
 
     // G1b / G7 costs.
     s.push_str("\n## G1b, G7: cost per lifecycle at the peak\n\n![cpu](bench/cpu_per_lifecycle.svg)\n\n| process | CPU ms per lifecycle (median) |\n|---|---|\n");
     for p in PROCS {
-        let v = med(rounds, |r| r.peak().costs.cpu_ms.get(p).copied().unwrap_or(f64::NAN));
+        let v = med(rounds, |r| {
+            r.peak().costs.cpu_ms.get(p).copied().unwrap_or(f64::NAN)
+        });
         let _ = writeln!(s, "| {p} | {v:.2} |");
     }
     let _ = writeln!(
@@ -1100,7 +1262,12 @@ fn report(
          | WAL bytes | {:.0} |\n| events delivered | {:.2} |\n| Redis commands | {} |\n",
         med(rounds, |r| r.peak().costs.wal_bytes),
         med(rounds, |r| r.peak().costs.events),
-        fmt_redis(&rounds.last().map(|r| r.peak().costs.redis.clone()).unwrap_or_default())
+        fmt_redis(
+            &rounds
+                .last()
+                .map(|r| r.peak().costs.redis.clone())
+                .unwrap_or_default()
+        )
     );
     s.push_str(
         "Commits and statements include the background workers' (outbox sequencer and \
@@ -1112,16 +1279,33 @@ fn report(
     // G2.
     s.push_str("## G2: latency against offered load (open loop, from the intended send time)\n\n![latency](bench/latency.svg)\n\n| offered (× peak) | offered/s | achieved/s | CreateOrder p50/p99/p99.9 ms | Pay p50/p99/p99.9 ms | whole lifecycle p50/p99 ms | commit→delivery p99 ms | errors | shed |\n|---|---|---|---|---|---|---|---|---|\n");
     for (i, f) in args.loads().iter().enumerate() {
-        let g = |f: &dyn Fn(&OpenPoint) -> f64| med(rounds, |r| r.open.get(i).map(f).unwrap_or(f64::NAN));
-        let e: u64 = rounds.iter().filter_map(|r| r.open.get(i)).map(|p| p.errors).sum();
-        let sh: u64 = rounds.iter().filter_map(|r| r.open.get(i)).map(|p| p.shed).sum();
+        let g = |f: &dyn Fn(&OpenPoint) -> f64| {
+            med(rounds, |r| r.open.get(i).map(f).unwrap_or(f64::NAN))
+        };
+        let e: u64 = rounds
+            .iter()
+            .filter_map(|r| r.open.get(i))
+            .map(|p| p.errors)
+            .sum();
+        let sh: u64 = rounds
+            .iter()
+            .filter_map(|r| r.open.get(i))
+            .map(|p| p.shed)
+            .sum();
         let _ = writeln!(
             s,
             "| {f:.2} | {:.0} | {:.1} | {:.2} / {:.2} / {:.2} | {:.2} / {:.2} / {:.2} | {:.1} / {:.1} | {:.1} | {e} | {sh} |",
-            g(&|p| p.rate), g(&|p| p.achieved),
-            g(&|p| p.create[0]), g(&|p| p.create[1]), g(&|p| p.create[2]),
-            g(&|p| p.pay[0]), g(&|p| p.pay[1]), g(&|p| p.pay[2]),
-            g(&|p| p.total[0]), g(&|p| p.total[1]), g(&|p| p.lag_p99)
+            g(&|p| p.rate),
+            g(&|p| p.achieved),
+            g(&|p| p.create[0]),
+            g(&|p| p.create[1]),
+            g(&|p| p.create[2]),
+            g(&|p| p.pay[0]),
+            g(&|p| p.pay[1]),
+            g(&|p| p.pay[2]),
+            g(&|p| p.total[0]),
+            g(&|p| p.total[1]),
+            g(&|p| p.lag_p99)
         );
     }
 
@@ -1216,7 +1400,11 @@ fn report(
             pts.iter().map(|p| p.1).sum::<f64>() / n,
         );
         let slope = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>()
-            / pts.iter().map(|p| (p.0 - mx).powi(2)).sum::<f64>().max(1e-12);
+            / pts
+                .iter()
+                .map(|p| (p.0 - mx).powi(2))
+                .sum::<f64>()
+                .max(1e-12);
         let _ = writeln!(
             s,
             "\nSlope: {:+.1}% of the (÷ B_life) throughput per tenfold more stored orders; \
@@ -1246,7 +1434,9 @@ fn plots(out: &std::path::Path, rounds: &[Round], stored: &[StoredPoint]) {
             .map(|(i, c)| {
                 (
                     *c as f64,
-                    med(rounds, |r| r.closed.get(i).map(|p| f(r, p)).unwrap_or(f64::NAN)),
+                    med(rounds, |r| {
+                        r.closed.get(i).map(|p| f(r, p)).unwrap_or(f64::NAN)
+                    }),
                 )
             })
             .collect()
@@ -1272,8 +1462,14 @@ fn plots(out: &std::path::Path, rounds: &[Round], stored: &[StoredPoint]) {
             "clients",
             "ratio",
             &[
-                ("lifecycles/s ÷ L".into(), per_clients(&|r, p| p.per_sec / r.b.l())),
-                ("lifecycles/s ÷ B_life".into(), per_clients(&|r, p| p.per_sec / r.b.life.tps)),
+                (
+                    "lifecycles/s ÷ L".into(),
+                    per_clients(&|r, p| p.per_sec / r.b.l()),
+                ),
+                (
+                    "lifecycles/s ÷ B_life".into(),
+                    per_clients(&|r, p| p.per_sec / r.b.life.tps),
+                ),
             ],
             true,
             &[("G1 target 0.5".into(), 0.5)],
@@ -1286,7 +1482,9 @@ fn plots(out: &std::path::Path, rounds: &[Round], stored: &[StoredPoint]) {
             .enumerate()
             .map(|(i, _)| {
                 (
-                    med(rounds, |r| r.open.get(i).map(|p| p.rate).unwrap_or(f64::NAN)),
+                    med(rounds, |r| {
+                        r.open.get(i).map(|p| p.rate).unwrap_or(f64::NAN)
+                    }),
                     med(rounds, |r| r.open.get(i).map(f).unwrap_or(f64::NAN)),
                 )
             })
@@ -1310,15 +1508,16 @@ fn plots(out: &std::path::Path, rounds: &[Round], stored: &[StoredPoint]) {
         ),
     );
     let procs: Vec<String> = PROCS.iter().map(|p| (*p).to_owned()).collect();
-    let bar = |label: &str, f: &dyn Fn(&Round) -> BTreeMap<&'static str, f64>| -> (String, Vec<f64>) {
-        (
-            label.to_owned(),
-            PROCS
-                .iter()
-                .map(|p| med(rounds, |r| f(r).get(p).copied().unwrap_or(0.0)))
-                .collect(),
-        )
-    };
+    let bar =
+        |label: &str, f: &dyn Fn(&Round) -> BTreeMap<&'static str, f64>| -> (String, Vec<f64>) {
+            (
+                label.to_owned(),
+                PROCS
+                    .iter()
+                    .map(|p| med(rounds, |r| f(r).get(p).copied().unwrap_or(0.0)))
+                    .collect(),
+            )
+        };
     w(
         "cpu_per_lifecycle.svg",
         svg::stacked_bars(
@@ -1342,15 +1541,24 @@ fn plots(out: &std::path::Path, rounds: &[Round], stored: &[StoredPoint]) {
                 &[
                     (
                         "lifecycles/s".into(),
-                        stored.iter().map(|p| (p.orders, p.closed.per_sec)).collect(),
+                        stored
+                            .iter()
+                            .map(|p| (p.orders, p.closed.per_sec))
+                            .collect(),
                     ),
                     (
                         "CreateOrder p99 ms ×10".into(),
-                        stored.iter().map(|p| (p.orders, p.open.create[1] * 10.0)).collect(),
+                        stored
+                            .iter()
+                            .map(|p| (p.orders, p.open.create[1] * 10.0))
+                            .collect(),
                     ),
                     (
                         "Pay p99 ms ×10".into(),
-                        stored.iter().map(|p| (p.orders, p.open.pay[1] * 10.0)).collect(),
+                        stored
+                            .iter()
+                            .map(|p| (p.orders, p.open.pay[1] * 10.0))
+                            .collect(),
                     ),
                 ],
                 true,
