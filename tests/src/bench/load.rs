@@ -353,15 +353,16 @@ impl Shared {
         }
     }
 
+    /// The run's result; the progress task may still hold a clone, so values are taken, not
+    /// unwrapped.
     fn finish(self: Arc<Self>, secs: f64, shed: u64) -> RunResult {
-        let s = Arc::try_unwrap(self).ok().expect("all tasks ended");
         RunResult {
-            per_sec: s.done_in_window.load(Ordering::Relaxed) as f64 / secs,
-            completed: s.done.load(Ordering::Relaxed),
-            errors: s.errors.load(Ordering::Relaxed),
+            per_sec: self.done_in_window.load(Ordering::Relaxed) as f64 / secs,
+            completed: self.done.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
             shed,
-            hists: s.hists.into_inner().expect("hists"),
-            first_error: s.first_error.into_inner().expect("err"),
+            hists: std::mem::replace(&mut *self.hists.lock().expect("hists"), Hists::new()),
+            first_error: self.first_error.lock().expect("err").take(),
         }
     }
 }
