@@ -7,11 +7,11 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::signature::{SignatureEncoding, Signer, Verifier};
-use rsa::{RsaPrivateKey, RsaPublicKey};
+use channel_kit::crypto::RsaSigningKey;
+use rsa::RsaPublicKey;
+use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::signature::Verifier;
 use serde_json::value::RawValue;
 use sha2::Sha256;
 use x509_cert::Certificate;
@@ -98,7 +98,8 @@ pub fn notify_signing_content(params: &BTreeMap<String, String>) -> String {
 
 /// The merchant application's private key.
 pub struct AppSigner {
-    key: SigningKey<Sha256>,
+    /// Signs through aws-lc-rs (constant time; RUSTSEC-2023-0071).
+    key: RsaSigningKey,
 }
 
 impl fmt::Debug for AppSigner {
@@ -113,14 +114,9 @@ impl AppSigner {
     /// # Errors
     /// [`KeyError::PrivateKey`] when neither form parses.
     pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
-        let key = if pem.contains("BEGIN RSA PRIVATE KEY") {
-            RsaPrivateKey::from_pkcs1_pem(pem).map_err(|e| KeyError::PrivateKey(e.to_string()))?
-        } else {
-            RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| KeyError::PrivateKey(e.to_string()))?
-        };
-        Ok(Self {
-            key: SigningKey::new(key),
-        })
+        RsaSigningKey::from_pem(pem)
+            .map(|key| Self { key })
+            .map_err(|e| KeyError::PrivateKey(e.to_string()))
     }
 
     /// Loads the bare Base64 DER the Alipay console shows (no PEM armour), PKCS#8 or PKCS#1.
@@ -128,16 +124,9 @@ impl AppSigner {
     /// # Errors
     /// [`KeyError::PrivateKey`] when the text is not Base64 or neither form parses.
     pub fn from_base64_der(text: &str) -> Result<Self, KeyError> {
-        let compact: String = text.split_whitespace().collect();
-        let der = BASE64
-            .decode(compact)
-            .map_err(|e| KeyError::PrivateKey(e.to_string()))?;
-        let key = RsaPrivateKey::from_pkcs8_der(&der)
-            .or_else(|_| RsaPrivateKey::from_pkcs1_der(&der))
-            .map_err(|e| KeyError::PrivateKey(e.to_string()))?;
-        Ok(Self {
-            key: SigningKey::new(key),
-        })
+        RsaSigningKey::from_base64_der(text)
+            .map(|key| Self { key })
+            .map_err(|e| KeyError::PrivateKey(e.to_string()))
     }
 
     /// SHA256withRSA (PKCS#1 v1.5) over `content`, Base64. Deterministic.
@@ -145,11 +134,9 @@ impl AppSigner {
     /// # Errors
     /// [`SignError`] only if the RSA primitive fails.
     pub fn sign(&self, content: &str) -> Result<String, SignError> {
-        let signature: Signature = self
-            .key
-            .try_sign(content.as_bytes())
-            .map_err(|e| SignError(e.to_string()))?;
-        Ok(BASE64.encode(signature.to_bytes()))
+        self.key
+            .sign_sha256_base64(content.as_bytes())
+            .map_err(|e| SignError(e.to_string()))
     }
 
     /// Signs a complete request parameter set in place: drops any old `sign`, signs

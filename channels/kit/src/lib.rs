@@ -10,6 +10,7 @@
 //! - [`callbacks`]: the HTTP listener for the platform's signed callbacks. A callback is verified,
 //!   forwarded to the core's `ChannelEvents`, and acknowledged to the platform **only after** the
 //!   core has durably recorded it; otherwise the platform is told to retry.
+//! - [`crypto`]: the merchant RSA key: loading and constant-time signing (aws-lc-rs).
 //! - [`settings`]: the shared `ADAPTER_*` settings and helpers to read keys from files/env.
 //! - [`metrics`]: Prometheus counters every adapter exports.
 //! - [`fields`]: checks every adapter makes on the core's requests (required fields, CNY fen).
@@ -18,6 +19,7 @@
 //! - [`time`]: `chrono` instants as `channel.v1` timestamps.
 //! - [`serve`]: runs the three listeners until a shutdown signal.
 pub mod callbacks;
+pub mod crypto;
 pub mod fields;
 pub mod form;
 pub mod grpc;

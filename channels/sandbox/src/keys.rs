@@ -2,6 +2,11 @@
 //! key pairs, and the one signature primitive all three platforms share (RSA PKCS#1 v1.5 over
 //! SHA-256).
 //!
+//! Signing goes through aws-lc-rs ([`SigningKey`]): its private-key operations are constant time,
+//! the `rsa` crate's are not (RUSTSEC-2023-0071). `rsa` still parses keys, builds certificates and
+//! verifies (public-key operations, which the advisory does not touch). This is the sandboxes' own
+//! code: they share no signing code with the adapters they test.
+//!
 //! PEM is decoded here by hand rather than with a strict RFC 7468 reader, because the keys the
 //! platforms hand out come with CRLF line breaks, odd line widths or no armour at all.
 
@@ -12,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::rngs::OsRng;
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey};
+use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use rsa::{BigUint, Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
 use sha2::{Digest, Sha256};
 use x509_cert::builder::{Builder, CertificateBuilder, Profile};
@@ -57,6 +62,60 @@ pub enum KeyError {
     /// RSA signing failed.
     #[error("RSA signing failed")]
     Sign(#[source] rsa::Error),
+    /// aws-lc refused the key for signing (for example shorter than 2048 bits).
+    #[error("key cannot sign: {0}")]
+    Unusable(String),
+    /// aws-lc could not sign (only if the system RNG fails).
+    #[error("RSA signing failed")]
+    SignFailed,
+}
+
+/// A private key ready to sign `SHA256withRSA` in constant time (aws-lc-rs), built once per
+/// platform identity: building it parses and checks the key, which costs about one signature.
+pub struct SigningKey {
+    pair: aws_lc_rs::signature::RsaKeyPair,
+    rng: aws_lc_rs::rand::SystemRandom,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(<redacted>)")
+    }
+}
+
+impl SigningKey {
+    /// Hands `key` to aws-lc (through its PKCS#8 DER).
+    ///
+    /// # Errors
+    /// [`KeyError::Unusable`] if aws-lc refuses it.
+    pub fn new(key: &RsaPrivateKey) -> Result<Self, KeyError> {
+        let der = key
+            .to_pkcs8_der()
+            .map_err(|e| KeyError::Unusable(e.to_string()))?;
+        let pair = aws_lc_rs::signature::RsaKeyPair::from_pkcs8(der.as_bytes())
+            .map_err(|e| KeyError::Unusable(e.to_string()))?;
+        Ok(Self {
+            pair,
+            rng: aws_lc_rs::rand::SystemRandom::new(),
+        })
+    }
+
+    /// `SHA256withRSA` (PKCS#1 v1.5) over `message`: raw signature bytes. Deterministic.
+    ///
+    /// # Errors
+    /// [`KeyError::SignFailed`] if the system RNG fails.
+    pub fn sign_sha256(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let mut signature = vec![0; self.pair.public_modulus_len()];
+        self.pair
+            .sign(
+                &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                &self.rng,
+                message,
+                &mut signature,
+            )
+            .map_err(|_| KeyError::SignFailed)?;
+        Ok(signature)
+    }
 }
 
 /// One decoded PEM block: its label and the DER bytes.
@@ -150,16 +209,14 @@ pub fn generate_rsa_2048() -> Result<RsaPrivateKey, KeyError> {
     RsaPrivateKey::new(&mut OsRng, 2048).map_err(KeyError::Generate)
 }
 
-/// `SHA256withRSA` (PKCS#1 v1.5), the signature every sandboxed platform uses.
-///
-/// Blinded with the OS RNG; the output is still deterministic, as PKCS#1 v1.5 has no salt.
+/// `SHA256withRSA` (PKCS#1 v1.5), the signature every sandboxed platform uses, for a one-off
+/// signature (tests playing the merchant). It prepares the key each call: the platforms' signers
+/// hold a [`SigningKey`] instead.
 ///
 /// # Errors
-/// [`KeyError::Sign`] if the key cannot sign (for example it is too short).
+/// [`KeyError::Unusable`] if the key cannot sign (for example it is too short).
 pub fn sign_sha256_rsa(key: &RsaPrivateKey, message: &[u8]) -> Result<Vec<u8>, KeyError> {
-    let digest = Sha256::digest(message);
-    key.sign_with_rng(&mut OsRng, Pkcs1v15Sign::new::<Sha256>(), &digest)
-        .map_err(KeyError::Sign)
+    SigningKey::new(key)?.sign_sha256(message)
 }
 
 /// Checks a `SHA256withRSA` (PKCS#1 v1.5) signature; `true` only for an exact match.

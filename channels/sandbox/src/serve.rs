@@ -52,7 +52,9 @@ pub fn build_router(which: Which, keys_dir: &Path, time_scale: f64) -> Result<Ro
         }
         Which::Alipay => {
             let files = AlipayKeyFiles::load(&keys_dir.join("alipay"))?;
-            crate::alipay::router(Arc::new(Alipay::new(files, time_scale)))
+            let alipay =
+                Alipay::new(files, time_scale).map_err(|e| ServeError::Setup(e.to_string()))?;
+            crate::alipay::router(Arc::new(alipay))
         }
         Which::Unionpay => {
             let files = UnionpayKeyFiles::load(&keys_dir.join("unionpay"))?;

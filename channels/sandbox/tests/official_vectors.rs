@@ -183,7 +183,7 @@ fn wechat_v6_documented_header_parses_and_tampering_is_caught() {
 #[test]
 fn wechat_v8_platform_response_signature_is_reproduced() {
     let v = &vectors()["wechat"]["v8"];
-    let signer = wechat::PlatformSigner::new(PLATFORM_SERIAL, private_key(PLATFORM_KEY));
+    let signer = wechat::PlatformSigner::new(PLATFORM_SERIAL, private_key(PLATFORM_KEY)).unwrap();
     let headers = signer
         .sign(
             v["timestamp"].as_i64().unwrap(),
@@ -225,7 +225,7 @@ fn wechat_v9_transaction_notification_is_reproduced_byte_for_byte() {
     let envelope = wechat::NotificationEnvelope::seal(&key, &draft).unwrap();
     let body = envelope.to_body().unwrap();
     assert_eq!(body, text(v, "body"));
-    let signer = wechat::PlatformSigner::new(PLATFORM_SERIAL, private_key(PLATFORM_KEY));
+    let signer = wechat::PlatformSigner::new(PLATFORM_SERIAL, private_key(PLATFORM_KEY)).unwrap();
     let headers = signer
         .sign(
             v["timestamp"].as_i64().unwrap(),
@@ -379,6 +379,7 @@ fn alipay_b9_1_app_request_verifies_and_the_signature_reproduces() {
         .unwrap();
 
     let reproduced = alipay::AlipaySigner::new(app_key)
+        .unwrap()
         .sign(text(v, "signing_content").as_bytes())
         .unwrap();
     assert_eq!(reproduced, text(v, "sign"));

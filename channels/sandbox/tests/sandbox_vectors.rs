@@ -94,7 +94,7 @@ fn wechat_platform_responses_match_python_byte_for_byte() {
     let w = &all["wechat"];
     let platform = private_key(text(w, "platform_key_file"));
     for (name, v) in w["responses"].as_object().unwrap() {
-        let signer = wechat::PlatformSigner::new(text(v, "serial"), platform.clone());
+        let signer = wechat::PlatformSigner::new(text(v, "serial"), platform.clone()).unwrap();
         let headers = signer
             .sign(
                 v["timestamp"].as_i64().unwrap(),
@@ -126,7 +126,8 @@ fn wechat_refund_notification_matches_python_byte_for_byte() {
     let body = envelope.to_body().unwrap();
     assert_eq!(body, text(v, "body"));
     let signer =
-        wechat::PlatformSigner::new(text(v, "serial"), private_key(text(w, "platform_key_file")));
+        wechat::PlatformSigner::new(text(v, "serial"), private_key(text(w, "platform_key_file")))
+            .unwrap();
     let headers = signer
         .sign(
             v["timestamp"].as_i64().unwrap(),
@@ -161,7 +162,7 @@ fn alipay_python_signed_request_is_accepted_from_its_form_body() {
 fn alipay_sync_response_and_notify_match_python_byte_for_byte() {
     let all = vectors();
     let a = &all["alipay"];
-    let signer = alipay::AlipaySigner::new(private_key(text(a, "platform_key_file")));
+    let signer = alipay::AlipaySigner::new(private_key(text(a, "platform_key_file"))).unwrap();
 
     let v = &a["response"];
     assert_eq!(

@@ -8,11 +8,12 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use channel_kit::crypto::RsaSigningKey;
 use chrono::{DateTime, Utc};
-use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::signature::{SignatureEncoding, Signer, Verifier};
-use rsa::{BigUint, RsaPrivateKey, RsaPublicKey};
+use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::signature::Verifier;
+use rsa::{BigUint, RsaPublicKey};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
@@ -125,7 +126,8 @@ pub fn verification_digest_hex(fields: &BTreeMap<String, String>) -> String {
 /// The merchant's signing key (from the PFX UnionPay issues) and its `certId`.
 pub struct MerchantSigner {
     cert_id: String,
-    key: SigningKey<Sha256>,
+    /// Signs through aws-lc-rs (constant time; RUSTSEC-2023-0071).
+    key: RsaSigningKey,
 }
 
 impl fmt::Debug for MerchantSigner {
@@ -143,11 +145,15 @@ impl MerchantSigner {
     /// # Errors
     /// [`KeyError::PrivateKey`].
     pub fn from_pkcs8_pem(pem: &str, cert_id: &str) -> Result<Self, KeyError> {
-        let key =
-            RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| KeyError::PrivateKey(e.to_string()))?;
+        if !pem.contains("-----BEGIN PRIVATE KEY-----") {
+            return Err(KeyError::PrivateKey(
+                "expected a PEM block labelled PRIVATE KEY (PKCS#8)".to_owned(),
+            ));
+        }
+        let key = RsaSigningKey::from_pem(pem).map_err(|e| KeyError::PrivateKey(e.to_string()))?;
         Ok(Self {
             cert_id: cert_id.to_owned(),
-            key: SigningKey::new(key),
+            key,
         })
     }
 
@@ -160,11 +166,9 @@ impl MerchantSigner {
     /// # Errors
     /// [`SignError::Rsa`] only if the RSA primitive fails.
     pub fn sign_digest_hex(&self, digest_hex: &str) -> Result<String, SignError> {
-        let signature: Signature = self
-            .key
-            .try_sign(digest_hex.as_bytes())
-            .map_err(|e| SignError::Rsa(e.to_string()))?;
-        Ok(BASE64.encode(signature.to_bytes()))
+        self.key
+            .sign_sha256_base64(digest_hex.as_bytes())
+            .map_err(|e| SignError::Rsa(e.to_string()))
     }
 
     /// Signs a request in place: sets `certId`, drops any old `signature`, signs, inserts `signature`.

@@ -9,13 +9,14 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use channel_kit::crypto::RsaSigningKey;
 use chrono::{DateTime, Utc};
 use rand::Rng as _;
 use rand::distributions::Alphanumeric;
-use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey};
-use rsa::signature::{SignatureEncoding, Signer, Verifier};
-use rsa::{BigUint, RsaPrivateKey, RsaPublicKey};
+use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs8::DecodePublicKey;
+use rsa::signature::Verifier;
+use rsa::{BigUint, RsaPublicKey};
 use serde::Serialize;
 use sha2::Sha256;
 use x509_cert::Certificate;
@@ -111,7 +112,8 @@ pub enum NotificationError {
 pub struct MerchantSigner {
     mchid: String,
     serial_no: String,
-    key: SigningKey<Sha256>,
+    /// Signs through aws-lc-rs (constant time; RUSTSEC-2023-0071).
+    key: RsaSigningKey,
 }
 
 impl fmt::Debug for MerchantSigner {
@@ -131,12 +133,16 @@ impl MerchantSigner {
     /// # Errors
     /// [`KeyError::PrivateKey`] when the PEM is not a PKCS#8 RSA key.
     pub fn from_pkcs8_pem(mchid: &str, serial_no: &str, pem: &str) -> Result<Self, KeyError> {
-        let key =
-            RsaPrivateKey::from_pkcs8_pem(pem).map_err(|e| KeyError::PrivateKey(e.to_string()))?;
+        if !pem.contains("-----BEGIN PRIVATE KEY-----") {
+            return Err(KeyError::PrivateKey(
+                "expected a PEM block labelled PRIVATE KEY (PKCS#8)".to_owned(),
+            ));
+        }
+        let key = RsaSigningKey::from_pem(pem).map_err(|e| KeyError::PrivateKey(e.to_string()))?;
         Ok(Self {
             mchid: mchid.to_owned(),
             serial_no: serial_no.to_ascii_uppercase(),
-            key: SigningKey::new(key),
+            key,
         })
     }
 
@@ -153,11 +159,9 @@ impl MerchantSigner {
     /// # Errors
     /// [`SignError::Rsa`] only if the RSA primitive fails.
     pub fn sign(&self, message: &[u8]) -> Result<String, SignError> {
-        let signature: Signature = self
-            .key
-            .try_sign(message)
-            .map_err(|e| SignError::Rsa(e.to_string()))?;
-        Ok(BASE64.encode(signature.to_bytes()))
+        self.key
+            .sign_sha256_base64(message)
+            .map_err(|e| SignError::Rsa(e.to_string()))
     }
 
     /// The full `Authorization` header value for one request.

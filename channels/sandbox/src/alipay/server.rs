@@ -116,19 +116,25 @@ impl std::fmt::Debug for Alipay {
 
 impl Alipay {
     /// Builds the platform from loaded key files.
-    pub fn new(files: AlipayKeyFiles, time_scale: f64) -> Self {
+    ///
+    /// # Errors
+    /// [`crate::alipay::protocol::AlipayProtocolError::Key`] if Alipay's private key cannot sign.
+    pub fn new(
+        files: AlipayKeyFiles,
+        time_scale: f64,
+    ) -> Result<Self, crate::alipay::protocol::AlipayProtocolError> {
         let mut apps = AppKeys::new();
         apps.register(&files.app_id, files.app_public_key);
-        Self {
+        Ok(Self {
             core: Core::new(time_scale),
             app_id: files.app_id,
             seller_id: format!("2088{}", random_digits(12)),
             apps,
-            signer: AlipaySigner::new(files.alipay_private_key),
+            signer: AlipaySigner::new(files.alipay_private_key)?,
             rogue: OnceLock::new(),
             bills: Mutex::new(HashMap::new()),
             scanned: Mutex::new(std::collections::HashSet::new()),
-        }
+        })
     }
 
     /// Whether the trade exists at Alipay: always, except a precreated QR code nobody scanned
@@ -609,7 +615,11 @@ impl Alipay {
 
     fn rogue_signer(&self) -> Result<&AlipaySigner, BuildError> {
         self.rogue
-            .get_or_init(|| keys::generate_rsa_2048().ok().map(AlipaySigner::new))
+            .get_or_init(|| {
+                keys::generate_rsa_2048()
+                    .ok()
+                    .and_then(|k| AlipaySigner::new(k).ok())
+            })
             .as_ref()
             .ok_or_else(|| BuildError::Crypto("could not generate a second key".to_owned()))
     }

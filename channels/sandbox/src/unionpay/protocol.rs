@@ -338,7 +338,7 @@ pub fn normalise_pem(pem: &str) -> String {
 /// The platform's signing identity: private key plus the certificate published with every
 /// 5.1.0 message in `signPubKeyCert`.
 pub struct PlatformSigner {
-    key: RsaPrivateKey,
+    key: keys::SigningKey,
     certificate: CertificateInfo,
     sign_pub_key_cert: String,
 }
@@ -365,7 +365,7 @@ impl PlatformSigner {
         }
         let sign_pub_key_cert = normalise_pem(certificate.pem());
         Ok(Self {
-            key,
+            key: keys::SigningKey::new(&key)?,
             certificate,
             sign_pub_key_cert,
         })
@@ -386,8 +386,9 @@ impl PlatformSigner {
         fields.remove("certId");
         fields.insert("signMethod".to_owned(), SIGN_METHOD_RSA.to_owned());
         fields.insert("signPubKeyCert".to_owned(), self.sign_pub_key_cert.clone());
-        let signature =
-            keys::sign_sha256_rsa(&self.key, platform_signing_digest(&fields).as_bytes())?;
+        let signature = self
+            .key
+            .sign_sha256(platform_signing_digest(&fields).as_bytes())?;
         fields.insert(SIGNATURE_FIELD.to_owned(), BASE64.encode(signature));
         Ok(fields)
     }

@@ -202,10 +202,10 @@ impl Wechat {
             merchants,
             keys: Mutex::new(SigningKeys {
                 active: vec![files.platform_serial.clone()],
-                public_key: Arc::new(PlatformSigner::new(
-                    files.platform_serial,
-                    files.platform_key,
-                )),
+                public_key: Arc::new(
+                    PlatformSigner::new(files.platform_serial, files.platform_key)
+                        .map_err(|e| SetupError(e.to_string()))?,
+                ),
                 certificates: Vec::new(),
             }),
             apiv3_key,
@@ -244,7 +244,9 @@ impl Wechat {
         let serial_hex = cert.serial_hex();
         let mut keys = lock(&self.keys);
         keys.certificates.push(IssuedCertificate {
-            signer: Arc::new(PlatformSigner::new(serial_hex.clone(), key)),
+            signer: Arc::new(
+                PlatformSigner::new(serial_hex.clone(), key).map_err(|e| e.to_string())?,
+            ),
             pem: cert.pem().replace("\r\n", "\n"),
             effective,
             expire: effective + chrono::Duration::from_std(validity).unwrap_or_default(),

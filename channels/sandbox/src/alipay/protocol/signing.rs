@@ -37,7 +37,7 @@ pub const ERROR_NODE: &str = "error_response";
 /// The platform's signing identity: Alipay's private key, and in certificate mode the
 /// `alipay_cert_sn` of the matching certificate.
 pub struct AlipaySigner {
-    key: RsaPrivateKey,
+    key: keys::SigningKey,
     cert_sn: Option<String>,
 }
 
@@ -51,16 +51,28 @@ impl std::fmt::Debug for AlipaySigner {
 
 impl AlipaySigner {
     /// A public-key-mode signer (no `alipay_cert_sn`).
-    pub fn new(key: RsaPrivateKey) -> Self {
-        Self { key, cert_sn: None }
+    ///
+    /// # Errors
+    /// [`AlipayProtocolError::Key`] if the key cannot sign.
+    pub fn new(key: RsaPrivateKey) -> Result<Self, AlipayProtocolError> {
+        Ok(Self {
+            key: keys::SigningKey::new(&key)?,
+            cert_sn: None,
+        })
     }
 
     /// A certificate-mode signer that adds `alipay_cert_sn` to responses.
-    pub fn with_cert_sn(key: RsaPrivateKey, cert_sn: impl Into<String>) -> Self {
-        Self {
-            key,
+    ///
+    /// # Errors
+    /// [`AlipayProtocolError::Key`] if the key cannot sign.
+    pub fn with_cert_sn(
+        key: RsaPrivateKey,
+        cert_sn: impl Into<String>,
+    ) -> Result<Self, AlipayProtocolError> {
+        Ok(Self {
+            key: keys::SigningKey::new(&key)?,
             cert_sn: Some(cert_sn.into()),
-        }
+        })
     }
 
     /// Base64 SHA256withRSA over `content`.
@@ -68,7 +80,7 @@ impl AlipaySigner {
     /// # Errors
     /// [`AlipayProtocolError::Key`].
     pub fn sign(&self, content: &[u8]) -> Result<String, AlipayProtocolError> {
-        Ok(BASE64.encode(keys::sign_sha256_rsa(&self.key, content)?))
+        Ok(BASE64.encode(self.key.sign_sha256(content)?))
     }
 
     /// Serialises `node` once, signs exactly that text, and embeds the same text in the body.

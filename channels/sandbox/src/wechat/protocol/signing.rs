@@ -52,7 +52,7 @@ impl SignatureHeaders {
 /// merchants use to find the matching public key.
 pub struct PlatformSigner {
     serial: String,
-    key: RsaPrivateKey,
+    key: keys::SigningKey,
 }
 
 impl std::fmt::Debug for PlatformSigner {
@@ -65,11 +65,14 @@ impl std::fmt::Debug for PlatformSigner {
 
 impl PlatformSigner {
     /// A signer announcing `serial` in `Wechatpay-Serial`.
-    pub fn new(serial: impl Into<String>, key: RsaPrivateKey) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`WechatProtocolError::Key`] if the key cannot sign.
+    pub fn new(serial: impl Into<String>, key: RsaPrivateKey) -> Result<Self, WechatProtocolError> {
+        Ok(Self {
             serial: serial.into(),
-            key,
-        }
+            key: keys::SigningKey::new(&key)?,
+        })
     }
 
     /// The serial put in `Wechatpay-Serial`.
@@ -87,8 +90,9 @@ impl PlatformSigner {
         nonce: &str,
         body: &[u8],
     ) -> Result<SignatureHeaders, WechatProtocolError> {
-        let signature =
-            keys::sign_sha256_rsa(&self.key, &response_message(timestamp, nonce, body))?;
+        let signature = self
+            .key
+            .sign_sha256(&response_message(timestamp, nonce, body))?;
         Ok(SignatureHeaders {
             timestamp,
             nonce: nonce.to_owned(),

@@ -5,7 +5,8 @@ use super::*;
 #[test]
 fn a_signed_response_embeds_exactly_the_signed_node_text() {
     let key = keys::generate_rsa_2048().unwrap();
-    let signer = AlipaySigner::with_cert_sn(key.clone(), "6f1e366a31d9575cd546914add04f4af");
+    let signer =
+        AlipaySigner::with_cert_sn(key.clone(), "6f1e366a31d9575cd546914add04f4af").unwrap();
     #[derive(Serialize)]
     struct Node<'a> {
         code: &'a str,
@@ -51,7 +52,7 @@ fn a_signed_response_embeds_exactly_the_signed_node_text() {
 #[test]
 fn a_signed_notification_verifies_after_form_encoding_and_excludes_sign_type() {
     let key = keys::generate_rsa_2048().unwrap();
-    let signer = AlipaySigner::new(key.clone());
+    let signer = AlipaySigner::new(key.clone()).unwrap();
     let mut params = Params::new();
     params.insert("subject".into(), "yansongda+测试 - 1".into());
     params.insert("trade_status".into(), "TRADE_SUCCESS".into());

@@ -5,7 +5,8 @@ use super::*;
 #[test]
 fn responses_signed_by_the_platform_verify_and_probes_do_not() {
     let key = keys::generate_rsa_2048().unwrap();
-    let signer = PlatformSigner::new("PUB_KEY_ID_0000000000000024101100397200000006", key.clone());
+    let signer =
+        PlatformSigner::new("PUB_KEY_ID_0000000000000024101100397200000006", key.clone()).unwrap();
     let body = br#"{"code_url":"weixin://wxpay/bizpayurl?pr=abc"}"#;
     let headers = signer.sign_with_fresh_nonce(1_700_000_000, body).unwrap();
     assert_eq!(headers.nonce.len(), 32);
