@@ -300,7 +300,7 @@ pub fn parse_trade_bill_bytes(
 mod tests {
     use super::*;
 
-    const ALL_BILL: &str = "\u{feff}交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注\r\n\
+    pub(super) const ALL_BILL: &str = "\u{feff}交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注\r\n\
 `2021-01-28 17:07:11,`wx81be3101902f7cb2,`1601959334,`0,`,`4200000925202101284997714292,`S20210128170702357723,`ofyak5qR_1wYsC99CsWA6R9MJazA,`NATIVE,`SUCCESS,`OTHERS,`CNY,`0.01,`0.00,`0,`0,`0.00,`0.00,`,`,`for testing,`cipher code,`0.00000,`1.00%,`0.01,`0.00,`\r\n\
 `2021-01-29 10:00:00,`wx81be3101902f7cb2,`1601959334,`0,`,`4200000925202101284997714292,`S20210128170702357723,`ofyak5qR_1wYsC99CsWA6R9MJazA,`NATIVE,`REFUND,`OTHERS,`CNY,`0.00,`0.00,`50000000382019052709732678859,`R1,`0.01,`0.00,`ORIGINAL,`SUCCESS,`for testing,`cipher code,`-0.00000,`1.00%,`0.01,`0.01,`\r\n\
 总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额\r\n\
@@ -426,5 +426,22 @@ mod fixture_tests {
     fn a_bad_amount_names_its_line_and_column() {
         let m = message(text().replacen("`88.88,", "`88.8x,", 1).as_bytes());
         assert!(m.starts_with("bill line 3: 应结订单金额"), "{m}");
+    }
+
+    proptest::proptest! {
+        /// Mutations of a valid bill (see `adapter::tests::fuzz` for the style): every line
+        /// past the header reaches the column and amount parsers.
+        #[test]
+        fn fuzz_wechat_trade_bill_mutations(
+            at in proptest::prelude::any::<usize>(),
+            cut in 0usize..16,
+            with in "[`, 0-9.\\-]{0,8}|\\r?\\n|[ -~]{0,6}",
+        ) {
+            let mut bytes = super::tests::ALL_BILL.as_bytes().to_vec();
+            let at = at % (bytes.len() + 1);
+            let end = (at + cut).min(bytes.len());
+            bytes.splice(at..end, with.bytes());
+            let _ = parse_trade_bill_bytes(&bytes);
+        }
     }
 }

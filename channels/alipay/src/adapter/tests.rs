@@ -442,3 +442,5 @@ async fn a_refund_notification_reports_the_cumulative_refund_fee_but_no_amount()
     assert_eq!(result.refunded, None);
     assert!(result.channel_status.contains("refund_fee=6.00"));
 }
+
+mod fuzz;

@@ -2,7 +2,6 @@
 //! deterministic, so both must produce the same bytes, and each must verify the other's.
 #![allow(clippy::unwrap_used)]
 
-
 use rsa::pkcs1::EncodeRsaPrivateKey as _;
 use rsa::pkcs1v15::{Signature, SigningKey, VerifyingKey};
 use rsa::pkcs8::{EncodePrivateKey as _, LineEnding};

@@ -415,3 +415,5 @@ fn a_payment_without_its_prepay_answer_is_named_by_the_txn_time_of_its_creation(
     assert_eq!(txn_time_of("20260101120000", Some(&ts)), "20260101120000");
     assert_eq!(txn_time_of("", None), "");
 }
+
+mod fuzz;

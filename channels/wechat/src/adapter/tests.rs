@@ -835,3 +835,5 @@ async fn through_the_kit_a_forged_refund_notification_gets_fail_and_never_reache
     assert_eq!(status, 500);
     assert!(connections.load(Ordering::SeqCst) >= 1);
 }
+
+mod fuzz;

@@ -1,0 +1,52 @@
+//! RSA-2048 `SHA256withRSA` signing: the `rsa` crate against aws-lc-rs, same key, same message,
+//! 300 signatures each (the figure behind the RUSTSEC-2023-0071 entry in docs/DECISIONS.md).
+//! A bench binary rather than a timed test, so CI never depends on the machine's load.
+//!
+//! `cargo run --release -p channel-kit --example rsa_sign_bench [-- N]`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Instant;
+
+use channel_kit::crypto::RsaSigningKey;
+use rsa::pkcs1v15::SigningKey;
+use rsa::pkcs8::EncodePrivateKey as _;
+use rsa::signature::{SignatureEncoding as _, Signer as _};
+use sha2::Sha256;
+
+fn main() {
+    let n: u32 = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("N must be a number"))
+        .unwrap_or(300);
+    let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+    let message = br#"POST
+/v3/pay/transactions/jsapi
+1700000000
+5K8264ILTKCH16CQ2502SI8ZNMTM67VS
+{"appid":"wxd678efh567hg6787","mchid":"1234567891","amount":{"total":100,"currency":"CNY"}}
+"#;
+    let rsa_signer = SigningKey::<Sha256>::new(key.clone());
+    let aws = RsaSigningKey::from_pkcs8_der(key.to_pkcs8_der().unwrap().as_bytes()).unwrap();
+    // Same bytes from both, or the comparison means nothing.
+    assert_eq!(
+        rsa_signer.sign(message).to_vec(),
+        aws.sign_sha256(message).unwrap()
+    );
+
+    let started = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(rsa_signer.sign(std::hint::black_box(message)));
+    }
+    let rsa_ms = started.elapsed().as_secs_f64() * 1e3 / f64::from(n);
+
+    let started = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(aws.sign_sha256(std::hint::black_box(message)).unwrap());
+    }
+    let aws_ms = started.elapsed().as_secs_f64() * 1e3 / f64::from(n);
+
+    println!("RSA-2048 PKCS#1 v1.5 SHA-256 sign, {n} signatures each, one thread");
+    println!("rsa 0.9      {rsa_ms:8.3} ms/signature");
+    println!("aws-lc-rs    {aws_ms:8.3} ms/signature");
+    println!("speed-up     {:8.2}x", rsa_ms / aws_ms);
+}
