@@ -366,7 +366,7 @@ impl Driver {
         if (self.abandon && i % 10 == 9) || self.payer_pays(ch, &p).await != 200 {
             return;
         }
-        if i % 4 == 0 && self.wait_paid(&o.order_id, Duration::from_secs(10)).await {
+        if i.is_multiple_of(4) && self.wait_paid(&o.order_id, Duration::from_secs(10)).await {
             self.refund(&o.order_id, amount / 2, &format!("R{no}"))
                 .await;
         }
@@ -1215,7 +1215,6 @@ async fn f6_redis_down_fails_pay_fast_and_recovers_within_five_seconds() {
         let pays: Vec<_> = (0..4)
             .map(|k| {
                 let mut d = d.clone();
-                let run = run;
                 tokio::spawn(async move {
                     let o = d.create(&format!("F6C-{run}-{k}"), 400).await?;
                     let r = d.pay(&o.order_id, CH).await?;

@@ -76,9 +76,7 @@ fn y_axis(s: &mut String, ymax: f64) {
 }
 
 fn fmt_num(v: f64) -> String {
-    if v >= 1000.0 {
-        format!("{:.0}", v)
-    } else if v >= 10.0 {
+    if v >= 10.0 {
         format!("{:.0}", v)
     } else if v >= 1.0 {
         format!("{:.1}", v)

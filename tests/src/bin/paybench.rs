@@ -422,8 +422,8 @@ async fn baselines(pg: &PgBaselines, redis_port: Option<u16>, secs: f64, quick: 
     tokio::task::spawn_blocking(move || {
         eprintln!("  baselines: B_life, B_dup, B_claim, B_tpcb, B_lock, S");
         let life = pgb.life(s);
-        let dup = pgb.dup(s.min(5).max(2));
-        let claim = pgb.claim(s.min(5).max(2));
+        let dup = pgb.dup(s.clamp(2, 5));
+        let claim = pgb.claim(s.clamp(2, 5));
         let tpcb = pgb.tpcb(s);
         let (lock_set, lock_cad, lock) = redis_port
             .map(|p| infra::lock_baseline(p, if quick { 100_000 } else { 300_000 }))
