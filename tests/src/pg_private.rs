@@ -266,18 +266,7 @@ impl PrivateRedis {
             .arg("commandstats")
             .query(&mut conn)
             .unwrap_or_default();
-        info.lines()
-            .filter_map(|l| {
-                let rest = l.strip_prefix("cmdstat_")?;
-                let (cmd, stats) = rest.split_once(':')?;
-                let calls = stats
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix("calls="))?
-                    .parse()
-                    .ok()?;
-                Some((cmd.to_owned(), calls))
-            })
-            .collect()
+        parse_commandstats(&info)
     }
 }
 
@@ -292,4 +281,22 @@ impl Drop for PrivateRedis {
             let _ = c.wait();
         }
     }
+}
+
+/// (command, calls) pairs from the text of `INFO commandstats`; shared by the fault tests and
+/// paybench so both count Redis round trips the same way.
+pub fn parse_commandstats(info: &str) -> std::collections::BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("cmdstat_")?;
+            let (cmd, stats) = rest.split_once(':')?;
+            let calls = stats
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((cmd.to_owned(), calls))
+        })
+        .collect()
 }

@@ -384,20 +384,7 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
 /// Calls per command from `INFO commandstats` (script-internal calls are counted under their
 /// own command too, so EVALSHA's inner SET/GET/DEL show up beside it).
 pub fn commandstats(port: u16) -> BTreeMap<String, u64> {
-    redis_cli(port, &["INFO", "commandstats"])
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("cmdstat_")?;
-            let (name, stats) = rest.split_once(':')?;
-            let calls = stats
-                .split(',')
-                .find_map(|kv| kv.strip_prefix("calls="))?
-                .trim()
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
+    e2e::pg_private::parse_commandstats(&redis_cli(port, &["INFO", "commandstats"]))
 }
 
 /// `after - before` per command, leaving out the bench's own INFO calls.
