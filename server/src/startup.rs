@@ -277,7 +277,15 @@ async fn refund_query_loop(app: App, mut stop: tokio::sync::watch::Receiver<bool
 /// batch runs again at once; an idle one waits a tick. The gauges are refreshed once a second.
 async fn outbox_loop(app: App, tick: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut last_gauges = tokio::time::Instant::now() - Duration::from_secs(2);
+    // The first pass waits one tick like the others: a replica that has just started has nothing
+    // urgent (the other replicas, or this one a tick later, deliver), and a test that sets a long
+    // tick to drive the sequencer itself must not race a pass that fires during its setup.
+    let mut busy = false;
     loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(if busy { Duration::ZERO } else { tick }) => {}
+        }
         let sequenced = match app.sequence_events().await {
             Ok(n) => n,
             Err(e) => {
@@ -298,11 +306,7 @@ async fn outbox_loop(app: App, tick: Duration, mut stop: tokio::sync::watch::Rec
                 tracing::warn!(error = ?e, "refreshing the outbox gauges failed");
             }
         }
-        let busy = sequenced >= 1000 || dispatched > 0;
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(if busy { Duration::ZERO } else { tick }) => {}
-        }
+        busy = sequenced >= 1000 || dispatched > 0;
     }
 }
 
