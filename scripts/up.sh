@@ -47,6 +47,20 @@ for ch in wechat alipay unionpay; do
     [ -f "$KEYS/$ch/grpc_token" ] || { token >"$KEYS/$ch/grpc_token"; chmod 600 "$KEYS/$ch/grpc_token"; }
 done
 
+# The demo app's credentials for payment.v1 (every call is signed; README, "Calling payd").
+if [ ! -f "$KEYS/app_secret" ]; then
+    token >"$KEYS/app_secret"; chmod 600 "$KEYS/app_secret"
+fi
+cat >"$KEYS/app_credentials.toml" <<EOF
+# Written by scripts/up.sh: the demo app, with every role.
+[[app]]
+id = "demo-shop"
+secrets = ["$(cat "$KEYS/app_secret")"]
+roles = ["orders.write", "orders.read", "refunds.write", "refunds.write_large", "refunds.read",
+         "events.read", "events.write", "recon.admin", "audit.read"]
+EOF
+chmod 600 "$KEYS/app_credentials.toml"
+
 log "starting the sandboxes: WeChat :8091, Alipay :8092, UnionPay :8093"
 start sandbox-wechat   "$BIN/sandbox" wechat   --listen 127.0.0.1:8091 --keys-dir "$KEYS"
 start sandbox-alipay   "$BIN/sandbox" alipay   --listen 127.0.0.1:8092 --keys-dir "$KEYS"
@@ -62,6 +76,7 @@ export PAYD_CHANNEL_WECHAT_TOKEN_FILE=$KEYS/wechat/grpc_token
 export PAYD_CHANNEL_ALIPAY_TOKEN_FILE=$KEYS/alipay/grpc_token
 export PAYD_CHANNEL_UNIONPAY_TOKEN_FILE=$KEYS/unionpay/grpc_token
 export PAYD_ADAPTER_TOKENS_FILE=$KEYS/adapter_tokens
+export PAYD_APP_CREDENTIALS_FILE=$KEYS/app_credentials.toml
 log "applying migrations"
 "$BIN/payd" migrate 2>>"$RUN/payd.log"
 log "starting payd on $PAYD_LISTEN (metrics http://$PAYD_METRICS_LISTEN/metrics)"
@@ -90,7 +105,7 @@ UNIONPAY_ACCEPT_TEST_CN=true ADAPTER_PUBLIC_CALLBACK_BASE=http://127.0.0.1:8083 
     start unionpay-adapter "$BIN/unionpay-adapter"
 for port in 9561 9562 9563; do wait_http "http://127.0.0.1:$port/healthz" "adapter metrics :$port"; done
 
-export PAYCTL_ENDPOINT="http://$PAYD_LISTEN" PAYCTL_APP_ID=demo-shop
+export PAYCTL_ENDPOINT="http://$PAYD_LISTEN" PAYCTL_APP_ID=demo-shop PAYCTL_SECRET_FILE=$KEYS/app_secret
 # field PATH: reads payctl --json output on stdin, prints the dotted PATH (e.g. order.status).
 field() { python3 -c 'import json,sys
 v=json.load(sys.stdin)
@@ -128,4 +143,6 @@ pay_through alipay alipay_qr 8092
 pay_through unionpay unionpay_front 8093
 log "the app's events (WatchEvents from the start: created, paid, refund.succeeded, partially_refunded per order)"
 "$BIN/payctl" watch-events --limit 12
+log "the audit log (who did what):"
+"$BIN/payctl" audit --page-size 10
 log "platform is up: payd $PAYD_LISTEN, adapters :50061-50063, sandboxes :8091-8093; stop with: bash scripts/down.sh"

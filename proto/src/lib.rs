@@ -2,6 +2,8 @@
 //! contract between the core and each channel adapter process. Nothing generated is committed.
 #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod auth;
+
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("common.v1");

@@ -172,6 +172,22 @@ pub struct Settings {
     /// the data keys, and not rotated with them (the hashes would change).
     pub data_hmac_key: Option<Secret>,
     pub data_hmac_key_file: Option<std::path::PathBuf>,
+    /// `PAYD_APP_CREDENTIALS` (TOML text) or `PAYD_APP_CREDENTIALS_FILE` (a file with it): every
+    /// app allowed to call `payment.v1`, its secrets (several at once, for rotation), roles and
+    /// optional rate (README, "Calling payd from another language"). Unset: every call is
+    /// refused as UNAUTHENTICATED.
+    pub app_credentials: Option<Secret>,
+    pub app_credentials_file: Option<std::path::PathBuf>,
+    /// `PAYD_AUTH_WINDOW_SECS`: how far a signature's timestamp may be from payd's clock, either
+    /// way; nonces are remembered for twice this.
+    pub auth_window_secs: u64,
+    /// `PAYD_RATE_LIMIT_PER_SEC`, `PAYD_RATE_LIMIT_BURST`: each app's rate limit unless its
+    /// credentials entry sets its own; shared by all replicas through Redis.
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    /// `PAYD_REFUND_LARGE_THRESHOLDS`: `CUR=minor` pairs, comma-separated (`CNY=1000000`): a
+    /// refund above its currency's amount needs the role `refunds.write_large`. Empty: none.
+    pub refund_large_thresholds: String,
 }
 
 impl Default for Settings {
@@ -229,6 +245,12 @@ impl Default for Settings {
             payment_query_delays_ms: "10000,20000,30000".to_owned(),
             payment_query_ceiling_ms: 300_000,
             payment_query_tick_ms: 1_000,
+            app_credentials: None,
+            app_credentials_file: None,
+            auth_window_secs: 300,
+            rate_limit_per_sec: 1_000,
+            rate_limit_burst: 2_000,
+            refund_large_thresholds: String::new(),
             expiry_tick_ms: 1_000,
             env: "development".to_owned(),
             data_keys: None,
@@ -360,6 +382,14 @@ impl Settings {
         }
         self.payment_queries()?;
         self.adapter_tokens()?;
+        self.refund_large_thresholds()?;
+        crate::auth::Credentials::parse(
+            &self.app_credentials_text()?,
+            crate::auth::Rate {
+                per_sec: self.rate_limit_per_sec,
+                burst: self.rate_limit_burst,
+            },
+        )?;
         self.adapter_endpoints()?;
         let keys = self.data_keys()?;
         match self.env.as_str() {
@@ -403,6 +433,24 @@ impl Settings {
                     format!("the {channel} token {w}; refused in production"),
                 );
             }
+        }
+        let credentials = crate::auth::Credentials::parse(
+            &self.app_credentials_text()?,
+            crate::auth::Rate {
+                per_sec: self.rate_limit_per_sec,
+                burst: self.rate_limit_burst,
+            },
+        )?;
+        if credentials.is_empty() {
+            return bad(
+                "app_credentials",
+                "is required in production (PAYD_APP_CREDENTIALS_FILE): without it every call \
+                 is refused"
+                    .into(),
+            );
+        }
+        if let Some(w) = credentials.weakness() {
+            return bad("app_credentials", format!("{w}; refused in production"));
         }
         for e in self.adapter_endpoints()? {
             if let Some(w) = weak_secret(e.token.expose()) {
@@ -654,6 +702,45 @@ impl Settings {
             min_expiry: Duration::from_secs(self.min_expiry_secs),
             max_expiry: Duration::from_secs(self.max_expiry_secs),
         }
+    }
+
+    /// The app credentials text, from `app_credentials` or the file `app_credentials_file`
+    /// (empty when neither is set).
+    ///
+    /// # Errors
+    /// An unreadable file, named.
+    pub fn app_credentials_text(&self) -> Result<String, ConfigError> {
+        match (&self.app_credentials, &self.app_credentials_file) {
+            (Some(s), _) => Ok(s.expose().to_owned()),
+            (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                key: "app_credentials_file",
+                reason: format!("cannot read {}: {e}", path.display()),
+            }),
+            (None, None) => Ok(String::new()),
+        }
+    }
+
+    /// The large-refund thresholds by currency.
+    ///
+    /// # Errors
+    /// A malformed pair, named.
+    pub fn refund_large_thresholds(
+        &self,
+    ) -> Result<std::collections::HashMap<String, i64>, ConfigError> {
+        self.refund_large_thresholds
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let bad = || ConfigError::Invalid {
+                    key: "refund_large_thresholds",
+                    reason: format!("{e:?} is not CUR=minor_units"),
+                };
+                let (cur, n) = e.split_once('=').ok_or_else(bad)?;
+                let n: i64 = n.trim().parse().map_err(|_| bad())?;
+                Ok((cur.trim().to_uppercase(), n))
+            })
+            .collect()
     }
 
     /// The adapter tokens, from `adapter_tokens` or the file `adapter_tokens_file`.

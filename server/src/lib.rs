@@ -11,10 +11,12 @@
 //! - [`channel_client`]: the outbound side: adapter clients (`channel.v1.ChannelAdapter`) with
 //!   payd's token, the `channel.v1` conversions, and the one reading of a failed call's status.
 //!   Used by `app` and `grpc`; imports neither.
+//! - [`auth`]: the tower layer that authenticates, authorizes and rate-limits `payment.v1`.
 //! - [`grpc`]: the tonic services (inbound) and the one error-to-status mapping.
 //! - [`crypto`]: the data keys: personal fields sealed at rest (AES-256-GCM), keyed lookups.
 //! - [`config`], [`telemetry`], [`metrics`], [`startup`]: process wiring.
 pub mod app;
+pub mod auth;
 pub mod channel_client;
 pub mod config;
 pub mod crypto;

@@ -398,6 +398,11 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// The registry, for metrics owned by another module (auth).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         TextEncoder::new()
             .encode_to_string(&self.registry.gather())

@@ -27,6 +27,7 @@ pub struct Application {
     grpc: TcpListener,
     http: TcpListener,
     app: App,
+    auth: crate::auth::AuthLayer,
     database_url: String,
     lease_check: Duration,
     grace: Duration,
@@ -53,6 +54,10 @@ impl Application {
             .set_number_of_retries(2);
         let redis = redis::aio::ConnectionManager::new_lazy_with_config(client, redis_cfg)
             .context("redis")?;
+        let auth = crate::auth::AuthLayer::new(
+            crate::auth::Auth::from_settings(settings, redis.clone(), &metrics)
+                .context("app credentials")?,
+        );
         let locks = Locks::new(
             redis,
             settings.redis_key_prefix.clone(),
@@ -105,6 +110,7 @@ impl Application {
             grpc,
             http,
             app,
+            auth,
             database_url: settings.database_url.expose().to_owned(),
             lease_check: Duration::from_millis(settings.worker_lease_check_ms),
             grace: Duration::from_millis(settings.shutdown_grace_ms),
@@ -132,7 +138,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let (router, health) = build_grpc_router(self.app.clone()).await?;
+        let (router, health) = build_grpc_router(self.app.clone(), self.auth.clone()).await?;
 
         let metrics = self.app.metrics.clone();
         let http_app = axum::Router::new()

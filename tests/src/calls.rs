@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use payproto::auth::{Signed, SignedChannel, SigningKeys};
 use payproto::channel::v1 as cpb;
 use payproto::payment::v1 as pb;
 use payproto::payment::v1::payment_service_client::PaymentServiceClient;
@@ -10,7 +11,116 @@ use tonic::transport::Channel;
 
 use crate::platform::{Platform, SandboxedChannel};
 
-pub type Client = PaymentServiceClient<Channel>;
+/// A `payment.v1` client whose calls are signed as the app each request's `x-app-id` names.
+pub type Client = PaymentServiceClient<SignedChannel>;
+
+/// Test apps holding every role (test fixtures, not secrets; never used outside tests).
+pub const TEST_APPS: &[&str] = &[
+    "shop-1",
+    "shop-2",
+    "shop-3",
+    "other-app",
+    "shop-ctl",
+    "bench",
+];
+/// A test app holding only `orders.read`.
+pub const READER_APP: &str = "reader-1";
+/// A test app whose two secrets are valid at once (rotation); it signs with the newer.
+pub const ROTATING_APP: &str = "rotating-1";
+/// A test app with a rate limit of 5 calls a second, bursts of 5.
+pub const LIMITED_APP: &str = "limited-1";
+/// A test app with every role but `refunds.write_large`.
+pub const SMALL_REFUNDS_APP: &str = "small-refunds-1";
+
+/// The test fixture secret of `app`.
+pub fn test_secret(app: &str) -> String {
+    format!("test-fixture-secret-of-{app}-not-a-real-secret")
+}
+
+/// The older of [`ROTATING_APP`]'s two secrets.
+pub fn rotating_old_secret() -> String {
+    format!("test-fixture-old-secret-of-{ROTATING_APP}-not-real")
+}
+
+const ALL_ROLES: &str = r#"["orders.write", "orders.read", "refunds.write", "refunds.write_large", "refunds.read", "events.read", "events.write", "recon.admin", "audit.read"]"#;
+
+/// The credentials (`PAYD_APP_CREDENTIALS`) every test payd gets.
+pub fn test_credentials_toml() -> String {
+    let mut s = String::new();
+    for app in TEST_APPS {
+        s.push_str(&format!(
+            "[[app]]\nid = \"{app}\"\nsecrets = [\"{}\"]\nroles = {ALL_ROLES}\nrate_per_sec = 100000\nburst = 100000\n\n",
+            test_secret(app)
+        ));
+    }
+    s.push_str(&format!(
+        "[[app]]\nid = \"{READER_APP}\"\nsecrets = [\"{}\"]\nroles = [\"orders.read\"]\n\n",
+        test_secret(READER_APP)
+    ));
+    s.push_str(&format!(
+        "[[app]]\nid = \"{ROTATING_APP}\"\nsecrets = [\"{}\", \"{}\"]\nroles = {ALL_ROLES}\n\n",
+        rotating_old_secret(),
+        test_secret(ROTATING_APP)
+    ));
+    s.push_str(&format!(
+        "[[app]]\nid = \"{LIMITED_APP}\"\nsecrets = [\"{}\"]\nroles = {ALL_ROLES}\nrate_per_sec = 5\nburst = 5\n\n",
+        test_secret(LIMITED_APP)
+    ));
+    s.push_str(&format!(
+        "[[app]]\nid = \"{SMALL_REFUNDS_APP}\"\nsecrets = [\"{}\"]\nroles = [\"orders.write\", \"orders.read\", \"refunds.write\", \"refunds.read\"]\n\n",
+        test_secret(SMALL_REFUNDS_APP)
+    ));
+    s
+}
+
+/// Keys for every test app.
+pub fn test_signing_keys() -> SigningKeys {
+    let apps: Vec<(String, String)> = TEST_APPS
+        .iter()
+        .chain(&[READER_APP, ROTATING_APP, LIMITED_APP, SMALL_REFUNDS_APP])
+        .map(|a| ((*a).to_owned(), test_secret(a)))
+        .collect();
+    SigningKeys::many(apps.iter().map(|(a, s)| (a.as_str(), s.as_bytes())))
+}
+
+/// A signed transport to `endpoint` with `keys`.
+pub async fn signed_channel(endpoint: String, keys: SigningKeys) -> SignedChannel {
+    let channel = Channel::from_shared(endpoint)
+        .expect("endpoint URL")
+        .connect()
+        .await
+        .expect("connect to payd");
+    Signed::new(channel, keys)
+}
+
+/// Like [`client`], but a payd that cannot be reached is an error, not a panic.
+///
+/// # Errors
+/// The connection failed.
+pub async fn try_client(endpoint: String) -> Result<Client, tonic::transport::Error> {
+    let channel = Channel::from_shared(endpoint)
+        .expect("endpoint URL")
+        .connect()
+        .await?;
+    Ok(PaymentServiceClient::new(Signed::new(
+        channel,
+        test_signing_keys(),
+    )))
+}
+
+/// A client that signs as one app with one secret (whatever `x-app-id` says).
+pub async fn client_as(endpoint: String, app: &str, secret: &str) -> Client {
+    PaymentServiceClient::new(
+        signed_channel(endpoint, SigningKeys::single(app, secret.as_bytes())).await,
+    )
+}
+
+/// A client that signs nothing: for tests of refused requests only.
+pub async fn unsigned_client(endpoint: String) -> PaymentServiceClient<Channel> {
+    PaymentServiceClient::connect(endpoint)
+        .await
+        .expect("connect to payd")
+}
 
 /// A request from the app `shop-1`.
 pub fn req<T>(body: T) -> tonic::Request<T> {
@@ -20,20 +130,28 @@ pub fn req<T>(body: T) -> tonic::Request<T> {
     r
 }
 
+/// A client signing as the test app each request names (`x-app-id`).
 pub async fn client(endpoint: String) -> Client {
-    PaymentServiceClient::connect(endpoint)
-        .await
-        .expect("connect to payd")
+    PaymentServiceClient::new(signed_channel(endpoint, test_signing_keys()).await)
 }
 
+/// A signed `ReconciliationService` client (admin calls; requests are made with [`req`] like
+/// the others, and signed as the app they name).
 pub type ReconClient =
-    payproto::payment::v1::reconciliation_service_client::ReconciliationServiceClient<Channel>;
+    payproto::payment::v1::reconciliation_service_client::ReconciliationServiceClient<
+        SignedChannel,
+    >;
 
-/// A ReconciliationService client (admin calls; requests are made with [`req`] like the others).
 pub async fn recon_client(endpoint: String) -> ReconClient {
-    ReconClient::connect(endpoint)
-        .await
-        .expect("connect to payd")
+    ReconClient::new(signed_channel(endpoint, test_signing_keys()).await)
+}
+
+/// A signed `AuditService` client for the test apps.
+pub type AuditClient =
+    payproto::payment::v1::audit_service_client::AuditServiceClient<SignedChannel>;
+
+pub async fn audit_client(endpoint: String) -> AuditClient {
+    AuditClient::new(signed_channel(endpoint, test_signing_keys()).await)
 }
 
 /// The QR (or form) method of each channel, which needs no payer id.

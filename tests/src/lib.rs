@@ -266,6 +266,7 @@ impl Payd {
             .env("PAYD_DATABASE_URL", &db.url)
             .env("PAYD_REDIS_URL", redis_url())
             .env("PAYD_REDIS_KEY_PREFIX", &ns.prefix)
+            .env("PAYD_APP_CREDENTIALS", calls::test_credentials_toml())
             .env("PAYD_DATABASE_POOL_SIZE", "8")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -9,9 +9,7 @@ use e2e::calls::{count, create, order_of, req, wait_status};
 use e2e::platform::{Platform, SandboxedChannel, metric_sum};
 use payproto::channel::v1 as cpb;
 use payproto::payment::v1 as pb;
-use payproto::payment::v1::payment_service_client::PaymentServiceClient;
 use serde_json::json;
-use tonic::transport::Channel;
 
 fn channel_and_method(ch: SandboxedChannel) -> (cpb::Channel, cpb::PayMethod) {
     match ch {
@@ -21,14 +19,12 @@ fn channel_and_method(ch: SandboxedChannel) -> (cpb::Channel, cpb::PayMethod) {
     }
 }
 
-async fn client(p: &Platform) -> PaymentServiceClient<Channel> {
-    PaymentServiceClient::connect(p.payd.endpoint())
-        .await
-        .unwrap()
+async fn client(p: &Platform) -> e2e::calls::Client {
+    e2e::calls::client(p.payd.endpoint()).await
 }
 
 async fn pay(
-    c: &mut PaymentServiceClient<Channel>,
+    c: &mut e2e::calls::Client,
     order: &pb::Order,
     ch: SandboxedChannel,
 ) -> Result<pb::PayResponse, tonic::Status> {
@@ -486,12 +482,7 @@ async fn an_open_unionpay_trade_which_cannot_be_closed_blocks_a_switch_instead_o
 }
 
 /// Pays one order through `ch` and waits until it is PAID.
-async fn pay_one(
-    p: &Platform,
-    c: &mut PaymentServiceClient<Channel>,
-    ch: SandboxedChannel,
-    no: &str,
-) {
+async fn pay_one(p: &Platform, c: &mut e2e::calls::Client, ch: SandboxedChannel, no: &str) {
     let order = create(c, no, 100).await;
     let paying = pay(c, &order, ch).await.expect("pay");
     let out_trade_no = paying.attempt.as_ref().unwrap().out_trade_no.clone();

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use diesel::RunQueryDsl;
 use e2e::{Payd, RedisNamespace, TestDb};
 use payproto::payment::v1 as pb;
-use payproto::payment::v1::payment_service_client::PaymentServiceClient;
 use tonic::transport::Channel;
 
 fn req<T>(body: T) -> tonic::Request<T> {
@@ -31,8 +30,8 @@ fn create(no: &str, amount: i64, key: &str) -> pb::CreateOrderRequest {
     }
 }
 
-async fn client(p: &Payd) -> PaymentServiceClient<Channel> {
-    PaymentServiceClient::connect(p.endpoint()).await.unwrap()
+async fn client(p: &Payd) -> e2e::calls::Client {
+    e2e::calls::client(p.endpoint()).await
 }
 
 fn count(db: &TestDb, sql: &str) -> i64 {

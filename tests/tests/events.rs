@@ -402,12 +402,7 @@ async fn a_callback_storm_over_three_replicas_with_one_killed_pays_and_tells_eac
                 // Replica 2 dies mid-storm: its clients move on to the others.
                 let mut k = (i + w) % 3;
                 loop {
-                    let Ok(mut c) =
-                        payproto::payment::v1::payment_service_client::PaymentServiceClient::connect(
-                            endpoints[k].clone(),
-                        )
-                        .await
-                    else {
+                    let Ok(mut c) = calls::try_client(endpoints[k].clone()).await else {
                         k = (k + 1) % 3;
                         continue;
                     };

@@ -17,6 +17,8 @@ struct Run {
 async fn payctl(endpoint: &str, args: &[&str]) -> Run {
     let out = tokio::process::Command::new(e2e::binary("payctl"))
         .env_remove("NO_COLOR")
+        .env_remove("PAYCTL_SECRET_FILE")
+        .env("PAYCTL_SECRET", e2e::calls::test_secret("shop-ctl"))
         .args(["--endpoint", endpoint, "--app", "shop-ctl"])
         .args(args)
         .output()

@@ -14,6 +14,10 @@ use payproto::channel::v1::channel_events_service_server::ChannelEventsServiceSe
 use payproto::payment::v1::payment_service_server::PaymentServiceServer;
 use payproto::payment::v1::reconciliation_service_server::ReconciliationServiceServer;
 use tonic::transport::server::Router;
+
+/// The router behind the auth layer.
+pub type AuthedRouter =
+    Router<tower::layer::util::Stack<crate::auth::AuthLayer, tower::layer::util::Identity>>;
 use tonic_health::server::HealthReporter;
 
 use crate::app::App;
@@ -28,7 +32,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// When the embedded descriptor sets do not parse (a build problem).
 pub async fn build_grpc_router(
     app: App,
-) -> Result<(Router, HealthReporter), tonic_reflection::server::Error> {
+    auth: crate::auth::AuthLayer,
+) -> Result<(AuthedRouter, HealthReporter), tonic_reflection::server::Error> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<PaymentServiceServer<payment::PaymentApi>>()
@@ -51,6 +56,8 @@ pub async fn build_grpc_router(
     let router = tonic::transport::Server::builder()
         // Bound every call, so a stuck dependency cannot pin a request forever.
         .timeout(REQUEST_TIMEOUT)
+        // Every payment.v1 call: signature, window, nonce, role, rate limit (crate::auth).
+        .layer(auth)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -48,16 +48,14 @@ impl PaymentApi {
     }
 }
 
+/// The calling app, as the auth layer verified it (never the bare `x-app-id` header).
 pub(super) fn app_id<T>(req: &Request<T>) -> Result<AppId, ServiceError> {
-    let raw = req
-        .metadata()
-        .get(APP_ID_HEADER)
+    req.extensions()
+        .get::<crate::auth::Caller>()
+        .map(|c| c.app.clone())
         .ok_or_else(|| {
-            ServiceError::Unauthenticated(format!("{APP_ID_HEADER} metadata is required"))
-        })?
-        .to_str()
-        .map_err(|_| ServiceError::Unauthenticated(format!("{APP_ID_HEADER} must be ASCII")))?;
-    AppId::parse(APP_ID_HEADER, raw).map_err(|e| ServiceError::Unauthenticated(e.to_string()))
+            ServiceError::Unauthenticated(format!("{APP_ID_HEADER}: the call is not authenticated"))
+        })
 }
 
 /// Builds the idempotency claim for a request whose key field is `key`: the fingerprint is the

@@ -6,8 +6,6 @@ use payd::app::App;
 use payd::config::{Secret, Settings};
 use payd::startup::Application;
 use payproto::payment::v1 as pb;
-use payproto::payment::v1::payment_service_client::PaymentServiceClient;
-use tonic::transport::Channel;
 
 pub const APP: &str = "shop-1";
 /// Adapter tokens of the test server (test fixtures, not secrets).
@@ -15,7 +13,8 @@ pub const WECHAT_TOKEN: &str = "test-wechat-adapter-token";
 pub const ALIPAY_TOKEN: &str = "test-alipay-adapter-token";
 
 pub struct TestApp {
-    pub client: PaymentServiceClient<Channel>,
+    /// Signs as the test app each request's `x-app-id` names (`e2e::calls::TEST_APPS`).
+    pub client: e2e::calls::Client,
     pub app: App,
     pub metrics_addr: std::net::SocketAddr,
     pub grpc_addr: std::net::SocketAddr,
@@ -37,6 +36,7 @@ pub fn settings(db: &TestDb, ns: &RedisNamespace) -> Settings {
         adapter_tokens: Some(Secret::new(format!(
             "wechat:{WECHAT_TOKEN},alipay:{ALIPAY_TOKEN}"
         ))),
+        app_credentials: Some(Secret::new(e2e::calls::test_credentials_toml())),
         ..Settings::default()
     }
 }
@@ -59,9 +59,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let server = tokio::spawn(application.run_until_stopped(async {
         let _ = rx.await;
     }));
-    let client = PaymentServiceClient::connect(format!("http://{grpc_addr}"))
-        .await
-        .expect("connect");
+    let client = e2e::calls::client(format!("http://{grpc_addr}")).await;
     TestApp {
         client,
         app,
@@ -75,6 +73,10 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 impl TestApp {
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
     pub fn conn(&self) -> PgConnection {
         self.db.connect()
     }
@@ -177,15 +179,7 @@ pub async fn create_order(app: &mut TestApp, no: &str, amount: i64) -> pb::Order
         .expect("order")
 }
 
-/// An AuditService client on the test server (built here, so request signing added to the
-/// harness applies to it too).
-pub async fn audit_client(
-    app: &TestApp,
-) -> payproto::payment::v1::audit_service_client::AuditServiceClient<Channel> {
-    payproto::payment::v1::audit_service_client::AuditServiceClient::connect(format!(
-        "http://{}",
-        app.grpc_addr
-    ))
-    .await
-    .expect("connect")
+/// An AuditService client on the test server, signing as the test apps.
+pub async fn audit_client(app: &TestApp) -> e2e::calls::AuditClient {
+    e2e::calls::audit_client(app.endpoint()).await
 }

@@ -309,11 +309,7 @@ async fn a_restarted_server_keeps_every_order() {
     let server = tokio::spawn(application.run_until_stopped(async {
         let _ = rx.await;
     }));
-    let mut client = payproto::payment::v1::payment_service_client::PaymentServiceClient::connect(
-        format!("http://{addr}"),
-    )
-    .await
-    .unwrap();
+    let mut client = e2e::calls::client(format!("http://{addr}")).await;
     for o in [&a, &b] {
         let got = client
             .get_order(req(pb::GetOrderRequest {

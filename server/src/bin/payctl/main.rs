@@ -1,6 +1,8 @@
 //! `payctl`: the command-line client of payd's `payment.v1` API, for people (aligned tables,
 //! colours on a terminal, QR codes for QR pay methods) and for scripts (`--json`, exit codes by
-//! class of error). Every call sends `x-app-id`; mutating calls can carry an idempotency key.
+//! class of error). Every call is signed as the app (`--app` and its secret, `PAYCTL_SECRET` or
+//! `PAYCTL_SECRET_FILE`; see `payproto::auth`) and names the person running it (`x-operator`,
+//! `--operator` or `$USER`) for the audit log; mutating calls can carry an idempotency key.
 mod out;
 
 use std::collections::BTreeMap;
@@ -8,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use payproto::auth::{Signed, SignedChannel, SigningKeys};
 use payproto::payment::v1 as pb;
 use payproto::payment::v1::payment_service_client::PaymentServiceClient;
 
@@ -33,9 +36,19 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     endpoint: String,
-    /// The calling app (sent as `x-app-id`).
+    /// The calling app (sent as `x-app-id`, and the app whose secret signs each call).
     #[arg(long, env = "PAYCTL_APP_ID", default_value = "demo-shop")]
     app: String,
+    /// The app's secret. Prefer PAYCTL_SECRET_FILE: a command line is visible to other users.
+    #[arg(long, env = "PAYCTL_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// A file holding the app's secret (one line; surrounding whitespace is ignored).
+    #[arg(long, env = "PAYCTL_SECRET_FILE")]
+    secret_file: Option<std::path::PathBuf>,
+    /// The person running the command, for the audit log (`x-operator`; refunds and resolutions
+    /// also carry it in the request). Defaults to $USER.
+    #[arg(long, global = true, env = "PAYCTL_OPERATOR")]
+    operator: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -119,9 +132,6 @@ enum Command {
         refund_request_no: String,
         #[arg(long, default_value = "")]
         reason: String,
-        /// Who asks, for the audit trail (defaults to $USER).
-        #[arg(long, env = "USER", default_value = "")]
-        operator: String,
     },
     /// Get one refund by id or by refund request number.
     GetRefund {
@@ -153,6 +163,28 @@ enum Command {
     Recon {
         #[command(subcommand)]
         cmd: ReconCmd,
+    },
+    /// The audit log, newest first (needs the role audit.read).
+    Audit {
+        /// At or after this instant (RFC 3339, e.g. 2026-12-04T00:00:00+08:00).
+        #[arg(long)]
+        from: Option<String>,
+        /// Before this instant (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this app's records.
+        #[arg(long = "of-app", default_value = "")]
+        of_app: String,
+        /// Only this action (the full method, e.g. /payment.v1.PaymentService/CreateRefund).
+        #[arg(long, default_value = "")]
+        action: String,
+        /// Only records about this order id, out_trade_no, refund id, run id or other target.
+        #[arg(long, default_value = "")]
+        target: String,
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
     },
     /// List refunds, newest first (of one order, or all of the app's).
     ListRefunds {
@@ -215,9 +247,6 @@ enum ReconCmd {
         resolution: String,
         #[arg(long, default_value = "")]
         note: String,
-        /// The person resolving it.
-        #[arg(long)]
-        operator: String,
     },
 }
 
@@ -231,17 +260,9 @@ fn channel_arg(channel: &str) -> Result<i32, Failure> {
         .map_err(|e| Failure::Local(out::exit::REFUSED, "INVALID_ARGUMENT", e))
 }
 
-async fn recon(endpoint: &str, app: &str, cmd: ReconCmd, o: &Out) -> Result<(), Failure> {
+async fn recon(transport: SignedChannel, app: &Who, cmd: ReconCmd, o: &Out) -> Result<(), Failure> {
     use payproto::payment::v1::reconciliation_service_client::ReconciliationServiceClient;
-    let mut r = ReconciliationServiceClient::connect(endpoint.to_owned())
-        .await
-        .map_err(|e| {
-            Failure::Local(
-                out::exit::UNAVAILABLE,
-                "UNREACHABLE",
-                anyhow::Error::new(e).context(format!("connecting to {endpoint}")),
-            )
-        })?;
+    let mut r = ReconciliationServiceClient::new(transport);
     match cmd {
         ReconCmd::Run {
             channel,
@@ -309,8 +330,15 @@ async fn recon(endpoint: &str, app: &str, cmd: ReconCmd, o: &Out) -> Result<(), 
             id,
             resolution,
             note,
-            operator,
         } => {
+            let operator = app.operator.clone();
+            if operator.is_empty() {
+                return Err(Failure::Local(
+                    out::exit::REFUSED,
+                    "INVALID_ARGUMENT",
+                    anyhow::anyhow!("a resolution names the person: --operator (or $USER)"),
+                ));
+            }
             let d = r
                 .resolve_discrepancy(with_app(
                     app,
@@ -335,9 +363,9 @@ async fn recon(endpoint: &str, app: &str, cmd: ReconCmd, o: &Out) -> Result<(), 
 /// lines it expects) as it goes; returns it as it ended.
 async fn follow_run(
     r: &mut payproto::payment::v1::reconciliation_service_client::ReconciliationServiceClient<
-        tonic::transport::Channel,
+        SignedChannel,
     >,
-    app: &str,
+    app: &Who,
     mut run: pb::ReconciliationRun,
     o: &Out,
 ) -> Result<pb::ReconciliationRun, Failure> {
@@ -368,11 +396,72 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
-fn with_app<T>(app: &str, body: T) -> anyhow::Result<tonic::Request<T>> {
+/// Who runs the command: the app the calls are signed as, and the person (audit log).
+struct Who {
+    app: String,
+    operator: String,
+}
+
+/// A request from `who`: `x-app-id` (which the signing layer signs as) and `x-operator`.
+fn with_app<T>(who: &Who, body: T) -> anyhow::Result<tonic::Request<T>> {
     let mut r = tonic::Request::new(body);
     r.metadata_mut()
-        .insert("x-app-id", app.parse().context("app id")?);
+        .insert("x-app-id", who.app.parse().context("app id")?);
+    if !who.operator.is_empty() {
+        r.metadata_mut().insert(
+            "x-operator",
+            who.operator
+                .parse()
+                .context("--operator must be printable ASCII")?,
+        );
+    }
     Ok(r)
+}
+
+/// The app's secret, from `--secret`/`PAYCTL_SECRET` or `--secret-file`/`PAYCTL_SECRET_FILE`.
+fn secret_of(cli: &Cli) -> Result<String, Failure> {
+    let refused = |e: anyhow::Error| Failure::Local(out::exit::REFUSED, "UNAUTHENTICATED", e);
+    match (&cli.secret, &cli.secret_file) {
+        (Some(s), None) => Ok(s.trim().to_owned()),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .with_context(|| format!("reading the secret file {}", path.display()))
+            .map_err(refused),
+        (Some(_), Some(_)) => Err(refused(anyhow::anyhow!(
+            "give the secret once: --secret (PAYCTL_SECRET) or --secret-file (PAYCTL_SECRET_FILE)"
+        ))),
+        (None, None) => Err(refused(anyhow::anyhow!(
+            "every call to payd is signed: set PAYCTL_SECRET_FILE (or PAYCTL_SECRET) to the \
+             secret of app {}",
+            cli.app
+        ))),
+    }
+}
+
+/// A signed connection to payd.
+async fn connect(cli: &Cli) -> Result<SignedChannel, Failure> {
+    let secret = secret_of(cli)?;
+    let channel = tonic::transport::Endpoint::from_shared(cli.endpoint.clone())
+        .map_err(|e| {
+            Failure::Local(
+                out::exit::REFUSED,
+                "INVALID_ARGUMENT",
+                anyhow::Error::new(e).context(format!("the endpoint {}", cli.endpoint)),
+            )
+        })?
+        .connect()
+        .await
+        .map_err(|e| {
+            Failure::Local(
+                out::exit::UNAVAILABLE,
+                "UNREACHABLE",
+                anyhow::Error::new(e).context(format!("connecting to {}", cli.endpoint)),
+            )
+        })?;
+    Ok(Signed::new(
+        channel,
+        SigningKeys::single(&cli.app, secret.as_bytes()),
+    ))
 }
 
 /// A failed command: a gRPC status from payd, or a local problem (connection, arguments).
@@ -435,21 +524,60 @@ async fn run(cli: Cli, o: Out) -> Result<(), Failure> {
         let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
         return Ok(());
     }
+    let transport = connect(&cli).await?;
+    let who = Who {
+        app: cli.app.clone(),
+        operator: cli
+            .operator
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_default(),
+    };
+    let app = &who;
     if let Command::Recon { cmd } = cli.command {
-        return recon(&cli.endpoint, &cli.app, cmd, &o).await;
+        return recon(transport, app, cmd, &o).await;
     }
-    let mut client = PaymentServiceClient::connect(cli.endpoint.clone())
-        .await
-        .map_err(|e| {
-            Failure::Local(
-                out::exit::UNAVAILABLE,
-                "UNREACHABLE",
-                anyhow::Error::new(e).context(format!("connecting to {}", cli.endpoint)),
-            )
-        })?;
-    let app = cli.app.as_str();
+    if let Command::Audit {
+        from,
+        to,
+        of_app,
+        action,
+        target,
+        page_size,
+        page_token,
+    } = cli.command
+    {
+        let instant = |v: Option<String>, what: &str| -> Result<_, Failure> {
+            v.map(|t| {
+                chrono::DateTime::parse_from_rfc3339(&t)
+                    .map(|d| prost_types::Timestamp {
+                        seconds: d.timestamp(),
+                        nanos: i32::try_from(d.timestamp_subsec_nanos()).unwrap_or(0),
+                    })
+                    .with_context(|| format!("--{what} {t:?} is not an RFC 3339 instant"))
+                    .map_err(|e| Failure::Local(out::exit::REFUSED, "INVALID_ARGUMENT", e))
+            })
+            .transpose()
+        };
+        let request = pb::ListAuditRecordsRequest {
+            from: instant(from, "from")?,
+            to: instant(to, "to")?,
+            app_id: of_app,
+            action,
+            target,
+            page_size,
+            page_token,
+        };
+        let r = payproto::payment::v1::audit_service_client::AuditServiceClient::new(transport)
+            .list_audit_records(with_app(app, request)?)
+            .await?
+            .into_inner();
+        o.audit(&r.records, &r.next_page_token);
+        return Ok(());
+    }
+    let mut client = PaymentServiceClient::new(transport);
     match cli.command {
-        Command::Completions { .. } | Command::Recon { .. } => {}
+        Command::Completions { .. } | Command::Recon { .. } | Command::Audit { .. } => {}
         Command::CreateOrder {
             merchant_order_no,
             amount,
@@ -584,8 +712,8 @@ async fn run(cli: Cli, o: Out) -> Result<(), Failure> {
             currency,
             refund_request_no,
             reason,
-            operator,
         } => {
+            let operator = who.operator.clone();
             let r = client
                 .create_refund(with_app(
                     app,

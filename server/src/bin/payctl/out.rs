@@ -46,9 +46,9 @@ impl Out {
     /// A status, coloured by what it means for the money.
     pub fn status(&self, s: &str) -> String {
         let code = match s {
-            "PAID" | "SUCCEEDED" => "32",
+            "PAID" | "SUCCEEDED" | "OK" => "32",
             "PENDING" | "PAYING" | "PROCESSING" | "INIT" | "PARTIALLY_REFUNDED" => "33",
-            "FAILED" => "31",
+            "FAILED" | "REFUSED" => "31",
             "REFUNDED" => "36",
             "CLOSED" => "2",
             _ => "0",
@@ -263,6 +263,36 @@ pub fn refund_json(r: &pb::Refund) -> Value {
     })
 }
 
+pub fn audit_outcome(v: i32) -> String {
+    pb::AuditOutcome::try_from(v)
+        .map(|o| {
+            o.as_str_name()
+                .trim_start_matches("AUDIT_OUTCOME_")
+                .to_owned()
+        })
+        .unwrap_or_else(|_| v.to_string())
+}
+
+pub fn audit_json(r: &pb::AuditRecord) -> Value {
+    json!({
+        "id": r.id,
+        "at": ts(r.at.as_ref()),
+        "actor_kind": r.actor_kind,
+        "app_id": r.app_id,
+        "operator": r.operator,
+        "adapter": r.adapter,
+        "action": r.action,
+        "outcome": audit_outcome(r.outcome),
+        "code": r.code,
+        "request_id": r.request_id,
+        "order_id": r.order_id,
+        "out_trade_no": r.out_trade_no,
+        "refund_id": r.refund_id,
+        "recon_run_id": r.recon_run_id,
+        "target": r.target,
+    })
+}
+
 pub fn event_json(e: &pb::Event) -> Value {
     json!({
         "event_id": e.event_id,
@@ -468,6 +498,54 @@ impl Out {
             ],
             &rows,
             Some(2),
+        );
+        if !next.is_empty() {
+            println!("{}", self.dim(&format!("next page: --page-token {next}")));
+        }
+    }
+
+    /// A page of the audit log.
+    pub fn audit(&self, rs: &[pb::AuditRecord], next: &str) {
+        if self.json {
+            return self.json(&json!({
+                "records": rs.iter().map(audit_json).collect::<Vec<_>>(),
+                "next_page_token": next,
+            }));
+        }
+        let rows: Vec<Vec<String>> = rs
+            .iter()
+            .map(|r| {
+                let who = [r.app_id.as_str(), r.operator.as_str(), r.adapter.as_str()]
+                    .iter()
+                    .filter(|v| !v.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("/");
+                let target = [
+                    r.order_id.as_str(),
+                    r.refund_id.as_str(),
+                    r.recon_run_id.as_str(),
+                    r.target.as_str(),
+                ]
+                .into_iter()
+                .find(|v| !v.is_empty())
+                .unwrap_or_default()
+                .to_owned();
+                vec![
+                    ts(r.at.as_ref()),
+                    r.actor_kind.clone(),
+                    who,
+                    r.action.rsplit('/').next().unwrap_or_default().to_owned(),
+                    audit_outcome(r.outcome),
+                    r.code.clone(),
+                    target,
+                ]
+            })
+            .collect();
+        self.table(
+            &["AT", "ACTOR", "WHO", "ACTION", "OUTCOME", "CODE", "TARGET"],
+            &rows,
+            Some(4),
         );
         if !next.is_empty() {
             println!("{}", self.dim(&format!("next page: --page-token {next}")));
