@@ -76,7 +76,7 @@ impl std::fmt::Debug for SigningKeys {
 }
 
 impl SigningKeys {
-    /// One app: requests without `x-app-id` are sent as this app.
+    /// One app: every request is signed and sent as this app (its `x-app-id` is set to it).
     pub fn single(app_id: &str, secret: &[u8]) -> Self {
         Self {
             secrets: Arc::new(HashMap::from([(app_id.to_owned(), secret.to_vec())])),
@@ -177,9 +177,11 @@ where
         let keys = self.keys.clone();
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            let app = match parts.headers.get(APP_ID_HEADER) {
-                Some(v) => v.to_str().ok().map(str::to_owned),
-                None => keys.default_app.clone(),
+            // One app: always that one. Several: the one the request names.
+            let app = match (&keys.default_app, parts.headers.get(APP_ID_HEADER)) {
+                (Some(app), _) => Some(app.clone()),
+                (None, Some(v)) => v.to_str().ok().map(str::to_owned),
+                (None, None) => None,
             };
             let Some((app, secret)) = app.and_then(|a| keys.secrets.get(&a).map(|s| (a, s))) else {
                 return inner

@@ -22,6 +22,7 @@ pub const TEST_APPS: &[&str] = &[
     "other-app",
     "shop-ctl",
     "bench",
+    "ops",
 ];
 /// A test app holding only `orders.read`.
 pub const READER_APP: &str = "reader-1";

@@ -117,9 +117,11 @@ async fn fencing_tokens_keep_increasing_after_redis_forgets_them() {
 
 #[tokio::test]
 async fn with_redis_unreachable_a_close_fails_fast_as_unavailable() {
-    let mut app =
-        spawn_app_with(|s| s.redis_url = payd::config::Secret::new("redis://127.0.0.1:1")).await;
+    let redis = PrivateRedis::start(e2e::free_addr().port());
+    let url = redis.url();
+    let mut app = spawn_app_with(|s| s.redis_url = payd::config::Secret::new(url)).await;
     let order = create_order(&mut app, "NOREDIS-01", 100).await;
+    drop(redis);
     let before = app.snapshot();
     let err = app
         .client
@@ -129,7 +131,7 @@ async fn with_redis_unreachable_a_close_fails_fast_as_unavailable() {
         }))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert_eq!(app.snapshot(), before);
 }
 

@@ -331,11 +331,14 @@ async fn every_malformed_request_gets_its_documented_status_and_changes_nothing(
         );
         assert_eq!(app.snapshot(), before, "{name} changed the database");
     }
-    // Every refusal is counted.
+    // Every refusal is counted: by the services, or (a bad caller) by the auth layer.
     let m = app.metrics_text().await;
     let counted: u64 = m
         .lines()
-        .filter(|l| l.starts_with("payd_rejected_requests_total{"))
+        .filter(|l| {
+            l.starts_with("payd_rejected_requests_total{")
+                || l.starts_with("payd_auth_failures_total{")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(counted, total as u64, "{m}");
