@@ -3,6 +3,7 @@
 #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod auth;
+pub mod tls;
 
 pub mod common {
     pub mod v1 {

@@ -604,6 +604,160 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    const SECRET: &str = "fuzz-fixture-secret-0123456789abcdef";
+    const PATH: &str = "/payment.v1.PaymentService/CreateOrder";
+
+    /// An Auth with one app holding every role, built once; Redis is never reached by
+    /// `verify` (the lazy connection manager only needs a runtime to exist).
+    fn auth() -> &'static Auth {
+        static RT: std::sync::LazyLock<tokio::runtime::Runtime> = std::sync::LazyLock::new(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        });
+        static AUTH: std::sync::LazyLock<Auth> = std::sync::LazyLock::new(|| {
+            let _entered = RT.enter();
+            build_auth()
+        });
+        &AUTH
+    }
+
+    fn build_auth() -> Auth {
+        let settings = Settings {
+            app_credentials: Some(Secret::new(format!(
+                "[[app]]\nid = \"shop-1\"\nsecrets = [\"{SECRET}\"]\nroles = [{}]\n",
+                ROLES
+                    .iter()
+                    .map(|r| format!("\"{r}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+            refund_large_thresholds: "CNY=100".into(),
+            ..Settings::default()
+        };
+        let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
+        let redis = ConnectionManager::new_lazy_with_config(
+            client,
+            redis::aio::ConnectionManagerConfig::new(),
+        )
+        .unwrap();
+        Auth::from_settings(&settings, redis, &crate::metrics::Metrics::new().unwrap()).unwrap()
+    }
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut b = vec![0];
+        b.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        b.extend_from_slice(message);
+        b
+    }
+
+    /// Headers of a correctly signed call of `message` at `now`.
+    fn signed_headers(message: &[u8], now: u64) -> http::HeaderMap {
+        let digest = hex::encode(Sha256::digest(message));
+        let nonce = "0123456789abcdef0123456789abcdef";
+        let canonical = canonical_string(PATH, "shop-1", &now.to_string(), nonce, &digest);
+        let sig = payproto::auth::sign(SECRET.as_bytes(), &canonical);
+        let mut h = http::HeaderMap::new();
+        h.insert(APP_ID_HEADER, "shop-1".parse().unwrap());
+        h.insert(TIMESTAMP_HEADER, now.to_string().parse().unwrap());
+        h.insert(NONCE_HEADER, nonce.parse().unwrap());
+        h.insert(SIGNATURE_HEADER, sig.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn a_signed_call_verifies_and_its_caller_is_the_signing_app() {
+        let a = auth();
+        let now = 1_767_225_600;
+        let (caller, _, nonce_key) = a
+            .verify(
+                PATH,
+                &signed_headers(b"\x0a\x02hi", now),
+                &framed(b"\x0a\x02hi"),
+                now,
+            )
+            .unwrap();
+        assert_eq!(caller.app.as_str(), "shop-1");
+        assert!(nonce_key.ends_with("shop-1:0123456789abcdef0123456789abcdef"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512),
+            ..ProptestConfig::default()
+        })]
+
+        /// Arbitrary metadata values and bodies: never a panic, and never accepted.
+        #[test]
+        fn fuzz_arbitrary_metadata_is_refused_without_panicking(
+            app in proptest::option::of("[ -~]{0,80}"),
+            ts in proptest::option::of("[ -~]{0,24}"),
+            nonce in proptest::option::of("[ -~]{0,80}"),
+            sig in proptest::option::of("[ -~]{0,80}"),
+            path in "[ -~]{0,64}",
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let a = auth();
+            let mut h = http::HeaderMap::new();
+            for (name, v) in [(APP_ID_HEADER, &app), (TIMESTAMP_HEADER, &ts), (NONCE_HEADER, &nonce), (SIGNATURE_HEADER, &sig)] {
+                if let Some(v) = v
+                    && let Ok(v) = http::HeaderValue::from_str(v)
+                {
+                    h.insert(name, v);
+                }
+            }
+            prop_assert!(a.verify(&path, &h, &body, 1_767_225_600).is_err());
+        }
+
+        /// A correctly signed call with one byte of one header, of the body, or of the path
+        /// changed: refused, never a panic.
+        #[test]
+        fn fuzz_a_signed_call_with_one_byte_changed_is_refused(
+            message in proptest::collection::vec(any::<u8>(), 0..200),
+            which in 0usize..6,
+            pos in any::<usize>(),
+            byte in any::<u8>(),
+        ) {
+            let a = auth();
+            let now = 1_767_225_600;
+            let mut h = signed_headers(&message, now);
+            let mut body = framed(&message);
+            let mut path = PATH.as_bytes().to_vec();
+            let flip = |v: &mut Vec<u8>| -> bool {
+                if v.is_empty() { return false; }
+                let i = pos % v.len();
+                let changed = v[i] != byte;
+                v[i] = byte;
+                changed
+            };
+            let changed = match which {
+                0..=3 => {
+                    let name = [APP_ID_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER][which];
+                    let mut v = h[name].as_bytes().to_vec();
+                    let changed = flip(&mut v);
+                    match http::HeaderValue::from_bytes(&v) {
+                        Ok(v) => { h.insert(name, v); changed }
+                        Err(_) => false,
+                    }
+                }
+                4 => flip(&mut body),
+                _ => flip(&mut path),
+            };
+            let path = String::from_utf8_lossy(&path).into_owned();
+            let r = a.verify(&path, &h, &body, now);
+            if changed {
+                // An upper-case hex digit in the signature is the same signature.
+                let lower = |h: &http::HeaderMap| h[SIGNATURE_HEADER].to_str().ok().map(str::to_ascii_lowercase);
+                let same_sig = which == 3 && lower(&h) == lower(&signed_headers(&message, now));
+                prop_assert!(r.is_err() || same_sig, "accepted after changing part {which}");
+            } else {
+                prop_assert!(r.is_ok());
+            }
+        }
+    }
 
     #[test]
     fn every_method_of_the_table_needs_a_known_role() {

@@ -188,6 +188,18 @@ pub struct Settings {
     /// `PAYD_REFUND_LARGE_THRESHOLDS`: `CUR=minor` pairs, comma-separated (`CNY=1000000`): a
     /// refund above its currency's amount needs the role `refunds.write_large`. Empty: none.
     pub refund_large_thresholds: String,
+    /// `PAYD_TLS_CERT_FILE`, `PAYD_TLS_KEY_FILE` (PEM): serve gRPC (`payment.v1` and the
+    /// adapters' `ChannelEvents`) over TLS. `PAYD_TLS_CLIENT_CA_FILE`: and require every client,
+    /// app or adapter, to present a certificate issued by this CA (mutual TLS).
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    pub tls_client_ca_file: Option<std::path::PathBuf>,
+    /// `PAYD_CHANNEL_TLS_CA_FILE`: the CA of the adapters' certificates, for `https://` adapter
+    /// endpoints; `PAYD_CHANNEL_TLS_CERT_FILE`, `PAYD_CHANNEL_TLS_KEY_FILE`: payd's client
+    /// certificate, when the adapters require one.
+    pub channel_tls_ca_file: Option<std::path::PathBuf>,
+    pub channel_tls_cert_file: Option<std::path::PathBuf>,
+    pub channel_tls_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -251,6 +263,12 @@ impl Default for Settings {
             rate_limit_per_sec: 1_000,
             rate_limit_burst: 2_000,
             refund_large_thresholds: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            channel_tls_ca_file: None,
+            channel_tls_cert_file: None,
+            channel_tls_key_file: None,
             expiry_tick_ms: 1_000,
             env: "development".to_owned(),
             data_keys: None,
@@ -383,6 +401,24 @@ impl Settings {
         self.payment_queries()?;
         self.adapter_tokens()?;
         self.refund_large_thresholds()?;
+        for (key, files) in [
+            ("tls_cert_file", self.server_tls()),
+            ("channel_tls_cert_file", self.channel_tls()),
+        ] {
+            let half = |f: &payproto::tls::TlsFiles| f.cert.is_some() != f.key.is_some();
+            if half(&files) {
+                return bad(
+                    key,
+                    "a certificate needs its key file and a key its certificate",
+                );
+            }
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return bad(
+                "tls_client_ca_file",
+                "mutual TLS needs payd's own certificate (PAYD_TLS_CERT_FILE, PAYD_TLS_KEY_FILE)",
+            );
+        }
         crate::auth::Credentials::parse(
             &self.app_credentials_text()?,
             crate::auth::Rate {
@@ -709,6 +745,24 @@ impl Settings {
     ///
     /// # Errors
     /// An unreadable file, named.
+    /// payd's own TLS files (the gRPC server).
+    pub fn server_tls(&self) -> payproto::tls::TlsFiles {
+        payproto::tls::TlsFiles {
+            cert: self.tls_cert_file.clone(),
+            key: self.tls_key_file.clone(),
+            ca: self.tls_client_ca_file.clone(),
+        }
+    }
+
+    /// The TLS files of payd as the adapters' client.
+    pub fn channel_tls(&self) -> payproto::tls::TlsFiles {
+        payproto::tls::TlsFiles {
+            cert: self.channel_tls_cert_file.clone(),
+            key: self.channel_tls_key_file.clone(),
+            ca: self.channel_tls_ca_file.clone(),
+        }
+    }
+
     pub fn app_credentials_text(&self) -> Result<String, ConfigError> {
         match (&self.app_credentials, &self.app_credentials_file) {
             (Some(s), _) => Ok(s.expose().to_owned()),

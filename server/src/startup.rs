@@ -28,6 +28,8 @@ pub struct Application {
     http: TcpListener,
     app: App,
     auth: crate::auth::AuthLayer,
+    /// The gRPC port's TLS (`PAYD_TLS_*`), if any.
+    tls: Option<tonic::transport::ServerTlsConfig>,
     database_url: String,
     lease_check: Duration,
     grace: Duration,
@@ -69,6 +71,10 @@ impl Application {
             &settings.adapter_endpoints()?,
             Duration::from_millis(settings.channel_timeout_ms),
             metrics.channel_request_duration.clone(),
+            settings
+                .channel_tls()
+                .client("PAYD_CHANNEL_TLS_*")
+                .context("adapter TLS")?,
         )
         .context("channel endpoints")?;
         let url = settings.database_url.expose().to_owned();
@@ -111,6 +117,7 @@ impl Application {
             http,
             app,
             auth,
+            tls: settings.server_tls().server("PAYD_TLS_*").context("TLS")?,
             database_url: settings.database_url.expose().to_owned(),
             lease_check: Duration::from_millis(settings.worker_lease_check_ms),
             grace: Duration::from_millis(settings.shutdown_grace_ms),
@@ -138,7 +145,8 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let (router, health) = build_grpc_router(self.app.clone(), self.auth.clone()).await?;
+        let (router, health) =
+            build_grpc_router(self.app.clone(), self.auth.clone(), self.tls.clone()).await?;
 
         let metrics = self.app.metrics.clone();
         let http_app = axum::Router::new()

@@ -219,6 +219,12 @@ pub struct Payd {
     pub child: Child,
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
+    /// Its gRPC port speaks TLS (`PAYD_TLS_CERT_FILE` was given).
+    pub tls: bool,
+}
+
+fn tls_in(env: &[(&str, &str)]) -> bool {
+    env.iter().any(|(k, _)| *k == "PAYD_TLS_CERT_FILE")
 }
 
 impl Payd {
@@ -231,6 +237,7 @@ impl Payd {
             child,
             grpc,
             metrics,
+            tls: tls_in(extra_env),
         }
     }
 
@@ -250,6 +257,7 @@ impl Payd {
             child,
             grpc,
             metrics,
+            tls: tls_in(extra_env),
         }
     }
 
@@ -278,7 +286,8 @@ impl Payd {
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.grpc)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc)
     }
 
     /// Sends SIGTERM and waits for the exit status.

@@ -189,7 +189,14 @@ impl Platform {
                 )
             })
             .collect();
-        let ep = |c: SandboxedChannel| format!("http://{}", adapter_addrs[&c].grpc);
+        let ep = |c: SandboxedChannel| {
+            let tls = opts
+                .adapter_env
+                .iter()
+                .any(|(ch, k, _)| *ch == c && k == "ADAPTER_TLS_CERT_FILE");
+            let scheme = if tls { "https" } else { "http" };
+            format!("{scheme}://{}", adapter_addrs[&c].grpc)
+        };
         // Fresh adapter secrets per run: each adapter may report only for its own channel.
         let tokens: HashMap<SandboxedChannel, String> = SandboxedChannel::ALL
             .into_iter()
@@ -436,6 +443,18 @@ impl Platform {
             .expect("sandbox reachable")
             .status()
             .as_u16()
+    }
+
+    /// payd's Prometheus text.
+    pub async fn payd_metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.payd.metrics))
+            .send()
+            .await
+            .expect("payd metrics")
+            .text()
+            .await
+            .unwrap_or_default()
     }
 
     /// The adapter's Prometheus text.

@@ -1165,9 +1165,11 @@ async fn f5_adapter_killed_after_the_channel_accepted_charges_nothing_twice() {
 }
 
 /// F6: Redis stopped (`shutdown nosave`), then paused (SIGSTOP) for 2× the lock TTL, under load.
-/// Policy (docs/DECISIONS.md "Redis down → fail fast"): calls that need the order lock (Pay)
-/// answer UNAVAILABLE and change nothing; calls that do not (CreateOrder, callbacks, refunds)
-/// carry on on Postgres; Pay works again ≤ 5 s after Redis is back.
+/// Policy (docs/DECISIONS.md "Redis down → fail fast", "Caller authentication"): every
+/// `payment.v1` call answers UNAVAILABLE fast and changes nothing (no replica can tell a replayed
+/// request without the nonce store, and Pay needs the order lock); the adapters' callbacks
+/// (`ChannelEvents`, not signed per request) carry on on Postgres, so no result is lost; calls
+/// work again ≤ 5 s after Redis is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn f6_redis_down_fails_pay_fast_and_recovers_within_five_seconds() {
     let size = Size::from_env();
@@ -1179,6 +1181,13 @@ async fn f6_redis_down_fails_pay_fast_and_recovers_within_five_seconds() {
         let mut d = rig.driver("F6").await;
         let down = Duration::from_secs(size.pick(3, 60));
 
+        // Orders to try to pay while Redis is down.
+        let mut open = Vec::new();
+        for k in 0..8 {
+            if let Some(o) = d.create(&format!("F6P-{run}-{k}"), 300).await {
+                open.push(o);
+            }
+        }
         // 1. Stopped.
         rig.redis.shutdown_nosave();
         rep.faults += 1;
@@ -1187,11 +1196,16 @@ async fn f6_redis_down_fails_pay_fast_and_recovers_within_five_seconds() {
         let mut worst_pay = Duration::ZERO;
         while t.elapsed() < down {
             i += 1;
-            let Some(o) = d.create(&format!("F6A-{run}-{i}"), 300).await else {
-                rep.violation("F6: CreateOrder failed with Redis down (it needs no lock)");
-                continue;
-            };
             let s = Instant::now();
+            let no = format!("F6A-{run}-{i}");
+            match timed(d.c.create_order(calls::req(create_req(&no, 300, "")))).await {
+                Ok(_) => rep.violation(format!(
+                    "F6: CreateOrder {no} succeeded with the nonce store down"
+                )),
+                Err(st) if st.code() == tonic::Code::Unavailable => {}
+                Err(st) => rep.violation(format!("F6: CreateOrder with Redis down: {st:?}")),
+            }
+            let o = &open[i % open.len().max(1)];
             match timed(calls::pay(&mut d.c, &o.order_id, CH)).await {
                 Ok(_) => rep.violation(format!("F6: Pay {} succeeded with Redis down", o.order_id)),
                 Err(st) if st.code() == tonic::Code::Unavailable => {}
@@ -1200,6 +1214,16 @@ async fn f6_redis_down_fails_pay_fast_and_recovers_within_five_seconds() {
             worst_pay = worst_pay.max(s.elapsed());
             rep.tries += 2;
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Refused calls changed nothing.
+        let made = rows(
+            &rig.p.db,
+            "SELECT count(*) AS n FROM orders WHERE merchant_order_no LIKE 'F6A-%'",
+        )[0]["n"]
+            .as_i64()
+            .unwrap();
+        if made > 0 {
+            rep.violation("F6: an order was created while Redis was down");
         }
         rep.count("pay_refused_worst_ms", worst_pay.as_millis() as u64);
         if worst_pay > Duration::from_secs(10) {

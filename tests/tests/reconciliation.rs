@@ -115,6 +115,8 @@ async fn discrepancies(r: &mut Recon, run_id: &str) -> Vec<pb::Discrepancy> {
 async fn payctl(p: &Platform, args: &[&str]) -> serde_json::Value {
     let out = tokio::process::Command::new(e2e::binary("payctl"))
         .args(["--endpoint", &p.payd.endpoint(), "--app", "ops"])
+        .env("PAYCTL_SECRET", e2e::calls::test_secret("ops"))
+        .env_remove("PAYCTL_SECRET_FILE")
         .args(args)
         .output()
         .await

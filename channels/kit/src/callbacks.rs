@@ -43,6 +43,11 @@ impl Forwarder {
         // No per-request timeout here: each attempt carries what is left of the budget.
         let endpoint = Endpoint::from_shared(settings.core_endpoint.clone())?
             .connect_timeout(settings.forward_budget.min(Duration::from_secs(1)));
+        // `ADAPTER_CORE_TLS_CA_FILE` (payd's CA, for an https:// core endpoint) and
+        // `ADAPTER_CORE_TLS_CERT_FILE`/`_KEY_FILE` (this adapter's certificate, for mutual TLS).
+        let tls = payproto::tls::TlsFiles::from_env("ADAPTER_CORE_TLS_", "CA_FILE")
+            .client("ADAPTER_CORE_TLS_*")?;
+        let endpoint = payproto::tls::client_endpoint(endpoint, tls, "ADAPTER_CORE_ENDPOINT")?;
         let auth = format!("Bearer {}", settings.core_token.expose())
             .parse()
             .map_err(|_| anyhow::anyhow!("ADAPTER_CORE_TOKEN must be printable ASCII"))?;

@@ -285,8 +285,16 @@ impl Listeners {
             metrics.grpc_request_duration.clone(),
             grpc_metrics::known_paths(&[payproto::ADAPTER_DESCRIPTOR_SET]),
         );
+        // `ADAPTER_TLS_CERT_FILE`/`_KEY_FILE`: the ChannelAdapter port speaks TLS only;
+        // `ADAPTER_TLS_CLIENT_CA_FILE`: and payd must present a certificate of that CA.
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = payproto::tls::TlsFiles::from_env("ADAPTER_TLS_", "CLIENT_CA_FILE")
+            .server("ADAPTER_TLS_*")?
+        {
+            server = server.tls_config(tls)?;
+        }
         let grpc = tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .add_service(health)
                 .add_service(reflection_v1)
                 .add_service(reflection_v1alpha)

@@ -105,7 +105,7 @@ impl App {
                         metadata,
                         status: crate::domain::OrderStatus::Pending,
                     };
-                    let order = match orders::insert(conn, &row, expires_in)? {
+                    let (order, created) = match orders::insert(conn, &row, expires_in)? {
                         Some(o) => {
                             events::record(
                                 conn,
@@ -113,7 +113,7 @@ impl App {
                                 &Order::from(o.clone()),
                                 events::Extra::default(),
                             )?;
-                            o
+                            (o, true)
                         }
                         None => {
                             let existing = orders::find_by_merchant_order_no(
@@ -127,22 +127,26 @@ impl App {
                                 )
                             })?;
                             same_order(&existing, &row)?;
-                            existing
+                            (existing, false)
                         }
                     };
                     let order = Order::from(order);
                     if let Some(i) = &idem {
                         idempotency::store_response(conn, &i.claim, &(i.encode)(&order))?;
                     }
-                    audit::record(
-                        conn,
-                        audit.as_ref(),
-                        "/CreateOrder",
-                        &audit::Targets {
-                            target: Some(order.merchant_order_no.as_str().to_owned()),
-                            ..audit::Targets::order(order.id)
-                        },
-                    )?;
+                    // A resubmission returns the first order and changes nothing: the edge
+                    // records it as a repeat (REPLAYED).
+                    if created {
+                        audit::record(
+                            conn,
+                            audit.as_ref(),
+                            "/CreateOrder",
+                            &audit::Targets {
+                                target: Some(order.merchant_order_no.as_str().to_owned()),
+                                ..audit::Targets::order(order.id)
+                            },
+                        )?;
+                    }
                     Ok::<_, ServiceError>(Outcome::Done(order))
                 })
             })

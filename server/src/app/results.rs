@@ -68,12 +68,14 @@ impl App {
                     return Ok((ResultOutcome::Repeated, Vec::new()));
                 }
                 match conn.transaction(|conn| {
-                    let applied = apply_in_tx(conn, &r)?;
+                    let mut order_of_attempt = None;
+                    let applied = apply_in_tx(conn, &r, &mut order_of_attempt)?;
                     super::audit::record(
                         conn,
                         audit.as_ref(),
                         "/ReportPayment",
                         &super::audit::Targets {
+                            order_id: order_of_attempt,
                             out_trade_no: Some(r.out_trade_no.clone()),
                             target: Some(r.event_id.clone()),
                             ..Default::default()
@@ -126,11 +128,14 @@ impl App {
 }
 
 /// Applies the result; also returns the order's other open attempts when this result paid it.
+/// `order_of_attempt` is set to the attempt's order when the attempt is known (for the audit
+/// record).
 fn apply_in_tx(
     conn: &mut PgConnection,
     r: &PaymentResult,
+    order_of_attempt: &mut Option<uuid::Uuid>,
 ) -> Result<(ResultOutcome, Vec<attempts::AttemptRow>), ServiceError> {
-    let (outcome, paid) = decide_and_apply(conn, r)?;
+    let (outcome, paid) = decide_and_apply(conn, r, order_of_attempt)?;
     let superseded = match paid {
         Some((order, attempt)) => attempts::find_open_others(conn, order, attempt)?,
         None => Vec::new(),
@@ -166,10 +171,15 @@ fn apply_in_tx(
 /// The outcome, plus (order, attempt) when this result made the order PAID.
 type Decided = (ResultOutcome, Option<(OrderId, uuid::Uuid)>);
 
-fn decide_and_apply(conn: &mut PgConnection, r: &PaymentResult) -> Result<Decided, ServiceError> {
+fn decide_and_apply(
+    conn: &mut PgConnection,
+    r: &PaymentResult,
+    order_of_attempt: &mut Option<uuid::Uuid>,
+) -> Result<Decided, ServiceError> {
     let Some(peek) = attempts::find_by_out_trade_no(conn, &r.out_trade_no)? else {
         return Ok((ResultOutcome::UnknownAttempt, None));
     };
+    *order_of_attempt = Some(peek.order_id);
     if peek.channel != r.channel {
         return Err(ServiceError::PermissionDenied(format!(
             "{} may not report attempts of channel {}",

@@ -47,6 +47,11 @@ pub enum ChannelClientsError {
     Token { channel: Channel },
     #[error("the channel call histogram could not be made")]
     Metrics,
+    #[error("{channel} endpoint: {source}")]
+    Tls {
+        channel: Channel,
+        source: payproto::tls::TlsError,
+    },
 }
 
 /// No adapter is configured for this channel on this server.
@@ -75,18 +80,19 @@ impl ChannelClients {
             &["channel", "service", "method"],
         )
         .map_err(|_| ChannelClientsError::Metrics)?;
-        Self::new_timed(adapters, timeout, unregistered)
+        Self::new_timed(adapters, timeout, unregistered, None)
     }
 
     /// [`ChannelClients::new`], timing every call into `histogram` (labels channel, service,
-    /// method).
+    /// method), over TLS (`tls`, for `https://` endpoints: `PAYD_CHANNEL_TLS_*`).
     ///
     /// # Errors
-    /// As [`ChannelClients::new`].
+    /// As [`ChannelClients::new`], and TLS settings that do not fit an endpoint's scheme.
     pub fn new_timed(
         adapters: &[AdapterEndpoint],
         timeout: Duration,
         histogram: prometheus::HistogramVec,
+        tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Self, ChannelClientsError> {
         let timed = crate::grpc_metrics::Timed::new(
             histogram,
@@ -99,6 +105,12 @@ impl ChannelClients {
                 .map_err(|source| ChannelClientsError::Endpoint { channel, source })?
                 .connect_timeout(Duration::from_secs(2))
                 .timeout(timeout);
+            // The TLS settings serve the https:// endpoints; a plain one (an adapter not moved
+            // to TLS yet) stays plain.
+            let https = ep.uri().scheme_str() == Some("https");
+            let ep =
+                payproto::tls::client_endpoint(ep, tls.clone().filter(|_| https), channel.as_str())
+                    .map_err(|source| ChannelClientsError::Tls { channel, source })?;
             let mut auth: MetadataValue<Ascii> = format!("Bearer {}", a.token.expose())
                 .parse()
                 .map_err(|_| ChannelClientsError::Token { channel })?;

@@ -28,12 +28,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Builds the router: health, reflection (v1 and v1alpha, so grpcurl 1.8 and grpcurl-rs both
 /// discover the API) and the payment service.
 ///
+/// With `tls`, the port speaks TLS only (mutual TLS when it names a client CA).
+///
 /// # Errors
-/// When the embedded descriptor sets do not parse (a build problem).
+/// When the embedded descriptor sets do not parse (a build problem), or rustls refuses `tls`.
 pub async fn build_grpc_router(
     app: App,
     auth: crate::auth::AuthLayer,
-) -> Result<(AuthedRouter, HealthReporter), tonic_reflection::server::Error> {
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> anyhow::Result<(AuthedRouter, HealthReporter)> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<PaymentServiceServer<payment::PaymentApi>>()
@@ -53,7 +56,11 @@ pub async fn build_grpc_router(
         app.metrics.grpc_request_duration.clone(),
         crate::grpc_metrics::known_paths(&[payproto::PAYD_DESCRIPTOR_SET]),
     );
-    let router = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    let router = server
         // Bound every call, so a stuck dependency cannot pin a request forever.
         .timeout(REQUEST_TIMEOUT)
         // Every payment.v1 call: signature, window, nonce, role, rate limit (crate::auth).

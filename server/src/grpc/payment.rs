@@ -402,7 +402,11 @@ impl PaymentService for PaymentApi {
         &self,
         req: Request<pb::RedeliverEventsRequest>,
     ) -> Result<Response<pb::RedeliverEventsResponse>, Status> {
-        let r = self.redeliver_events_call(req).await;
+        let ctx = crate::app::audit::AuditCtx::from_metadata(
+            "/payment.v1.PaymentService/RedeliverEvents",
+            req.metadata(),
+        );
+        let r = ctx.run(&self.app, self.redeliver_events_call(req)).await;
         self.respond("RedeliverEvents", r)
     }
 

@@ -99,10 +99,38 @@ impl PaymentApi {
                     .map_err(|_| FieldError::new("event_ids", format!("{s:?} is not an event id")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let audit = crate::app::audit::current();
         let n = self
             .app()
             .db
-            .run(move |conn| outbox::redeliver(conn, app.as_str(), &ids))
+            .run(move |conn| {
+                use diesel::Connection;
+                // The requeue and its audit record commit together.
+                conn.transaction(|conn| {
+                    let n = outbox::redeliver(conn, app.as_str(), &ids)?;
+                    // Nothing requeued changed nothing: the edge records it as such.
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    crate::app::audit::record(
+                        conn,
+                        audit.as_ref(),
+                        "RedeliverEvents",
+                        &crate::app::audit::Targets {
+                            target: Some(if ids.is_empty() {
+                                "all dead-lettered events".to_owned()
+                            } else {
+                                ids.iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            }),
+                            ..Default::default()
+                        },
+                    )?;
+                    Ok::<_, crate::storage::StorageError>(n)
+                })
+            })
             .await?;
         tracing::info!(requeued = n, "dead-lettered events put back into delivery");
         Ok(pb::RedeliverEventsResponse {
