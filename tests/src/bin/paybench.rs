@@ -66,6 +66,12 @@ struct Args {
     /// With --target-payd: the WeChat sandbox's base URL.
     #[arg(long)]
     target_sandbox: Option<String>,
+    /// With --target-payd: the app the calls are signed as (scripts/up.sh: demo-shop).
+    #[arg(long, default_value = "demo-shop")]
+    target_app: String,
+    /// With --target-payd: a file with that app's secret (scripts/up.sh: .run/keys/app_secret).
+    #[arg(long, env = "PAYBENCH_SECRET_FILE")]
+    target_secret_file: Option<PathBuf>,
     /// Internal: already running against the private cluster and Redis.
     #[arg(long, hide = true)]
     inner: bool,
@@ -132,8 +138,15 @@ fn main() {
 
 /// Lifecycles against a platform somebody else started: GetOrder polls for PAID.
 async fn target_mode(args: Args) {
+    let endpoint = args.target_payd.clone().expect("target");
+    let secret_file = args
+        .target_secret_file
+        .clone()
+        .expect("--target-secret-file (or PAYBENCH_SECRET_FILE): every call to payd is signed");
+    let secret = std::fs::read_to_string(&secret_file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", secret_file.display()));
     let t = Target {
-        payd: load::connect(args.target_payd.clone().expect("target")).await,
+        payd: e2e::calls::client_as(endpoint, &args.target_app, secret.trim()).await,
         sandbox: args
             .target_sandbox
             .clone()
@@ -857,6 +870,8 @@ async fn run(args: Args) {
         let clients = rounds.last().map(|r| r.peak().clients).unwrap_or(16);
         profile(&ctx, &target, clients, secs.max(5.0), &out).await
     };
+    eprintln!("statements per lifecycle");
+    let prof = prof + &statement_profile(&ctx, &target, secs).await;
 
     // Cost against stored data: the same G1/G2 runs with more orders already stored.
     let mut stored = Vec::new();
@@ -1419,6 +1434,64 @@ fn report(
     s.push_str(prof);
     s.push_str("Raw top frames: [bench/profile.txt](bench/profile.txt).\n");
     s
+}
+
+/// Which statements a lifecycle costs (G7): `pg_stat_statements` reset, a closed-loop run of
+/// 4 clients, then every statement's calls per completed lifecycle, background workers
+/// included. Exact counts, whatever the machine's load: the list to shorten for G7.
+async fn statement_profile(ctx: &Ctx, target: &Target, secs: f64) -> String {
+    let reset = || infra::psql(&ctx.admin_url, "SELECT pg_stat_statements_reset()", &[]);
+    reset();
+    let commits = |c: &Ctx| -> f64 {
+        infra::psql(
+            &c.admin_url,
+            &format!(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = '{}'",
+                c.db_name
+            ),
+            &[],
+        )
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
+    };
+    let c0 = commits(ctx);
+    let r = load::closed_loop(target, "G7 statements", Work::Lifecycle, 4, secs.max(5.0)).await;
+    // pg_stat_database lags up to a second behind the backends.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c1 = commits(ctx);
+    let n = (r.completed as f64).max(1.0);
+    let rows = infra::psql(
+        &ctx.admin_url,
+        &format!(
+            "SELECT s.calls, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 160) \
+             FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+             WHERE d.datname = '{}' ORDER BY s.calls DESC LIMIT 40",
+            ctx.db_name
+        ),
+        &[],
+    );
+    let mut out = format!(
+        "\n### Statements per lifecycle (G7)\n\n{} lifecycles, 4 clients, {:.2} commits per \
+         lifecycle (`pg_stat_database`, includes the run's last second of background work). The \
+         statements, by calls per lifecycle (`pg_stat_statements`, background workers included):\n\n\
+         | calls / lifecycle | statement |\n|---|---|\n",
+        r.completed,
+        (c1 - c0) / n
+    );
+    let mut total = 0.0;
+    for line in rows.lines() {
+        let Some((calls, query)) = line.split_once('|') else {
+            continue;
+        };
+        let per = calls.trim().parse::<f64>().unwrap_or(0.0) / n;
+        total += per;
+        if per >= 0.05 {
+            let _ = writeln!(out, "| {per:.2} | `{}` |", query.replace('|', "\\|"));
+        }
+    }
+    let _ = writeln!(out, "\nTotal (top 40): {total:.2} statements per lifecycle.\n");
+    out
 }
 
 fn plots(out: &std::path::Path, rounds: &[Round], stored: &[StoredPoint]) {
