@@ -19,7 +19,8 @@ pub struct Metrics {
     /// `channel.v1.ChannelAdapter` calls refused for their credential, by reason (missing,
     /// malformed, wrong).
     pub grpc_auth_failures: IntCounterVec,
-    /// Refused callbacks by reason (bad_signature, unknown_key, stale_timestamp, …).
+    /// Refused callbacks by reason (bad_signature, unknown_key, stale_timestamp, …, and too_large
+    /// for a body over `ADAPTER_CALLBACK_MAX_BODY_BYTES`).
     pub callback_rejections: IntCounterVec,
     /// Calls to the platform by operation and outcome.
     pub platform_requests: IntCounterVec,

@@ -129,6 +129,11 @@ pub struct KitSettings {
     /// `ADAPTER_CALLBACK_MAX_IN_FLIGHT`: callbacks handled at once; more are shed at once with
     /// the platform's failure reply (the platform retries) instead of queueing.
     pub callback_max_in_flight: usize,
+    /// `ADAPTER_CALLBACK_MAX_BODY_BYTES` (default 65536): a callback body larger than this is
+    /// refused with HTTP 413 — unread when its `Content-Length` says so, else once the bytes
+    /// read pass it. Platform callbacks are a few KiB; this bounds what a forged one can make
+    /// the listener hold.
+    pub callback_max_body_bytes: usize,
     /// `ADAPTER_PLATFORM_TIMEOUT_MS`: per-request timeout towards the platform.
     pub platform_timeout: Duration,
     /// `ADAPTER_SHUTDOWN_GRACE_MS`.
@@ -159,6 +164,7 @@ impl KitSettings {
             callback_header_timeout: parse_ms("ADAPTER_CALLBACK_HEADER_TIMEOUT_MS", 5_000)?,
             callback_body_timeout: parse_ms("ADAPTER_CALLBACK_BODY_TIMEOUT_MS", 5_000)?,
             callback_max_in_flight: parse_count("ADAPTER_CALLBACK_MAX_IN_FLIGHT", 256)?,
+            callback_max_body_bytes: parse_count("ADAPTER_CALLBACK_MAX_BODY_BYTES", 64 * 1024)?,
             platform_timeout: parse_ms("ADAPTER_PLATFORM_TIMEOUT_MS", 10_000)?,
             shutdown_grace: parse_ms("ADAPTER_SHUTDOWN_GRACE_MS", 10_000)?,
         })

@@ -147,6 +147,7 @@ fn settings(core: SocketAddr) -> KitSettings {
         callback_header_timeout: Duration::from_millis(500),
         callback_body_timeout: Duration::from_millis(500),
         callback_max_in_flight: 64,
+        callback_max_body_bytes: 64 * 1024,
         platform_timeout: Duration::from_secs(1),
         shutdown_grace: Duration::from_secs(1),
     }
@@ -305,6 +306,87 @@ async fn beyond_the_in_flight_limit_a_callback_is_shed_at_once() {
     for h in stuck {
         h.abort();
     }
+}
+
+/// Sends `request` on a fresh connection and returns what comes back before the server closes
+/// or 5 s pass.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(request).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_announced_over_the_limit_gets_413_with_the_failure_reply_unread() {
+    let mut s = settings(black_hole(FOREVER).await);
+    s.callback_max_body_bytes = 1024;
+    let app = start(s).await;
+
+    // Only the header is sent: an answer proves nothing of the body was waited for.
+    let answer = raw_exchange(
+        app.callbacks,
+        b"POST /notify/payment HTTP/1.1\r\nHost: adapter\r\nContent-Length: 1025\r\n\r\n",
+    )
+    .await;
+
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("FAIL: body too large"), "{answer}");
+    assert_eq!(app.adapter.verified.load(Ordering::SeqCst), 0);
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callback_rejections_total{channel="wechat",reason="too_large"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"adapter_callbacks_total{channel="wechat",outcome="rejected"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_grows_past_the_limit_gets_413_while_being_read() {
+    let mut s = settings(black_hole(FOREVER).await);
+    s.callback_max_body_bytes = 1024;
+    let app = start(s).await;
+
+    // No Content-Length: 4 + 1021 bytes in two chunks, one over the limit.
+    let mut request = b"POST /notify/payment HTTP/1.1\r\nHost: adapter\r\nTransfer-Encoding: chunked\r\n\r\n4\r\npay:\r\n3fd\r\n".to_vec();
+    request.extend(std::iter::repeat_n(b'x', 0x3fd));
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = raw_exchange(app.callbacks, &request).await;
+
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("FAIL: body too large"), "{answer}");
+    assert_eq!(app.adapter.verified.load(Ordering::SeqCst), 0);
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callback_rejections_total{channel="wechat",reason="too_large"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_of_exactly_the_limit_is_read_and_verified() {
+    let mut s = settings(black_hole(FOREVER).await);
+    s.callback_max_body_bytes = 1024;
+    let app = start(s).await;
+
+    // 1024 bytes that are not `pay:<id>`: refused by verification, not by size.
+    let (status, body) = post_callback(app.callbacks, "x".repeat(1024)).await;
+
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body, "FAIL: verification failed");
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callback_rejections_total{channel="wechat",reason="malformed"} 1"#),
+        "{m}"
+    );
+    assert!(!m.contains("too_large"), "{m}");
 }
 
 async fn metrics_text(addr: SocketAddr) -> String {

@@ -782,6 +782,7 @@ async fn through_the_kit_a_forged_refund_notification_gets_fail_and_never_reache
         callback_header_timeout: std::time::Duration::from_millis(500),
         callback_body_timeout: std::time::Duration::from_millis(500),
         callback_max_in_flight: 8,
+        callback_max_body_bytes: 64 * 1024,
         platform_timeout: std::time::Duration::from_secs(1),
         shutdown_grace: std::time::Duration::from_secs(1),
     };
