@@ -11,7 +11,10 @@ pub struct Metrics {
     registry: Registry,
     channel: &'static str,
     /// Callbacks by outcome: accepted (forwarded and acknowledged), duplicate, rejected,
-    /// forward_failed, shed (over `ADAPTER_CALLBACK_MAX_IN_FLIGHT`), body_timeout.
+    /// forward_failed, body_timeout, and the three ways of being shed with 503:
+    /// shed_receiving (over `ADAPTER_CALLBACK_MAX_RECEIVING`), shed_verifying (over
+    /// `ADAPTER_CALLBACK_MAX_VERIFYING`), shed (verified, but over
+    /// `ADAPTER_CALLBACK_MAX_IN_FLIGHT`).
     pub callbacks: IntCounterVec,
     /// Callback deadlines that ran out, by phase: header (connection closed), body, forward
     /// (the core did not acknowledge within the forward budget).

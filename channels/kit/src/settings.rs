@@ -126,9 +126,16 @@ pub struct KitSettings {
     /// `ADAPTER_CALLBACK_BODY_TIMEOUT_MS`: time to receive a callback's body once its header is
     /// in; slower bodies get the platform's failure reply.
     pub callback_body_timeout: Duration,
-    /// `ADAPTER_CALLBACK_MAX_IN_FLIGHT`: callbacks handled at once; more are shed at once with
-    /// the platform's failure reply (the platform retries) instead of queueing.
+    /// `ADAPTER_CALLBACK_MAX_IN_FLIGHT` (default 256): verified callbacks being forwarded to the
+    /// core at once; more are shed at once with the platform's failure reply (the platform
+    /// retries) instead of queueing. Unverified callbacks never take one of these.
     pub callback_max_in_flight: usize,
+    /// `ADAPTER_CALLBACK_MAX_RECEIVING` (default 256): callback bodies being read at once (each
+    /// at most `callback_max_body_bytes`); more are shed.
+    pub callback_max_receiving: usize,
+    /// `ADAPTER_CALLBACK_MAX_VERIFYING` (default twice the CPUs): callbacks being verified at
+    /// once; more are shed. Verification is CPU work, so more than this only queues for the CPU.
+    pub callback_max_verifying: usize,
     /// `ADAPTER_CALLBACK_MAX_BODY_BYTES` (default 65536): a callback body larger than this is
     /// refused with HTTP 413 — unread when its `Content-Length` says so, else once the bytes
     /// read pass it. Platform callbacks are a few KiB; this bounds what a forged one can make
@@ -164,6 +171,11 @@ impl KitSettings {
             callback_header_timeout: parse_ms("ADAPTER_CALLBACK_HEADER_TIMEOUT_MS", 5_000)?,
             callback_body_timeout: parse_ms("ADAPTER_CALLBACK_BODY_TIMEOUT_MS", 5_000)?,
             callback_max_in_flight: parse_count("ADAPTER_CALLBACK_MAX_IN_FLIGHT", 256)?,
+            callback_max_receiving: parse_count("ADAPTER_CALLBACK_MAX_RECEIVING", 256)?,
+            callback_max_verifying: parse_count(
+                "ADAPTER_CALLBACK_MAX_VERIFYING",
+                2 * std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )?,
             callback_max_body_bytes: parse_count("ADAPTER_CALLBACK_MAX_BODY_BYTES", 64 * 1024)?,
             platform_timeout: parse_ms("ADAPTER_PLATFORM_TIMEOUT_MS", 10_000)?,
             shutdown_grace: parse_ms("ADAPTER_SHUTDOWN_GRACE_MS", 10_000)?,
