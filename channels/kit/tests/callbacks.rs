@@ -147,6 +147,7 @@ const FOREVER: Duration = Duration::from_secs(3600);
 fn settings(core: SocketAddr) -> KitSettings {
     let any = "127.0.0.1:0".parse().unwrap();
     KitSettings {
+        env: channel_kit::settings::AdapterEnv::Development,
         grpc_listen: any,
         callback_listen: any,
         metrics_listen: any,

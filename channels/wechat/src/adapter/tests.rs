@@ -772,6 +772,7 @@ async fn through_the_kit_a_forged_refund_notification_gets_fail_and_never_reache
     let (core, connections) = counting_core().await;
     let any = "127.0.0.1:0".parse().unwrap();
     let settings = channel_kit::KitSettings {
+        env: channel_kit::settings::AdapterEnv::Development,
         grpc_listen: any,
         callback_listen: any,
         metrics_listen: any,
@@ -915,6 +916,7 @@ async fn under_a_flood_of_forged_callbacks_a_genuine_one_is_forwarded_within_a_f
     let (core, recorded) = recording_core().await;
     let any = "127.0.0.1:0".parse().unwrap();
     let settings = channel_kit::KitSettings {
+        env: channel_kit::settings::AdapterEnv::Development,
         grpc_listen: any,
         callback_listen: any,
         metrics_listen: any,
