@@ -924,9 +924,10 @@ async fn under_a_flood_of_forged_callbacks_a_genuine_one_is_forwarded_within_a_f
         core_token: Secret::new("test-core-token-0123456789"),
         grpc_token: Secret::new("test-grpc-token-0123456789"),
         forward_budget: std::time::Duration::from_secs(2),
-        // Longer than the test: no kept-alive connection is closed under a sender.
+        // Longer than the test: no kept-alive connection is closed under a sender, and no
+        // body times out on a loaded machine (every forgery must end refused or shed).
         callback_header_timeout: std::time::Duration::from_secs(10),
-        callback_body_timeout: std::time::Duration::from_millis(500),
+        callback_body_timeout: std::time::Duration::from_secs(10),
         // Small stages, so the flood really fills them.
         callback_max_in_flight: 1,
         callback_max_receiving: 16,
@@ -974,7 +975,12 @@ async fn under_a_flood_of_forged_callbacks_a_genuine_one_is_forwarded_within_a_f
             })
         })
         .collect();
+    let started = std::time::Instant::now();
     while sent.load(Ordering::SeqCst) < 200 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the flood stalled"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 
@@ -984,7 +990,7 @@ async fn under_a_flood_of_forged_callbacks_a_genuine_one_is_forwarded_within_a_f
     let acknowledged = loop {
         tries += 1;
         let (status, body) = post_with(&client, callbacks, &genuine).await;
-        if status == 200 || tries == 10 {
+        if status == 200 || tries == 20 {
             break (status, body);
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -1030,9 +1036,10 @@ async fn under_a_flood_of_forged_callbacks_a_genuine_one_is_forwarded_within_a_f
         &m,
         r#"adapter_callbacks_total{channel="wechat",outcome="shed_receiving"}"#,
     );
+    // The genuine callback's tries before the acknowledged one were shed while verifying too.
     assert_eq!(
         refused as usize,
-        forged_replies.len(),
+        forged_replies.len() + (tries - 1),
         "every forgery counted: {m}"
     );
     assert_eq!(
