@@ -65,6 +65,18 @@ impl AlipaySettings {
     }
 }
 
+impl AlipaySettings {
+    /// The Alipay part of the production check (see `KitSettings::production_check`): the app
+    /// private key, when read from a file, must be private to the adapter's user. (Its size is
+    /// checked for every environment when it is loaded.)
+    ///
+    /// # Errors
+    /// A [`SettingError`] naming the refused setting.
+    pub fn production_check(&self) -> Result<(), SettingError> {
+        settings::refuse_open_secret_files(&["ALIPAY_APP_PRIVATE_KEY"])
+    }
+}
+
 /// The parsed keys.
 #[derive(Debug)]
 pub struct AlipayKeys {

@@ -11,6 +11,8 @@ async fn main() -> anyhow::Result<()> {
     channel_kit::init_logging();
     let kit = KitSettings::from_env(50062, 8082, 9562)?;
     let settings = AlipaySettings::from_env()?;
+    // ADAPTER_ENV=production: refuse weak or exposed secrets before anything is served.
+    kit.production_check(|| settings.production_check())?;
     let keys = AlipayKeys::load(&settings)?;
     let http = kit.http_client().context("building the HTTP client")?;
     tracing::info!(gateway = %settings.gateway, app_id = %settings.app_id, "alipay adapter configured");

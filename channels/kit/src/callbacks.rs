@@ -1,14 +1,22 @@
 //! The platform callback listener. Order of work for every callback:
-//! 1. admit it only if fewer than `ADAPTER_CALLBACK_MAX_IN_FLIGHT` are being handled (otherwise
-//!    shed it at once with the platform's failure reply: the platform retries, nothing queues),
-//!    and read its header and body within their timeouts (a stalled client is cut off);
-//! 2. verify (signature, key id, time window, decryption) — a failure is counted and answered
-//!    with the platform's failure reply, and nothing is forwarded;
-//! 3. forward to the core's `ChannelEvents`, retrying within the forward budget: a total, each
-//!    attempt only gets what is left of it;
-//! 4. only when the core answered OK (the event is durably recorded) reply with the platform's
+//! 1. refuse a body over `ADAPTER_CALLBACK_MAX_BODY_BYTES` with HTTP 413 (unread when its
+//!    `Content-Length` says so, else as soon as the bytes read pass it);
+//! 2. read its header and body within their timeouts (a stalled client is cut off), while
+//!    holding one of `ADAPTER_CALLBACK_MAX_RECEIVING` permits;
+//! 3. verify (signature, key id, time window, decryption) while holding one of
+//!    `ADAPTER_CALLBACK_MAX_VERIFYING` permits — a failure is counted and answered with the
+//!    platform's failure reply, and nothing is forwarded;
+//! 4. only a verified callback takes one of `ADAPTER_CALLBACK_MAX_IN_FLIGHT` forwarding permits,
+//!    and forwards to the core's `ChannelEvents`, retrying within the forward budget: a total
+//!    from the moment its header was in, each attempt only gets what is left of it;
+//! 5. only when the core answered OK (the event is durably recorded) reply with the platform's
 //!    success form. If the core cannot be reached, reply failure so the platform retries: a crash
 //!    anywhere loses nothing.
+//!
+//! Each permit is taken with `try_acquire`: a full stage sheds the callback at once with HTTP 503
+//! and the platform's failure reply (the platform retries), so nothing queues. Forged callbacks
+//! are cheap to refuse and never reach stage 4, so however many arrive they cannot hold the
+//! forwarding slots a genuine callback needs; at worst they make it retry at stage 3.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +32,6 @@ use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{Adapter, Callback, KitSettings, Metrics, Notification, Reply, pb};
-
-/// Callback bodies larger than this are refused unread (platform callbacks are a few KiB).
-const MAX_BODY: usize = 64 * 1024;
 
 /// Forwards verified notifications to the core.
 #[derive(Clone)]
@@ -163,9 +168,19 @@ struct Shared<A> {
     adapter: Arc<A>,
     forwarder: Forwarder,
     metrics: Metrics,
-    /// One permit per callback being handled (`ADAPTER_CALLBACK_MAX_IN_FLIGHT`).
+    /// One permit per body being read (`ADAPTER_CALLBACK_MAX_RECEIVING`): bounds the memory
+    /// and connections unverified callbacks hold.
+    receiving: Arc<Semaphore>,
+    /// One permit per callback being verified (`ADAPTER_CALLBACK_MAX_VERIFYING`): bounds the
+    /// CPU a flood of forged callbacks can take.
+    verifying: Arc<Semaphore>,
+    /// One permit per verified callback being forwarded (`ADAPTER_CALLBACK_MAX_IN_FLIGHT`).
+    /// Only a callback whose signature verified takes one, so forged callbacks never compete
+    /// with genuine ones for the slow part (waiting for the core).
     in_flight: Arc<Semaphore>,
     body_timeout: Duration,
+    /// `ADAPTER_CALLBACK_MAX_BODY_BYTES`.
+    max_body: usize,
 }
 
 /// Every path under `/notify/` is a callback endpoint (payment and refund URLs differ only in
@@ -180,8 +195,11 @@ pub fn router<A: Adapter>(
         adapter,
         forwarder,
         metrics,
+        receiving: Arc::new(Semaphore::new(settings.callback_max_receiving)),
+        verifying: Arc::new(Semaphore::new(settings.callback_max_verifying)),
         in_flight: Arc::new(Semaphore::new(settings.callback_max_in_flight)),
         body_timeout: settings.callback_body_timeout,
+        max_body: settings.callback_max_body_bytes,
     });
     axum::Router::new()
         .route("/notify/{*rest}", axum::routing::any(handle::<A>))
@@ -189,30 +207,33 @@ pub fn router<A: Adapter>(
 }
 
 async fn handle<A: Adapter>(State(s): State<Arc<Shared<A>>>, req: Request) -> Response {
-    // Shed before reading the body: a flood (forged or not) must not queue in front of the
-    // callbacks already being handled. The permit is held until the reply is built.
-    let Ok(_permit) = s.in_flight.clone().try_acquire_owned() else {
-        count_callback(&s.metrics, "shed");
-        let mut reply = s.adapter.nack("overloaded; retry later");
-        reply.status = StatusCode::SERVICE_UNAVAILABLE.as_u16();
-        return to_response(reply);
+    // A body announced too large is refused before it takes a permit or a byte is read.
+    if declared_length(req.headers()).is_some_and(|n| n > s.max_body as u64) {
+        return too_large(&s);
+    }
+    // Every stage below takes its permit with `try_acquire`: a full stage sheds at once with
+    // the platform's failure reply (the platform retries), nothing queues behind a flood.
+    let Ok(receiving) = s.receiving.clone().try_acquire_owned() else {
+        return shed(&s, "shed_receiving");
     };
     // The budget runs from the moment the header is in: that is the platform's clock too.
     let deadline = s.forwarder.deadline_from_now();
     let (parts, body) = req.into_parts();
-    let body: Bytes =
-        match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(_)) => {
-                count_rejection(&s.metrics, "malformed");
-                return to_response(s.adapter.nack("body too large or unreadable"));
-            }
-            Err(_) => {
-                count_callback(&s.metrics, "body_timeout");
-                count_timeout(&s.metrics, "body");
-                return to_response(s.adapter.nack("body not received in time"));
-            }
-        };
+    let body = match tokio::time::timeout(s.body_timeout, read_body(body, s.max_body)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(BodyError::TooLarge)) => return too_large(&s),
+        Ok(Err(BodyError::Unreadable)) => {
+            count_rejection(&s.metrics, "malformed");
+            return to_response(s.adapter.nack("body unreadable"));
+        }
+        Err(_) => {
+            count_callback(&s.metrics, "body_timeout");
+            count_timeout(&s.metrics, "body");
+            return to_response(s.adapter.nack("body not received in time"));
+        }
+    };
+    // The body is in: a slow sender no longer holds anything a verification needs.
+    drop(receiving);
     let target = parts
         .uri
         .path_and_query()
@@ -224,13 +245,23 @@ async fn handle<A: Adapter>(State(s): State<Arc<Shared<A>>>, req: Request) -> Re
         headers: parts.headers,
         body,
     };
-    let notification = match s.adapter.verify_callback(&cb).await {
+    let Ok(verifying) = s.verifying.clone().try_acquire_owned() else {
+        return shed(&s, "shed_verifying");
+    };
+    let verified = s.adapter.verify_callback(&cb).await;
+    drop(verifying);
+    let notification = match verified {
         Ok(n) => n,
         Err(rej) => {
             count_rejection(&s.metrics, rej.reason.label());
             tracing::warn!(reason = rej.reason.label(), detail = %rej.detail, "callback rejected");
             return to_response(s.adapter.nack("verification failed"));
         }
+    };
+    // Only now, with the signature verified, does the callback compete for a forwarding slot;
+    // it is held until the reply is built.
+    let Ok(_forwarding) = s.in_flight.clone().try_acquire_owned() else {
+        return shed(&s, "shed");
     };
     match s.forwarder.forward(&notification, deadline).await {
         Ok(first_time) => {
@@ -249,6 +280,68 @@ async fn handle<A: Adapter>(State(s): State<Arc<Shared<A>>>, req: Request) -> Re
             to_response(s.adapter.nack("not recorded yet"))
         }
     }
+}
+
+/// The request's `Content-Length`, when it has a readable one (chunked bodies have none and
+/// are bounded while read).
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+enum BodyError {
+    /// More than `ADAPTER_CALLBACK_MAX_BODY_BYTES` arrived.
+    TooLarge,
+    /// The connection failed or the framing was broken mid-body.
+    Unreadable,
+}
+
+/// Collects the body, stopping at the first frame that takes it past `limit`: whatever the
+/// header claimed, no more than `limit` bytes are ever held.
+async fn read_body(body: axum::body::Body, limit: usize) -> Result<Bytes, BodyError> {
+    use futures::StreamExt as _;
+    let mut frames = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|_| BodyError::Unreadable)?;
+        if buf.len() + frame.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        buf.extend_from_slice(&frame);
+    }
+    Ok(buf.freeze())
+}
+
+/// HTTP 503 with the platform's failure body, counted under `outcome`.
+fn shed<A: Adapter>(s: &Shared<A>, outcome: &str) -> Response {
+    count_callback(&s.metrics, outcome);
+    to_response(nack_with(
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded; retry later",
+    ))
+}
+
+/// HTTP 413 with the platform's failure body, counted as a rejection.
+fn too_large<A: Adapter>(s: &Shared<A>) -> Response {
+    count_rejection(&s.metrics, "too_large");
+    to_response(nack_with(
+        s,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body too large",
+    ))
+}
+
+/// The platform's failure reply with another HTTP status than the adapter's default.
+fn nack_with<A: Adapter>(s: &Shared<A>, status: StatusCode, why: &str) -> Reply {
+    let mut reply = s.adapter.nack(why);
+    reply.status = status.as_u16();
+    reply
 }
 
 fn count_callback(m: &Metrics, outcome: &str) {

@@ -11,7 +11,10 @@ pub struct Metrics {
     registry: Registry,
     channel: &'static str,
     /// Callbacks by outcome: accepted (forwarded and acknowledged), duplicate, rejected,
-    /// forward_failed, shed (over `ADAPTER_CALLBACK_MAX_IN_FLIGHT`), body_timeout.
+    /// forward_failed, body_timeout, and the three ways of being shed with 503:
+    /// shed_receiving (over `ADAPTER_CALLBACK_MAX_RECEIVING`), shed_verifying (over
+    /// `ADAPTER_CALLBACK_MAX_VERIFYING`), shed (verified, but over
+    /// `ADAPTER_CALLBACK_MAX_IN_FLIGHT`).
     pub callbacks: IntCounterVec,
     /// Callback deadlines that ran out, by phase: header (connection closed), body, forward
     /// (the core did not acknowledge within the forward budget).
@@ -19,7 +22,8 @@ pub struct Metrics {
     /// `channel.v1.ChannelAdapter` calls refused for their credential, by reason (missing,
     /// malformed, wrong).
     pub grpc_auth_failures: IntCounterVec,
-    /// Refused callbacks by reason (bad_signature, unknown_key, stale_timestamp, …).
+    /// Refused callbacks by reason (bad_signature, unknown_key, stale_timestamp, …, and too_large
+    /// for a body over `ADAPTER_CALLBACK_MAX_BODY_BYTES`).
     pub callback_rejections: IntCounterVec,
     /// Calls to the platform by operation and outcome.
     pub platform_requests: IntCounterVec,

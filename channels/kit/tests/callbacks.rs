@@ -1,6 +1,7 @@
 //! The callback listener over real TCP, with a tiny test adapter (the kit has no platform of its
 //! own) and a "core" that accepts connections and never answers: the forward budget is a total,
-//! a stalled header is cut off, and callbacks beyond the in-flight limit are shed at once.
+//! a stalled header is cut off, bodies over the limit get 413, and callbacks beyond each stage's
+//! limit (receiving, verifying, forwarding) are shed at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -15,9 +16,13 @@ use channel_kit::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Verifies nothing: a body `pay:<event id>` is a successful payment of that id.
+/// Verifies nothing: a body `pay:<event id>` is a successful payment of that id; a body
+/// `slow:<ms>` is a forgery that takes that long to find out.
 #[derive(Default)]
 struct TestAdapter {
+    /// Verifications begun.
+    verifying: AtomicUsize,
+    /// Verifications that passed.
     verified: AtomicUsize,
 }
 
@@ -85,8 +90,13 @@ impl Adapter for TestAdapter {
         .unwrap()
     }
     async fn verify_callback(&self, cb: &Callback) -> Result<Notification, Rejection> {
+        self.verifying.fetch_add(1, Ordering::SeqCst);
         let body = std::str::from_utf8(&cb.body)
             .map_err(|_| Rejection::new(RejectReason::Malformed, "not utf-8"))?;
+        if let Some(ms) = body.strip_prefix("slow:") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            return Err(Rejection::new(RejectReason::BadSignature, "slow forgery"));
+        }
         let id = body
             .strip_prefix("pay:")
             .ok_or_else(|| Rejection::new(RejectReason::Malformed, "not pay:<id>"))?;
@@ -137,6 +147,7 @@ const FOREVER: Duration = Duration::from_secs(3600);
 fn settings(core: SocketAddr) -> KitSettings {
     let any = "127.0.0.1:0".parse().unwrap();
     KitSettings {
+        env: channel_kit::settings::AdapterEnv::Development,
         grpc_listen: any,
         callback_listen: any,
         metrics_listen: any,
@@ -147,6 +158,9 @@ fn settings(core: SocketAddr) -> KitSettings {
         callback_header_timeout: Duration::from_millis(500),
         callback_body_timeout: Duration::from_millis(500),
         callback_max_in_flight: 64,
+        callback_max_receiving: 64,
+        callback_max_verifying: 4,
+        callback_max_body_bytes: 64 * 1024,
         platform_timeout: Duration::from_secs(1),
         shutdown_grace: Duration::from_secs(1),
     }
@@ -269,8 +283,18 @@ async fn a_body_that_never_finishes_gets_the_failure_reply_after_the_body_timeou
     assert_eq!(app.adapter.verified.load(Ordering::SeqCst), 0);
 }
 
+/// Waits until `counter` reaches `n` (5 s at most).
+async fn wait_for(counter: &AtomicUsize, n: usize, what: &str) {
+    let wait = Instant::now();
+    while counter.load(Ordering::SeqCst) < n {
+        assert!(wait.elapsed() < Duration::from_secs(5), "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
-async fn beyond_the_in_flight_limit_a_callback_is_shed_at_once() {
+async fn beyond_the_in_flight_limit_a_verified_callback_is_shed_at_once_but_forgeries_are_still_verified()
+ {
     let mut s = settings(black_hole(FOREVER).await);
     s.callback_max_in_flight = 2;
     s.forward_budget = Duration::from_secs(5);
@@ -280,31 +304,189 @@ async fn beyond_the_in_flight_limit_a_callback_is_shed_at_once() {
     let stuck: Vec<_> = (0..2)
         .map(|i| tokio::spawn(post_callback(app.callbacks, format!("pay:P{i}"))))
         .collect::<Vec<_>>();
-    let wait = Instant::now();
-    while app.adapter.verified.load(Ordering::SeqCst) < 2 {
-        assert!(
-            wait.elapsed() < Duration::from_secs(5),
-            "callbacks not in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for(&app.adapter.verified, 2, "callbacks not in flight").await;
 
     let t = Instant::now();
     let (status, body) = post_callback(app.callbacks, "pay:P2").await;
     let took = t.elapsed();
+    // A forgery does not wait for a forwarding slot: it is verified and refused as usual.
+    let (forged_status, forged_body) = post_callback(app.callbacks, "slow:0").await;
 
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("FAIL"), "{body}");
     assert!(took < Duration::from_millis(300), "shed after {took:?}");
-    assert_eq!(app.adapter.verified.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        app.adapter.verified.load(Ordering::SeqCst),
+        3,
+        "verified before it was shed"
+    );
+    assert_eq!(
+        (forged_status, forged_body.as_str()),
+        (500, "FAIL: verification failed")
+    );
     let m = metrics_text(app.metrics).await;
     assert!(
         m.contains(r#"adapter_callbacks_total{channel="wechat",outcome="shed"} 1"#),
         "{m}"
     );
+    assert!(
+        m.contains(
+            r#"adapter_callback_rejections_total{channel="wechat",reason="bad_signature"} 1"#
+        ),
+        "{m}"
+    );
     for h in stuck {
         h.abort();
     }
+}
+
+#[tokio::test]
+async fn beyond_the_verifying_limit_a_callback_is_shed_at_once_and_counted() {
+    let mut s = settings(black_hole(FOREVER).await);
+    s.callback_max_verifying = 2;
+    let app = start(s).await;
+
+    // Two forgeries that take their time to verify fill the verification stage.
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(post_callback(app.callbacks, "slow:1000")))
+        .collect();
+    wait_for(&app.adapter.verifying, 2, "forgeries not verifying").await;
+
+    let t = Instant::now();
+    let (status, body) = post_callback(app.callbacks, "pay:P0").await;
+    let took = t.elapsed();
+
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("FAIL"), "{body}");
+    assert!(took < Duration::from_millis(300), "shed after {took:?}");
+    assert_eq!(
+        app.adapter.verifying.load(Ordering::SeqCst),
+        2,
+        "never verified"
+    );
+    for h in slow {
+        let (status, body) = h.await.unwrap();
+        assert_eq!((status, body.as_str()), (500, "FAIL: verification failed"));
+    }
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callbacks_total{channel="wechat",outcome="shed_verifying"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            r#"adapter_callback_rejections_total{channel="wechat",reason="bad_signature"} 2"#
+        ),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn beyond_the_receiving_limit_a_callback_is_shed_before_its_body_is_read() {
+    let mut s = settings(black_hole(FOREVER).await);
+    s.callback_max_receiving = 1;
+    s.callback_body_timeout = Duration::from_secs(2);
+    let app = start(s).await;
+
+    // One sender that never finishes its body holds the only receiving slot.
+    let mut slow = tokio::net::TcpStream::connect(app.callbacks).await.unwrap();
+    slow.write_all(
+        b"POST /notify/payment HTTP/1.1\r\nHost: adapter\r\nContent-Length: 100\r\n\r\npay:",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let (status, body) = post_callback(app.callbacks, "pay:P0").await;
+
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(app.adapter.verifying.load(Ordering::SeqCst), 0);
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callbacks_total{channel="wechat",outcome="shed_receiving"} 1"#),
+        "{m}"
+    );
+}
+
+/// Sends `request` on a fresh connection and returns what comes back before the server closes
+/// or 5 s pass.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(request).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn a_body_announced_over_the_limit_gets_413_with_the_failure_reply_unread() {
+    let mut s = settings(black_hole(FOREVER).await);
+    s.callback_max_body_bytes = 1024;
+    let app = start(s).await;
+
+    // Only the header is sent: an answer proves nothing of the body was waited for.
+    let answer = raw_exchange(
+        app.callbacks,
+        b"POST /notify/payment HTTP/1.1\r\nHost: adapter\r\nContent-Length: 1025\r\n\r\n",
+    )
+    .await;
+
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("FAIL: body too large"), "{answer}");
+    assert_eq!(app.adapter.verified.load(Ordering::SeqCst), 0);
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callback_rejections_total{channel="wechat",reason="too_large"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"adapter_callbacks_total{channel="wechat",outcome="rejected"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_grows_past_the_limit_gets_413_while_being_read() {
+    let mut s = settings(black_hole(FOREVER).await);
+    s.callback_max_body_bytes = 1024;
+    let app = start(s).await;
+
+    // No Content-Length: 4 + 1021 bytes in two chunks, one over the limit.
+    let mut request = b"POST /notify/payment HTTP/1.1\r\nHost: adapter\r\nTransfer-Encoding: chunked\r\n\r\n4\r\npay:\r\n3fd\r\n".to_vec();
+    request.extend(std::iter::repeat_n(b'x', 0x3fd));
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = raw_exchange(app.callbacks, &request).await;
+
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("FAIL: body too large"), "{answer}");
+    assert_eq!(app.adapter.verified.load(Ordering::SeqCst), 0);
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callback_rejections_total{channel="wechat",reason="too_large"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_of_exactly_the_limit_is_read_and_verified() {
+    let mut s = settings(black_hole(FOREVER).await);
+    s.callback_max_body_bytes = 1024;
+    let app = start(s).await;
+
+    // 1024 bytes that are not `pay:<id>`: refused by verification, not by size.
+    let (status, body) = post_callback(app.callbacks, "x".repeat(1024)).await;
+
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body, "FAIL: verification failed");
+    let m = metrics_text(app.metrics).await;
+    assert!(
+        m.contains(r#"adapter_callback_rejections_total{channel="wechat",reason="malformed"} 1"#),
+        "{m}"
+    );
+    assert!(!m.contains("too_large"), "{m}");
 }
 
 async fn metrics_text(addr: SocketAddr) -> String {

@@ -180,6 +180,25 @@ impl UnionpaySettings {
     }
 }
 
+impl UnionpaySettings {
+    /// The UnionPay part of the production check (see `KitSettings::production_check`): the
+    /// test environment's certificates must not be trusted, and the signing key file must be
+    /// private.
+    ///
+    /// # Errors
+    /// A [`SettingError`] naming the refused setting.
+    pub fn production_check(&self) -> Result<(), SettingError> {
+        if self.accept_test_cn {
+            return Err(bad(
+                "UNIONPAY_ACCEPT_TEST_CN",
+                "is true; refused with ADAPTER_ENV=production: it trusts the test environment's \
+                 certificates",
+            ));
+        }
+        settings::refuse_open_secret_files(&["UNIONPAY_SIGN_KEY"])
+    }
+}
+
 /// The parsed key and trust anchors.
 #[derive(Debug)]
 pub struct UnionpayKeys {
@@ -237,6 +256,32 @@ impl UnionpayKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn production_refuses_the_test_environments_certificates() {
+        let mut s = UnionpaySettings {
+            gateway_base: "https://gateway.95516.com".into(),
+            file_trans_url: PRODUCTION_FILE_TRANS_URL.into(),
+            mer_id: "777290058110048".into(),
+            sign_key: Secret::new("(not parsed by the check)"),
+            sign_cert_id: "69903319369".into(),
+            platform_cert: None,
+            middle_cert: None,
+            root_cert: None,
+            accept_test_cn: false,
+            back_url: "https://example.com/notify/payment".into(),
+            refund_back_url: "https://example.com/notify/refund".into(),
+            front_url: None,
+            channel_type: "07".into(),
+            front_register: false,
+        };
+        assert!(s.production_check().is_ok());
+        s.accept_test_cn = true;
+        assert_eq!(
+            s.production_check().unwrap_err().key,
+            "UNIONPAY_ACCEPT_TEST_CN"
+        );
+    }
 
     #[test]
     fn front_register_is_off_for_unionpays_own_gateways() {

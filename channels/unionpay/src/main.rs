@@ -11,6 +11,8 @@ async fn main() -> anyhow::Result<()> {
     channel_kit::init_logging();
     let kit = KitSettings::from_env(50063, 8083, 9563)?;
     let settings = UnionpaySettings::from_env()?;
+    // ADAPTER_ENV=production: refuse weak or exposed secrets before anything is served.
+    kit.production_check(|| settings.production_check())?;
     let keys = UnionpayKeys::load(&settings)?;
     let http = kit.http_client().context("building the HTTP client")?;
     tracing::info!(

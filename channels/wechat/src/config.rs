@@ -188,6 +188,19 @@ impl WechatSettings {
     }
 }
 
+impl WechatSettings {
+    /// The WeChat part of the production check (see `KitSettings::production_check`): the
+    /// APIv3 key must not be weak (it decrypts every callback and certificate), and the key
+    /// files must be private.
+    ///
+    /// # Errors
+    /// A [`SettingError`] naming the refused setting.
+    pub fn production_check(&self) -> Result<(), SettingError> {
+        settings::refuse_weak("WECHAT_APIV3_KEY", &self.apiv3_key)?;
+        settings::refuse_open_secret_files(&["WECHAT_MERCHANT_KEY", "WECHAT_APIV3_KEY"])
+    }
+}
+
 /// The parsed keys: what the client and the callback verifier use.
 #[derive(Debug)]
 pub struct WechatKeys {
@@ -326,6 +339,25 @@ mod tests {
         // One id for two keys is a configuration error naming the variable.
         let e = WechatKeys::load(&settings(Some(pems), Some("PUB_KEY_ID_01"), false)).unwrap_err();
         assert_eq!(e.key, "WECHAT_PLATFORM_SERIAL");
+    }
+
+    #[test]
+    fn production_refuses_a_weak_apiv3_key_naming_it() {
+        let mut s = settings(None, None, true);
+        assert!(
+            s.production_check().is_ok(),
+            "a random 32-character key passes"
+        );
+        for weak in [
+            "00000000000000000000000000000000",
+            "testtesttesttesttesttesttesttest",
+            "short",
+        ] {
+            s.apiv3_key = Secret::new(weak);
+            let e = s.production_check().unwrap_err();
+            assert_eq!(e.key, "WECHAT_APIV3_KEY", "{weak}");
+            assert!(e.reason.contains("ADAPTER_ENV=production"), "{}", e.reason);
+        }
     }
 
     #[test]

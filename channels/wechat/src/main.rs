@@ -11,6 +11,8 @@ async fn main() -> anyhow::Result<()> {
     channel_kit::init_logging();
     let kit = KitSettings::from_env(50061, 8081, 9561)?;
     let settings = WechatSettings::from_env()?;
+    // ADAPTER_ENV=production: refuse weak or exposed secrets before anything is served.
+    kit.production_check(|| settings.production_check())?;
     let keys = WechatKeys::load(&settings)?;
     let http = kit.http_client().context("building the HTTP client")?;
     tracing::info!(api_base = %settings.api_base, mchid = %settings.mchid, "wechat adapter configured");

@@ -772,6 +772,7 @@ async fn through_the_kit_a_forged_refund_notification_gets_fail_and_never_reache
     let (core, connections) = counting_core().await;
     let any = "127.0.0.1:0".parse().unwrap();
     let settings = channel_kit::KitSettings {
+        env: channel_kit::settings::AdapterEnv::Development,
         grpc_listen: any,
         callback_listen: any,
         metrics_listen: any,
@@ -782,6 +783,9 @@ async fn through_the_kit_a_forged_refund_notification_gets_fail_and_never_reache
         callback_header_timeout: std::time::Duration::from_millis(500),
         callback_body_timeout: std::time::Duration::from_millis(500),
         callback_max_in_flight: 8,
+        callback_max_receiving: 64,
+        callback_max_verifying: 4,
+        callback_max_body_bytes: 64 * 1024,
         platform_timeout: std::time::Duration::from_secs(1),
         shutdown_grace: std::time::Duration::from_secs(1),
     };
@@ -834,6 +838,234 @@ async fn through_the_kit_a_forged_refund_notification_gets_fail_and_never_reache
     let (status, _) = post_to_listener(callbacks, &genuine).await;
     assert_eq!(status, 500);
     assert!(connections.load(Ordering::SeqCst) >= 1);
+}
+
+/// A core that records the event id of every payment report and acknowledges it at once.
+#[derive(Clone, Default)]
+struct RecordingCore {
+    payments: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl pb::channel_events_service_server::ChannelEventsService for RecordingCore {
+    async fn report_payment(
+        &self,
+        request: tonic::Request<pb::ReportPaymentRequest>,
+    ) -> Result<tonic::Response<pb::ReportPaymentResponse>, tonic::Status> {
+        let mut payments = self.payments.lock().unwrap();
+        let id = request.into_inner().channel_event_id;
+        let first_time = !payments.contains(&id);
+        payments.push(id);
+        Ok(tonic::Response::new(pb::ReportPaymentResponse {
+            first_time,
+        }))
+    }
+    async fn report_refund(
+        &self,
+        _: tonic::Request<pb::ReportRefundRequest>,
+    ) -> Result<tonic::Response<pb::ReportRefundResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("payments only"))
+    }
+}
+
+async fn recording_core() -> (std::net::SocketAddr, RecordingCore) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let core = RecordingCore::default();
+    let service = pb::channel_events_service_server::ChannelEventsServiceServer::new(core.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (addr, core)
+}
+
+/// Posts `cb` with `client` (one connection pool per sender): (HTTP status, body).
+async fn post_with(
+    client: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    cb: &Callback,
+) -> (u16, String) {
+    let reply = client
+        .post(format!("http://{addr}/notify/payment"))
+        .headers(cb.headers.clone())
+        .header("Content-Type", "application/json")
+        .body(cb.body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    (reply.status().as_u16(), reply.text().await.unwrap())
+}
+
+/// The value of one sample line of the Prometheus text, 0 when absent.
+fn sample(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// 128 senders replay a forgery (signed by a stranger's key) back to back while the platform
+/// retries a genuine notification: the genuine one is acknowledged within a few tries, reaches
+/// the core once, and every forgery is answered FAIL and counted (refused or shed while
+/// verifying), none forwarded. The stages are one slot each, so the flood really fills them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_flood_of_forged_callbacks_a_genuine_one_is_forwarded_within_a_few_retries() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (core, recorded) = recording_core().await;
+    let any = "127.0.0.1:0".parse().unwrap();
+    let settings = channel_kit::KitSettings {
+        env: channel_kit::settings::AdapterEnv::Development,
+        grpc_listen: any,
+        callback_listen: any,
+        metrics_listen: any,
+        core_endpoint: format!("http://{core}"),
+        core_token: Secret::new("test-core-token-0123456789"),
+        grpc_token: Secret::new("test-grpc-token-0123456789"),
+        forward_budget: std::time::Duration::from_secs(2),
+        // Longer than the test: no kept-alive connection is closed under a sender, and no
+        // body times out on a loaded machine (every forgery must end refused or shed).
+        callback_header_timeout: std::time::Duration::from_secs(10),
+        callback_body_timeout: std::time::Duration::from_secs(10),
+        // Small stages, so the flood really fills them.
+        callback_max_in_flight: 1,
+        callback_max_receiving: 16,
+        callback_max_verifying: 1,
+        callback_max_body_bytes: 64 * 1024,
+        platform_timeout: std::time::Duration::from_secs(1),
+        shutdown_grace: std::time::Duration::from_secs(1),
+    };
+    let listeners = channel_kit::Listeners::bind(&settings).await.unwrap();
+    let callbacks = listeners.callbacks.local_addr().unwrap();
+    let metrics = listeners.metrics.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(listeners.run(Arc::new(adapter()), settings, async move {
+        let _ = stopped.await;
+    }));
+    // The same notification, once signed by the platform and once by a stranger (a forger
+    // without the platform's key), each replayed as often as needed.
+    let genuine = Arc::new(callback(
+        &payment_body(),
+        NOW,
+        PLATFORM_SERIAL,
+        &keys().platform,
+    ));
+    let forged = Arc::new(callback(
+        &payment_body(),
+        NOW,
+        PLATFORM_SERIAL,
+        &keys().stranger,
+    ));
+
+    // 32 senders post the forgery back to back until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..128)
+        .map(|_| {
+            let (stop, sent, forged) = (stop.clone(), sent.clone(), forged.clone());
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut replies = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    replies.push(post_with(&client, callbacks, &forged).await);
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+                replies
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    while sent.load(Ordering::SeqCst) < 200 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the flood stalled"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    // The platform retries the genuine notification until it is acknowledged.
+    let client = reqwest::Client::new();
+    let mut tries = 0;
+    let acknowledged = loop {
+        tries += 1;
+        let (status, body) = post_with(&client, callbacks, &genuine).await;
+        if status == 200 || tries == 20 {
+            break (status, body);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let flooded_during = sent.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    let mut forged_replies = Vec::new();
+    for h in flood {
+        forged_replies.extend(h.await.unwrap());
+    }
+
+    assert_eq!(
+        acknowledged.0, 200,
+        "after {tries} tries: {}",
+        acknowledged.1
+    );
+    let ack: serde_json::Value = serde_json::from_str(&acknowledged.1).unwrap();
+    assert_eq!(ack["code"], "SUCCESS");
+    assert!(flooded_during >= 200);
+    assert_eq!(
+        *recorded.payments.lock().unwrap(),
+        vec!["EV-2018022511223320873".to_owned()],
+        "only the genuine notification reached the core, once"
+    );
+    for (status, body) in &forged_replies {
+        assert!(matches!(status, 500 | 503), "{status} {body}");
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["code"], "FAIL");
+    }
+    let m = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = sample(
+        &m,
+        r#"adapter_callback_rejections_total{channel="wechat",reason="bad_signature"}"#,
+    ) + sample(
+        &m,
+        r#"adapter_callbacks_total{channel="wechat",outcome="shed_verifying"}"#,
+    ) + sample(
+        &m,
+        r#"adapter_callbacks_total{channel="wechat",outcome="shed_receiving"}"#,
+    );
+    // The genuine callback's tries before the acknowledged one were shed while verifying too.
+    assert_eq!(
+        refused as usize,
+        forged_replies.len() + (tries - 1),
+        "every forgery counted: {m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"adapter_callbacks_total{channel="wechat",outcome="accepted"}"#
+        ),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            r#"adapter_callbacks_total{channel="wechat",outcome="shed"}"#
+        ),
+        0,
+        "the genuine callback never waited for a forwarding slot: {m}"
+    );
+    eprintln!(
+        "{} forgeries, genuine acknowledged on try {tries}, {} shed while verifying",
+        forged_replies.len(),
+        sample(
+            &m,
+            r#"adapter_callbacks_total{channel="wechat",outcome="shed_verifying"}"#
+        )
+    );
 }
 
 mod fuzz;
