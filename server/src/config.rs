@@ -121,6 +121,7 @@ pub struct Settings {
     /// outcome is not known yet (from the channel's answer on); past the last, the refund is
     /// flagged for a person. Default 5 s, 10 s, 30 s, 1 m, 2 m, 5 m, 10 m, 30 m, 1 h, 2 h, 6 h,
     /// 12 h, then daily for three days (bank-card refunds take working days).
+    #[serde(deserialize_with = "text_or_number")]
     pub refund_query_delays_ms: String,
     /// `PAYD_REFUND_PENDING_GRACE_MS`: after how long a refund whose creating call never came
     /// back (its process died) is taken up by the query job. Default: the channel timeout + 5 s.
@@ -133,6 +134,7 @@ pub struct Settings {
     pub event_sinks: String,
     /// `PAYD_EVENT_RETRY_DELAYS_MS`: delays between push-delivery tries of one event; past the
     /// last it is dead-lettered. Default 15 s, 1 m, 5 m, 30 m, 2 h, 6 h, 12 h, 24 h.
+    #[serde(deserialize_with = "text_or_number")]
     pub event_retry_delays_ms: String,
     /// `PAYD_EVENT_SINK_TIMEOUT_MS`: how long a sink may take to acknowledge one event.
     pub event_sink_timeout_ms: u64,
@@ -151,6 +153,7 @@ pub struct Settings {
     /// open payment attempt, from its Prepay on (default 10 s, 20 s, 30 s); after the last, the
     /// gap doubles up to `PAYD_PAYMENT_QUERY_CEILING_MS`, until the order's expiry plus
     /// `PAYD_PAY_DEADLINE_MARGIN_MS`; an attempt still unknown then is flagged for a person.
+    #[serde(deserialize_with = "text_or_number")]
     pub payment_query_delays_ms: String,
     /// `PAYD_PAYMENT_QUERY_CEILING_MS`: the longest gap between two queries of an attempt.
     pub payment_query_ceiling_ms: u64,
@@ -298,6 +301,21 @@ pub fn weak_secret(s: &str) -> Option<&'static str> {
     .then_some(
         "contains a placeholder word (test, dev, changeme, secret, example, password, default)",
     )
+}
+
+/// A list setting given as one number (`PAYD_PAYMENT_QUERY_DELAYS_MS=600000`): the environment
+/// provider reads it as an integer, which is still the one-element list the user meant.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrNumber {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match TextOrNumber::deserialize(d)? {
+        TextOrNumber::Text(s) => s,
+        TextOrNumber::Number(n) => n.to_string(),
+    })
 }
 
 /// A comma-separated list of positive milliseconds.
@@ -856,6 +874,20 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert!(Settings::default().validate().is_ok());
+    }
+
+    /// `PAYD_PAYMENT_QUERY_DELAYS_MS=600000` is a one-element list, not a type error (the
+    /// environment provider reads a bare number as an integer).
+    #[test]
+    fn a_list_of_one_delay_given_as_a_number_is_accepted() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PAYD_PAYMENT_QUERY_DELAYS_MS", "600000");
+            jail.set_env("PAYD_EVENT_RETRY_DELAYS_MS", "1000");
+            let s = Settings::load().map_err(|e| e.to_string())?;
+            assert_eq!(s.payment_query_delays_ms, "600000");
+            assert_eq!(s.event_retry_delays_ms, "1000");
+            Ok(())
+        });
     }
 
     #[test]

@@ -143,10 +143,14 @@ impl AuditCtx {
         }
     }
 
-    /// Forgets a record written in a transaction that then rolled back while the call still
-    /// succeeds (a concurrent delivery of the same event won: this call is a repeat).
-    pub fn rolled_back(&self) {
-        self.recorded.store(false, Ordering::SeqCst);
+    /// An adapter's report of an event already recorded changed nothing and is not audited at
+    /// all: the platforms resend notifications at will (WeChat up to 15 times, a storm at any
+    /// rate), and a repeat must cost no write (no WAL, no commit: BENCH_AND_FAULTS M7). The
+    /// first report of the event is audited; repeats are counted in
+    /// `payd_channel_events_total{outcome="REPEATED"}`. Calls of apps and operators that change
+    /// nothing are still audited (REPLAYED).
+    pub fn repeat_of_a_recorded_event(&self) {
+        self.recorded.store(true, Ordering::SeqCst);
     }
 
     /// Runs the use case as this call; writes the record outside any transaction if the use

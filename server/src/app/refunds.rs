@@ -425,6 +425,9 @@ impl App {
                 if let RefundSource::Event { event_id, .. } = &source
                     && events::seen(conn, channel.as_str(), event_id)?
                 {
+                    if let Some(a) = &audit {
+                        a.repeat_of_a_recorded_event();
+                    }
                     return Ok((RefundOutcome::Repeated, None, None));
                 }
                 match conn.transaction(|conn| {
@@ -451,7 +454,7 @@ impl App {
                             if events::seen(conn, channel.as_str(), event_id)?) =>
                     {
                         if let Some(a) = &audit {
-                            a.rolled_back();
+                            a.repeat_of_a_recorded_event();
                         }
                         Ok((RefundOutcome::Repeated, None, None))
                     }

@@ -65,6 +65,9 @@ impl App {
             .run(move |conn| {
                 // A repeat costs one index read: no lock, no write.
                 if events::seen(conn, channel.as_str(), &r.event_id)? {
+                    if let Some(a) = &audit {
+                        a.repeat_of_a_recorded_event();
+                    }
                     return Ok((ResultOutcome::Repeated, Vec::new()));
                 }
                 match conn.transaction(|conn| {
@@ -88,7 +91,7 @@ impl App {
                         if events::seen(conn, channel.as_str(), &r.event_id)? =>
                     {
                         if let Some(a) = &audit {
-                            a.rolled_back();
+                            a.repeat_of_a_recorded_event();
                         }
                         Ok((ResultOutcome::Repeated, Vec::new()))
                     }

@@ -397,6 +397,25 @@ fn progress(label: &str, secs: f64, shared: &Arc<Shared>) -> tokio::task::JoinHa
 }
 
 /// `clients` loops, each starting its next arrival when its last one ends, for `secs`.
+/// A merchant-order-number prefix no other run of this process uses: `tag` (letters, digits,
+/// `-` and `_` only) and the run's number. Two runs sharing numbers would find each other's
+/// orders (CreateOrder returns the first) and Pay would refuse the paid ones.
+fn run_prefix(tag: &str) -> String {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let clean: String = tag
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(24)
+        .collect();
+    format!("{clean}-r{}", RUNS.fetch_add(1, Ordering::Relaxed))
+}
+
 pub async fn closed_loop(
     t: &Target,
     tag: &str,
@@ -404,6 +423,7 @@ pub async fn closed_loop(
     clients: usize,
     secs: f64,
 ) -> RunResult {
+    let prefix = run_prefix(tag);
     let start = Instant::now();
     let shared = Shared::new(start + Duration::from_secs_f64(secs));
     let bar = progress(&format!("{tag} closed {clients}c"), secs, &shared);
@@ -411,12 +431,12 @@ pub async fn closed_loop(
     for w in 0..clients {
         let mut t = t.clone();
         let shared = shared.clone();
-        let tag = tag.to_owned();
+        let prefix = prefix.clone();
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while Instant::now() < shared.end {
                 i += 1;
-                let r = one(&mut t, format!("{tag}-w{w}-{i}"), work, Instant::now()).await;
+                let r = one(&mut t, format!("{prefix}-w{w}-{i}"), work, Instant::now()).await;
                 shared.record(r);
             }
         }));
@@ -431,6 +451,7 @@ pub async fn closed_loop(
 /// Arrivals at `rate`/s for `secs`, each on its own task; latency from the intended start.
 pub async fn open_loop(t: &Target, tag: &str, work: Work, rate: f64, secs: f64) -> RunResult {
     const MAX_IN_FLIGHT: u64 = 4096;
+    let prefix = run_prefix(tag);
     let start = Instant::now() + Duration::from_millis(20);
     let shared = Shared::new(start + Duration::from_secs_f64(secs));
     let bar = progress(&format!("{tag} open {rate:.0}/s"), secs, &shared);
@@ -449,7 +470,7 @@ pub async fn open_loop(t: &Target, tag: &str, work: Work, rate: f64, secs: f64) 
         let mut t = t.clone();
         let shared = shared.clone();
         let in_flight = in_flight.clone();
-        let no = format!("{tag}-o-{i}");
+        let no = format!("{prefix}-o-{i}");
         tasks.push(tokio::spawn(async move {
             let r = one(&mut t, no, work, intended).await;
             shared.record(r);

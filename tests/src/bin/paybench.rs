@@ -1456,7 +1456,7 @@ async fn statement_profile(ctx: &Ctx, target: &Target, secs: f64) -> String {
         .unwrap_or(0.0)
     };
     let c0 = commits(ctx);
-    let r = load::closed_loop(target, "G7 statements", Work::Lifecycle, 4, secs.max(5.0)).await;
+    let r = load::closed_loop(target, "G7stmts", Work::Lifecycle, 4, secs.max(5.0)).await;
     // pg_stat_database lags up to a second behind the backends.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let c1 = commits(ctx);
@@ -1490,7 +1490,10 @@ async fn statement_profile(ctx: &Ctx, target: &Target, secs: f64) -> String {
             let _ = writeln!(out, "| {per:.2} | `{}` |", query.replace('|', "\\|"));
         }
     }
-    let _ = writeln!(out, "\nTotal (top 40): {total:.2} statements per lifecycle.\n");
+    let _ = writeln!(
+        out,
+        "\nTotal (top 40): {total:.2} statements per lifecycle.\n"
+    );
     out
 }
 
