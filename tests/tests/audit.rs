@@ -28,13 +28,17 @@ async fn calls_of(p: &Platform, service: &str, method: &str) -> i64 {
         .sum()
 }
 
-/// payd's count of repeated channel events of `kind`.
+/// payd's count of channel events of `kind` that could change nothing (repeats of a recorded
+/// event, successes already applied): written nowhere, counted.
 async fn repeats(p: &Platform, kind: &str) -> i64 {
     p.payd_metrics()
         .await
         .lines()
         .filter(|l| l.starts_with("payd_channel_events_total{"))
-        .filter(|l| l.contains(&format!("kind=\"{kind}\"")) && l.contains("outcome=\"REPEATED\""))
+        .filter(|l| {
+            l.contains(&format!("kind=\"{kind}\""))
+                && (l.contains("outcome=\"REPEATED\"") || l.contains("outcome=\"ALREADY_APPLIED\""))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as i64)
         .sum()

@@ -143,12 +143,13 @@ impl AuditCtx {
         }
     }
 
-    /// An adapter's report of an event already recorded changed nothing and is not audited at
-    /// all: the platforms resend notifications at will (WeChat up to 15 times, a storm at any
-    /// rate), and a repeat must cost no write (no WAL, no commit: BENCH_AND_FAULTS M7). The
-    /// first report of the event is audited; repeats are counted in
-    /// `payd_channel_events_total{outcome="REPEATED"}`. Calls of apps and operators that change
-    /// nothing are still audited (REPLAYED).
+    /// An adapter's report that cannot change anything — an event already recorded, or a
+    /// success the attempt already holds, re-notified under a new id — is not audited at all:
+    /// the platforms resend notifications at will (WeChat up to 15 times, a storm at any rate),
+    /// and a repeat must cost no write (no WAL, no commit: BENCH_AND_FAULTS M7). The first report
+    /// is audited; repeats are counted in `payd_channel_events_total{outcome="REPEATED"}` and
+    /// `{outcome="ALREADY_APPLIED"}`. Calls of apps and operators that change nothing are still
+    /// audited (REPLAYED).
     pub fn repeat_of_a_recorded_event(&self) {
         self.recorded.store(true, Ordering::SeqCst);
     }

@@ -26,6 +26,10 @@ pub enum ResultOutcome {
     Applied,
     /// Recorded; no state changed (pending, unknown, or already in that state).
     NoChange,
+    /// A success for an attempt that already succeeded with the same amount, channel trade
+    /// number and channel, under a new event id (a platform's re-notification): nothing could
+    /// change, so nothing was written, not even the inbox row (read-only, like a repeat).
+    AlreadyApplied,
     /// A second successful attempt on a paid order: recorded for refund, alert fires.
     DuplicatePayment,
     /// The channel's amount or currency differs from the attempt's: nothing moved, a person looks.
@@ -40,6 +44,7 @@ impl ResultOutcome {
             ResultOutcome::Repeated => "REPEATED",
             ResultOutcome::Applied => "APPLIED",
             ResultOutcome::NoChange => "NO_CHANGE",
+            ResultOutcome::AlreadyApplied => "ALREADY_APPLIED",
             ResultOutcome::DuplicatePayment => "DUPLICATE_PAYMENT",
             ResultOutcome::AmountMismatch => "AMOUNT_MISMATCH",
             ResultOutcome::UnknownAttempt => "UNKNOWN_ATTEMPT",
@@ -69,6 +74,14 @@ impl App {
                         a.repeat_of_a_recorded_event();
                     }
                     return Ok((ResultOutcome::Repeated, Vec::new()));
+                }
+                // A success already applied, re-notified under a new id: one more index read,
+                // still no write. Anything else (a contradiction, another amount) is recorded.
+                if already_applied(conn, &r)? {
+                    if let Some(a) = &audit {
+                        a.repeat_of_a_recorded_event();
+                    }
+                    return Ok((ResultOutcome::AlreadyApplied, Vec::new()));
                 }
                 match conn.transaction(|conn| {
                     let mut order_of_attempt = None;
@@ -124,13 +137,38 @@ impl App {
             ResultOutcome::UnknownAttempt => {
                 tracing::error!(%channel, %out_trade_no, ?reported_minor, ?reported_currency, "channel reported a trade no attempt knows");
             }
-            ResultOutcome::Repeated | ResultOutcome::Applied | ResultOutcome::NoChange => {}
+            ResultOutcome::Repeated
+            | ResultOutcome::Applied
+            | ResultOutcome::NoChange
+            | ResultOutcome::AlreadyApplied => {}
         }
         Ok(outcome)
     }
 }
 
 /// Applies the result; also returns the order's other open attempts when this result paid it.
+/// Whether `r` is a success that the attempt already holds exactly: same channel, SUCCEEDED,
+/// the same paid amount and currency, and the same channel trade number. Read without a lock:
+/// an attempt that is SUCCEEDED stays SUCCEEDED (final in the state machine), so the answer
+/// cannot go stale.
+fn already_applied(conn: &mut PgConnection, r: &PaymentResult) -> Result<bool, ServiceError> {
+    if r.state != TradeState::Succeeded {
+        return Ok(false);
+    }
+    let Some((paid_minor, paid_currency)) = &r.paid else {
+        return Ok(false);
+    };
+    let Some(a) = attempts::find_by_out_trade_no(conn, &r.out_trade_no)? else {
+        return Ok(false);
+    };
+    Ok(a.channel == r.channel
+        && a.status == AttemptStatus::Succeeded
+        && a.paid_minor == Some(*paid_minor)
+        && a.currency.trim() == paid_currency.trim()
+        && r.channel_trade_no.is_some()
+        && a.channel_trade_no == r.channel_trade_no)
+}
+
 /// `order_of_attempt` is set to the attempt's order when the attempt is known (for the audit
 /// record).
 fn apply_in_tx(

@@ -85,7 +85,11 @@ impl EventsApi {
             .apply_payment_result(result_from_pb(channel, event_id, result))
             .await?;
         Ok(cpb::ReportPaymentResponse {
-            first_time: outcome != ResultOutcome::Repeated,
+            // Recorded now: not a repeat, and not a success the attempt already held.
+            first_time: !matches!(
+                outcome,
+                ResultOutcome::Repeated | ResultOutcome::AlreadyApplied
+            ),
         })
     }
 }
