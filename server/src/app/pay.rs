@@ -406,12 +406,11 @@ impl App {
                         status: AttemptStatus::Init,
                         payer_digest: &digest,
                         pay_deadline,
+                        // Its Prepay answer may be lost: the query job looks at it anyway.
+                        next_query_at: Some(first_query),
                     };
                     match attempts::insert(conn, &row)? {
-                        Ok(a) => {
-                            attempts::schedule_query(conn, a.id, first_query)?;
-                            Ok(a)
-                        }
+                        Ok(a) => Ok(a),
                         // The partial unique index refuses a second open attempt even if two
                         // callers got past the Redis lock; a taken out_trade_no means two
                         // minters shared a worker id. Both: retry.
@@ -479,12 +478,12 @@ impl App {
                                 pay_params: Some(params),
                                 channel_prepay_id: Some(p.channel_prepay_id)
                                     .filter(|s| !s.is_empty()),
+                                // PAYING: its result may come by callback, or only by query.
+                                next_query_at: Some(first_query),
                                 ..AttemptChange::default()
                             },
                         )?
                         .ok_or_else(|| ServiceError::Conflict(Subject::Order(id)))?;
-                        // PAYING: its result may come by callback, or only by query.
-                        attempts::schedule_query(conn, attempt.id, first_query)?;
                     }
                     let order = if o_status == OrderStatus::Pending {
                         let t = Transition {

@@ -65,6 +65,8 @@ pub struct NewAttemptRow<'a> {
     pub status: AttemptStatus,
     pub payer_digest: &'a [u8],
     pub pay_deadline: DateTime<Utc>,
+    /// When the query job first looks at it (set here rather than by a second statement).
+    pub next_query_at: Option<DateTime<Utc>>,
 }
 
 /// Why an attempt insert was refused by a unique index.
@@ -170,6 +172,8 @@ pub struct AttemptChange {
     pub channel_trade_no: Option<String>,
     pub paid_minor: Option<i64>,
     pub succeeded_at: Option<DateTime<Utc>>,
+    /// Reschedules the query job's next look in the same statement.
+    pub next_query_at: Option<DateTime<Utc>>,
 }
 
 /// Moves the attempt from `from` to `to` if it is still in `from`; `None` if someone else moved
@@ -207,6 +211,9 @@ pub fn transition(
         payment_attempts::succeeded_at.eq(sql::<Nullable<Timestamptz>>("coalesce(")
             .bind::<Nullable<Timestamptz>, _>(change.succeeded_at)
             .sql(", succeeded_at)")),
+        payment_attempts::next_query_at.eq(sql::<Nullable<Timestamptz>>("coalesce(")
+            .bind::<Nullable<Timestamptz>, _>(change.next_query_at)
+            .sql(", next_query_at)")),
     ))
     .returning(AttemptRow::as_returning())
     .get_result(conn)

@@ -122,6 +122,7 @@ async fn a_taken_out_trade_no_is_a_retryable_conflict_not_an_internal_error() {
         status: payd::domain::AttemptStatus::Init,
         payer_digest: b"",
         pay_deadline: chrono::Utc::now(),
+        next_query_at: None,
     };
     assert!(
         attempts::insert(&mut conn, &row(&a.order_id))
