@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::StorageError;
-use super::schema::{order_transitions, orders};
+use super::schema::orders;
 use crate::domain::{AppId, Currency, Money, OrderId, OrderStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
@@ -107,8 +107,9 @@ pub fn insert(
         .returning(OrderRow::as_returning())
         .get_result(conn)
         .optional()?;
-    if let Some(o) = &inserted {
-        record_transition(conn, o.id, o.version, None, OrderStatus::Pending, "created")?;
+    // The database recorded the transition (trigger orders_transition_on_insert).
+    if inserted.is_some() {
+        super::transitions::written(None, OrderStatus::Pending);
     }
     Ok(inserted)
 }
@@ -263,13 +264,14 @@ pub fn transition(
             orders::updated_at.eq(t.at),
             orders::closed_at.eq(closed_at),
             orders::paid_minor.eq(t.paid_minor),
+            orders::transition_reason.eq(t.reason),
         ))
         .returning(OrderRow::as_returning())
         .get_result(conn)
         .optional()?;
         match updated {
             Some(row) => {
-                record_transition(conn, row.id, row.version, Some(t.from), t.to, t.reason)?;
+                recorded(Some(t.from), t.to);
                 Ok(Ok(row))
             }
             None => {
@@ -315,12 +317,13 @@ pub fn record_refund(
         orders::version.eq(orders::version + 1),
         orders::updated_at.eq(Utc::now()),
         orders::refunded_minor.eq(orders::refunded_minor + amount_minor),
+        orders::transition_reason.eq(reason),
     ))
     .returning(OrderRow::as_returning())
     .get_result(conn)
     .optional()?;
-    if let Some(row) = &updated {
-        record_transition(conn, row.id, row.version, Some(order.status), to, reason)?;
+    if updated.is_some() {
+        recorded(Some(order.status), to);
     }
     Ok(updated)
 }
@@ -340,25 +343,10 @@ pub fn find_for_update_as(
         .optional()?)
 }
 
-fn record_transition(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    version: i64,
-    from: Option<OrderStatus>,
-    to: OrderStatus,
-    reason: &str,
-) -> Result<(), StorageError> {
+/// Counts a transition the database has just recorded in `order_transitions` (the
+/// `orders_record_transition` trigger writes the row in the UPDATE's own statement).
+fn recorded(from: Option<OrderStatus>, to: OrderStatus) {
     super::transitions::written(from, to);
-    diesel::insert_into(order_transitions::table)
-        .values((
-            order_transitions::order_id.eq(order_id),
-            order_transitions::version.eq(version),
-            order_transitions::from_status.eq(from.map(OrderStatus::as_str)),
-            order_transitions::to_status.eq(to.as_str()),
-            order_transitions::reason.eq(reason),
-        ))
-        .execute(conn)?;
-    Ok(())
 }
 
 pub use crate::domain::OrderFilter as ListFilter;

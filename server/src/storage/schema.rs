@@ -19,6 +19,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         closed_at -> Nullable<Timestamptz>,
         event_seq -> Int8,
+        transition_reason -> Nullable<Text>,
     }
 }
 

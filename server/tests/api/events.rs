@@ -19,7 +19,7 @@ fn open_attempt(app: &TestApp, order: &pb::Order, out_trade_no: &str, status: &s
     .execute(&mut app.conn())
     .unwrap();
     diesel::sql_query(format!(
-        "UPDATE orders SET status = 'PAYING', version = version + 1 WHERE id = '{}'",
+        "UPDATE orders SET status = 'PAYING', version = version + 1, transition_reason = 'test setup' WHERE id = '{}'",
         order.order_id
     ))
     .execute(&mut app.conn())

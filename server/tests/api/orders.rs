@@ -382,3 +382,49 @@ async fn an_order_is_stamped_by_the_database_clock() {
         1
     );
 }
+
+/// The database records every transition itself (trigger `orders_record_transition`): an
+/// UPDATE that moves an order's version without naming a reason is refused, one that names it
+/// leaves exactly one `order_transitions` row, and the reason column is empty at rest.
+#[tokio::test]
+async fn the_database_records_each_transition_and_refuses_one_without_a_reason() {
+    use diesel::RunQueryDsl;
+    let mut app = spawn_app().await;
+    let order = create_order(&mut app, "TRIGGER-01", 100).await;
+    let id = &order.order_id;
+    let rows = |app: &TestApp| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM order_transitions WHERE order_id = '{id}'"
+        ))
+    };
+    assert_eq!(rows(&app), 1, "the creation is recorded");
+    let mut conn = app.conn();
+    let bare = diesel::sql_query(format!(
+        "UPDATE orders SET status = 'CLOSED', version = version + 1 WHERE id = '{id}'"
+    ))
+    .execute(&mut conn);
+    assert!(
+        bare.is_err(),
+        "a version change without a reason was accepted"
+    );
+    assert_eq!(rows(&app), 1);
+    diesel::sql_query(format!(
+        "UPDATE orders SET status = 'CLOSED', version = version + 1, transition_reason = 'by hand' \
+         WHERE id = '{id}'"
+    ))
+    .execute(&mut conn)
+    .unwrap();
+    assert_eq!(rows(&app), 2);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM order_transitions t JOIN orders o ON o.id = t.order_id \
+             WHERE t.order_id = '{id}' AND t.version = o.version AND t.from_status = 'PENDING' \
+             AND t.to_status = 'CLOSED' AND t.reason = 'by hand'"
+        )),
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM orders WHERE transition_reason IS NOT NULL"),
+        0
+    );
+}

@@ -124,7 +124,7 @@ async fn paid_order(app: &mut TestApp, no: &str, out_trade_no: &str, amount: i64
     .execute(&mut app.conn())
     .unwrap();
     diesel::sql_query(format!(
-        "UPDATE orders SET status = 'PAID', paid_minor = {amount}, version = version + 1 \
+        "UPDATE orders SET status = 'PAID', paid_minor = {amount}, version = version + 1, transition_reason = 'test setup' \
          WHERE id = '{}'",
         order.order_id
     ))
@@ -150,7 +150,7 @@ fn add_paying_attempt(app: &TestApp, order_id: &str, out_trade_no: &str, amount:
     .execute(&mut app.conn())
     .unwrap();
     diesel::sql_query(format!(
-        "UPDATE orders SET status = 'PAYING', version = version + 1 WHERE id = '{order_id}' \
+        "UPDATE orders SET status = 'PAYING', version = version + 1, transition_reason = 'test setup' WHERE id = '{order_id}' \
          AND status = 'PENDING'"
     ))
     .execute(&mut app.conn())

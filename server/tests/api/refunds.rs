@@ -44,7 +44,7 @@ pub(crate) async fn paid_order(
     .execute(&mut app.conn())
     .unwrap();
     diesel::sql_query(format!(
-        "UPDATE orders SET status = 'PAYING', version = version + 1 WHERE id = '{}'",
+        "UPDATE orders SET status = 'PAYING', version = version + 1, transition_reason = 'test setup' WHERE id = '{}'",
         order.order_id
     ))
     .execute(&mut app.conn())
