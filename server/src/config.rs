@@ -879,6 +879,8 @@ mod tests {
     /// `PAYD_PAYMENT_QUERY_DELAYS_MS=600000` is a one-element list, not a type error (the
     /// environment provider reads a bare number as an integer).
     #[test]
+    // figment::Jail's closure returns figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
     fn a_list_of_one_delay_given_as_a_number_is_accepted() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("PAYD_PAYMENT_QUERY_DELAYS_MS", "600000");
