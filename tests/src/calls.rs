@@ -84,14 +84,26 @@ pub fn test_signing_keys() -> SigningKeys {
     SigningKeys::many(apps.iter().map(|(a, s)| (a.as_str(), s.as_bytes())))
 }
 
-/// A signed transport to `endpoint` with `keys`.
-pub async fn signed_channel(endpoint: String, keys: SigningKeys) -> SignedChannel {
+/// A signed transport to `endpoint` with `keys`, or the connection's error.
+///
+/// # Errors
+/// payd cannot be reached.
+pub async fn try_signed_channel(
+    endpoint: String,
+    keys: SigningKeys,
+) -> Result<SignedChannel, tonic::transport::Error> {
     let channel = Channel::from_shared(endpoint)
         .expect("endpoint URL")
         .connect()
+        .await?;
+    Ok(Signed::new(channel, keys))
+}
+
+/// A signed transport to `endpoint` with `keys`.
+pub async fn signed_channel(endpoint: String, keys: SigningKeys) -> SignedChannel {
+    try_signed_channel(endpoint, keys)
         .await
-        .expect("connect to payd");
-    Signed::new(channel, keys)
+        .expect("connect to payd")
 }
 
 /// Like [`client`], but a payd that cannot be reached is an error, not a panic.
@@ -99,17 +111,12 @@ pub async fn signed_channel(endpoint: String, keys: SigningKeys) -> SignedChanne
 /// # Errors
 /// The connection failed.
 pub async fn try_client(endpoint: String) -> Result<Client, tonic::transport::Error> {
-    let channel = Channel::from_shared(endpoint)
-        .expect("endpoint URL")
-        .connect()
-        .await?;
-    Ok(PaymentServiceClient::new(Signed::new(
-        channel,
-        test_signing_keys(),
-    )))
+    Ok(PaymentServiceClient::new(
+        try_signed_channel(endpoint, test_signing_keys()).await?,
+    ))
 }
 
-/// A client that signs as one app with one secret (whatever `x-app-id` says).
+/// A client that signs as one app with one secret (and sends that app's `x-app-id`).
 pub async fn client_as(endpoint: String, app: &str, secret: &str) -> Client {
     PaymentServiceClient::new(
         signed_channel(endpoint, SigningKeys::single(app, secret.as_bytes())).await,

@@ -1205,7 +1205,10 @@ async fn f6_redis_down_fails_pay_fast_and_recovers_within_five_seconds() {
                 Err(st) if st.code() == tonic::Code::Unavailable => {}
                 Err(st) => rep.violation(format!("F6: CreateOrder with Redis down: {st:?}")),
             }
-            let o = &open[i % open.len().max(1)];
+            let Some(o) = open.get(i % open.len().max(1)) else {
+                rep.violation("F6: no order could be created before Redis went down");
+                break;
+            };
             match timed(calls::pay(&mut d.c, &o.order_id, CH)).await {
                 Ok(_) => rep.violation(format!("F6: Pay {} succeeded with Redis down", o.order_id)),
                 Err(st) if st.code() == tonic::Code::Unavailable => {}

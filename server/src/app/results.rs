@@ -75,23 +75,25 @@ impl App {
                     }
                     return Ok((ResultOutcome::Repeated, Vec::new()));
                 }
-                // A success already applied, re-notified under a new id: one more index read,
-                // still no write. Anything else (a contradiction, another amount) is recorded.
-                if already_applied(conn, &r)? {
+                // One unlocked read of the attempt, for the fast path and the transaction
+                // alike (its order and channel never change; the transaction locks the rows).
+                let peek = attempts::find_by_out_trade_no(conn, &r.out_trade_no)?;
+                // A success already applied, re-notified under a new id: still no write.
+                // Anything else (a contradiction, another amount) is recorded.
+                if peek.as_ref().is_some_and(|a| already_applied(a, &r)) {
                     if let Some(a) = &audit {
                         a.repeat_of_a_recorded_event();
                     }
                     return Ok((ResultOutcome::AlreadyApplied, Vec::new()));
                 }
                 match conn.transaction(|conn| {
-                    let mut order_of_attempt = None;
-                    let applied = apply_in_tx(conn, &r, &mut order_of_attempt)?;
+                    let applied = apply_in_tx(conn, &r, peek.as_ref())?;
                     super::audit::record(
                         conn,
                         audit.as_ref(),
                         "/ReportPayment",
                         &super::audit::Targets {
-                            order_id: order_of_attempt,
+                            order_id: peek.as_ref().map(|a| a.order_id),
                             out_trade_no: Some(r.out_trade_no.clone()),
                             target: Some(r.event_id.clone()),
                             ..Default::default()
@@ -147,36 +149,30 @@ impl App {
 }
 
 /// Applies the result; also returns the order's other open attempts when this result paid it.
-/// Whether `r` is a success that the attempt already holds exactly: same channel, SUCCEEDED,
-/// the same paid amount and currency, and the same channel trade number. Read without a lock:
-/// an attempt that is SUCCEEDED stays SUCCEEDED (final in the state machine), so the answer
-/// cannot go stale.
-fn already_applied(conn: &mut PgConnection, r: &PaymentResult) -> Result<bool, ServiceError> {
-    if r.state != TradeState::Succeeded {
-        return Ok(false);
-    }
+/// Whether `r` is a success that the attempt `a` already holds exactly: same channel,
+/// SUCCEEDED, the same paid amount and currency, and the same channel trade number. `a` was
+/// read without a lock: an attempt that is SUCCEEDED stays SUCCEEDED (final in the state
+/// machine), so the answer cannot go stale.
+fn already_applied(a: &attempts::AttemptRow, r: &PaymentResult) -> bool {
     let Some((paid_minor, paid_currency)) = &r.paid else {
-        return Ok(false);
+        return false;
     };
-    let Some(a) = attempts::find_by_out_trade_no(conn, &r.out_trade_no)? else {
-        return Ok(false);
-    };
-    Ok(a.channel == r.channel
+    r.state == TradeState::Succeeded
+        && a.channel == r.channel
         && a.status == AttemptStatus::Succeeded
         && a.paid_minor == Some(*paid_minor)
         && a.currency.trim() == paid_currency.trim()
         && r.channel_trade_no.is_some()
-        && a.channel_trade_no == r.channel_trade_no)
+        && a.channel_trade_no == r.channel_trade_no
 }
 
-/// `order_of_attempt` is set to the attempt's order when the attempt is known (for the audit
-/// record).
+/// `peek`: the attempt of `r.out_trade_no` as read before the transaction (`None`: unknown).
 fn apply_in_tx(
     conn: &mut PgConnection,
     r: &PaymentResult,
-    order_of_attempt: &mut Option<uuid::Uuid>,
+    peek: Option<&attempts::AttemptRow>,
 ) -> Result<(ResultOutcome, Vec<attempts::AttemptRow>), ServiceError> {
-    let (outcome, paid) = decide_and_apply(conn, r, order_of_attempt)?;
+    let (outcome, paid) = decide_and_apply(conn, r, peek)?;
     let superseded = match paid {
         Some((order, attempt)) => attempts::find_open_others(conn, order, attempt)?,
         None => Vec::new(),
@@ -215,12 +211,11 @@ type Decided = (ResultOutcome, Option<(OrderId, uuid::Uuid)>);
 fn decide_and_apply(
     conn: &mut PgConnection,
     r: &PaymentResult,
-    order_of_attempt: &mut Option<uuid::Uuid>,
+    peek: Option<&attempts::AttemptRow>,
 ) -> Result<Decided, ServiceError> {
-    let Some(peek) = attempts::find_by_out_trade_no(conn, &r.out_trade_no)? else {
+    let Some(peek) = peek else {
         return Ok((ResultOutcome::UnknownAttempt, None));
     };
-    *order_of_attempt = Some(peek.order_id);
     if peek.channel != r.channel {
         return Err(ServiceError::PermissionDenied(format!(
             "{} may not report attempts of channel {}",

@@ -51,6 +51,13 @@ fn signed_create(
     r
 }
 
+/// The call was refused as UNAUTHENTICATED with a message containing `text`.
+fn assert_unauthenticated<T: std::fmt::Debug>(r: Result<T, tonic::Status>, text: &str) {
+    let e = r.expect_err(text);
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains(text), "{e:?}");
+}
+
 fn fresh_nonce() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
@@ -72,23 +79,16 @@ async fn unsigned_wrong_expired_future_and_malformed_calls_are_unauthenticated_a
     let secret = test_secret(APP);
 
     // Unsigned: only x-app-id, as before authentication existed.
-    let e = raw
-        .create_order(req(create("AUTH-1", 100)))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
-    assert!(
-        e.message()
-            .contains("x-payd-timestamp metadata is required"),
-        "{e:?}"
+    assert_unauthenticated(
+        raw.create_order(req(create("AUTH-1", 100))).await,
+        "x-payd-timestamp metadata is required",
     );
     // No metadata at all.
-    let e = raw
-        .create_order(tonic::Request::new(create("AUTH-1", 100)))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(e.message().contains("x-app-id"), "{e:?}");
+    assert_unauthenticated(
+        raw.create_order(tonic::Request::new(create("AUTH-1", 100)))
+            .await,
+        "x-app-id",
+    );
 
     // Wrong secret.
     let mut wrong = client_as(
@@ -97,19 +97,15 @@ async fn unsigned_wrong_expired_future_and_malformed_calls_are_unauthenticated_a
         "a-wrong-secret-of-the-right-length-000000",
     )
     .await;
-    let e = wrong
-        .create_order(req(create("AUTH-1", 100)))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(e.message().contains("does not match"), "{e:?}");
+    assert_unauthenticated(
+        wrong.create_order(req(create("AUTH-1", 100))).await,
+        "does not match",
+    );
 
     // A signature over another body (the amount changed after signing).
     let mut tampered = signed_create(APP, &secret, create("AUTH-1", 100), now(), &fresh_nonce());
     tampered.get_mut().amount.as_mut().unwrap().amount_minor = 1;
-    let e = raw.create_order(tampered).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(e.message().contains("does not match"), "{e:?}");
+    assert_unauthenticated(raw.create_order(tampered).await, "does not match");
 
     // Expired and future-dated, both correctly signed: the default window is ±300 s.
     let old = signed_create(
@@ -119,9 +115,7 @@ async fn unsigned_wrong_expired_future_and_malformed_calls_are_unauthenticated_a
         now() - 301,
         &fresh_nonce(),
     );
-    let e = raw.create_order(old).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(e.message().contains("expired"), "{e:?}");
+    assert_unauthenticated(raw.create_order(old).await, "expired");
     let future = signed_create(
         APP,
         &secret,
@@ -129,40 +123,33 @@ async fn unsigned_wrong_expired_future_and_malformed_calls_are_unauthenticated_a
         now() + 301,
         &fresh_nonce(),
     );
-    let e = raw.create_order(future).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(e.message().contains("in the future"), "{e:?}");
+    assert_unauthenticated(raw.create_order(future).await, "in the future");
 
     // Malformed: a nonce too short, a timestamp that is not a number, a signature not hex.
     let mut short = signed_create(APP, &secret, create("AUTH-1", 100), now(), "abc");
-    let e = raw.create_order(short).await.unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(e.message().contains("x-payd-nonce"), "{e:?}");
+    assert_unauthenticated(raw.create_order(short).await, "x-payd-nonce");
     short = signed_create(APP, &secret, create("AUTH-1", 100), now(), &fresh_nonce());
     short
         .metadata_mut()
         .insert(TIMESTAMP_HEADER, "17e8".parse().unwrap());
-    let e = raw.create_order(short).await.unwrap_err();
-    assert!(e.message().contains("Unix seconds"), "{e:?}");
+    assert_unauthenticated(raw.create_order(short).await, "Unix seconds");
     let mut nothex = signed_create(APP, &secret, create("AUTH-1", 100), now(), &fresh_nonce());
     nothex
         .metadata_mut()
         .insert(SIGNATURE_HEADER, "zz".repeat(32).parse().unwrap());
-    let e = raw.create_order(nothex).await.unwrap_err();
-    assert!(e.message().contains("64 hex digits"), "{e:?}");
+    assert_unauthenticated(raw.create_order(nothex).await, "64 hex digits");
     // An app nobody registered.
-    let e = raw
-        .create_order(signed_create(
+    assert_unauthenticated(
+        raw.create_order(signed_create(
             "stranger",
             &secret,
             create("AUTH-1", 100),
             now(),
             &fresh_nonce(),
         ))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unauthenticated);
-    assert!(e.message().contains("no registered app"), "{e:?}");
+        .await,
+        "no registered app",
+    );
 
     assert_eq!(
         app.count("SELECT count(*) AS n FROM orders"),
