@@ -1,7 +1,7 @@
 //! Reconciliation: a channel's statement for a Beijing day against our attempts and refunds.
 //!
 //! A run streams the adapter's `FetchStatement` page by page into `recon_statement_lines` (one
-//! INSERT per page, so payd holds a page, never a day), then compares with set queries in
+//! binary COPY per few pages, so payd holds a batch, never a day), then compares with set queries in
 //! Postgres (`storage::recon::compare`). A statement success for a trade we know that is not
 //! SUCCEEDED here goes through the one results transition ([`App::apply_payment_result`], event
 //! id `recon:<day>:<out_trade_no>`): the order becomes PAID, or the duplicate path refunds it.
@@ -31,7 +31,7 @@ use super::events::{self, EventType};
 use super::{App, ServiceError};
 use crate::domain::{Channel, PaymentResult, TradeState};
 use crate::storage::StorageError;
-use crate::storage::recon::{self, DiscrepancyFilter, DiscrepancyRow, RunRow, StagedPage};
+use crate::storage::recon::{self, DiscrepancyFilter, DiscrepancyRow, RunRow, StagedLine};
 
 /// The platforms' time zone: China Standard Time, UTC+8 all year (no DST).
 pub fn beijing() -> FixedOffset {
@@ -47,8 +47,10 @@ pub fn beijing_day(t: DateTime<Utc>) -> NaiveDate {
 const PAGE_SIZE: u32 = 1_000;
 /// Lines staged per INSERT (and commit): a few pages, about a megabyte.
 const STAGE_BATCH: usize = 5_000;
-/// Repair candidates handled per database round trip.
+/// Repair candidates read per database round trip.
 const REPAIR_BATCH: i64 = 200;
+/// Repairs in flight at once (each holds a pooled connection while it writes).
+const REPAIR_CONCURRENCY: usize = 8;
 
 impl App {
     /// Starts a run of (channel, day) in the background, or returns the RUNNING one (`true`).
@@ -179,7 +181,7 @@ impl App {
         // next one is being received (one staging in flight): the adapter's parsing and the
         // stream overlap Postgres's inserts, and there is one commit per batch, not per page.
         let mut totals = None;
-        let mut batch = StagedPage::default();
+        let mut batch: Vec<StagedLine> = Vec::with_capacity(STAGE_BATCH);
         let mut in_flight: Option<Staging> = None;
         let outcome = loop {
             let Some(msg) = stream.next().await else {
@@ -198,9 +200,9 @@ impl App {
                     "statement lines after its totals".into(),
                 ));
             }
-            stage(&mut batch, msg.lines);
+            stage(&mut batch, id, msg.lines);
             if batch.len() >= STAGE_BATCH {
-                let full = std::mem::take(&mut batch);
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(STAGE_BATCH));
                 if let Err(e) = self.stage_next(&mut in_flight, id, channel, full).await {
                     break Err(e);
                 }
@@ -271,39 +273,16 @@ impl App {
                 .await?;
             let Some(last) = batch.last() else { break };
             after = last.out_trade_no.clone();
-            for c in batch {
-                let outcome = self
-                    .apply_payment_result(PaymentResult {
-                        channel,
-                        event_id: format!("recon:{day}:{}", c.out_trade_no),
-                        out_trade_no: c.out_trade_no.clone(),
-                        state: TradeState::Succeeded,
-                        channel_trade_no: Some(c.channel_trade_no.clone())
-                            .filter(|s| !s.is_empty()),
-                        paid: Some((c.amount_minor, c.currency.clone())),
-                        paid_at: c.at,
-                        channel_status: "RECONCILIATION".into(),
-                    })
-                    .await?;
-                use super::results::ResultOutcome as O;
-                let fixed = matches!(outcome, O::Applied | O::DuplicatePayment | O::Repeated);
-                let o = ops.clone();
-                let new = self
-                    .db
-                    .run(move |conn| {
-                        conn.transaction(|conn| {
-                            let Some(d) = recon::record_repair(conn, id, ch, day, &c, fixed)?
-                            else {
-                                return Ok::<_, StorageError>(None);
-                            };
-                            let run = recon::get_run(conn, id)?.ok_or_else(|| {
-                                StorageError::Corrupt(format!("run {id} vanished"))
-                            })?;
-                            events::record_discrepancy(conn, &o, &run, &d)?;
-                            Ok(Some(d.kind))
-                        })
-                    })
-                    .await?;
+            // Candidates are distinct trades; their transitions lock their own orders, so they
+            // run side by side (each one's result and record stay one unit, as before).
+            let done: Vec<Result<(Option<String>, bool), ServiceError>> =
+                futures::stream::iter(batch)
+                    .map(|c| self.repair_one(id, channel, day, c))
+                    .buffer_unordered(REPAIR_CONCURRENCY)
+                    .collect()
+                    .await;
+            for d in done {
+                let (new, fixed) = d?;
                 if let Some(kind) = new {
                     kinds.push(kind);
                 }
@@ -346,6 +325,48 @@ impl App {
             })
             .await?
             .ok_or_else(|| ServiceError::ChannelRefused("the run vanished".into()))
+    }
+
+    /// Applies one repair candidate through the results transition and records what it did:
+    /// (the new discrepancy's kind, if it was new; whether the transition applied it).
+    async fn repair_one(
+        &self,
+        id: Uuid,
+        channel: Channel,
+        day: NaiveDate,
+        c: recon::RepairCandidate,
+    ) -> Result<(Option<String>, bool), ServiceError> {
+        let ch = channel.as_str();
+        let outcome = self
+            .apply_payment_result(PaymentResult {
+                channel,
+                event_id: format!("recon:{day}:{}", c.out_trade_no),
+                out_trade_no: c.out_trade_no.clone(),
+                state: TradeState::Succeeded,
+                channel_trade_no: Some(c.channel_trade_no.clone()).filter(|s| !s.is_empty()),
+                paid: Some((c.amount_minor, c.currency.clone())),
+                paid_at: c.at,
+                channel_status: "RECONCILIATION".into(),
+            })
+            .await?;
+        use super::results::ResultOutcome as O;
+        let fixed = matches!(outcome, O::Applied | O::DuplicatePayment | O::Repeated);
+        let ops = self.sinks.ops_app.clone();
+        let new = self
+            .db
+            .run(move |conn| {
+                conn.transaction(|conn| {
+                    let Some(d) = recon::record_repair(conn, id, ch, day, &c, fixed)? else {
+                        return Ok::<_, StorageError>(None);
+                    };
+                    let run = recon::get_run(conn, id)?
+                        .ok_or_else(|| StorageError::Corrupt(format!("run {id} vanished")))?;
+                    events::record_discrepancy(conn, &ops, &run, &d)?;
+                    Ok(Some(d.kind))
+                })
+            })
+            .await?;
+        Ok((new, fixed))
     }
 
     pub async fn get_reconciliation_run(&self, id: Uuid) -> Result<Option<RunRow>, ServiceError> {
@@ -409,10 +430,10 @@ fn statement_error(s: &tonic::Status) -> ServiceError {
     ))
 }
 
-/// Appends a page to a batch in staging columns; lines in no final state are staged with their
-/// state name.
-fn stage(p: &mut StagedPage, lines: Vec<cpb::StatementLine>) {
-    for l in lines {
+/// Appends a page to a batch of staged lines of run `run`; lines in no final state are staged
+/// with their state name.
+fn stage(batch: &mut Vec<StagedLine>, run: Uuid, lines: Vec<cpb::StatementLine>) {
+    batch.extend(lines.into_iter().map(|l| {
         let refund = !l.out_refund_no.is_empty();
         let state = if refund {
             match cpb::RefundState::try_from(l.refund_state) {
@@ -432,20 +453,21 @@ fn stage(p: &mut StagedPage, lines: Vec<cpb::StatementLine>) {
             .amount
             .map(|m| (m.amount_minor, m.currency))
             .unwrap_or_default();
-        p.source_line
-            .push(i64::try_from(l.source_line).unwrap_or(i64::MAX));
-        p.kind
-            .push(if refund { "REFUND" } else { "PAYMENT" }.to_owned());
-        p.out_trade_no.push(l.out_trade_no);
-        p.out_refund_no.push(l.out_refund_no);
-        p.channel_trade_no.push(l.channel_trade_no);
-        p.state.push(state.to_owned());
-        p.amount_minor.push(minor.abs());
-        p.currency.push(currency);
-        p.at.push(l.at.and_then(|t| {
-            DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-        }));
-    }
+        StagedLine {
+            run_id: run,
+            source_line: i64::try_from(l.source_line).unwrap_or(i64::MAX),
+            kind: if refund { "REFUND" } else { "PAYMENT" },
+            out_trade_no: l.out_trade_no,
+            out_refund_no: l.out_refund_no,
+            channel_trade_no: l.channel_trade_no,
+            state,
+            amount_minor: minor.abs(),
+            currency,
+            at: l.at.and_then(|t| {
+                DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+            }),
+        }
+    }));
 }
 
 /// A batch being staged in the background.
@@ -467,7 +489,7 @@ impl App {
         in_flight: &mut Option<Staging>,
         id: Uuid,
         channel: Channel,
-        batch: StagedPage,
+        batch: Vec<StagedLine>,
     ) -> Result<(), ServiceError> {
         finish_staging(in_flight.take()).await?;
         let (db, metrics) = (self.db.clone(), self.metrics.clone());

@@ -183,6 +183,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// A run's staged statement lines (UNLOGGED scratch, written by COPY). The table has no
+    /// primary key in the database; the key named here only satisfies `table!`.
+    recon_statement_lines (run_id, source_line) {
+        run_id -> Uuid,
+        source_line -> Int8,
+        kind -> Text,
+        out_trade_no -> Text,
+        out_refund_no -> Text,
+        channel_trade_no -> Text,
+        state -> Text,
+        amount_minor -> Int8,
+        currency -> Text,
+        at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(order_transitions -> orders (order_id));
 diesel::joinable!(payment_attempts -> orders (order_id));
 diesel::joinable!(refunds -> orders (order_id));

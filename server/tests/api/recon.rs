@@ -84,19 +84,22 @@ async fn reconcile(app: &TestApp, lines: &[Line]) -> payd::storage::recon::RunRo
     let (run, existing) =
         payd::storage::recon::start_run(&mut conn, "WECHAT", day, "shop-1").unwrap();
     assert!(!existing);
-    let mut page = payd::storage::recon::StagedPage::default();
-    for (i, l) in lines.iter().enumerate() {
-        page.source_line.push(i as i64 + 2);
-        page.kind.push(l.kind.into());
-        page.out_trade_no.push(l.out_trade_no.clone());
-        page.out_refund_no.push(l.out_refund_no.clone());
-        page.channel_trade_no
-            .push(format!("4200{}", l.out_trade_no));
-        page.state.push("SUCCEEDED".into());
-        page.amount_minor.push(l.amount);
-        page.currency.push(l.currency.into());
-        page.at.push(Some(chrono::Utc::now()));
-    }
+    let page: Vec<_> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| payd::storage::recon::StagedLine {
+            run_id: run.id,
+            source_line: i as i64 + 2,
+            kind: l.kind,
+            out_trade_no: l.out_trade_no.clone(),
+            out_refund_no: l.out_refund_no.clone(),
+            channel_trade_no: format!("4200{}", l.out_trade_no),
+            state: "SUCCEEDED",
+            amount_minor: l.amount,
+            currency: l.currency.into(),
+            at: Some(chrono::Utc::now()),
+        })
+        .collect();
     payd::storage::recon::stage_page(&mut conn, run.id, &page).unwrap();
     let payments = lines.iter().filter(|l| l.kind == "PAYMENT").count() as i64;
     app.app
