@@ -109,7 +109,7 @@ impl StatementFaults {
 }
 
 /// One line of a day's statement, whatever the platform.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BillLine {
     pub kind: LineKind,
     pub out_trade_no: String,
@@ -246,12 +246,56 @@ impl DayStatement {
     }
 }
 
-/// A bill waiting on disk for its download; the file goes when this is dropped.
+/// A bill waiting on disk for its download; the file goes when the last holder drops it.
 #[derive(Debug)]
 pub struct SpooledBill {
     pub name: String,
-    pub file: tempfile::NamedTempFile,
+    pub file: std::sync::Arc<tempfile::NamedTempFile>,
     pub expires: std::time::Instant,
+}
+
+/// What a bill file is written from: the same inputs write the same file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BillInputs {
+    pub day: NaiveDate,
+    /// The platform's variant of the file (WeChat's `bill_type`).
+    pub variant: String,
+    pub ledger_lines: Vec<BillLine>,
+    pub faults: StatementFaults,
+}
+
+/// The last bill written, kept for the next request of the same inputs.
+///
+/// A platform prepares a day's bill once, ahead of its download (WeChat's are ready from 10:00
+/// the next day), and serves that file to every request; writing 10^6 lines on every request
+/// was the sandbox's own cost inside reconciliation's timings. The sandbox still writes a new
+/// file whenever its ledger or faults for the day changed, so it is never staler than the real
+/// platform's.
+#[derive(Debug, Default)]
+pub struct PreparedBill {
+    last: Option<(BillInputs, std::sync::Arc<tempfile::NamedTempFile>, String)>,
+}
+
+impl PreparedBill {
+    /// The file and hash written earlier from exactly `inputs`, if any.
+    pub fn get(
+        &self,
+        inputs: &BillInputs,
+    ) -> Option<(std::sync::Arc<tempfile::NamedTempFile>, String)> {
+        self.last
+            .as_ref()
+            .filter(|(k, _, _)| k == inputs)
+            .map(|(_, f, h)| (f.clone(), h.clone()))
+    }
+
+    pub fn put(
+        &mut self,
+        inputs: BillInputs,
+        file: std::sync::Arc<tempfile::NamedTempFile>,
+        hash: String,
+    ) {
+        self.last = Some((inputs, file, hash));
+    }
 }
 
 /// Streams a spooled file as an HTTP body.
@@ -483,5 +527,41 @@ mod tests {
                 ("SYN20261201000000000002".to_owned(), 9),
             ]
         );
+    }
+
+    #[test]
+    fn a_prepared_bill_is_served_again_only_for_the_same_inputs() {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+        let line = BillLine {
+            out_trade_no: "A".into(),
+            amount_minor: 5,
+            ..Default::default()
+        };
+        let inputs = BillInputs {
+            day,
+            variant: "ALL".into(),
+            ledger_lines: vec![line.clone()],
+            faults: StatementFaults::default(),
+        };
+        let mut prepared = PreparedBill::default();
+        assert!(prepared.get(&inputs).is_none());
+        let file = std::sync::Arc::new(tempfile::NamedTempFile::new().unwrap());
+        prepared.put(inputs.clone(), file.clone(), "h".into());
+        let (again, hash) = prepared.get(&inputs).unwrap();
+        assert_eq!((again.path(), hash.as_str()), (file.path(), "h"));
+
+        // Another day, variant, ledger line or fault: a new file must be written.
+        let mut other = inputs.clone();
+        other.day = day.succ_opt().unwrap();
+        assert!(prepared.get(&other).is_none());
+        let mut other = inputs.clone();
+        other.variant = "SUCCESS".into();
+        assert!(prepared.get(&other).is_none());
+        let mut other = inputs.clone();
+        other.ledger_lines[0].amount_minor = 6;
+        assert!(prepared.get(&other).is_none());
+        let mut other = inputs.clone();
+        other.faults.drop.insert("A".into());
+        assert!(prepared.get(&other).is_none());
     }
 }

@@ -518,7 +518,7 @@ impl Alipay {
                 token.clone(),
                 crate::statements::SpooledBill {
                     name: super::bill::file_name(&self.seller_id, date),
-                    file,
+                    file: std::sync::Arc::new(file),
                     expires: std::time::Instant::now() + BILL_URL_TTL,
                 },
             );

@@ -166,6 +166,8 @@ pub struct Wechat {
     keys: Mutex<SigningKeys>,
     apiv3_key: ApiV3Key,
     bills: Mutex<HashMap<String, crate::statements::SpooledBill>>,
+    /// The last bill written, served again while its inputs stay the same.
+    prepared_bill: Mutex<crate::statements::PreparedBill>,
 }
 
 impl std::fmt::Debug for Wechat {
@@ -210,6 +212,7 @@ impl Wechat {
             }),
             apiv3_key,
             bills: Mutex::new(HashMap::new()),
+            prepared_bill: Mutex::new(Default::default()),
         })
     }
 
@@ -1172,61 +1175,77 @@ async fn trade_bill(
             super::bill::ledger_lines(&trades, date)
         };
         let faults = lock(&wechat.core.statement_faults).clone();
-        Ok::<_, Response>((
-            crate::statements::DayStatement::new(date, lines, &faults),
-            bill_type,
-        ))
+        Ok::<_, Response>(crate::statements::BillInputs {
+            day: date,
+            variant: bill_type,
+            ledger_lines: lines,
+            faults,
+        })
     })();
     let response = match request {
         Err(answer) => answer,
-        Ok((statement, bill_type)) => {
-            let mchid = wechat.mchid.clone();
-            // Written to a temp file (hashed on the way) off the async threads: a synthetic day
-            // may be 10^6 lines.
-            let written = tokio::task::spawn_blocking(move || {
-                let mut file = tempfile::NamedTempFile::new()?;
-                let mut hashing = HashingWriter {
-                    inner: std::io::BufWriter::new(file.as_file().try_clone()?),
-                    hasher: Sha1::new(),
-                };
-                super::bill::write_trade_bill(&mut hashing, &mchid, &statement, &bill_type)?;
-                std::io::Write::flush(&mut hashing.inner)?;
-                let hash = hex::encode(hashing.hasher.finalize());
-                std::io::Write::flush(file.as_file_mut())?;
-                Ok::<_, std::io::Error>((file, hash))
-            })
-            .await;
-            match written {
-                Ok(Ok((file, hash))) => {
-                    let token = random_alphanumeric(32);
-                    let mut bills = lock(&wechat.bills);
-                    crate::statements::purge(&mut bills);
-                    bills.insert(
-                        token.clone(),
-                        crate::statements::SpooledBill {
-                            name: "bill.csv".to_owned(),
-                            file,
-                            expires: std::time::Instant::now() + BILL_URL_TTL,
-                        },
-                    );
-                    let host = headers
-                        .get("host")
-                        .and_then(|h| h.to_str().ok())
-                        .unwrap_or("127.0.0.1");
-                    wechat.json(&json!({
-                        "hash_type": "SHA1",
-                        "hash_value": hash,
-                        "download_url": format!("http://{host}/v3/billdownload/file?token={token}"),
-                    }))
-                }
-                other => {
-                    tracing::error!(?other, "writing a bill failed");
-                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
-                }
+        Ok(inputs) => match prepared_bill(&wechat, inputs).await {
+            Ok((file, hash)) => {
+                let token = random_alphanumeric(32);
+                let mut bills = lock(&wechat.bills);
+                crate::statements::purge(&mut bills);
+                bills.insert(
+                    token.clone(),
+                    crate::statements::SpooledBill {
+                        name: "bill.csv".to_owned(),
+                        file,
+                        expires: std::time::Instant::now() + BILL_URL_TTL,
+                    },
+                );
+                let host = headers
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("127.0.0.1");
+                wechat.json(&json!({
+                    "hash_type": "SHA1",
+                    "hash_value": hash,
+                    "download_url": format!("http://{host}/v3/billdownload/file?token={token}"),
+                }))
             }
-        }
+            Err(e) => {
+                tracing::error!(error = %e, "writing a bill failed");
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }
+        },
     };
     answer_after_delay(&wechat, response).await
+}
+
+/// The bill file of `inputs` and its SHA-1: the one prepared earlier from the same inputs, or
+/// a new one written to a temp file (hashed on the way) off the async threads, since a
+/// synthetic day may be 10^6 lines.
+async fn prepared_bill(
+    wechat: &Arc<Wechat>,
+    inputs: crate::statements::BillInputs,
+) -> std::io::Result<(Arc<tempfile::NamedTempFile>, String)> {
+    if let Some(ready) = lock(&wechat.prepared_bill).get(&inputs) {
+        return Ok(ready);
+    }
+    let mchid = wechat.mchid.clone();
+    let key = inputs.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let statement =
+            crate::statements::DayStatement::new(inputs.day, inputs.ledger_lines, &inputs.faults);
+        let mut file = tempfile::NamedTempFile::new()?;
+        let mut hashing = HashingWriter {
+            inner: std::io::BufWriter::new(file.as_file().try_clone()?),
+            hasher: Sha1::new(),
+        };
+        super::bill::write_trade_bill(&mut hashing, &mchid, &statement, &inputs.variant)?;
+        std::io::Write::flush(&mut hashing.inner)?;
+        let hash = hex::encode(hashing.hasher.finalize());
+        std::io::Write::flush(file.as_file_mut())?;
+        Ok::<_, std::io::Error>((Arc::new(file), hash))
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    lock(&wechat.prepared_bill).put(key, written.0.clone(), written.1.clone());
+    Ok(written)
 }
 
 /// Hashes what it writes (the bill's SHA-1 for `hash_value`).
