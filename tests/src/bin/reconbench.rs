@@ -22,6 +22,10 @@
 //!  target/release/reconbench --lines 100000,1000000`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../bench/infra.rs"]
+#[allow(dead_code)]
+mod infra;
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::process::Command;
@@ -72,7 +76,53 @@ struct Row {
     injected: i64,
     exact: bool,
     rerun_clean: bool,
+    /// CPU seconds by process during the stream alone and during the run.
+    cpu_stream: Cpu,
+    cpu_run: Cpu,
 }
+
+/// CPU seconds (user + system, from `/proc`) of the run's processes over a stretch of time.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    payd: f64,
+    adapter: f64,
+    sandbox: f64,
+    postgres: f64,
+}
+
+impl Cpu {
+    fn now(p: &Platform, ch: SandboxedChannel) -> Self {
+        let of = |pid: u32| infra::cpu_secs(pid, false).unwrap_or(0.0);
+        Cpu {
+            payd: of(p.payd.child.id()),
+            adapter: of(p.adapters[&ch].child.id()),
+            sandbox: of(p.sandboxes[&ch].child.id()),
+            postgres: infra::postmaster_pid(std::path::Path::new(PG_DATA))
+                .map(infra::postgres_cpu)
+                .unwrap_or(0.0),
+        }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            payd: self.payd - before.payd,
+            adapter: self.adapter - before.adapter,
+            sandbox: self.sandbox - before.sandbox,
+            postgres: self.postgres - before.postgres,
+        }
+    }
+
+    fn cells(&self) -> String {
+        format!(
+            "{:.2} | {:.2} | {:.2} | {:.2}",
+            self.payd, self.adapter, self.sandbox, self.postgres
+        )
+    }
+}
+
+/// The data directory of the local Postgres every run uses (its postmaster's children are the
+/// backends whose CPU is counted).
+const PG_DATA: &str = "/var/lib/postgresql/15/main";
 
 fn psql(db: &str, sql: &str) {
     let st = Command::new("psql")
@@ -325,8 +375,10 @@ async fn one(ch: SandboxedChannel, n: i64) -> Row {
     // The source alone: the adapter's FetchStatement stream read and counted, nothing staged
     // (the sandbox writing the bill, the download, the adapter's parsing, gRPC).
     let t = Instant::now();
+    let c0 = Cpu::now(&p, ch);
     let streamed = stream_only(&p, ch, &day_s).await;
     let source = t.elapsed();
+    let cpu_stream = Cpu::now(&p, ch).since(c0);
     eprintln!(
         "{} N={n}: the statement stream alone: {streamed} lines in {source:?}",
         ch.name()
@@ -334,14 +386,21 @@ async fn one(ch: SandboxedChannel, n: i64) -> Row {
 
     let mut r = recon_client(p.payd.endpoint()).await;
     let t = Instant::now();
+    let c0 = Cpu::now(&p, ch);
     let run = run_until_done(&mut r, ch, &day_s).await;
     let recon = t.elapsed();
+    let cpu_run = Cpu::now(&p, ch).since(c0);
     let payd_pid = p.payd.child.id();
     let adapter_pid = p.adapters[&ch].child.id();
     let (rss_payd_kib, rss_adapter_kib) = (peak_rss_kib(payd_pid), peak_rss_kib(adapter_pid));
     assert_eq!(run.status, "COMPLETED", "{run:?}");
     let phases = phases(&p, &run.id);
-    eprintln!("{} N={n}: {phases}", ch.name());
+    eprintln!(
+        "{} N={n}: {phases}; CPU s stream alone payd/adapter/sandbox/pg {}, run {}",
+        ch.name(),
+        cpu_stream.cells(),
+        cpu_run.cells()
+    );
     eprintln!(
         "{} N={n}: reconciled {} lines in {recon:?}: {} discrepancies, {} repaired",
         ch.name(),
@@ -422,6 +481,8 @@ async fn one(ch: SandboxedChannel, n: i64) -> Row {
         injected,
         exact,
         rerun_clean,
+        cpu_stream,
+        cpu_run,
     }
 }
 
@@ -494,16 +555,21 @@ fn report(args: &Args, rows: &[Row], load: (&str, &str)) -> String {
          parsing, gRPC; read and counted, nothing staged) next to the run's own phases (reading = \
          start to the last staged batch, comparing = set queries, repairs and events):\n"
     );
-    let _ = writeln!(s, "| channel | N lines | stream alone | run phases |");
-    let _ = writeln!(s, "|---|---:|---:|---|");
+    let _ = writeln!(
+        s,
+        "| channel | N lines | stream alone | run phases | CPU s in the stream alone: payd / adapter / sandbox / Postgres | CPU s in the run: payd / adapter / sandbox / Postgres |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---|---|---|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} s | {} |",
+            "| {} | {} | {:.2} s | {} | {} | {} |",
             r.channel,
             r.n,
             r.source.as_secs_f64(),
-            r.phases
+            r.phases,
+            r.cpu_stream.cells().replace(" | ", " / "),
+            r.cpu_run.cells().replace(" | ", " / "),
         );
     }
     let _ = writeln!(
