@@ -191,6 +191,35 @@ impl Rig {
             .collect()
     }
 
+    /// The trade numbers of `order`'s attempts that the sandbox has: its Prepay reached the
+    /// sandbox. (A count of all the sandbox's trades also grows with the background load's.)
+    async fn order_trades_at_sandbox(&self, ch: SandboxedChannel, order: &str) -> Vec<String> {
+        let order = uuid::Uuid::parse_str(order).expect("order id");
+        let at = self.sandbox_trades(ch).await;
+        rows(
+            &self.p.db,
+            &format!("SELECT out_trade_no AS t FROM payment_attempts WHERE order_id = '{order}'"),
+        )
+        .iter()
+        .map(|r| r["t"].as_str().unwrap().to_owned())
+        .filter(|no| at.contains_key(no))
+        .collect()
+    }
+
+    /// The refund numbers of `order`'s refunds that the sandbox has.
+    async fn order_refunds_at_sandbox(&self, ch: SandboxedChannel, order: &str) -> Vec<String> {
+        let order = uuid::Uuid::parse_str(order).expect("order id");
+        let at = sandbox_refunds(self, ch).await;
+        rows(
+            &self.p.db,
+            &format!("SELECT out_refund_no AS r FROM refunds WHERE order_id = '{order}'"),
+        )
+        .iter()
+        .map(|r| r["r"].as_str().unwrap().to_owned())
+        .filter(|no| at.contains_key(no))
+        .collect()
+    }
+
     /// Trades at the sandbox per order (by the database's attempts): F2/F5/F7's "no second
     /// channel request under a new id".
     async fn trades_per_order(&self, ch: SandboxedChannel) -> HashMap<String, Vec<String>> {
@@ -1002,12 +1031,16 @@ async fn pay_in_flight(
 )> {
     let mut d = d.clone();
     let o = d.create(no, 4321).await?;
-    let before = rig.sandbox_trades(CH).await.len();
     let id = o.order_id.clone();
     let mut c = d.c.clone();
     let h = tokio::spawn(async move { timed(calls::pay(&mut c, &id, CH)).await });
     let deadline = Instant::now() + Duration::from_secs(15);
-    while rig.sandbox_trades(CH).await.len() <= before {
+    // This order's trade, not just one more trade (the background load makes trades too).
+    while rig
+        .order_trades_at_sandbox(CH, &o.order_id)
+        .await
+        .is_empty()
+    {
         if Instant::now() > deadline || h.is_finished() {
             return Some((o.order_id, h));
         }
@@ -1091,7 +1124,19 @@ async fn f4_payd_killed_at_random_points_restarts_and_loses_nothing() {
 async fn f5_adapter_killed_after_the_channel_accepted_charges_nothing_twice() {
     let size = Size::from_env();
     for run in 0..invariants::repeat() {
-        let mut rig = rig(&[CH], &[], vec![]).await;
+        // The adapter is killed twice in every round, for the whole phase (a minute at full
+        // size): a refund's queries must span more than the base schedule's 8 s, or one whose
+        // every query and re-send meets a dead adapter is flagged for a person (as it should
+        // be when the schedule runs out). The production schedule spans days.
+        let mut rig = rig(
+            &[CH],
+            &[(
+                "PAYD_REFUND_QUERY_DELAYS_MS",
+                "300,300,600,1000,2000,4000,8000,8000,8000,8000",
+            )],
+            vec![],
+        )
+        .await;
         let mut rep = Report::new("F5", run);
         let n = size.pick(2u64, 20);
         let load = Load::start(&rig, "BGE", 2).await;
@@ -1138,11 +1183,16 @@ async fn f5_adapter_killed_after_the_channel_accepted_charges_nothing_twice() {
             }
             rig.faults(CH, json!({"refund_answer_delay_ms": 1500}))
                 .await;
-            let before = sandbox_refunds(&rig, CH).await.len();
             let (mut c, id, rno) = (d.c.clone(), o.order_id.clone(), format!("F5RR-{run}-{k}"));
             let h = tokio::spawn(async move { timed(calls::refund(&mut c, &id, 700, &rno)).await });
             let deadline = Instant::now() + Duration::from_secs(15);
-            while sandbox_refunds(&rig, CH).await.len() <= before && Instant::now() < deadline {
+            // This order's refund at the sandbox (the background load refunds too).
+            while rig
+                .order_refunds_at_sandbox(CH, &o.order_id)
+                .await
+                .is_empty()
+                && Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             rig.p.kill_adapter(CH);
@@ -1329,6 +1379,10 @@ async fn f7_a_paused_lock_holder_cannot_write_after_its_lock_expired() {
                 ("PAYD_LOCK_TTL_MS", "1000"),
                 ("PAYD_LOCK_WAIT_MS", "5000"),
                 ("PAYD_CHANNEL_TIMEOUT_MS", "20000"),
+                // B reuses A's trade only while a quarter of its window is left: with the base
+                // 6 s, B had to read it within 4.5 s of A's Prepay, which a loaded machine
+                // missed (B then closed it and opened a second trade, as it should).
+                ("PAYD_PAY_WINDOW_WECHAT_SECS", "20"),
             ],
             vec![],
         )
@@ -1346,11 +1400,18 @@ async fn f7_a_paused_lock_holder_cannot_write_after_its_lock_expired() {
                 continue;
             };
             rig.faults(CH, json!({"api_delay_ms": 1200})).await;
-            let before = rig.sandbox_trades(CH).await.len();
             let (mut c, id) = (ca.clone(), o.order_id.clone());
             let stale = tokio::spawn(async move { timed(calls::pay(&mut c, &id, CH)).await });
             let deadline = Instant::now() + Duration::from_secs(15);
-            while rig.sandbox_trades(CH).await.len() <= before {
+            // A's own trade at the sandbox: A is then waiting for the answer, with no
+            // transaction open. (Waiting for any one more trade, which the background load
+            // makes too, let A be stopped earlier, e.g. inside its transaction holding the
+            // order's row: B's Pay then waited on that row until both calls timed out.)
+            while rig
+                .order_trades_at_sandbox(CH, &o.order_id)
+                .await
+                .is_empty()
+            {
                 assert!(
                     Instant::now() < deadline,
                     "A's Prepay never reached the sandbox"
