@@ -1379,10 +1379,13 @@ async fn f7_a_paused_lock_holder_cannot_write_after_its_lock_expired() {
                 ("PAYD_LOCK_TTL_MS", "1000"),
                 ("PAYD_LOCK_WAIT_MS", "5000"),
                 ("PAYD_CHANNEL_TIMEOUT_MS", "20000"),
-                // B reuses A's trade only while a quarter of its window is left: with the base
-                // 6 s, B had to read it within 4.5 s of A's Prepay, which a loaded machine
-                // missed (B then closed it and opened a second trade, as it should).
-                ("PAYD_PAY_WINDOW_WECHAT_SECS", "20"),
+                // The query job closes an INIT trade that the channel says is pending (its
+                // parameters never left payd), under the order's lock; once A's lock has
+                // expired, it may take the lock before B's Pay, close A's trade, and B then
+                // opens a second one. Safe (A's trade is closed at the channel first and A's
+                // commit is refused), but not this test's race: the first query comes after
+                // B's Pay.
+                ("PAYD_PAYMENT_QUERY_DELAYS_MS", "8000,300,600"),
             ],
             vec![],
         )
