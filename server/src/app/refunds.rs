@@ -645,7 +645,12 @@ impl App {
                     .run(move |conn| {
                         conn.transaction(|conn| {
                             let reason = "outcome unknown after the last scheduled query";
-                            if !refunds::flag_for_attention(conn, id, reason)? {
+                            if !refunds::flag_for_attention(
+                                conn,
+                                id,
+                                reason,
+                                refunds::FlagIf::Unsettled,
+                            )? {
                                 return Ok::<_, ServiceError>(false);
                             }
                             let refund =
@@ -929,6 +934,7 @@ fn decide_and_apply(
                     r.channel_status,
                     refund.status
                 ),
+                refunds::FlagIf::Any,
             )?;
             let after = refunds::find_by_out_refund_no(conn, &r.out_refund_no)?;
             if let Some(a) = &after {

@@ -507,25 +507,41 @@ pub fn schedule(conn: &mut PgConnection, id: Uuid, at: DateTime<Utc>) -> Result<
     Ok(())
 }
 
-/// Flags an unsettled refund for a person; `false` if it was settled or flagged meanwhile.
+/// Which refunds [`flag_for_attention`] may flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagIf {
+    /// Only while unsettled (PENDING or PROCESSING): the query job's "outcome unknown after the
+    /// last query". Its answer may be overtaken by a callback that settles the refund between
+    /// the job's read and its flag; a settled refund is then left as it is.
+    Unsettled,
+    /// Whatever its state: a contradiction of a final state by the channel.
+    Any,
+}
+
+/// Flags a refund for a person; `false` if it was flagged meanwhile, or (with
+/// [`FlagIf::Unsettled`]) settled meanwhile.
 pub fn flag_for_attention(
     conn: &mut PgConnection,
     id: Uuid,
     reason: &str,
+    when: FlagIf,
 ) -> Result<bool, StorageError> {
-    let n = diesel::update(
-        refunds::table
-            .filter(refunds::id.eq(id))
-            .filter(refunds::needs_attention.eq(false)),
-    )
-    .set((
-        refunds::needs_attention.eq(true),
-        refunds::next_query_at.eq(None::<DateTime<Utc>>),
-        refunds::channel_status.eq(reason),
-        refunds::updated_at.eq(Utc::now()),
-        refunds::version.eq(refunds::version + 1),
-    ))
-    .execute(conn)?;
+    let mut update = diesel::update(refunds::table)
+        .filter(refunds::id.eq(id))
+        .filter(refunds::needs_attention.eq(false))
+        .into_boxed();
+    if when == FlagIf::Unsettled {
+        update = update.filter(refunds::status.eq_any(["PENDING", "PROCESSING"]));
+    }
+    let n = update
+        .set((
+            refunds::needs_attention.eq(true),
+            refunds::next_query_at.eq(None::<DateTime<Utc>>),
+            refunds::channel_status.eq(reason),
+            refunds::updated_at.eq(Utc::now()),
+            refunds::version.eq(refunds::version + 1),
+        ))
+        .execute(conn)?;
     Ok(n == 1)
 }
 

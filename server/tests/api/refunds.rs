@@ -458,3 +458,82 @@ async fn a_refund_unknown_past_the_last_query_is_flagged_for_a_person() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The query job's "outcome unknown after the last query" races a callback: the job read the
+/// refund PROCESSING, its query of the (dead) adapter told it nothing, and before it flags the
+/// refund for a person the channel's callback settles it. The flag must then change nothing: a
+/// settled refund is not "unknown", and its version must not move under the settling writer.
+/// (Seen as a flaky `refund_events_are_checked_…`: its version moved after the success.)
+#[tokio::test]
+async fn the_job_does_not_flag_a_refund_that_a_callback_settled_meanwhile() {
+    let mut app = app_with_dead_adapter("60000").await;
+    let order = paid_order(&mut app, "RES-RACE-01", "T000RESRACE01", 10_000).await;
+    let r = app
+        .client
+        .create_refund(req(refund_req(&order.order_id, 4_000, "RQ-RACE-001")))
+        .await
+        .unwrap()
+        .into_inner()
+        .refund
+        .unwrap();
+    assert_eq!(r.status, pb::RefundStatus::Processing as i32);
+    let no = r.out_refund_no.clone();
+    let id = {
+        let mut conn = app.conn();
+        payd::storage::refunds::find_by_out_refund_no(&mut conn, &no)
+            .unwrap()
+            .unwrap()
+            .id
+    };
+    // The callback settles it between the job's read and its flag.
+    let mut events = events_client(&app, WECHAT_TOKEN).await;
+    assert!(
+        report_refund(
+            &mut events,
+            "race-1",
+            refund_result(&no, cpb::RefundState::Succeeded, Some(4_000))
+        )
+        .await
+        .unwrap()
+    );
+    let settled = get(&mut app, "RQ-RACE-001").await;
+    assert_eq!(settled.status, pb::RefundStatus::Succeeded as i32);
+    // The job's flag, as it runs after its last query.
+    let flagged = payd::storage::refunds::flag_for_attention(
+        &mut app.conn(),
+        id,
+        "outcome unknown after the last scheduled query",
+        payd::storage::refunds::FlagIf::Unsettled,
+    )
+    .unwrap();
+    assert!(!flagged, "a settled refund was flagged as unknown");
+    let after = get(&mut app, "RQ-RACE-001").await;
+    assert_eq!(
+        (after.version, after.needs_attention),
+        (settled.version, false)
+    );
+    // While it was unsettled, the same flag applies.
+    let order = paid_order(&mut app, "RES-RACE-02", "T000RESRACE02", 10_000).await;
+    let r = app
+        .client
+        .create_refund(req(refund_req(&order.order_id, 1_000, "RQ-RACE-002")))
+        .await
+        .unwrap()
+        .into_inner()
+        .refund
+        .unwrap();
+    let id = payd::storage::refunds::find_by_out_refund_no(&mut app.conn(), &r.out_refund_no)
+        .unwrap()
+        .unwrap()
+        .id;
+    assert!(
+        payd::storage::refunds::flag_for_attention(
+            &mut app.conn(),
+            id,
+            "outcome unknown after the last scheduled query",
+            payd::storage::refunds::FlagIf::Unsettled,
+        )
+        .unwrap()
+    );
+    assert!(get(&mut app, "RQ-RACE-002").await.needs_attention);
+}
