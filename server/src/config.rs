@@ -55,6 +55,11 @@ pub struct Settings {
     pub database_pool_size: u32,
     /// `PAYD_DATABASE_CONNECT_TIMEOUT_MS`: how long a request waits for a pooled connection.
     pub database_connect_timeout_ms: u64,
+    /// `PAYD_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS`: Postgres ends a session of payd's that
+    /// sits idle inside a transaction this long (a stopped replica), releasing its row locks;
+    /// 0 turns it off. Keep it below `PAYD_LOCK_TTL_MS`, so that a stopped holder's row locks
+    /// are gone before its order lock expires and another replica takes the order.
+    pub database_idle_in_transaction_timeout_ms: u64,
     /// `PAYD_REDIS_URL`.
     pub redis_url: Secret,
     /// `PAYD_REDIS_KEY_PREFIX`: prepended to every Redis key, so deployments (and tests) can share
@@ -214,6 +219,7 @@ impl Default for Settings {
             database_url: Secret::new("postgres://postgres@127.0.0.1:5432/payments"),
             database_pool_size: 16,
             database_connect_timeout_ms: 5_000,
+            database_idle_in_transaction_timeout_ms: 5_000,
             redis_url: Secret::new("redis://127.0.0.1:6379"),
             redis_key_prefix: "payd:".to_owned(),
             lock_ttl_ms: 10_000,

@@ -43,11 +43,16 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         crate::crypto::install(std::sync::Arc::new(settings.data_keys()?));
         let metrics = Metrics::new()?;
-        let db = Db::connect_lazy_counting(
+        let db = Db::connect_lazy_with(
             settings.database_url.expose(),
             settings.database_pool_size,
             Duration::from_millis(settings.database_connect_timeout_ms),
-            Some(metrics.order_transitions.clone()),
+            crate::storage::SessionSetup {
+                transitions: Some(metrics.order_transitions.clone()),
+                idle_in_transaction: (settings.database_idle_in_transaction_timeout_ms > 0).then(
+                    || Duration::from_millis(settings.database_idle_in_transaction_timeout_ms),
+                ),
+            },
         )?;
         let client = redis::Client::open(settings.redis_url.expose()).context("redis_url")?;
         let redis_cfg = redis::aio::ConnectionManagerConfig::new()

@@ -54,6 +54,39 @@ impl StorageError {
     }
 }
 
+/// How payd sets up each connection of its pool when the connection is made.
+#[derive(Debug, Default)]
+pub struct SessionSetup {
+    /// Counts committed order transitions (see [`transitions`]).
+    pub transitions: Option<prometheus::IntCounterVec>,
+    /// `idle_in_transaction_session_timeout`: Postgres ends a session of this process that sits
+    /// inside a transaction doing nothing for this long. payd never waits on anything but
+    /// Postgres inside a transaction (no channel call, no Redis), so such a session belongs to
+    /// a replica that was stopped (SIGSTOP, a frozen VM) or starved; ended, it releases the row
+    /// locks it held, and the other replicas' calls on those orders go on instead of waiting
+    /// until their callers give up (found by the fault suite's F7). Its transaction rolls back
+    /// whole; the replica, should it wake, gets a closed connection (UNAVAILABLE, retryable).
+    pub idle_in_transaction: Option<Duration>,
+}
+
+impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for SessionSetup {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        use diesel::connection::SimpleConnection as _;
+        if let Some(t) = self.idle_in_transaction {
+            conn.batch_execute(&format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                t.as_millis().max(1)
+            ))
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        if let Some(counter) = &self.transitions {
+            use diesel::Connection as _;
+            conn.set_instrumentation(transitions::CountCommitted::new(counter.clone()));
+        }
+        Ok(())
+    }
+}
+
 /// The pool plus the one way to use it from async code.
 #[derive(Clone)]
 pub struct Db {
@@ -64,26 +97,23 @@ impl Db {
     /// Builds the pool without connecting eagerly, so `payd` starts while Postgres is still coming
     /// up; requests fail with UNAVAILABLE until it answers.
     pub fn connect_lazy(url: &str, size: u32, timeout: Duration) -> Result<Self, StorageError> {
-        Self::connect_lazy_counting(url, size, timeout, None)
+        Self::connect_lazy_with(url, size, timeout, SessionSetup::default())
     }
 
-    /// [`Db::connect_lazy`], counting committed order transitions into `transitions`
-    /// (see [`transitions`]).
-    pub fn connect_lazy_counting(
+    /// [`Db::connect_lazy`] with every connection set up by `session` when it is made.
+    pub fn connect_lazy_with(
         url: &str,
         size: u32,
         timeout: Duration,
-        transitions: Option<prometheus::IntCounterVec>,
+        session: SessionSetup,
     ) -> Result<Self, StorageError> {
-        let mut builder = Pool::builder()
+        let pool = Pool::builder()
             .max_size(size)
             .min_idle(Some(0))
             .connection_timeout(timeout)
-            .test_on_check_out(false);
-        if let Some(counter) = transitions {
-            builder = builder.connection_customizer(Box::new(transitions::Customizer { counter }));
-        }
-        let pool = builder.build_unchecked(ConnectionManager::new(url));
+            .test_on_check_out(false)
+            .connection_customizer(Box::new(session))
+            .build_unchecked(ConnectionManager::new(url));
         Ok(Self { pool })
     }
 

@@ -8,7 +8,6 @@
 //! transactions count nothing.
 use std::cell::RefCell;
 
-use diesel::PgConnection;
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use prometheus::IntCounterVec;
 
@@ -85,26 +84,16 @@ impl Instrumentation for CountCommitted {
     }
 }
 
-/// Installs [`CountCommitted`] on every connection the pool hands out.
-#[derive(Debug)]
-pub struct Customizer {
-    pub counter: IntCounterVec,
-}
-
-impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for Customizer {
-    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        use diesel::Connection;
-        conn.set_instrumentation(CountCommitted {
-            counter: self.counter.clone(),
-        });
-        Ok(())
+impl CountCommitted {
+    pub fn new(counter: IntCounterVec) -> Self {
+        Self { counter }
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use diesel::Connection;
+    use diesel::{Connection, PgConnection};
 
     use super::*;
 

@@ -14,4 +14,5 @@ mod pay;
 mod queries;
 mod recon;
 mod refunds;
+mod sessions;
 mod validation;
