@@ -52,6 +52,10 @@ struct Args {
     /// A note on the machine's other load, printed in the report.
     #[arg(long, default_value = "")]
     note: String,
+    /// Runs of each (channel, N), each from a fresh platform and database: fault F12 must hold
+    /// every time (the bench's 10 consecutive full-size runs are `--lines 1000000 --repeat 10`).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 /// Injected mismatches of each kind.
@@ -500,7 +504,7 @@ fn report(args: &Args, rows: &[Row], load: (&str, &str)) -> String {
     let _ = writeln!(s, "# Reconciliation benchmark (G6, F12)\n");
     let _ = writeln!(
         s,
-        "Written by `target/release/reconbench --lines {} --channel {}` on {} UTC. Every figure \
+        "Written by `target/release/reconbench --lines {} --channel {} --repeat {}` on {} UTC. Every figure \
          is from one run on the same Postgres 15 (durable: `fsync`, `synchronous_commit` on); the \
          baseline B is `pgbench -i -s 10` into a scratch database, measured just before and just \
          after each platform run, and the ratio is to their mean.\n",
@@ -510,6 +514,7 @@ fn report(args: &Args, rows: &[Row], load: (&str, &str)) -> String {
             .collect::<Vec<_>>()
             .join(","),
         args.channel,
+        args.repeat,
         chrono::Utc::now().format("%Y-%m-%d %H:%M")
     );
     let _ = writeln!(
@@ -621,7 +626,9 @@ async fn main() {
     let mut rows = Vec::new();
     for &ch in &channels {
         for &n in &args.lines {
-            rows.push(one(ch, n).await);
+            for _ in 0..args.repeat.max(1) {
+                rows.push(one(ch, n).await);
+            }
         }
     }
     let load_end = loadavg();
