@@ -194,29 +194,34 @@ impl Rig {
     /// The trade numbers of `order`'s attempts that the sandbox has: its Prepay reached the
     /// sandbox. (A count of all the sandbox's trades also grows with the background load's.)
     async fn order_trades_at_sandbox(&self, ch: SandboxedChannel, order: &str) -> Vec<String> {
-        let order = uuid::Uuid::parse_str(order).expect("order id");
         let at = self.sandbox_trades(ch).await;
-        rows(
-            &self.p.db,
-            &format!("SELECT out_trade_no AS t FROM payment_attempts WHERE order_id = '{order}'"),
-        )
-        .iter()
-        .map(|r| r["t"].as_str().unwrap().to_owned())
-        .filter(|no| at.contains_key(no))
-        .collect()
+        self.numbers_of_order("out_trade_no", "payment_attempts", order, |no| {
+            at.contains_key(no)
+        })
     }
 
     /// The refund numbers of `order`'s refunds that the sandbox has.
     async fn order_refunds_at_sandbox(&self, ch: SandboxedChannel, order: &str) -> Vec<String> {
-        let order = uuid::Uuid::parse_str(order).expect("order id");
         let at = sandbox_refunds(self, ch).await;
+        self.numbers_of_order("out_refund_no", "refunds", order, |no| at.contains_key(no))
+    }
+
+    /// `column` of the rows of `table` that belong to `order`, those `keep` accepts.
+    fn numbers_of_order(
+        &self,
+        column: &str,
+        table: &str,
+        order: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        let order = uuid::Uuid::parse_str(order).expect("order id");
         rows(
             &self.p.db,
-            &format!("SELECT out_refund_no AS r FROM refunds WHERE order_id = '{order}'"),
+            &format!("SELECT {column} AS n FROM {table} WHERE order_id = '{order}'"),
         )
         .iter()
-        .map(|r| r["r"].as_str().unwrap().to_owned())
-        .filter(|no| at.contains_key(no))
+        .map(|r| r["n"].as_str().unwrap().to_owned())
+        .filter(|no| keep(no))
         .collect()
     }
 

@@ -468,23 +468,7 @@ async fn a_refund_unknown_past_the_last_query_is_flagged_for_a_person() {
 async fn the_job_does_not_flag_a_refund_that_a_callback_settled_meanwhile() {
     let mut app = app_with_dead_adapter("60000").await;
     let order = paid_order(&mut app, "RES-RACE-01", "T000RESRACE01", 10_000).await;
-    let r = app
-        .client
-        .create_refund(req(refund_req(&order.order_id, 4_000, "RQ-RACE-001")))
-        .await
-        .unwrap()
-        .into_inner()
-        .refund
-        .unwrap();
-    assert_eq!(r.status, pb::RefundStatus::Processing as i32);
-    let no = r.out_refund_no.clone();
-    let id = {
-        let mut conn = app.conn();
-        payd::storage::refunds::find_by_out_refund_no(&mut conn, &no)
-            .unwrap()
-            .unwrap()
-            .id
-    };
+    let (no, id) = processing_refund(&mut app, &order.order_id, 4_000, "RQ-RACE-001").await;
     // The callback settles it between the job's read and its flag.
     let mut events = events_client(&app, WECHAT_TOKEN).await;
     assert!(
@@ -514,18 +498,7 @@ async fn the_job_does_not_flag_a_refund_that_a_callback_settled_meanwhile() {
     );
     // While it was unsettled, the same flag applies.
     let order = paid_order(&mut app, "RES-RACE-02", "T000RESRACE02", 10_000).await;
-    let r = app
-        .client
-        .create_refund(req(refund_req(&order.order_id, 1_000, "RQ-RACE-002")))
-        .await
-        .unwrap()
-        .into_inner()
-        .refund
-        .unwrap();
-    let id = payd::storage::refunds::find_by_out_refund_no(&mut app.conn(), &r.out_refund_no)
-        .unwrap()
-        .unwrap()
-        .id;
+    let (_, id) = processing_refund(&mut app, &order.order_id, 1_000, "RQ-RACE-002").await;
     assert!(
         payd::storage::refunds::flag_for_attention(
             &mut app.conn(),
@@ -536,4 +509,27 @@ async fn the_job_does_not_flag_a_refund_that_a_callback_settled_meanwhile() {
         .unwrap()
     );
     assert!(get(&mut app, "RQ-RACE-002").await.needs_attention);
+}
+
+/// A refund of `order` left PROCESSING by the dead adapter: its `out_refund_no` and row id.
+async fn processing_refund(
+    app: &mut TestApp,
+    order: &str,
+    amount: i64,
+    request_no: &str,
+) -> (String, uuid::Uuid) {
+    let r = app
+        .client
+        .create_refund(req(refund_req(order, amount, request_no)))
+        .await
+        .unwrap()
+        .into_inner()
+        .refund
+        .unwrap();
+    assert_eq!(r.status, pb::RefundStatus::Processing as i32);
+    let id = payd::storage::refunds::find_by_out_refund_no(&mut app.conn(), &r.out_refund_no)
+        .unwrap()
+        .unwrap()
+        .id;
+    (r.out_refund_no, id)
 }

@@ -101,7 +101,7 @@ impl Cpu {
             payd: of(p.payd.child.id()),
             adapter: of(p.adapters[&ch].child.id()),
             sandbox: of(p.sandboxes[&ch].child.id()),
-            postgres: infra::postmaster_pid(std::path::Path::new(PG_DATA))
+            postgres: infra::postmaster_pid(pg_data())
                 .map(infra::postgres_cpu)
                 .unwrap_or(0.0),
         }
@@ -124,9 +124,28 @@ impl Cpu {
     }
 }
 
-/// The data directory of the local Postgres every run uses (its postmaster's children are the
-/// backends whose CPU is counted).
-const PG_DATA: &str = "/var/lib/postgresql/15/main";
+/// The data directory of the Postgres every run uses, as that server reports it (its
+/// postmaster's children are the backends whose CPU is counted).
+fn pg_data() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-qtA",
+                "-d",
+                "postgres",
+            ])
+            .args(["-c", "SHOW data_directory"])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql SHOW data_directory");
+        String::from_utf8_lossy(&out.stdout).trim().into()
+    })
+}
 
 fn psql(db: &str, sql: &str) {
     let st = Command::new("psql")
