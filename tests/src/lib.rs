@@ -127,14 +127,37 @@ impl Drop for RedisNamespace {
     }
 }
 
-/// A loopback port that was free a moment ago. Picked below Linux's ephemeral range (32768+), so
-/// the source ports of the many outgoing connections tests make cannot take it before the process
-/// we start binds it; another test may still, rarely, and [`start_listening`] then retries.
+/// A loopback port that no other test process on this machine will be handed while this process
+/// lives, and that was free a moment ago.
+///
+/// Picked below Linux's ephemeral range (32768+), so the source ports of the many outgoing
+/// connections tests make cannot take it before the process we start binds it. A random pick
+/// alone is not enough: one platform takes ~10 ports and CI starts hundreds of platforms, in
+/// parallel processes, so two picks of the same port (a birthday collision, ~0.3% per platform)
+/// happened (an adapter given one port for both its gRPC and callback listeners). Each port
+/// handed out is therefore reserved by binding the abstract Unix socket `payplatform-port-<n>`,
+/// held until this process exits: the kernel makes that name exclusive across processes and
+/// frees it when the process dies, however it dies, and it leaves no file behind. A port some
+/// unrelated program takes meanwhile is still possible; [`start_listening`] retries then.
 pub fn free_addr() -> SocketAddr {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener};
+    use std::sync::Mutex;
+    static RESERVED: Mutex<Vec<UnixListener>> = Mutex::new(Vec::new());
     loop {
         let port = 20_000 + (uuid::Uuid::new_v4().as_u128() % 12_000) as u16;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
-            return l.local_addr().expect("addr");
+        let name = format!("payplatform-port-{port}");
+        let Ok(reservation) =
+            UnixAddr::from_abstract_name(name.as_bytes()).and_then(|a| UnixListener::bind_addr(&a))
+        else {
+            continue; // handed to this or another test process already
+        };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            RESERVED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(reservation);
+            return SocketAddr::from(([127, 0, 0, 1], port));
         }
     }
 }
@@ -332,5 +355,37 @@ impl Drop for Payd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CI failure this guards against: one platform's adapter was given the same port for two
+    /// listeners. 1,000 picks out of 12,000 ports collide ~40 times when picks are merely random.
+    #[test]
+    fn free_addr_never_hands_out_a_port_twice_even_across_threads() {
+        let picks: Vec<SocketAddr> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..250).map(|_| free_addr()).collect::<Vec<_>>()))
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("picker thread"))
+                .collect()
+        });
+        let distinct: std::collections::HashSet<_> = picks.iter().collect();
+        assert_eq!(distinct.len(), picks.len(), "a port was handed out twice");
+    }
+
+    /// Another test process asking for a port this one holds finds its reservation taken.
+    #[test]
+    fn a_handed_out_port_stays_reserved_for_the_process() {
+        use std::os::linux::net::SocketAddrExt;
+        let port = free_addr().port();
+        let name = format!("payplatform-port-{port}");
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        assert!(std::os::unix::net::UnixListener::bind_addr(&addr).is_err());
     }
 }
