@@ -7,13 +7,11 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use channel_kit::crypto::RsaSigningKey;
+use channel_kit::crypto::{RsaSigningKey, RsaVerifyingKey};
 use rsa::RsaPublicKey;
-use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs1::EncodeRsaPublicKey as _;
 use rsa::pkcs8::DecodePublicKey;
-use rsa::signature::Verifier;
 use serde_json::value::RawValue;
-use sha2::Sha256;
 use x509_cert::Certificate;
 use x509_cert::der::{DecodePem, Encode};
 
@@ -155,18 +153,23 @@ impl AppSigner {
 /// Alipay's public key (public-key mode) or the key of the Alipay certificate (certificate mode).
 #[derive(Debug, Clone)]
 pub struct AlipayVerifier {
-    key: VerifyingKey<Sha256>,
+    /// Verification runs on aws-lc ([`RsaVerifyingKey`]); the key is read with the `rsa` crate.
+    key: RsaVerifyingKey,
 }
 
 impl AlipayVerifier {
+    fn from_key(key: &RsaPublicKey, err: fn(String) -> KeyError) -> Result<Self, KeyError> {
+        let der = key.to_pkcs1_der().map_err(|e| err(e.to_string()))?;
+        let key = RsaVerifyingKey::from_der(der.as_bytes()).map_err(|e| err(e.to_string()))?;
+        Ok(Self { key })
+    }
+
     /// # Errors
     /// [`KeyError::PublicKey`] when the PEM is not an RSA SPKI key.
     pub fn from_public_key_pem(pem: &str) -> Result<Self, KeyError> {
         let key = RsaPublicKey::from_public_key_pem(pem)
             .map_err(|e| KeyError::PublicKey(e.to_string()))?;
-        Ok(Self {
-            key: VerifyingKey::new(key),
-        })
+        Self::from_key(&key, KeyError::PublicKey)
     }
 
     /// The bare Base64 SPKI the Alipay console shows.
@@ -180,9 +183,7 @@ impl AlipayVerifier {
             .map_err(|e| KeyError::PublicKey(e.to_string()))?;
         let key = RsaPublicKey::from_public_key_der(&der)
             .map_err(|e| KeyError::PublicKey(e.to_string()))?;
-        Ok(Self {
-            key: VerifyingKey::new(key),
-        })
+        Self::from_key(&key, KeyError::PublicKey)
     }
 
     /// Certificate mode: the key inside `alipayCertPublicKey_RSA2.crt`. The certificate's validity is
@@ -200,9 +201,7 @@ impl AlipayVerifier {
             .map_err(|e| KeyError::Certificate(e.to_string()))?;
         let key = RsaPublicKey::from_public_key_der(&spki)
             .map_err(|e| KeyError::Certificate(e.to_string()))?;
-        Ok(Self {
-            key: VerifyingKey::new(key),
-        })
+        Self::from_key(&key, KeyError::Certificate)
     }
 
     /// SHA256withRSA verification of a Base64 `sign` over `content`.
@@ -211,9 +210,8 @@ impl AlipayVerifier {
     /// [`BadSignature`] for any mismatch, including a sign that is not Base64.
     pub fn verify(&self, content: &[u8], sign: &str) -> Result<(), BadSignature> {
         let raw = BASE64.decode(sign).map_err(|_| BadSignature)?;
-        let signature = Signature::try_from(raw.as_slice()).map_err(|_| BadSignature)?;
         self.key
-            .verify(content, &signature)
+            .verify_sha256(content, &raw)
             .map_err(|_| BadSignature)
     }
 

@@ -84,7 +84,9 @@ impl PlatformKeys {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         for cert in extra {
-            verifier.add_public_key(&cert.serial, cert.key.clone());
+            if let Err(e) = verifier.add_public_key(&cert.serial, &cert.key) {
+                tracing::warn!(serial = %cert.serial, error = %e, "a downloaded platform certificate's key is not usable");
+            }
         }
         verifier
     }
@@ -101,8 +103,14 @@ impl PlatformKeys {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for cert in certs {
-            verifier.add_public_key(&cert.serial, cert.key.clone());
-            known.insert(cert.serial.clone(), cert.not_after);
+            match verifier.add_public_key(&cert.serial, &cert.key) {
+                Ok(()) => {
+                    known.insert(cert.serial.clone(), cert.not_after);
+                }
+                Err(e) => {
+                    tracing::warn!(serial = %cert.serial, error = %e, "a downloaded platform certificate's key is not usable");
+                }
+            }
         }
     }
 

@@ -9,16 +9,14 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use channel_kit::crypto::RsaSigningKey;
+use channel_kit::crypto::{RsaSigningKey, RsaVerifyingKey};
 use chrono::{DateTime, Utc};
 use rand::Rng as _;
 use rand::distributions::Alphanumeric;
-use rsa::pkcs1v15::{Signature, VerifyingKey};
+use rsa::pkcs1::EncodeRsaPublicKey as _;
 use rsa::pkcs8::DecodePublicKey;
-use rsa::signature::Verifier;
 use rsa::{BigUint, RsaPublicKey};
 use serde::Serialize;
-use sha2::Sha256;
 use x509_cert::Certificate;
 use x509_cert::der::{DecodePem, Encode};
 
@@ -318,7 +316,8 @@ pub struct WechatpayHeaders<'a> {
 /// at once covers the migration period, when notifications switch between them at random.
 #[derive(Debug, Clone)]
 pub struct PlatformVerifier {
-    keys: HashMap<String, VerifyingKey<Sha256>>,
+    /// Verification runs on aws-lc ([`RsaVerifyingKey`]); cloning shares the parsed keys.
+    keys: HashMap<String, RsaVerifyingKey>,
     window_secs: i64,
 }
 
@@ -345,9 +344,17 @@ impl PlatformVerifier {
     }
 
     /// Adds a key under `serial` (a certificate serial or a `PUB_KEY_ID_…`).
-    pub fn add_public_key(&mut self, serial: &str, key: RsaPublicKey) {
-        self.keys
-            .insert(normalize_serial(serial), VerifyingKey::new(key));
+    ///
+    /// # Errors
+    /// [`KeyError::PublicKey`] when the key cannot be used for verification.
+    pub fn add_public_key(&mut self, serial: &str, key: &RsaPublicKey) -> Result<(), KeyError> {
+        let der = key
+            .to_pkcs1_der()
+            .map_err(|e| KeyError::PublicKey(e.to_string()))?;
+        let key = RsaVerifyingKey::from_der(der.as_bytes())
+            .map_err(|e| KeyError::PublicKey(e.to_string()))?;
+        self.keys.insert(normalize_serial(serial), key);
+        Ok(())
     }
 
     /// Adds a WeChat Pay public key (public-key mode, PEM SPKI) under its `PUB_KEY_ID_…`.
@@ -357,8 +364,7 @@ impl PlatformVerifier {
     pub fn add_public_key_pem(&mut self, key_id: &str, pem: &str) -> Result<(), KeyError> {
         let key = RsaPublicKey::from_public_key_pem(pem)
             .map_err(|e| KeyError::PublicKey(e.to_string()))?;
-        self.add_public_key(key_id, key);
-        Ok(())
+        self.add_public_key(key_id, &key)
     }
 
     /// Adds a platform certificate (as decrypted from `/v3/certificates`) under its own serial and
@@ -369,7 +375,7 @@ impl PlatformVerifier {
     /// [`KeyError::Certificate`] when the PEM is not an X.509 certificate with an RSA key.
     pub fn add_certificate_pem(&mut self, pem: &str) -> Result<String, KeyError> {
         let (serial, key) = read_certificate(pem)?;
-        self.add_public_key(&serial, key);
+        self.add_public_key(&serial, &key)?;
         Ok(serial)
     }
 
@@ -411,10 +417,8 @@ impl PlatformVerifier {
         let raw = BASE64
             .decode(headers.signature)
             .map_err(|_| VerifyError::BadSignature)?;
-        let signature =
-            Signature::try_from(raw.as_slice()).map_err(|_| VerifyError::BadSignature)?;
         let message = response_message(headers.timestamp, headers.nonce, body);
-        key.verify(&message, &signature)
+        key.verify_sha256(&message, &raw)
             .map_err(|_| VerifyError::BadSignature)
     }
 

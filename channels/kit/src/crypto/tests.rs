@@ -105,3 +105,52 @@ fn short_keys_and_non_keys_are_refused_with_a_reason() {
     );
     assert_eq!(debug, "RsaSigningKey { bits: 2048, .. }");
 }
+
+#[test]
+fn the_verifier_accepts_the_rsa_crates_signatures_from_either_key_encoding_and_nothing_else() {
+    use rsa::pkcs1::EncodeRsaPublicKey as _;
+    use rsa::pkcs8::EncodePublicKey as _;
+    let key = rsa_key(2048);
+    let public = RsaPublicKey::from(&key);
+    let message = b"1554208460\nNONCE\n{\"id\":\"EV-1\"}\n";
+    let signature = SigningKey::<Sha256>::new(key.clone())
+        .sign(message)
+        .to_vec();
+    for der in [
+        public.to_pkcs1_der().unwrap().as_bytes().to_vec(),
+        public.to_public_key_der().unwrap().as_bytes().to_vec(),
+    ] {
+        let v = RsaVerifyingKey::from_der(&der).unwrap();
+        assert_eq!(v.verify_sha256(message, &signature), Ok(()));
+        assert_eq!(
+            v.verify_sha256(b"1554208460\nNONCE\n{\"id\":\"EV-2\"}\n", &signature),
+            Err(BadSignature)
+        );
+        let mut flipped = signature.clone();
+        flipped[17] ^= 1;
+        assert_eq!(v.verify_sha256(message, &flipped), Err(BadSignature));
+        assert_eq!(v.verify_sha256(message, &signature[1..]), Err(BadSignature));
+        assert_eq!(v.verify_sha256(message, &[]), Err(BadSignature));
+    }
+    // Another key's signature.
+    let other = SigningKey::<Sha256>::new(rsa_key(2048))
+        .sign(message)
+        .to_vec();
+    let v = RsaVerifyingKey::from_der(public.to_pkcs1_der().unwrap().as_bytes()).unwrap();
+    assert_eq!(v.verify_sha256(message, &other), Err(BadSignature));
+    assert!(RsaVerifyingKey::from_der(b"not a key").is_err());
+}
+
+#[test]
+fn keys_below_2048_bits_never_verify() {
+    use rsa::pkcs1::EncodeRsaPublicKey as _;
+    let key = rsa_key(1024);
+    let message = b"m";
+    let signature = SigningKey::<Sha256>::new(key.clone())
+        .sign(message)
+        .to_vec();
+    let der = RsaPublicKey::from(&key).to_pkcs1_der().unwrap();
+    if let Ok(v) = RsaVerifyingKey::from_der(der.as_bytes()) {
+        assert_eq!(v.verify_sha256(message, &signature), Err(BadSignature));
+    }
+}
