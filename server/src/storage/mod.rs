@@ -10,6 +10,7 @@ pub mod outbox;
 pub mod recon;
 pub mod refunds;
 pub mod schema;
+pub mod sql;
 mod text_enums;
 pub mod transitions;
 

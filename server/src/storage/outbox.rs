@@ -107,40 +107,38 @@ pub fn append_to_stream(
 /// advisory lock; the others return 0 at once), and only committed rows are visible to it, so the
 /// stream order is commit order at the sequencer's granularity, never with a gap a reader could
 /// skip. Returns how many were sequenced.
+///
+/// One statement, its own transaction (it used to be BEGIN, the lock, the UPDATE and COMMIT:
+/// four round trips a pass, and the pass runs every tick). Its snapshot is taken before it
+/// holds the lock, so rows the previous sequencer numbered and committed in between can still
+/// look unnumbered to it: the UPDATE re-checks `stream_seq IS NULL` on the row it is about to
+/// write (READ COMMITTED re-evaluates its own quals on the newest version), which leaves them
+/// alone. The sequence numbers it drew for them are skipped; a gap is harmless, a number
+/// written twice would not be.
 pub fn sequence(
     conn: &mut PgConnection,
     subscribed: &[String],
     limit: i64,
 ) -> Result<usize, StorageError> {
-    use diesel::Connection;
+    use super::sql::cached;
+    use diesel::sql_types::{Array, BigInt, Text};
     const LOCK: i64 = 0x0070_6179_6473_6571; // "paydseq"
-    #[derive(QueryableByName)]
-    struct Got {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        ok: bool,
-    }
-    conn.transaction(|conn| {
-        let got: Got = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS ok")
-            .bind::<diesel::sql_types::BigInt, _>(LOCK)
-            .get_result(conn)?;
-        if !got.ok {
-            return Ok(0);
-        }
-        let n = diesel::sql_query(
-            "WITH next AS ( \
-               SELECT id FROM outbox_events WHERE stream_seq IS NULL ORDER BY id LIMIT $1) \
-             UPDATE outbox_events e SET \
-               stream_seq = s.seq, \
-               delivery = CASE WHEN e.app_id = ANY($2) THEN 'PENDING' ELSE 'NONE' END, \
-               next_delivery_at = CASE WHEN e.app_id = ANY($2) THEN now() END \
-             FROM (SELECT id, nextval('outbox_stream') AS seq FROM (SELECT id FROM next ORDER BY id) o) s \
-             WHERE e.id = s.id",
-        )
-        .bind::<diesel::sql_types::BigInt, _>(limit)
-        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(subscribed)
-        .execute(conn)?;
-        Ok(n)
-    })
+    Ok(cached(
+        "WITH lock AS (SELECT pg_try_advisory_xact_lock($3) AS ok), \
+         next AS ( \
+           SELECT id FROM outbox_events WHERE stream_seq IS NULL AND (SELECT ok FROM lock) \
+           ORDER BY id LIMIT $1) \
+         UPDATE outbox_events e SET \
+           stream_seq = s.seq, \
+           delivery = CASE WHEN e.app_id = ANY($2) THEN 'PENDING' ELSE 'NONE' END, \
+           next_delivery_at = CASE WHEN e.app_id = ANY($2) THEN now() END \
+         FROM (SELECT id, nextval('outbox_stream') AS seq FROM (SELECT id FROM next ORDER BY id) o) s \
+         WHERE e.id = s.id AND e.stream_seq IS NULL",
+    )
+    .bind::<BigInt, _>(limit)
+    .bind::<Array<Text>, _>(subscribed)
+    .bind::<BigInt, _>(LOCK)
+    .execute(conn)?)
 }
 
 /// The app's sequenced events after `cursor`, in stream order.
@@ -162,7 +160,7 @@ pub fn read_stream(
 /// Claims up to `limit` events due for delivery, for `lease`: for each ordering key (order or
 /// stream key), only its earliest event still pending (so its events reach the sink in
 /// sequence, one at a time), chosen
-/// with `FOR UPDATE SKIP LOCKED` and moved past the lease in the same short transaction, so
+/// with `FOR UPDATE SKIP LOCKED` and moved past the lease in the same statement, so
 /// dispatchers on several replicas never push one event at once and a dispatcher that dies
 /// gives its claims back when the lease ends.
 pub fn claim_deliverable(
@@ -170,11 +168,12 @@ pub fn claim_deliverable(
     limit: i64,
     lease: std::time::Duration,
 ) -> Result<Vec<OutboxRow>, StorageError> {
-    use diesel::Connection;
+    use super::sql::cached;
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    conn.transaction(|conn| {
-        Ok(diesel::sql_query(
-            "WITH due AS ( \
+    // One statement: the rows it locks stay locked until it commits, which is all the claim
+    // needs (a transaction around it would only add BEGIN and COMMIT round trips).
+    Ok(cached(
+        "WITH due AS ( \
                SELECT e.id FROM outbox_events e \
                WHERE e.delivery = 'PENDING' AND e.next_delivery_at <= now() \
                  AND NOT EXISTS (SELECT 1 FROM outbox_events p \
@@ -187,14 +186,13 @@ pub fn claim_deliverable(
                    delivery_attempts = delivery_attempts + 1 \
              FROM due WHERE e.id = due.id \
              RETURNING e.*",
-        )
-        .bind::<diesel::sql_types::BigInt, _>(limit)
-        .bind::<diesel::sql_types::BigInt, _>(lease_ms)
-        .load::<OutboxRowByName>(conn)?
-        .into_iter()
-        .map(OutboxRow::from)
-        .collect())
-    })
+    )
+    .bind::<diesel::sql_types::BigInt, _>(limit)
+    .bind::<diesel::sql_types::BigInt, _>(lease_ms)
+    .load::<OutboxRowByName>(conn)?
+    .into_iter()
+    .map(OutboxRow::from)
+    .collect())
 }
 
 /// The same row, loadable from `sql_query`.

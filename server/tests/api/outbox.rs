@@ -57,6 +57,68 @@ async fn an_event_that_commits_late_is_not_skipped_by_a_reader() {
     assert!(next[0].id < first[0].id);
 }
 
+/// The sequencer is one statement, so its snapshot is taken before it holds the sequencer lock:
+/// rows that the previous sequencer numbered and committed in between still look unnumbered to
+/// it. Replayed here: another transaction holds the rows (as that previous sequencer would,
+/// until its commit), the pass reads them as unnumbered and waits on them, then the holder
+/// numbers them and commits. The pass must leave their numbers alone; without the UPDATE's own
+/// `stream_seq IS NULL` re-check it numbered them a second time, and a reader past their first
+/// numbers would see them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequencer_pass_never_renumbers_what_a_previous_pass_committed_meanwhile() {
+    let app = spawn_app_with(|s| s.outbox_tick_ms = 3_600_000).await;
+    let order = order_row(&app, "OUTBOX-SEQ");
+    append(&mut app.conn(), order, "order.created");
+    append(&mut app.conn(), order, "order.paid");
+    let mut previous = app.conn();
+    diesel::sql_query("BEGIN").execute(&mut previous).unwrap();
+    diesel::sql_query("SELECT id FROM outbox_events FOR UPDATE")
+        .execute(&mut previous)
+        .unwrap();
+    let url = app.db.url.clone();
+    let pass = std::thread::spawn(move || {
+        use diesel::Connection;
+        let mut conn = PgConnection::establish(&url).unwrap();
+        payd::storage::outbox::sequence(&mut conn, &[], 100).unwrap()
+    });
+    // The pass has read the rows and waits for their row locks.
+    let mut probe = app.conn();
+    let mut waiting = || {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+             AND query LIKE '%outbox_stream%' AND datname = current_database()",
+        )
+        .get_result::<N>(&mut probe)
+        .unwrap()
+        .n
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiting() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pass never waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    diesel::sql_query("UPDATE outbox_events SET stream_seq = 1000000 + order_seq")
+        .execute(&mut previous)
+        .unwrap();
+    diesel::sql_query("COMMIT").execute(&mut previous).unwrap();
+    assert_eq!(
+        pass.join().unwrap(),
+        0,
+        "the pass numbered rows already numbered"
+    );
+    let rows = payd::storage::outbox::read_stream(&mut app.conn(), "shop-1", 0, 100).unwrap();
+    let seqs: Vec<_> = rows.iter().map(|r| r.stream_seq.unwrap()).collect();
+    assert_eq!(seqs, vec![1_000_001, 1_000_002]);
+}
+
 /// A sink that never answers OK: after the last try the event is dead-lettered (gauge), and
 /// RedeliverEvents puts it back once the sink works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,1 @@
+DROP FUNCTION payd_require(boolean, text);
