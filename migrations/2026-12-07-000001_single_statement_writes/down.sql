@@ -1,1 +1,2 @@
+DROP FUNCTION payd_mint_fence();
 DROP FUNCTION payd_require(boolean, text);

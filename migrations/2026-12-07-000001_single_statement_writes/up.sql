@@ -14,3 +14,9 @@ BEGIN
     RETURN true;
 END
 $$;
+
+-- A lock's fencing token, as a function so that the first statement of a locked section can
+-- draw it in the same round trip as its first read (diesel's DSL can call a function, not
+-- nextval on a sequence name).
+CREATE FUNCTION payd_mint_fence() RETURNS bigint
+    LANGUAGE sql VOLATILE AS $$ SELECT nextval('lock_fences') $$;

@@ -60,6 +60,11 @@ pub struct Settings {
     /// 0 turns it off. Keep it below `PAYD_LOCK_TTL_MS`, so that a stopped holder's row locks
     /// are gone before its order lock expires and another replica takes the order.
     pub database_idle_in_transaction_timeout_ms: u64,
+    /// `PAYD_SINGLE_STATEMENT_WRITES`: the lifecycle's common steps (CreateOrder, Pay's attempt
+    /// and commit, a success that pays the order) are one statement each instead of a
+    /// transaction of several (`storage::steps`). `false` runs every step as its transaction:
+    /// the same rows, more round trips.
+    pub single_statement_writes: bool,
     /// `PAYD_REDIS_URL`.
     pub redis_url: Secret,
     /// `PAYD_REDIS_KEY_PREFIX`: prepended to every Redis key, so deployments (and tests) can share
@@ -220,6 +225,7 @@ impl Default for Settings {
             database_pool_size: 16,
             database_connect_timeout_ms: 5_000,
             database_idle_in_transaction_timeout_ms: 5_000,
+            single_statement_writes: true,
             redis_url: Secret::new("redis://127.0.0.1:6379"),
             redis_key_prefix: "payd:".to_owned(),
             lock_ttl_ms: 10_000,

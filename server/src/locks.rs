@@ -11,7 +11,8 @@
 //! clock is behind, and a stale holder's write would then win).
 //!
 //! Two Redis round trips per locked section (acquire, compare-and-delete release) plus one
-//! database round trip for the token. While held, the lock is renewed every third of its TTL, so
+//! database round trip for the token, or none where the section's first statement draws the
+//! token itself ([`Locks::acquire_unfenced`]: Pay). While held, the lock is renewed every third of its TTL, so
 //! it outlives any chain of channel calls under it; a holder that stops running (paused, cut off
 //! from Redis) stops renewing, loses the lock at its TTL, and the fence refuses its late writes.
 use std::sync::Arc;
@@ -82,6 +83,19 @@ impl LockGuard {
     pub fn fence(&self) -> i64 {
         self.fence
     }
+}
+
+/// A lock held in Redis whose fencing token is not minted yet (see [`Locks::acquire_unfenced`]).
+/// Nothing may be written under it until [`Locks::fence`] turns it into a [`LockGuard`].
+#[derive(Debug)]
+#[must_use = "fence the lock, or abandon it"]
+pub struct Unfenced {
+    guard: LockGuard,
+    resource: String,
+    /// When the SET that took the lock was sent.
+    taken_at: std::time::Instant,
+    ttl: Duration,
+    renew: bool,
 }
 
 #[derive(Clone)]
@@ -155,6 +169,34 @@ impl Locks {
         ttl: Duration,
         renew: bool,
     ) -> Result<LockGuard, LockError> {
+        let pending = self.take(resource, ttl, renew).await?;
+        match self.inner.db.run(crate::storage::orders::mint_fence).await {
+            Ok(f) => self.fence(pending, f).await,
+            Err(e) => {
+                self.abandon(pending).await;
+                Err(LockError::Fence(e))
+            }
+        }
+    }
+
+    /// Takes the lock in Redis and leaves minting its fencing token to the caller, whose first
+    /// statement draws it (`nextval('lock_fences')`) in the same round trip as its first read,
+    /// which saves the round trip (and the commit) of a statement of its own. The caller hands
+    /// the token to [`Locks::fence`] before writing anything, or gives the lock back with
+    /// [`Locks::abandon`]. Waits and fails as [`Locks::acquire`].
+    ///
+    /// # Errors
+    /// As [`Locks::acquire`] ([`LockError::Fence`] excepted).
+    pub async fn acquire_unfenced(&self, resource: &str) -> Result<Unfenced, LockError> {
+        self.take(resource, self.inner.ttl, true).await
+    }
+
+    async fn take(
+        &self,
+        resource: &str,
+        ttl: Duration,
+        renew: bool,
+    ) -> Result<Unfenced, LockError> {
         let key = format!("{}lock:{resource}", self.inner.prefix);
         let mut raw = [0u8; 16];
         rand::thread_rng().fill_bytes(&mut raw);
@@ -184,22 +226,37 @@ impl Locks {
             tokio::time::sleep((backoff + jitter).min(deadline - now)).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
         };
-        let mut guard = LockGuard {
-            key,
-            token,
-            fence: 0,
-            renewal: None,
-        };
-        match self.inner.db.run(crate::storage::orders::mint_fence).await {
-            Ok(f) => guard.fence = f,
-            Err(e) => {
-                let _ = self.release(guard).await;
-                return Err(LockError::Fence(e));
-            }
-        }
-        // The token must be minted while the lock is surely still ours: a token minted after
-        // the lock could have expired might be higher than the next holder's. Measured from
-        // before the SET, with a third of the TTL as margin for clock-rate differences.
+        Ok(Unfenced {
+            guard: LockGuard {
+                key,
+                token,
+                fence: 0,
+                renewal: None,
+            },
+            resource: resource.to_owned(),
+            taken_at,
+            ttl,
+            renew,
+        })
+    }
+
+    /// Completes a lock taken by [`Locks::acquire_unfenced`] with the fencing token minted
+    /// since. Refused (and the lock given back) when the token may have been minted after the
+    /// lock could have expired: such a token might be higher than the next holder's.
+    ///
+    /// # Errors
+    /// [`LockError::Busy`] when the token came too late.
+    pub async fn fence(&self, pending: Unfenced, fence: i64) -> Result<LockGuard, LockError> {
+        let Unfenced {
+            mut guard,
+            resource,
+            taken_at,
+            ttl,
+            renew,
+        } = pending;
+        guard.fence = fence;
+        // Measured from before the SET, with a third of the TTL as margin for clock-rate
+        // differences.
         if taken_at.elapsed() >= ttl * 2 / 3 {
             let _ = self.release(guard).await;
             return Err(LockError::Busy(format!(
@@ -215,6 +272,14 @@ impl Locks {
             )));
         }
         Ok(guard)
+    }
+
+    /// Gives back a lock whose fencing token was never minted (the caller's first statement
+    /// failed, or found nothing to lock for). A failure is logged: the lock expires anyway.
+    pub async fn abandon(&self, pending: Unfenced) {
+        if let Err(e) = self.release(pending.guard).await {
+            tracing::warn!(error = %e, "releasing an unfenced lock failed; it will expire");
+        }
     }
 
     /// Releases the lock if this guard still holds it. Returns false when the lock had already

@@ -15,6 +15,10 @@ pub struct Metrics {
     pub rejected_requests: IntCounterVec,
     /// Order status changes by edge.
     pub order_transitions: IntCounterVec,
+    /// Single-statement writes of the lifecycle's common steps by step and outcome
+    /// (`committed`, or `refused`: the rows had changed since they were read, or the case was
+    /// not the common one after all, and the step's transaction ran instead).
+    pub single_statement_writes: IntCounterVec,
     /// Responses replayed from an idempotency key.
     pub idempotent_replays: IntCounterVec,
     /// Lock acquisitions by outcome (acquired, busy, error).
@@ -119,6 +123,11 @@ impl Metrics {
             "payd_order_transitions_total",
             "Order status changes.",
             &["from", "to"],
+        )?;
+        let single_statement_writes = vec(
+            "payd_single_statement_writes_total",
+            "Single-statement writes of common steps; refused ones ran as a transaction instead.",
+            &["step", "outcome"],
         )?;
         let idempotent_replays = vec(
             "payd_idempotent_replays_total",
@@ -373,6 +382,7 @@ impl Metrics {
             grpc_requests,
             rejected_requests,
             order_transitions,
+            single_statement_writes,
             idempotent_replays,
             lock_acquisitions,
             fence_rejections,

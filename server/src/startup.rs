@@ -110,6 +110,7 @@ impl Application {
                 .with_ops_app(settings.ops_app_id.clone()),
             ),
             payment_queries: settings.payment_queries()?,
+            single_statement_writes: settings.single_statement_writes,
         };
         let grpc = TcpListener::bind(settings.listen)
             .await

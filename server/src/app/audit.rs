@@ -226,6 +226,62 @@ pub fn record(
     Ok(())
 }
 
+/// The call's record, claimed for a single-statement write (`storage::steps`) that inserts it
+/// from [`InStatement::json`]. Dropped without [`InStatement::written`] (the statement was
+/// refused or failed), the claim is given back, so the path that runs instead writes the record.
+#[derive(Debug)]
+pub struct InStatement<'a> {
+    ctx: &'a AuditCtx,
+    json: serde_json::Value,
+    written: bool,
+}
+
+impl InStatement<'_> {
+    pub fn json(&self) -> &serde_json::Value {
+        &self.json
+    }
+
+    /// The statement committed: the record is written.
+    pub fn written(mut self) {
+        self.written = true;
+    }
+}
+
+impl Drop for InStatement<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            self.ctx.recorded.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+/// As [`record`], for a write that inserts the record inside its own single statement: `None`
+/// when there is nothing to write (not a state-changing call, another action, or already
+/// written).
+///
+/// # Errors
+/// Only if the record cannot be encoded as JSON.
+pub fn for_statement<'a>(
+    ctx: Option<&'a AuditCtx>,
+    action: &str,
+    targets: &Targets,
+) -> Result<Option<InStatement<'a>>, StorageError> {
+    let Some(ctx) = ctx.filter(|c| c.action.ends_with(action)) else {
+        return Ok(None);
+    };
+    if ctx.recorded.swap(true, Ordering::SeqCst) {
+        return Ok(None);
+    }
+    let mut claim = InStatement {
+        ctx,
+        json: serde_json::Value::Null,
+        written: false,
+    };
+    claim.json = serde_json::to_value(ctx.new_record("OK", "OK", targets))
+        .map_err(|e| StorageError::Corrupt(format!("encoding an audit record: {e}")))?;
+    Ok(Some(claim))
+}
+
 fn outcome_of_code(code: tonic::Code) -> &'static str {
     match crate::grpc::status::rejection_reason(code) {
         Some(_) => "REFUSED",

@@ -71,25 +71,39 @@ pub fn record(
     order: &Order,
     extra: Extra<'_>,
 ) -> Result<uuid::Uuid, StorageError> {
-    let mut event = pb::Event {
-        event_id: String::new(),
+    let now = chrono::Utc::now();
+    outbox::append(conn, &order.app_id, order.id, kind.as_str(), |id, seq| {
+        encode(kind, order, &extra, id, seq, now)
+    })
+}
+
+/// The stored payload of `kind` about `order`: the `payment.v1.Event` the app receives (cursor
+/// left empty, the stream fills it in), numbered `seq` in the order's sequence. `now` is when
+/// the fact became true, as far as this process knows; the event never claims to have happened
+/// before the order's last change.
+pub fn encode(
+    kind: EventType,
+    order: &Order,
+    extra: &Extra<'_>,
+    event_id: uuid::Uuid,
+    seq: i64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<u8> {
+    pb::Event {
+        event_id: event_id.hyphenated().to_string(),
         r#type: kind.as_str().to_owned(),
         app_id: order.app_id.clone(),
         order_id: order.id.hyphenated().to_string(),
-        order_sequence: 0,
+        order_sequence: seq,
         cursor: String::new(),
-        occurred_at: Some(timestamp(order.updated_at.max(chrono::Utc::now()))),
+        occurred_at: Some(timestamp(order.updated_at.max(now))),
         order: Some(order_to_pb(order)),
         refund: extra.refund.map(refund_to_pb),
         attempt: extra.attempt.map(attempt_to_pb),
         detail: extra.detail.to_owned(),
         ..Default::default()
-    };
-    outbox::append(conn, &order.app_id, order.id, kind.as_str(), |id, seq| {
-        event.event_id = id.hyphenated().to_string();
-        event.order_sequence = seq;
-        event.encode_to_vec()
-    })
+    }
+    .encode_to_vec()
 }
 
 /// The stream key of a channel's day: its run events, and the discrepancies of trades we do not

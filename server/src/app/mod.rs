@@ -28,6 +28,11 @@ use crate::storage::Db;
 use crate::storage::idempotency::{self, Claimed};
 use crate::storage::orders::{self, NewOrderRow, OrderRow, Transition, WriteRefused};
 
+/// How far this replica's clock may be from the database's for an order to take its times
+/// from this replica (CreateOrder's single statement). Orders are listed by `created_at` and
+/// expired by `expires_at`; the transaction that runs beyond this takes the database's clock.
+const CLOCK_SKEW_ACCEPTED: Duration = Duration::from_secs(1);
+
 /// The result of a state-changing call made with an idempotency key.
 #[derive(Debug)]
 pub enum Outcome<T> {
@@ -65,6 +70,8 @@ pub struct App {
     pub sinks: std::sync::Arc<delivery::EventSinks>,
     /// How open attempts are queried and unpaid orders expired.
     pub payment_queries: queries::PaymentQueries,
+    /// Whether the common steps run as single statements (`PAYD_SINGLE_STATEMENT_WRITES`).
+    pub single_statement_writes: bool,
 }
 
 impl App {
@@ -85,6 +92,14 @@ impl App {
         let metadata =
             serde_json::to_value(&new.metadata).context("encoding the order's metadata")?;
         let audit = audit::current();
+        if self.single_statement_writes
+            && idem.is_none()
+            && let Some(order) = self
+                .create_order_in_one_statement(&app, &new, &metadata, &audit)
+                .await?
+        {
+            return Ok(Outcome::Done(order));
+        }
         let outcome = self
             .db
             .run(move |conn| {
@@ -152,6 +167,111 @@ impl App {
             })
             .await?;
         Ok(outcome)
+    }
+
+    /// The common CreateOrder (a new merchant order number, no idempotency key) as one
+    /// statement (`storage::steps::create_order`): the order, or `None` when the statement was
+    /// refused (the number is taken, or this replica's clock is off) and nothing was written.
+    async fn create_order_in_one_statement(
+        &self,
+        app: &AppId,
+        new: &NewOrder,
+        metadata: &serde_json::Value,
+        audit: &Option<audit::AuditCtx>,
+    ) -> Result<Option<Order>, ServiceError> {
+        let now = Utc::now();
+        let at = crate::storage::steps::stored_instant(now);
+        let expires_at = crate::storage::steps::stored_instant(
+            at + chrono::Duration::from_std(new.expires_in).context("order expiry")?,
+        );
+        let id = OrderId::new().as_uuid();
+        // The order as the statement stores it: what the event and the answer show.
+        let order = Order {
+            id,
+            app_id: app.as_str().to_owned(),
+            merchant_order_no: new.merchant_order_no.as_str().to_owned(),
+            amount_minor: new.amount.minor(),
+            currency: new.amount.currency().code().to_owned(),
+            subject: new.subject.as_str().to_owned(),
+            metadata: metadata.clone(),
+            status: crate::domain::OrderStatus::Pending,
+            paid_minor: 0,
+            refunded_minor: 0,
+            version: 0,
+            expires_at,
+            created_at: at,
+            updated_at: at,
+            closed_at: None,
+        };
+        let event_id = uuid::Uuid::now_v7();
+        let payload = events::encode(
+            events::EventType::OrderCreated,
+            &order,
+            &events::Extra::default(),
+            event_id,
+            1,
+            now,
+        );
+        let audit = audit.clone();
+        let metrics = self.metrics.clone();
+        self.db
+            .run(move |conn| {
+                let record = audit::for_statement(
+                    audit.as_ref(),
+                    "/CreateOrder",
+                    &audit::Targets {
+                        target: Some(order.merchant_order_no.clone()),
+                        ..audit::Targets::order(order.id)
+                    },
+                )?;
+                let row = NewOrderRow {
+                    id: order.id,
+                    app_id: &order.app_id,
+                    merchant_order_no: &order.merchant_order_no,
+                    amount_minor: order.amount_minor,
+                    currency: &order.currency,
+                    subject: &order.subject,
+                    metadata: order.metadata.clone(),
+                    status: order.status,
+                };
+                let stored = crate::storage::steps::create_order(
+                    conn,
+                    &crate::storage::steps::CreateWrite {
+                        order: &row,
+                        at,
+                        expires_at,
+                        max_skew: CLOCK_SKEW_ACCEPTED,
+                        event_id,
+                        event_type: events::EventType::OrderCreated.as_str(),
+                        payload: &payload,
+                        audit: record.as_ref().map(audit::InStatement::json),
+                    },
+                )?;
+                metrics
+                    .single_statement_writes
+                    .with_label_values(&[
+                        "create_order",
+                        if stored.is_some() {
+                            "committed"
+                        } else {
+                            "refused"
+                        },
+                    ])
+                    .inc();
+                let Some(stored) = stored else {
+                    return Ok::<_, ServiceError>(None);
+                };
+                if let Some(record) = record {
+                    record.written();
+                }
+                metrics
+                    .order_transitions
+                    .with_label_values(&["", order.status.as_str()])
+                    .inc();
+                debug_assert_eq!(Order::from(stored), order);
+                Ok(Some(order))
+            })
+            .await
     }
 
     pub async fn get_order(&self, app: AppId, id: OrderId) -> Result<Order, ServiceError> {
@@ -245,7 +365,42 @@ impl App {
 
     /// Takes the order's lock; every change to an order happens while holding it.
     pub async fn lock_order(&self, id: OrderId) -> Result<LockGuard, ServiceError> {
-        match self.locks.acquire(&format!("order:{id}")).await {
+        let taken = self.locks.acquire(&format!("order:{id}")).await;
+        self.count_lock(id, taken)
+    }
+
+    /// Takes the order's lock in Redis only: the caller's first statement mints the fencing
+    /// token, and [`App::fence_order_lock`] completes the lock before anything is written.
+    pub async fn lock_order_unfenced(
+        &self,
+        id: OrderId,
+    ) -> Result<crate::locks::Unfenced, ServiceError> {
+        let taken = self.locks.acquire_unfenced(&format!("order:{id}")).await;
+        self.count_lock(id, taken)
+    }
+
+    /// See [`App::lock_order_unfenced`].
+    pub async fn fence_order_lock(
+        &self,
+        id: OrderId,
+        pending: crate::locks::Unfenced,
+        fence: i64,
+    ) -> Result<LockGuard, ServiceError> {
+        self.locks.fence(pending, fence).await.map_err(|e| {
+            self.metrics
+                .lock_acquisitions
+                .with_label_values(&["busy"])
+                .inc();
+            ServiceError::from_lock(id, e)
+        })
+    }
+
+    fn count_lock<T>(
+        &self,
+        id: OrderId,
+        taken: Result<T, crate::locks::LockError>,
+    ) -> Result<T, ServiceError> {
+        match taken {
             Ok(g) => {
                 self.metrics
                     .lock_acquisitions

@@ -159,8 +159,33 @@ impl App {
         cmd: PayCommand,
         idem: Option<IdempotentWrite<PayOutcome>>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
-        let guard = self.lock_order(cmd.order_id).await?;
-        let r = self.pay_locked(app, cmd, &guard, idem).await;
+        let id = cmd.order_id;
+        let (guard, read) = if self.single_statement_writes {
+            // The lock's fencing token comes with the first read: one round trip for both.
+            let pending = self.lock_order_unfenced(id).await?;
+            let app_id = app.as_str().to_owned();
+            let read = self
+                .db
+                .run(move |conn| crate::storage::steps::pay_context(conn, &app_id, id.as_uuid()))
+                .await;
+            match read {
+                Ok(Some((fence, order, open))) => (
+                    self.fence_order_lock(id, pending, fence).await?,
+                    Some((order, open)),
+                ),
+                Ok(None) => {
+                    self.locks.abandon(pending).await;
+                    return Err(ServiceError::NotFound(Subject::Order(id)));
+                }
+                Err(e) => {
+                    self.locks.abandon(pending).await;
+                    return Err(e.into());
+                }
+            }
+        } else {
+            (self.lock_order(id).await?, None)
+        };
+        let r = self.pay_locked(app, cmd, &guard, idem, read).await;
         self.unlock(guard).await;
         if let Err(ServiceError::Fenced(_)) = &r {
             self.metrics.fence_rejections.inc();
@@ -168,12 +193,15 @@ impl App {
         r
     }
 
+    /// `read`: the order and its open attempt as read under the lock, if the caller has read
+    /// them already.
     async fn pay_locked(
         &self,
         app: AppId,
         cmd: PayCommand,
         guard: &LockGuard,
         idem: Option<IdempotentWrite<PayOutcome>>,
+        read: Option<(OrderRow, Option<AttemptRow>)>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         // The key is checked under the lock and before any channel call: a concurrent Pay with
         // the same key and other parameters must not close this one's trade.
@@ -191,7 +219,10 @@ impl App {
         let id = cmd.order_id;
         let channel = cmd.method.channel();
         let digest = payer_digest(&cmd.payer_id);
-        let (order, open) = self.read_order_and_open_attempt(&app, id).await?;
+        let (order, open) = match read {
+            Some(read) => read,
+            None => self.read_order_and_open_attempt(&app, id).await?,
+        };
         ensure_payable(&order)?;
         let now = Utc::now();
 
@@ -208,7 +239,7 @@ impl App {
                         .with_label_values(&[channel.as_str()])
                         .inc();
                     return self
-                        .commit_prepay(id, a.out_trade_no.clone(), None, guard.fence(), idem)
+                        .commit_prepay(id, a.out_trade_no.clone(), None, guard.fence(), idem, None)
                         .await;
                 }
                 // INIT: an earlier Prepay's answer was lost; ask again with the same out_trade_no.
@@ -220,15 +251,35 @@ impl App {
                 self.close_at_channel(&other).await?;
                 let (order, _) = self.read_order_and_open_attempt(&app, id).await?;
                 ensure_payable(&order)?;
-                self.create_attempt(&order, &cmd, &digest, guard.fence())
-                    .await?
+                let a = self
+                    .create_attempt(&order, &cmd, &digest, guard.fence())
+                    .await?;
+                // The order was read again: the last write is guarded by that reading.
+                return self
+                    .prepay_and_commit(&order, a, &cmd, guard.fence(), idem)
+                    .await;
             }
             None => {
                 self.create_attempt(&order, &cmd, &digest, guard.fence())
                     .await?
             }
         };
+        self.prepay_and_commit(&order, attempt, &cmd, guard.fence(), idem)
+            .await
+    }
 
+    /// Asks the channel for the attempt's trade and commits the answer. `order`: the order as
+    /// read under the lock, which guards the single-statement commit.
+    async fn prepay_and_commit(
+        &self,
+        order: &OrderRow,
+        attempt: AttemptRow,
+        cmd: &PayCommand,
+        fence: i64,
+        idem: Option<IdempotentWrite<PayOutcome>>,
+    ) -> Result<Outcome<PayOutcome>, ServiceError> {
+        let id = cmd.order_id;
+        let channel = cmd.method.channel();
         let mut client = self.channels.get(channel)?;
         let prepay = client
             .prepay(cpb::PrepayRequest {
@@ -250,10 +301,11 @@ impl App {
             Ok(resp) => {
                 self.commit_prepay(
                     id,
-                    attempt.out_trade_no,
+                    attempt.out_trade_no.clone(),
                     Some(resp.into_inner()),
-                    guard.fence(),
+                    fence,
                     idem,
+                    Some((order, &attempt)),
                 )
                 .await
             }
@@ -380,8 +432,52 @@ impl App {
                 .deadline(method.channel(), Utc::now(), order.expires_at);
         // Its Prepay answer may be lost: the query job looks at it even if Pay never returns.
         let first_query = self.payment_queries.first_due(Utc::now());
+        let single_statement = self.single_statement_writes;
+        let metrics = self.metrics.clone();
         self.db
             .run(move |conn| {
+                let row = NewAttemptRow {
+                    id: row_id,
+                    order_id: order_id.as_uuid(),
+                    out_trade_no: &out_trade_no,
+                    channel: method.channel(),
+                    method,
+                    amount_minor: amount,
+                    currency: &currency,
+                    status: AttemptStatus::Init,
+                    payer_digest: &digest,
+                    pay_deadline,
+                    // Its Prepay answer may be lost: the query job looks at it anyway.
+                    next_query_at: Some(first_query),
+                };
+                if single_statement {
+                    // The states a payment may start from, as the state machine says.
+                    let payable: Vec<&str> = OrderStatus::ALL
+                        .into_iter()
+                        .filter(|s| s.apply(OrderEvent::PaymentStarted).is_ok())
+                        .map(OrderStatus::as_str)
+                        .collect();
+                    let opened = crate::storage::steps::open_attempt(conn, fence, &payable, &row)?;
+                    metrics
+                        .single_statement_writes
+                        .with_label_values(&[
+                            "open_attempt",
+                            if matches!(opened, Ok(Some(_))) {
+                                "committed"
+                            } else {
+                                "refused"
+                            },
+                        ])
+                        .inc();
+                    match opened {
+                        Ok(Some(a)) => return Ok(a),
+                        // Refused: the transaction below says why.
+                        Ok(None) => {}
+                        Err(InsertRefused::OpenAttemptExists | InsertRefused::TradeNoTaken) => {
+                            return Err(ServiceError::Conflict(Subject::Order(order_id)));
+                        }
+                    }
+                }
                 conn.transaction(|conn| {
                     let current = orders::find_for_update(conn, order_id)?
                         .ok_or_else(|| ServiceError::NotFound(Subject::Order(order_id)))?;
@@ -395,20 +491,6 @@ impl App {
                             return Err(ServiceError::Conflict(Subject::Order(order_id)));
                         }
                     }
-                    let row = NewAttemptRow {
-                        id: row_id,
-                        order_id: order_id.as_uuid(),
-                        out_trade_no: &out_trade_no,
-                        channel: method.channel(),
-                        method,
-                        amount_minor: amount,
-                        currency: &currency,
-                        status: AttemptStatus::Init,
-                        payer_digest: &digest,
-                        pay_deadline,
-                        // Its Prepay answer may be lost: the query job looks at it anyway.
-                        next_query_at: Some(first_query),
-                    };
                     match attempts::insert(conn, &row)? {
                         Ok(a) => Ok(a),
                         // The partial unique index refuses a second open attempt even if two
@@ -427,6 +509,10 @@ impl App {
     /// PENDING → PAYING, and the idempotency record, in one transaction that re-checks, under
     /// the order's row lock, what the Redis lock promised. When the check fails, a trade this
     /// call has just opened is closed again, and the caller gets an error, not parameters.
+    ///
+    /// `read`: the order as read under the lock and the attempt as opened (or read) since; when
+    /// given, and the call has no idempotency key, the common case is one statement guarded by
+    /// that reading, and the transaction runs only if it is refused.
     async fn commit_prepay(
         &self,
         id: OrderId,
@@ -434,12 +520,23 @@ impl App {
         prepay: Option<cpb::PrepayResponse>,
         fence: i64,
         idem: Option<IdempotentWrite<PayOutcome>>,
+        read: Option<(&OrderRow, &AttemptRow)>,
     ) -> Result<Outcome<PayOutcome>, ServiceError> {
         let retention = self.idempotency_retention;
         let opened = prepay.is_some();
         let first_query = self.payment_queries.first_due(Utc::now());
         let out = out_trade_no.clone();
         let audit = super::audit::current();
+        if self.single_statement_writes
+            && idem.is_none()
+            && let (Some(p), Some((order, attempt))) = (&prepay, read)
+            && attempt.status == AttemptStatus::Init
+            && let Some(done) = self
+                .commit_prepay_in_one_statement(order, attempt, p, fence, first_query, &audit)
+                .await?
+        {
+            return Ok(Outcome::Done(done));
+        }
         let committed = self
             .db
             .run(move |conn| {
@@ -565,6 +662,100 @@ impl App {
             .into()),
             CommitRefused::AttemptGone(_) | CommitRefused::Fenced => Err(ServiceError::Fenced(id)),
         }
+    }
+
+    /// The common last write of Pay (a new trade's parameters; see `storage::steps`): the
+    /// outcome when it committed, `None` when it was refused (nothing written).
+    async fn commit_prepay_in_one_statement(
+        &self,
+        order: &OrderRow,
+        attempt: &AttemptRow,
+        prepay: &cpb::PrepayResponse,
+        fence: i64,
+        first_query: DateTime<Utc>,
+        audit: &Option<super::audit::AuditCtx>,
+    ) -> Result<Option<PayOutcome>, ServiceError> {
+        let (Ok(order_to), Ok(attempt_to)) = (
+            order.status.apply(OrderEvent::PaymentStarted),
+            attempt.status.apply(AttemptEvent::Prepared),
+        ) else {
+            return Ok(None);
+        };
+        let at = crate::storage::steps::stored_instant(Utc::now());
+        let params =
+            serde_json::to_value(&prepay.pay_params).context("encoding the Prepay parameters")?;
+        let prepay_id = Some(prepay.channel_prepay_id.clone()).filter(|s| !s.is_empty());
+        let moved = order_to != order.status;
+        // The rows as the statement leaves them: the answer.
+        let outcome = PayOutcome {
+            pay_params: prepay.pay_params.clone().into_iter().collect(),
+            order: OrderRow {
+                status: order_to,
+                version: order.version + i64::from(moved),
+                updated_at: if moved { at } else { order.updated_at },
+                fence,
+                ..order.clone()
+            }
+            .into(),
+            attempt: AttemptRow {
+                status: attempt_to,
+                version: attempt.version + 1,
+                updated_at: at,
+                pay_params: Some(params.clone()),
+                channel_prepay_id: prepay_id
+                    .clone()
+                    .or_else(|| attempt.channel_prepay_id.clone()),
+                ..attempt.clone()
+            }
+            .into(),
+        };
+        let (order, attempt, audit) = (order.clone(), attempt.clone(), audit.clone());
+        let metrics = self.metrics.clone();
+        self.db
+            .run(move |conn| {
+                let record = super::audit::for_statement(
+                    audit.as_ref(),
+                    "/Pay",
+                    &super::audit::Targets {
+                        out_trade_no: Some(attempt.out_trade_no.clone()),
+                        ..super::audit::Targets::order(order.id)
+                    },
+                )?;
+                let written = crate::storage::steps::commit_prepay(
+                    conn,
+                    &crate::storage::steps::PrepayWrite {
+                        order: &order,
+                        order_to,
+                        reason: moved.then_some("payment started"),
+                        fence,
+                        attempt: &attempt,
+                        attempt_to,
+                        at,
+                        pay_params: &params,
+                        channel_prepay_id: prepay_id.as_deref(),
+                        next_query_at: first_query,
+                        audit: record.as_ref().map(super::audit::InStatement::json),
+                    },
+                )?;
+                metrics
+                    .single_statement_writes
+                    .with_label_values(&["pay", if written { "committed" } else { "refused" }])
+                    .inc();
+                if !written {
+                    return Ok::<_, ServiceError>(None);
+                }
+                if let Some(record) = record {
+                    record.written();
+                }
+                if moved {
+                    metrics
+                        .order_transitions
+                        .with_label_values(&[order.status.as_str(), order_to.as_str()])
+                        .inc();
+                }
+                Ok(Some(outcome))
+            })
+            .await
     }
 
     /// Asks the channel for the attempt's trade.

@@ -16,6 +16,7 @@ use crate::domain::{AttemptEvent, AttemptStatus, OrderEvent, OrderId, OrderStatu
 use crate::storage::attempts::{self, AttemptChange};
 use crate::storage::events::{self, NewEvent};
 use crate::storage::orders::{self, Transition, WriteRefused};
+use crate::storage::steps;
 use anyhow::Context;
 
 /// What the core did with a result.
@@ -65,19 +66,23 @@ impl App {
         let (out_trade_no, reported) = (r.out_trade_no.clone(), r.paid.clone());
         let (reported_minor, reported_currency) = reported.unzip();
         let audit = super::audit::current();
+        let metrics = self.metrics.clone();
+        let single_statement = self.single_statement_writes;
         let (outcome, superseded) = self
             .db
             .run(move |conn| {
-                // A repeat costs one index read: no lock, no write.
-                if events::seen(conn, channel.as_str(), &r.event_id)? {
+                // One read without locks: a repeat costs that read, no lock and no write.
+                let ctx =
+                    steps::result_context(conn, channel.as_str(), &r.event_id, &r.out_trade_no)?;
+                if ctx.seen {
                     if let Some(a) = &audit {
                         a.repeat_of_a_recorded_event();
                     }
                     return Ok((ResultOutcome::Repeated, Vec::new()));
                 }
-                // One unlocked read of the attempt, for the fast path and the transaction
-                // alike (its order and channel never change; the transaction locks the rows).
-                let peek = attempts::find_by_out_trade_no(conn, &r.out_trade_no)?;
+                // The attempt as read serves the fast paths and the transaction alike (its
+                // order and channel never change; the transaction locks the rows).
+                let peek = ctx.known.as_ref().map(|(a, _, _)| a.clone());
                 // A success already applied, re-notified under a new id: still no write.
                 // Anything else (a contradiction, another amount) is recorded.
                 if peek.as_ref().is_some_and(|a| already_applied(a, &r)) {
@@ -85,6 +90,13 @@ impl App {
                         a.repeat_of_a_recorded_event();
                     }
                     return Ok((ResultOutcome::AlreadyApplied, Vec::new()));
+                }
+                // The common case, a success that pays the order, in one statement.
+                if single_statement
+                    && let Some((a, o, seq)) = &ctx.known
+                    && pay_in_one_statement(conn, &r, a, o, *seq, audit.as_ref(), &metrics)?
+                {
+                    return Ok((ResultOutcome::Applied, Vec::new()));
                 }
                 match conn.transaction(|conn| {
                     let applied = apply_in_tx(conn, &r, peek.as_ref())?;
@@ -166,6 +178,150 @@ fn already_applied(a: &attempts::AttemptRow, r: &PaymentResult) -> bool {
         && a.channel_trade_no == r.channel_trade_no
 }
 
+/// The common result, a success that pays its order, as one statement (`storage::steps`):
+/// `true` when it committed. `false` (nothing written) when the result is anything else, or the
+/// rows changed since they were read; the transaction then decides.
+///
+/// Only an open attempt qualifies: an order has at most one (the partial unique index
+/// `payment_attempts_one_open_per_order`), so paying through it leaves no other trade of the
+/// order to close, and a success on an order already paid (a duplicate payment) is refused by
+/// the state machine here and handled by the transaction.
+fn pay_in_one_statement(
+    conn: &mut PgConnection,
+    r: &PaymentResult,
+    attempt: &attempts::AttemptRow,
+    order: &orders::OrderRow,
+    event_seq: i64,
+    audit: Option<&super::audit::AuditCtx>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<bool, ServiceError> {
+    let Some((paid_minor, paid_currency)) = &r.paid else {
+        return Ok(false);
+    };
+    if r.state != TradeState::Succeeded
+        || attempt.channel != r.channel
+        || *paid_minor != attempt.amount_minor
+        || paid_currency.trim() != attempt.currency.trim()
+        || !attempt.status.is_open()
+    {
+        return Ok(false);
+    }
+    let (Ok(attempt_to), Ok(order_to)) = (
+        attempt.status.apply(AttemptEvent::Succeeded),
+        order.status.apply(OrderEvent::PaymentSucceeded),
+    ) else {
+        return Ok(false);
+    };
+    let reason = if order.status == OrderStatus::Closed {
+        "late payment on a closed order"
+    } else {
+        "paid"
+    };
+    let now = Utc::now();
+    let at = steps::stored_instant(now);
+    let succeeded_at = steps::stored_instant(r.paid_at.unwrap_or(now));
+    let channel_trade_no = r
+        .channel_trade_no
+        .clone()
+        .or_else(|| attempt.channel_trade_no.clone());
+    // The rows as the statement leaves them, for the event.
+    let paid_order = orders::OrderRow {
+        status: order_to,
+        version: order.version + 1,
+        updated_at: at,
+        closed_at: None,
+        paid_minor: *paid_minor,
+        ..order.clone()
+    };
+    let paid_attempt = attempts::AttemptRow {
+        status: attempt_to,
+        version: attempt.version + 1,
+        updated_at: at,
+        channel_trade_no: channel_trade_no.clone(),
+        paid_minor: Some(*paid_minor),
+        succeeded_at: Some(succeeded_at),
+        ..attempt.clone()
+    };
+    let event_id = uuid::Uuid::now_v7();
+    let payload = outbox_events::encode(
+        EventType::OrderPaid,
+        &Order::from(paid_order),
+        &Extra {
+            attempt: Some(&Attempt::from(paid_attempt)),
+            detail: reason,
+            ..Extra::default()
+        },
+        event_id,
+        event_seq + 1,
+        now,
+    );
+    let outcome = ResultOutcome::Applied;
+    let record = super::audit::for_statement(
+        audit,
+        "/ReportPayment",
+        &super::audit::Targets {
+            order_id: Some(attempt.order_id),
+            out_trade_no: Some(r.out_trade_no.clone()),
+            target: Some(r.event_id.clone()),
+            ..Default::default()
+        },
+    )?;
+    let written = steps::pay_with_result(
+        conn,
+        &steps::PaidWrite {
+            order,
+            order_event_seq: event_seq,
+            attempt,
+            order_to,
+            attempt_to,
+            reason,
+            at,
+            paid_minor: *paid_minor,
+            channel_trade_no: channel_trade_no.as_deref(),
+            succeeded_at,
+            event_id,
+            event_type: EventType::OrderPaid.as_str(),
+            payload: &payload,
+            channel: r.channel.as_str(),
+            channel_event_id: &r.event_id,
+            state: r.state.as_str(),
+            outcome: outcome.as_str(),
+            inbox_payload: &inbox_payload(r),
+            audit: record.as_ref().map(super::audit::InStatement::json),
+        },
+    )?;
+    metrics
+        .single_statement_writes
+        .with_label_values(&[
+            "payment_result",
+            if written { "committed" } else { "refused" },
+        ])
+        .inc();
+    if written {
+        if let Some(record) = record {
+            record.written();
+        }
+        metrics
+            .order_transitions
+            .with_label_values(&[order.status.as_str(), order_to.as_str()])
+            .inc();
+    }
+    Ok(written)
+}
+
+/// What the inbox keeps of a result.
+fn inbox_payload(r: &PaymentResult) -> serde_json::Value {
+    serde_json::json!({
+        "out_trade_no": r.out_trade_no,
+        "state": r.state.as_str(),
+        "channel_trade_no": r.channel_trade_no,
+        "paid_minor": r.paid.as_ref().map(|p| p.0),
+        "paid_currency": r.paid.as_ref().map(|p| p.1.clone()),
+        "paid_at": r.paid_at,
+        "channel_status": r.channel_status,
+    })
+}
+
 /// `peek`: the attempt of `r.out_trade_no` as read before the transaction (`None`: unknown).
 fn apply_in_tx(
     conn: &mut PgConnection,
@@ -177,15 +333,7 @@ fn apply_in_tx(
         Some((order, attempt)) => attempts::find_open_others(conn, order, attempt)?,
         None => Vec::new(),
     };
-    let payload = serde_json::json!({
-        "out_trade_no": r.out_trade_no,
-        "state": r.state.as_str(),
-        "channel_trade_no": r.channel_trade_no,
-        "paid_minor": r.paid.as_ref().map(|p| p.0),
-        "paid_currency": r.paid.as_ref().map(|p| p.1.clone()),
-        "paid_at": r.paid_at,
-        "channel_status": r.channel_status,
-    });
+    let payload = inbox_payload(r);
     let first = events::record(
         conn,
         &NewEvent {

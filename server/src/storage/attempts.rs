@@ -7,7 +7,7 @@ use super::StorageError;
 use super::schema::payment_attempts;
 use crate::domain::{AttemptStatus, Channel, OrderId, PayMethod};
 
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = payment_attempts, check_for_backend(diesel::pg::Pg))]
 pub struct AttemptRow {
     pub id: Uuid,

@@ -7,7 +7,9 @@ use uuid::Uuid;
 use super::StorageError;
 use super::schema::audit_records;
 
-#[derive(Debug, Clone, Insertable)]
+/// Serialize: a single-statement write passes the record as one JSON parameter
+/// (`jsonb_populate_record`), so the field names are the column names.
+#[derive(Debug, Clone, Insertable, serde::Serialize)]
 #[diesel(table_name = audit_records)]
 pub struct NewAuditRecord<'a> {
     pub actor_kind: &'a str,

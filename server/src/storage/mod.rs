@@ -11,6 +11,7 @@ pub mod recon;
 pub mod refunds;
 pub mod schema;
 pub mod sql;
+pub mod steps;
 mod text_enums;
 pub mod transitions;
 

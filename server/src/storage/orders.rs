@@ -9,7 +9,7 @@ use super::StorageError;
 use super::schema::orders;
 use crate::domain::{AppId, Currency, Money, OrderId, OrderStatus};
 
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, QueryableByName)]
 #[diesel(table_name = orders, check_for_backend(diesel::pg::Pg))]
 pub struct OrderRow {
     pub id: Uuid,
@@ -117,12 +117,13 @@ pub fn insert(
 /// A fresh lock fencing token from the `lock_fences` sequence: strictly greater than every token
 /// minted before, by any replica, whatever Redis lost or whatever its clock says.
 pub fn mint_fence(conn: &mut PgConnection) -> Result<i64, StorageError> {
-    Ok(
-        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-            "nextval('lock_fences')",
-        ))
-        .get_result(conn)?,
-    )
+    Ok(diesel::select(payd_mint_fence()).get_result(conn)?)
+}
+
+diesel::define_sql_function! {
+    /// `nextval('lock_fences')` (migration `single_statement_writes`), callable from the DSL,
+    /// whose statements diesel prepares once (a `sql` literal is re-planned on every call).
+    fn payd_mint_fence() -> diesel::sql_types::BigInt;
 }
 
 /// Claims the order row for the lock holder with `fence` (inside the caller's transaction, on a

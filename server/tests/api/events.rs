@@ -364,3 +364,92 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
         1
     );
 }
+
+/// A success is applied in one statement guarded by what was read (`storage::steps`). When the
+/// order changes between that read and the write, the statement must write nothing and the
+/// transaction must apply the result to the order as it now is. Replayed: another transaction
+/// holds the order's row (as the expiry job would, closing it), the report reads the order as
+/// PAYING and waits on the row, the holder closes the order and commits. The success then
+/// pays the closed order (a late payment), through the transaction, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_whose_order_changed_after_it_was_read_is_applied_by_the_transaction() {
+    let mut app = spawn_app().await;
+    let order = create_order(&mut app, "EVENT-STALE", 8888).await;
+    open_attempt(&app, &order, "P1000000077", "PAYING");
+    let mut holder = app.conn();
+    diesel::sql_query("BEGIN").execute(&mut holder).unwrap();
+    diesel::sql_query(format!(
+        "SELECT id FROM orders WHERE id = '{}' FOR UPDATE",
+        order.order_id
+    ))
+    .execute(&mut holder)
+    .unwrap();
+    let id = order.order_id.clone();
+    let mut probe = app.conn();
+    let closer = tokio::task::spawn_blocking(move || {
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting: N = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND datname = current_database()",
+            )
+            .get_result(&mut probe)
+            .unwrap();
+            if waiting.n > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the report never waited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        diesel::sql_query(format!(
+            "UPDATE orders SET status = 'CLOSED', version = version + 1, closed_at = now(), \
+             updated_at = now(), transition_reason = 'expired' WHERE id = '{id}'"
+        ))
+        .execute(&mut holder)
+        .unwrap();
+        diesel::sql_query("COMMIT").execute(&mut holder).unwrap();
+    });
+    let first = report(
+        &app,
+        cpb::Channel::Wechat,
+        "EV-STALE",
+        paid("P1000000077", 8888, "CNY"),
+    )
+    .await
+    .unwrap();
+    closer.await.unwrap();
+    assert!(first);
+    assert_eq!(
+        status_of(&mut app, &order.order_id).await,
+        pb::OrderStatus::Paid as i32
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM order_transitions WHERE order_id = '{}' \
+             AND from_status = 'CLOSED' AND to_status = 'PAID' \
+             AND reason = 'late payment on a closed order'",
+            order.order_id
+        )),
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM outbox_events WHERE event_type = 'order.paid'"),
+        1
+    );
+    let metrics = app.metrics_text().await;
+    assert!(
+        metrics.contains(
+            "payd_single_statement_writes_total{outcome=\"refused\",step=\"payment_result\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("outcome=\"committed\",step=\"payment_result\""));
+}

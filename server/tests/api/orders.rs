@@ -366,19 +366,77 @@ async fn closing_an_order_takes_and_releases_its_lock() {
     ));
 }
 
-/// `created_at` (the list cursor) and `expires_at` come from the database's clock, not the
-/// replica's: the order row is stamped with the same `now()` as its first transition, in the
-/// same transaction.
+/// `created_at` (the list cursor) and `expires_at` never stray from the database's clock: the
+/// single-statement CreateOrder takes this replica's clock only within a second of the
+/// database's (`statement_timestamp()`, the same instant the transition row records), and the
+/// expiry is exactly the order's own time plus its lifetime.
 #[tokio::test]
-async fn an_order_is_stamped_by_the_database_clock() {
+async fn an_order_is_stamped_within_a_second_of_the_database_clock() {
     let mut app = spawn_app().await;
     create_order(&mut app, "DBCLOCK-0001", 100).await;
     assert_eq!(
         app.count(
             "SELECT count(*) AS n FROM orders o JOIN order_transitions t ON t.order_id = o.id \
-             WHERE t.version = 0 AND o.created_at = t.created_at \
-             AND o.expires_at = t.created_at + interval '900 seconds'"
+             WHERE t.version = 0 AND abs(extract(epoch FROM o.created_at - t.created_at)) < 1 \
+             AND o.expires_at = o.created_at + interval '900 seconds'"
         ),
+        1
+    );
+}
+
+/// A replica whose clock is more than a second off the database's gets no order from the
+/// single statement: nothing is written, and CreateOrder's transaction (the database's clock)
+/// makes the order instead.
+#[tokio::test]
+async fn a_replica_clock_off_by_more_than_a_second_writes_nothing_in_one_statement() {
+    use payd::storage::orders::NewOrderRow;
+    use payd::storage::steps::{CreateWrite, create_order};
+    let app = spawn_app().await;
+    let mut conn = app.conn();
+    let row = NewOrderRow {
+        id: uuid::Uuid::new_v4(),
+        app_id: APP,
+        merchant_order_no: "SKEW-0001",
+        amount_minor: 100,
+        currency: "CNY",
+        subject: "s",
+        metadata: serde_json::json!({}),
+        status: payd::domain::OrderStatus::Pending,
+    };
+    for off in [-5_i64, 5] {
+        let at = payd::storage::steps::stored_instant(
+            chrono::Utc::now() + chrono::Duration::seconds(off),
+        );
+        let w = CreateWrite {
+            order: &row,
+            at,
+            expires_at: at + chrono::Duration::seconds(900),
+            max_skew: std::time::Duration::from_secs(1),
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "order.created",
+            payload: b"p",
+            audit: None,
+        };
+        assert_eq!(create_order(&mut conn, &w).unwrap(), None, "off by {off} s");
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM orders"), 0);
+    assert_eq!(app.count("SELECT count(*) AS n FROM outbox_events"), 0);
+    // The same write from a clock in step makes the order and its event.
+    let at = payd::storage::steps::stored_instant(chrono::Utc::now());
+    let w = CreateWrite {
+        order: &row,
+        at,
+        expires_at: at + chrono::Duration::seconds(900),
+        max_skew: std::time::Duration::from_secs(1),
+        event_id: uuid::Uuid::now_v7(),
+        event_type: "order.created",
+        payload: b"p",
+        audit: None,
+    };
+    let stored = create_order(&mut conn, &w).unwrap().expect("created");
+    assert_eq!((stored.created_at, stored.expires_at), (at, w.expires_at));
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM outbox_events WHERE order_seq = 1"),
         1
     );
 }
