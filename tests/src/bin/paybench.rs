@@ -475,6 +475,9 @@ async fn g4_locks(ctx: &Ctx, secs: f64) -> LockResult {
         let g = locks.acquire("warm").await.expect("lock");
         locks.release(g).await.expect("release");
     }
+    // The lock as Pay takes it: Redis only, its fencing token drawn by the section's first
+    // statement (`payd_mint_fence()` in Pay's first read, counted in G7), here a local counter.
+    let fences = Arc::new(std::sync::atomic::AtomicI64::new(1));
     let a = ctx.snapshot();
     let end = Instant::now() + Duration::from_secs_f64(secs);
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -482,11 +485,18 @@ async fn g4_locks(ctx: &Ctx, secs: f64) -> LockResult {
     let mut tasks = Vec::new();
     for w in 0..50 {
         let locks = locks.clone();
-        let (done, errors) = (done.clone(), errors.clone());
+        let (done, errors, fences) = (done.clone(), errors.clone(), fences.clone());
         tasks.push(tokio::spawn(async move {
             let key = format!("bench-{w}");
             while Instant::now() < end {
-                match locks.acquire(&key).await {
+                let taken = match locks.acquire_unfenced(&key).await {
+                    Ok(pending) => {
+                        let fence = fences.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        locks.fence(pending, fence).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match taken {
                     Ok(g) => match locks.release(g).await {
                         Ok(_) => {
                             done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -628,25 +638,21 @@ async fn profile(
     let dir = std::env::temp_dir().join(format!("paybench-perf-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("perf dir");
     let data = dir.join("perf.data");
-    let mut pids = vec![ctx.pids.payd, ctx.pids.adapter, ctx.pids.sandbox];
     let backends: Vec<u32> = ctx
         .pids
         .postmaster
         .map(infra::children_of)
         .unwrap_or_default();
-    pids.extend(&backends);
-    let list = pids
-        .iter()
-        .map(u32::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let perf_log = dir.join("perf.log");
+    // Every CPU (-a), split by pid in the report: `-p` fails outright when a thread of a listed
+    // process ends while perf starts (tokio's blocking threads come and go).
     let perf = Command::new("perf")
-        .args(["record", "-F", "499", "-g", "-o"])
+        .args(["record", "-a", "-F", "499", "-g", "-o"])
         .arg(&data)
-        .args(["-p", &list, "--", "sleep"])
+        .args(["--", "sleep"])
         .arg(format!("{}", secs.ceil()))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&perf_log).expect("perf log"))
         .spawn();
     let Ok(mut perf) = perf else {
         return "perf could not start: no profile.\n".into();
@@ -660,10 +666,15 @@ async fn profile(
         .is_some_and(|s| s.success());
     if !ok {
         return format!(
-            "perf record failed (perf_event_paranoid = {}).\n",
+            "perf record failed (perf_event_paranoid = {}): {}\n",
             std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
                 .unwrap_or_default()
-                .trim()
+                .trim(),
+            std::fs::read_to_string(&perf_log)
+                .unwrap_or_default()
+                .lines()
+                .last()
+                .unwrap_or_default()
         );
     }
     let mut md = format!(
@@ -678,7 +689,19 @@ async fn profile(
         ("payd", vec![ctx.pids.payd]),
         ("wechat-adapter", vec![ctx.pids.adapter]),
         ("sandbox", vec![ctx.pids.sandbox]),
-        ("postgres", backends.clone()),
+        ("postgres", {
+            // Backends that connected during the run count too.
+            let mut all = backends.clone();
+            all.extend(
+                ctx.pids
+                    .postmaster
+                    .map(infra::children_of)
+                    .unwrap_or_default(),
+            );
+            all.sort_unstable();
+            all.dedup();
+            all
+        }),
     ];
     for (name, pids) in groups {
         if pids.is_empty() {
@@ -1357,7 +1380,7 @@ fn report(
     }
 
     // G4.
-    s.push_str("\n## G4: payd's order locks (`payd::locks::Locks`, 50 tasks, acquire + release)\n\n| per round | cycles/s | ÷ B_lock | errors | Redis commands per section | Postgres statements per section (fence) |\n|---|---|---|---|---|---|\n");
+    s.push_str("\n## G4: payd's order locks (`payd::locks::Locks`, 50 tasks, acquire + release)\n\nThe lock as Pay takes it (`Locks::acquire_unfenced`, then `Locks::fence`): two Redis round trips; its fencing token is drawn by the section's first statement (`payd_mint_fence()` in Pay's first read, one of G7's statements), here a counter. `Locks::acquire`, for the sections whose first statement is not a read of the order, draws it in a statement of its own.\n\n| per round | cycles/s | ÷ B_lock | errors | Redis commands per section | Postgres statements per section |\n|---|---|---|---|---|---|\n");
     for (i, r) in rounds.iter().enumerate() {
         let _ = writeln!(
             s,
