@@ -120,10 +120,9 @@ pub fn sequence(
     subscribed: &[String],
     limit: i64,
 ) -> Result<usize, StorageError> {
-    use super::sql::cached;
     use diesel::sql_types::{Array, BigInt, Text};
     const LOCK: i64 = 0x0070_6179_6473_6571; // "paydseq"
-    Ok(cached(
+    Ok(crate::cached!(
         "WITH lock AS (SELECT pg_try_advisory_xact_lock($3) AS ok), \
          next AS ( \
            SELECT id FROM outbox_events WHERE stream_seq IS NULL AND (SELECT ok FROM lock) \
@@ -168,11 +167,10 @@ pub fn claim_deliverable(
     limit: i64,
     lease: std::time::Duration,
 ) -> Result<Vec<OutboxRow>, StorageError> {
-    use super::sql::cached;
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     // One statement: the rows it locks stay locked until it commits, which is all the claim
     // needs (a transaction around it would only add BEGIN and COMMIT round trips).
-    Ok(cached(
+    Ok(crate::cached!(
         "WITH due AS ( \
                SELECT e.id FROM outbox_events e \
                WHERE e.delivery = 'PENDING' AND e.next_delivery_at <= now() \

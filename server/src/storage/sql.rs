@@ -3,9 +3,12 @@
 //! diesel's `sql_query` marks its statement unsafe to cache, so every call is parsed and
 //! planned again (an unnamed statement each time). The hot paths' single-statement writes are
 //! long `WITH` queries that diesel's DSL cannot express, and re-planning them on every call
-//! would cost Postgres more CPU than the round trips they save. [`cached`] is `sql_query` for
+//! would cost Postgres more CPU than the round trips they save. [`cached!`](crate::cached) is `sql_query` for
 //! constant SQL: diesel keys its prepared-statement cache by the text and the bind types, so
-//! the statement is prepared once per pooled connection and only executed afterwards.
+//! the statement is prepared once per pooled connection and only executed afterwards. The
+//! macro gives each call site a type of its own, which diesel uses as the cache key: finding
+//! the prepared statement then costs a type-id lookup, not building and hashing the SQL text
+//! (a kilobyte for the longest) on every call.
 //!
 //! The text names its parameters `$1`…`$n`, in the order of the [`Cached::bind`] calls; one may
 //! appear several times. (diesel numbers placeholders itself, so each occurrence is sent as a
@@ -13,7 +16,7 @@
 //! string literal or a dollar-quoted body.)
 //!
 //! ```ignore
-//! cached("SELECT $1::int8 + 1 AS n").bind::<BigInt, _>(41_i64).get_result::<N>(conn)
+//! cached!("SELECT $1::int8 + 1 AS n").bind::<BigInt, _>(41_i64).get_result::<N>(conn)
 //! ```
 use std::marker::PhantomData;
 
@@ -23,21 +26,34 @@ use diesel::serialize::ToSql;
 use diesel::sql_types::{HasSqlType, Untyped};
 use diesel::{QueryResult, RunQueryDsl};
 
-/// Constant SQL and its parameters; see the module documentation.
-pub struct Cached<'a> {
+/// Constant SQL and its parameters; see the module documentation. `Id` names the statement
+/// (one type per call site, from [`cached!`](crate::cached)).
+pub struct Cached<'a, Id> {
     sql: &'static str,
     binds: Vec<Box<dyn BindValue + 'a>>,
+    id: PhantomData<fn() -> Id>,
 }
 
-/// See the module documentation.
-pub fn cached<'a>(sql: &'static str) -> Cached<'a> {
-    Cached {
-        sql,
-        binds: Vec::new(),
+/// A [`Cached`] statement whose type names this call site; see the module documentation.
+#[macro_export]
+macro_rules! cached {
+    ($sql:expr $(,)?) => {{
+        /// The statement's identity in diesel's prepared-statement cache.
+        struct Statement;
+        $crate::storage::sql::Cached::<Statement>::new($sql)
+    }};
+}
+
+impl<'a, Id> Cached<'a, Id> {
+    /// Constant SQL; prefer [`cached!`](crate::cached), which supplies a unique `Id`.
+    pub fn new(sql: &'static str) -> Self {
+        Self {
+            sql,
+            binds: Vec::new(),
+            id: PhantomData,
+        }
     }
-}
 
-impl<'a> Cached<'a> {
     /// Binds the next parameter (`$1`, then `$2`, …) as SQL type `ST`.
     #[must_use]
     pub fn bind<ST, V>(mut self, value: V) -> Self
@@ -69,13 +85,13 @@ where
     }
 }
 
-impl QueryId for Cached<'_> {
-    type QueryId = ();
-    // No type-level id: diesel then keys the cached statement by its SQL text and bind types.
-    const HAS_STATIC_QUERY_ID: bool = false;
+impl<Id: 'static> QueryId for Cached<'_, Id> {
+    // One type per call site, and its SQL and bind types never change: the type is the key.
+    type QueryId = Id;
+    const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl QueryFragment<Pg> for Cached<'_> {
+impl<Id> QueryFragment<Pg> for Cached<'_, Id> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let bytes = self.sql.as_bytes();
         let mut start = 0;
@@ -108,11 +124,11 @@ impl QueryFragment<Pg> for Cached<'_> {
     }
 }
 
-impl Query for Cached<'_> {
+impl<Id> Query for Cached<'_, Id> {
     type SqlType = Untyped;
 }
 
-impl<Conn> RunQueryDsl<Conn> for Cached<'_> {}
+impl<Conn, Id> RunQueryDsl<Conn> for Cached<'_, Id> {}
 
 /// Whether `e` is `payd_require` refusing a single-statement write (SQLSTATE PD001, see the
 /// migration `single_statement_writes`): the statement changed nothing.
@@ -164,7 +180,7 @@ mod tests {
     fn a_cached_statement_is_prepared_once_per_connection_and_sql_query_is_not() {
         let mut conn = conn();
         for i in 0..3_i64 {
-            let r: Row = cached("SELECT $1::int8 + 1 AS n, $2::text AS s /* cached-marker */")
+            let r: Row = cached!("SELECT $1::int8 + 1 AS n, $2::text AS s /* cached-marker */")
                 .bind::<BigInt, _>(i)
                 .bind::<Text, _>("x")
                 .get_result(&mut conn)
@@ -186,14 +202,14 @@ mod tests {
     #[test]
     fn a_parameter_may_appear_several_times_and_in_any_order() {
         let mut conn = conn();
-        let r: Row = cached("SELECT $2::int8 * 10 + $1::int8 + $2::int8 AS n, $3 || $3 AS s")
+        let r: Row = cached!("SELECT $2::int8 * 10 + $1::int8 + $2::int8 AS n, $3 || $3 AS s")
             .bind::<BigInt, _>(1_i64)
             .bind::<BigInt, _>(7_i64)
             .bind::<Text, _>("ab".to_owned())
             .get_result(&mut conn)
             .unwrap();
         assert_eq!((r.n, r.s.as_str()), (78, "abab"));
-        let missing = cached("SELECT $1::int8 AS n, $2 AS s")
+        let missing = cached!("SELECT $1::int8 AS n, $2 AS s")
             .bind::<BigInt, _>(1_i64)
             .get_result::<Row>(&mut conn);
         assert!(missing.is_err());
@@ -212,7 +228,7 @@ mod tests {
              END IF; RETURN true; END $f$",
         )
         .unwrap();
-        let e = cached(
+        let e = cached!(
             "WITH w AS (INSERT INTO t VALUES (1) RETURNING n) \
              SELECT n::int8 AS n, 'x' AS s FROM w WHERE pg_temp.require(n = $1, 'test')",
         )

@@ -21,7 +21,7 @@ use super::StorageError;
 use super::attempts::AttemptRow;
 use super::orders::OrderRow;
 use super::schema::{channel_events, orders, payment_attempts};
-use super::sql::{cached, is_refusal};
+use super::sql::is_refusal;
 use crate::domain::{AttemptStatus, OrderStatus};
 
 /// `t` as Postgres stores it (microseconds, rounded down as diesel sends it): what a value
@@ -121,7 +121,7 @@ pub fn pay_with_result(conn: &mut PgConnection, w: &PaidWrite<'_>) -> Result<boo
         #[diesel(sql_type = BigInt)]
         attempt_version: i64,
     }
-    let done = cached(
+    let done = crate::cached!(
         "WITH o AS ( \
            UPDATE orders SET status = $1, version = version + 1, updated_at = $2, closed_at = NULL, \
                              paid_minor = $3, transition_reason = $4, event_seq = event_seq + 1 \
@@ -235,7 +235,7 @@ pub fn open_attempt(
 ) -> Result<Result<Option<AttemptRow>, super::attempts::InsertRefused>, StorageError> {
     use diesel::result::{DatabaseErrorKind, Error};
     use diesel::sql_types::Array;
-    let inserted = cached(
+    let inserted = crate::cached!(
         "WITH o AS ( \
            UPDATE orders SET fence = $1 \
            WHERE id = $2 AND fence <= $1 AND status = ANY($3) \
@@ -308,7 +308,7 @@ pub fn commit_prepay(conn: &mut PgConnection, w: &PrepayWrite<'_>) -> Result<boo
         attempt_version: i64,
     }
     let step = i64::from(w.order_to != w.order.status);
-    let done = cached(
+    let done = crate::cached!(
         "WITH o AS ( \
            UPDATE orders SET fence = $1, status = $2, version = version + $3, \
                   updated_at = CASE WHEN $3 = 1 THEN $4 ELSE updated_at END, \
@@ -390,7 +390,7 @@ pub fn create_order(
     w: &CreateWrite<'_>,
 ) -> Result<Option<OrderRow>, StorageError> {
     let o = w.order;
-    let created = cached(
+    let created = crate::cached!(
         "WITH o AS ( \
            INSERT INTO orders (id, app_id, merchant_order_no, amount_minor, currency, subject, \
                                metadata, status, created_at, updated_at, expires_at, event_seq) \

@@ -92,7 +92,7 @@ impl Cluster {
         let mut conf = format!(
             "\n# paybench\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track_utility = on\n\
-             pg_stat_statements.max = 10000\nfsync = on\nsynchronous_commit = on\n",
+             pg_stat_statements.max = 10000\npg_stat_statements.track_planning = on\nfsync = on\nsynchronous_commit = on\n",
             dir.display()
         );
         for (k, v) in like.map(shared_settings).unwrap_or_default() {

@@ -1487,7 +1487,8 @@ async fn statement_profile(ctx: &Ctx, target: &Target, secs: f64) -> String {
     let rows = infra::psql(
         &ctx.admin_url,
         &format!(
-            "SELECT s.calls, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 160) \
+            "SELECT s.calls, round((s.total_exec_time + s.total_plan_time)::numeric, 3), \
+             s.wal_bytes, left(regexp_replace(s.query, '\\s+', ' ', 'g'), 160) \
              FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
              WHERE d.datname = '{}' ORDER BY s.calls DESC LIMIT 40",
             ctx.db_name
@@ -1498,24 +1499,36 @@ async fn statement_profile(ctx: &Ctx, target: &Target, secs: f64) -> String {
         "\n### Statements per lifecycle (G7)\n\n{} lifecycles, 4 clients, {:.2} commits per \
          lifecycle (`pg_stat_database`, includes the run's last second of background work). The \
          statements, by calls per lifecycle (`pg_stat_statements`, background workers included):\n\n\
-         | calls / lifecycle | statement |\n|---|---|\n",
+         | calls / lifecycle | ms / lifecycle (plan + execute) | WAL bytes / lifecycle | statement |\n|---|---|---|---|\n",
         r.completed,
         (c1 - c0) / n
     );
-    let mut total = 0.0;
+    let (mut total, mut total_ms, mut total_wal) = (0.0, 0.0, 0.0);
     for line in rows.lines() {
-        let Some((calls, query)) = line.split_once('|') else {
+        let mut parts = line.splitn(4, '|');
+        let (Some(calls), Some(ms), Some(wal), Some(query)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
-        let per = calls.trim().parse::<f64>().unwrap_or(0.0) / n;
+        let num = |v: &str| v.trim().parse::<f64>().unwrap_or(0.0) / n;
+        let (per, ms, wal) = (num(calls), num(ms), num(wal));
         total += per;
+        total_ms += ms;
+        total_wal += wal;
         if per >= 0.05 {
-            let _ = writeln!(out, "| {per:.2} | `{}` |", query.replace('|', "\\|"));
+            let _ = writeln!(
+                out,
+                "| {per:.2} | {ms:.3} | {wal:.0} | `{}` |",
+                query.replace('|', "\\|")
+            );
         }
     }
     let _ = writeln!(
         out,
-        "\nTotal (top 40): {total:.2} statements per lifecycle.\n"
+        "\nTotal (top 40): {total:.2} statements, {total_ms:.2} ms inside Postgres (planning and \
+         execution as `pg_stat_statements` times them: wall time, not CPU) and {total_wal:.0} WAL \
+         bytes per lifecycle.\n"
     );
     out
 }
