@@ -112,6 +112,9 @@ impl App {
             .run(move |conn| outbox::claim_deliverable(conn, batch, lease))
             .await?;
         let n = due.len();
+        if n == 0 {
+            return Ok(0);
+        }
         let mut tasks = tokio::task::JoinSet::new();
         for row in due {
             let sink = self.sinks.sinks.get(&row.app_id).cloned();
@@ -142,24 +145,33 @@ impl App {
             .inc_by(delivered.len() as u64);
         let delays = self.sinks.retry_delays.clone();
         let metrics = self.metrics.clone();
+        let failed: Vec<outbox::Failed> = failed
+            .into_iter()
+            .map(|(row, error)| {
+                // `delivery_attempts` already counts this try (the claim incremented it).
+                let tries = usize::try_from(row.delivery_attempts).unwrap_or(usize::MAX);
+                let retry_at = delays
+                    .get(tries.saturating_sub(1))
+                    .map(|d| Utc::now() + chrono::Duration::from_std(*d).unwrap_or_default());
+                let outcome = if retry_at.is_some() { "failed" } else { "dead" };
+                metrics.event_deliveries.with_label_values(&[outcome]).inc();
+                if retry_at.is_none() {
+                    tracing::error!(event_id = %row.event_id, app = %row.app_id, tries, %error, "event delivery gave up: dead-lettered");
+                } else {
+                    tracing::warn!(event_id = %row.event_id, app = %row.app_id, tries, %error, "event delivery failed; will retry");
+                }
+                outbox::Failed {
+                    id: row.id,
+                    error,
+                    retry_at,
+                }
+            })
+            .collect();
+        // Outcomes in two statements per pass, whatever the batch size.
         self.db
             .run(move |conn| {
                 outbox::mark_delivered(conn, &delivered)?;
-                for (row, error) in failed {
-                    // `delivery_attempts` already counts this try (the claim incremented it).
-                    let tries = usize::try_from(row.delivery_attempts).unwrap_or(usize::MAX);
-                    let retry_at = delays.get(tries.saturating_sub(1)).map(|d| {
-                        Utc::now() + chrono::Duration::from_std(*d).unwrap_or_default()
-                    });
-                    let outcome = if retry_at.is_some() { "failed" } else { "dead" };
-                    metrics.event_deliveries.with_label_values(&[outcome]).inc();
-                    if retry_at.is_none() {
-                        tracing::error!(event_id = %row.event_id, app = %row.app_id, tries, %error, "event delivery gave up: dead-lettered");
-                    } else {
-                        tracing::warn!(event_id = %row.event_id, app = %row.app_id, tries, %error, "event delivery failed; will retry");
-                    }
-                    outbox::mark_failed(conn, row.id, &error, retry_at)?;
-                }
+                outbox::mark_failed(conn, &failed)?;
                 Ok::<_, ServiceError>(())
             })
             .await?;

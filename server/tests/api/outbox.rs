@@ -247,3 +247,68 @@ async fn events_of_a_stream_key_are_numbered_and_delivered_in_sequence() {
         "an event with an order and a key was accepted"
     );
 }
+
+/// A pass's failed deliveries are recorded in one statement, each with its own fate: retried at
+/// its time, or dead-lettered; a row no longer pending (delivered meanwhile by another pass) is
+/// left alone.
+#[tokio::test]
+async fn failed_deliveries_of_a_pass_are_recorded_together_each_with_its_own_fate() {
+    use payd::storage::outbox::{Failed, mark_delivered, mark_failed};
+    let app = spawn_app_with(|s| s.outbox_tick_ms = 3_600_000).await;
+    let order = order_row(&app, "OUTBOX-FAIL");
+    let mut conn = app.conn();
+    for kind in ["order.created", "order.paid", "order.closed"] {
+        append(&mut conn, order, kind);
+    }
+    payd::storage::outbox::sequence(&mut conn, &["shop-1".into()], 100).unwrap();
+    let rows = payd::storage::outbox::read_stream(&mut conn, "shop-1", 0, 100).unwrap();
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    mark_delivered(&mut conn, &ids[2..]).unwrap();
+    let retry_at = chrono::Utc::now() + chrono::Duration::seconds(30);
+    let n = mark_failed(
+        &mut conn,
+        &[
+            Failed {
+                id: ids[0],
+                error: "Unavailable: down".into(),
+                retry_at: Some(retry_at),
+            },
+            Failed {
+                id: ids[1],
+                error: "Internal: gave up".into(),
+                retry_at: None,
+            },
+            Failed {
+                id: ids[2],
+                error: "late".into(),
+                retry_at: None,
+            },
+        ],
+    )
+    .unwrap();
+    assert_eq!(n, 2, "the delivered row is not pending any more");
+    assert_eq!(mark_failed(&mut conn, &[]).unwrap(), 0);
+    let rows = payd::storage::outbox::read_stream(&mut conn, "shop-1", 0, 100).unwrap();
+    let fate: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.delivery.as_str(),
+                r.last_error.as_deref(),
+                r.next_delivery_at,
+            )
+        })
+        .collect();
+    assert_eq!(
+        fate,
+        vec![
+            (
+                "PENDING",
+                Some("Unavailable: down"),
+                Some(payd::storage::steps::stored_instant(retry_at))
+            ),
+            ("DEAD", Some("Internal: gave up"), None),
+            ("DELIVERED", None, None),
+        ]
+    );
+}

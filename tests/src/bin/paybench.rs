@@ -391,6 +391,13 @@ struct DrainResult {
     drain_secs: f64,
     per_sec: f64,
     undelivered: i64,
+    /// At the moment the sink came back: pending events due then, and pending events not due
+    /// yet (a retry scheduled, or claimed by a dispatcher pass), with the latest due time in s.
+    due_at_flip: i64,
+    waiting_at_flip: i64,
+    latest_due_s: f64,
+    /// Events committed but not yet sequenced (so not yet pending) at that moment.
+    unsequenced_at_flip: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -562,6 +569,18 @@ async fn g5_drain(ctx: &Ctx, t: &Target, clients: usize, secs: f64) -> DrainResu
     let want = sink.delivered() + backlog;
     sink.set_down(false);
     let up = Instant::now();
+    let due_at_flip = ctx.count(
+        "SELECT count(*) FROM outbox_events WHERE delivery = 'PENDING' AND next_delivery_at <= now()",
+    ) as i64;
+    let waiting_at_flip = ctx.count(
+        "SELECT count(*) FROM outbox_events WHERE delivery = 'PENDING' AND next_delivery_at > now()",
+    ) as i64;
+    let unsequenced_at_flip =
+        ctx.count("SELECT count(*) FROM outbox_events WHERE stream_seq IS NULL") as i64;
+    let latest_due_s = ctx.count(
+        "SELECT coalesce(extract(epoch FROM max(next_delivery_at) - now()), 0) \
+         FROM outbox_events WHERE delivery = 'PENDING'",
+    );
     while sink.delivered() < want && up.elapsed() < Duration::from_secs(120) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -576,6 +595,10 @@ async fn g5_drain(ctx: &Ctx, t: &Target, clients: usize, secs: f64) -> DrainResu
         drain_secs,
         per_sec: backlog as f64 / drain_secs,
         undelivered: undelivered as i64,
+        due_at_flip,
+        waiting_at_flip,
+        latest_due_s,
+        unsequenced_at_flip,
     }
 }
 
@@ -872,8 +895,13 @@ async fn run(args: Args) {
         eprintln!("  G4 {:.0} lock cycles/s", lock.per_sec);
         let drain = g5_drain(&ctx, &target, peak_clients.max(16), secs).await;
         eprintln!(
-            "  G5 backlog {} drained at {:.0} events/s",
-            drain.backlog, drain.per_sec
+            "  G5 backlog {} drained at {:.0} events/s (at the flip: {} due, {} waiting, latest in {:.1} s, {} unsequenced)",
+            drain.backlog,
+            drain.per_sec,
+            drain.due_at_flip,
+            drain.waiting_at_flip,
+            drain.latest_due_s,
+            drain.unsequenced_at_flip
         );
         rounds.push(Round {
             load_before,
@@ -1396,19 +1424,23 @@ fn report(
     s.push_str("\nRedis counts a script's inner SET/GET/DEL under their own names; the client's round trips are the EVALSHA calls.\n");
 
     // G5.
-    s.push_str("\n## G5: outbox delivery capacity\n\nA backlog of `order.created` events is built with the sink refusing deliveries (CreateOrder only, closed loop); then the sink accepts and the bench times the drain. Refused deliveries are retried after 250 ms in this run (`PAYD_EVENT_RETRY_DELAYS_MS`), so the drain starts at most that late.\n\n| per round | backlog events | drain s | events/s | event production at the G1 peak /s | ratio | still pending after |\n|---|---|---|---|---|---|---|\n");
+    s.push_str("\n## G5: outbox delivery capacity\n\nA backlog of `order.created` events is built with the sink refusing deliveries (CreateOrder only, closed loop); then the sink accepts and the bench times the drain. Refused deliveries are retried after 250 ms in this run (`PAYD_EVENT_RETRY_DELAYS_MS`), so the drain starts at most that late.\n\n| per round | backlog events | drain s | events/s | event production at the G1 peak /s | ratio | still pending after | at the sink's return: due / not yet due (latest, s) / not yet sequenced |\n|---|---|---|---|---|---|---|---|\n");
     for (i, r) in rounds.iter().enumerate() {
         let prod = r.peak().per_sec * r.peak().costs.events.max(1.0);
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {} |",
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {} | {} / {} ({:.1}) / {} |",
             i + 1,
             r.drain.backlog,
             r.drain.drain_secs,
             r.drain.per_sec,
             prod,
             r.drain.per_sec / prod,
-            r.drain.undelivered
+            r.drain.undelivered,
+            r.drain.due_at_flip,
+            r.drain.waiting_at_flip,
+            r.drain.latest_due_s,
+            r.drain.unsequenced_at_flip
         );
     }
 
