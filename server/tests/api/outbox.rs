@@ -312,3 +312,91 @@ async fn failed_deliveries_of_a_pass_are_recorded_together_each_with_its_own_fat
         ]
     );
 }
+
+/// The outbox's passes must cost in proportion to their batch whatever the statistics say.
+/// Autovacuum analyzes the table in steady state, when nothing waits to be numbered or
+/// delivered, so the planner believes about one row is; then a sink outage or a burst leaves
+/// thousands. Replayed: the table analyzed with every event delivered, then 3,000 new events.
+/// Counted, not timed: how far the stream's sequence moved (the sequencer's old plan re-ran its
+/// numbering, `nextval` included, once per unnumbered row: 3,000 × 1,000 draws for a pass of
+/// 1,000) and how many entries the passes read from the partial indexes on pending rows (the
+/// claim's old anti-join scanned all 3,000 pending rows once per candidate, the delivery marks
+/// all of them once per pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_passes_do_work_in_proportion_to_their_batch_when_the_statistics_say_nothing_is_pending()
+ {
+    use payd::storage::outbox::{Failed, claim_deliverable, mark_delivered, mark_failed, sequence};
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let n = |conn: &mut PgConnection, sql: &str| -> i64 {
+        diesel::sql_query(sql).get_result::<N>(conn).unwrap().n
+    };
+    let bulk = |conn: &mut PgConnection, count: u32, delivered: bool| {
+        diesel::sql_query(format!(
+            "WITH o AS ( \
+               INSERT INTO orders (id, app_id, merchant_order_no, amount_minor, currency, subject, status, expires_at) \
+               SELECT gen_random_uuid(), 'shop-1', 'BULK-{delivered}-' || g, 100, 'CNY', 's', 'PENDING', now() + interval '1 hour' \
+               FROM generate_series(1, {count}) g RETURNING id) \
+             INSERT INTO outbox_events (event_id, app_id, order_id, order_seq, event_type, payload, stream_seq, delivery, delivered_at) \
+             SELECT gen_random_uuid(), 'shop-1', o.id, 1, 'order.created', '\\x00', \
+                    CASE WHEN {delivered} THEN nextval('outbox_stream') END, \
+                    CASE WHEN {delivered} THEN 'DELIVERED' ELSE 'NONE' END, \
+                    CASE WHEN {delivered} THEN now() END \
+             FROM o"
+        ))
+        .execute(conn)
+        .unwrap();
+    };
+    // Entries read from the partial indexes on unnumbered and pending rows, as the statistics
+    // collector has them once this session's counters are flushed.
+    let partial_reads = |conn: &mut PgConnection| -> i64 {
+        diesel::sql_query("SELECT pg_stat_force_next_flush()")
+            .execute(conn)
+            .unwrap();
+        diesel::sql_query("SELECT 1").execute(conn).unwrap();
+        n(
+            conn,
+            "SELECT coalesce(sum(idx_tup_read), 0)::bigint AS n FROM pg_stat_user_indexes \
+             WHERE indexrelname IN ('outbox_unsequenced', 'outbox_due', 'outbox_key_pending')",
+        )
+    };
+    let app = spawn_app_with(|s| s.outbox_tick_ms = 3_600_000).await;
+    let mut conn = app.conn();
+    bulk(&mut conn, 2_000, true);
+    diesel::sql_query("ANALYZE outbox_events")
+        .execute(&mut conn)
+        .unwrap();
+    bulk(&mut conn, 3_000, false);
+    let subscribed = ["shop-1".to_owned()];
+
+    let before = n(&mut conn, "SELECT last_value AS n FROM outbox_stream");
+    assert_eq!(sequence(&mut conn, &subscribed, 1_000).unwrap(), 1_000);
+    let drawn = n(&mut conn, "SELECT last_value AS n FROM outbox_stream") - before;
+    assert_eq!(drawn, 1_000, "a pass of 1,000 drew {drawn} stream numbers");
+    while sequence(&mut conn, &subscribed, 1_000).unwrap() > 0 {}
+
+    let reads = partial_reads(&mut conn);
+    let claimed = claim_deliverable(&mut conn, 256, std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(claimed.len(), 256);
+    let ids: Vec<i64> = claimed.iter().map(|r| r.id).collect();
+    assert_eq!(mark_delivered(&mut conn, &ids[..128]).unwrap(), 128);
+    let failed: Vec<Failed> = ids[128..]
+        .iter()
+        .map(|&id| Failed {
+            id,
+            error: "Unavailable: down".into(),
+            retry_at: Some(chrono::Utc::now()),
+        })
+        .collect();
+    assert_eq!(mark_failed(&mut conn, &failed).unwrap(), 128);
+    let read = partial_reads(&mut conn) - reads;
+    // The claim reads about one entry of `outbox_due` per event it takes and one of
+    // `outbox_key_pending` per candidate's "earliest of its key"; the marks go by primary key.
+    assert!(
+        read <= 4 * 256,
+        "a claim of 256 and its marks read {read} entries of the partial indexes (3,000 pending)"
+    );
+}

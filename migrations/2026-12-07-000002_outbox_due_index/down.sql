@@ -1,0 +1,2 @@
+DROP INDEX outbox_due;
+CREATE INDEX outbox_due ON outbox_events (next_delivery_at) WHERE delivery = 'PENDING';
