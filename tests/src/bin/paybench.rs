@@ -1074,14 +1074,16 @@ fn limits(rounds: &[Round], g7c: f64) -> String {
     let _ = writeln!(
         s,
         "- **G7 commits** ({g7c:.2} per lifecycle): every autocommit statement is a commit in \
-         `pg_stat_database`, reads included. The lifecycle's floor as built is six: CreateOrder \
+         `pg_stat_database`, reads included. The lifecycle's floor as built is about six: CreateOrder \
          (1), Pay's first read with its fencing token, the attempt's insert before the channel \
          call (durable before money can move, so a crash mid-call leaves a trade the query job \
          finds), Pay's last write (3), and a result's read and its guarded write (2); the outbox's \
          sequencer, claim and delivery mark add a share per batch. Reaching 4 means folding \
          Pay's read into its insert and a result's read into its write (one statement that \
          decides and writes), which the single-statement steps prepared but do not yet do.\n\
-         - **G2 and G4** swing with the machine's other load: their rounds are in the tables below.\n"
+         - **G2 and G4** depend most on the machine's other load (other jobs; before `c7ced19`, \
+         also the outbox's own quadratic plans during a backlog, which missed G2): every round \
+         is in the tables below.\n"
     );
     s
 }
