@@ -297,11 +297,12 @@ pub fn mark_failed(conn: &mut PgConnection, failed: &[Failed]) -> Result<usize, 
            delivery = CASE WHEN f.retry_at IS NULL THEN 'DEAD' ELSE 'PENDING' END, \
            next_delivery_at = f.retry_at, last_error = f.error \
          FROM unnest($1::int8[], $2::text[], $3::timestamptz[]) AS f(id, error, retry_at) \
-         WHERE e.id = f.id AND e.delivery NOT IN ('NONE', 'DELIVERED', 'DEAD')"
+         WHERE e.id = f.id AND e.delivery <> ALL($4)"
     )
     .bind::<Array<BigInt>, _>(ids)
     .bind::<Array<Text>, _>(errors)
     .bind::<Array<Nullable<Timestamptz>>, _>(retry_at)
+    .bind::<Array<Text>, _>(&NOT_PENDING[..])
     .execute(conn)?)
 }
 
